@@ -1,0 +1,1 @@
+"""DNS service: wire guard (wire.py), decisions (resolver.py), sockets (server.py)."""
