@@ -1,0 +1,235 @@
+"""``tgt`` exporter: the userspace iSCSI target (tgtd) driven by ``tgtadm``.
+
+One export = one target (tid) with LUN 1 (tgt's LUN 0 is its controller),
+an ACL by initiator name (``--op bind --mode target --initiator-name IQN``;
+never ``-I ALL``) and an incoming CHAP account bound to the target. State is
+read back by parsing ``tgtadm --lld iscsi --op show --mode target`` (format
+recorded in tests/unit/fixtures/storage/). ``control_port`` N selects tgtd's
+management socket /var/run/tgtd/socket.N (``tgtd -C N`` / ``tgtadm -C N``) so
+test daemons never collide with a system tgtd.
+
+``TgtDaemon`` starts ``tgtd -f`` for one portal address, optionally inside a
+network namespace (``nsenter --net``, which keeps the root mount namespace so
+volumes on file systems mounted later stay visible), and stops it reliably:
+tgtd ignores SIGTERM while targets exist, so targets are deleted first, then
+``--op delete --mode system``, then SIGKILL as a last resort.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass, field
+
+from storage.backends.base import StorageError
+from storage.exporters.base import ExporterUnavailable, ExportSpec
+from storage.runner import CommandFailed, Runner, Secret, show
+
+_TARGET = re.compile(r"^Target (\d+): (\S+)$")
+
+
+@dataclass
+class TgtTarget:
+    tid: int
+    iqn: str
+    luns: dict[int, str] = field(default_factory=dict)  # lun -> backing path (LUN >= 1)
+    accounts: list[str] = field(default_factory=list)
+    acls: list[str] = field(default_factory=list)
+
+
+def parse_show(text: str) -> list[TgtTarget]:
+    """Parse ``tgtadm --op show --mode target`` output."""
+    targets: list[TgtTarget] = []
+    section, lun = "", None
+    for raw in text.splitlines():
+        line = raw.strip()
+        m = _TARGET.match(raw)
+        if m:
+            targets.append(TgtTarget(int(m.group(1)), m.group(2)))
+            section, lun = "", None
+            continue
+        if not targets or not line:
+            continue
+        t = targets[-1]
+        if raw.startswith("    ") and not raw.startswith("     ") and line.endswith(":"):
+            section = line[:-1]
+        elif section == "LUN information" and line.startswith("LUN: "):
+            lun = int(line[5:])
+        elif section == "LUN information" and line.startswith("Backing store path: "):
+            path = line[len("Backing store path: ") :]
+            if lun and path != "None":
+                t.luns[lun] = path
+        elif section == "Account information" and raw.startswith("        "):
+            t.accounts.append(line.removesuffix(" (outgoing)"))
+        elif section == "ACL information" and raw.startswith("        "):
+            t.acls.append(line)
+    return targets
+
+
+def to_spec(t: TgtTarget) -> ExportSpec | None:
+    if not t.luns:
+        return None
+    lun = min(t.luns)
+    iname = next((a for a in t.acls if a.startswith("iqn.")), t.acls[0] if t.acls else "")
+    user = t.accounts[0] if t.accounts else None
+    return ExportSpec(t.iqn, t.luns[lun], iname, user, None, lun)
+
+
+class TgtExporter:
+    kind = "tgt"
+    default_lun = 1
+
+    def __init__(
+        self, runner: Runner | None = None, *, control_port: int = 0, bstype: str = "rdwr"
+    ) -> None:
+        self.runner = runner or Runner()
+        self.control_port, self.bstype = control_port, bstype
+
+    def _adm(self, *args: str, check: bool = True):
+        argv = ["tgtadm", "-C", str(self.control_port), "--lld", "iscsi", *args]
+        return self.runner.run(argv, timeout=30, check=check)
+
+    def targets(self) -> list[TgtTarget]:
+        return parse_show(self._adm("--op", "show", "--mode", "target").stdout)
+
+    # -- protocol -------------------------------------------------------
+    def check(self) -> None:
+        if not shutil.which("tgtadm"):
+            raise ExporterUnavailable("tgt: tgtadm not in PATH (apt-get install tgt)")
+        try:
+            self._adm("--op", "show", "--mode", "target")
+        except CommandFailed as e:
+            raise ExporterUnavailable(
+                f"tgt: tgtd not reachable on control port {self.control_port} ({e.stderr})"
+            )
+
+    def list_exports(self) -> list[ExportSpec]:
+        return [s for s in map(to_spec, self.targets()) if s is not None]
+
+    def export(self, spec: ExportSpec) -> ExportSpec:
+        spec = spec.with_lun(self.default_lun).validate()
+        if spec.lun == 0:
+            raise StorageError("tgt: LUN 0 is the target's controller; use LUN >= 1")
+        targets = self.targets()
+        current = next((t for t in targets if t.iqn == spec.target_iqn), None)
+        if current is not None:
+            if (have := to_spec(current)) is not None and have.key() == spec.key():
+                return spec
+            self._delete(current, targets)
+            targets = [t for t in targets if t.tid != current.tid]
+        tid = max((t.tid for t in targets), default=0) + 1
+        self._adm("--op", "new", "--mode", "target", "--tid", str(tid), "-T", spec.target_iqn)
+        try:
+            self._populate(tid, spec, targets)
+        except BaseException:
+            self._adm(
+                "--op", "delete", "--mode", "target", "--force", "--tid", str(tid), check=False
+            )
+            raise
+        return spec
+
+    def unexport(self, target_iqn: str) -> None:
+        targets = self.targets()
+        for t in targets:
+            if t.iqn == target_iqn:
+                self._delete(t, targets)
+
+    # -- helpers ----------------------------------------------------------
+    def _populate(self, tid: int, spec: ExportSpec, others: list[TgtTarget]) -> None:
+        tid_s = str(tid)
+        self._adm("--op", "new", "--mode", "logicalunit", "--tid", tid_s, "--lun", str(spec.lun),
+                  "--bstype", self.bstype, "-b", spec.path)  # fmt: skip
+        self._adm("--op", "bind", "--mode", "target", "--tid", tid_s,
+                  "--initiator-name", spec.initiator_iqn)  # fmt: skip
+        if spec.chap_user is None:
+            return
+        if any(spec.chap_user in t.accounts for t in others):
+            raise StorageError(f"tgt: CHAP user {spec.chap_user} already serves another target")
+        user = spec.chap_user
+        self._adm("--op", "delete", "--mode", "account", "--user", user, check=False)
+        self._adm("--op", "new", "--mode", "account", "--user", user,
+                  "--password", Secret(spec.chap_secret or ""))  # fmt: skip
+        self._adm("--op", "bind", "--mode", "account", "--tid", tid_s, "--user", user)
+
+    def _delete(self, t: TgtTarget, targets: list[TgtTarget]) -> None:
+        self._adm("--op", "delete", "--mode", "target", "--force", "--tid", str(t.tid))
+        for user in t.accounts:
+            if not any(user in o.accounts for o in targets if o.tid != t.tid):
+                self._adm("--op", "delete", "--mode", "account", "--user", user, check=False)
+
+
+class TgtDaemon:
+    """A private ``tgtd -f`` serving iSCSI on ``portal_ip:port`` (optionally in a netns)."""
+
+    def __init__(
+        self,
+        portal_ip: str,
+        port: int = 3260,
+        *,
+        control_port: int = 0,
+        netns: str | None = None,
+        runner: Runner | None = None,
+        log_path: str | None = None,
+    ) -> None:
+        self.portal = f"{portal_ip}:{port}"
+        self.control_port, self.netns = control_port, netns
+        self.runner = runner or Runner()
+        self.log_path = log_path
+        self.proc: subprocess.Popen | None = None
+
+    def argv(self) -> list[str]:
+        pre = ["nsenter", f"--net=/run/netns/{self.netns}"] if self.netns else []
+        return [
+            *pre,
+            "tgtd",
+            "-f",
+            "-C",
+            str(self.control_port),
+            "--iscsi",
+            f"portal={self.portal}",
+        ]
+
+    def exporter(self) -> TgtExporter:
+        return TgtExporter(self.runner, control_port=self.control_port)
+
+    def _sys(self, op: str):
+        argv = ["tgtadm", "-C", str(self.control_port), "--op", op, "--mode", "system"]
+        return self.runner.run(argv, timeout=10, check=False)
+
+    def start(self, timeout: float = 10.0) -> TgtDaemon:
+        if self._sys("show").rc == 0:
+            raise StorageError(f"tgt: a tgtd already answers on control port {self.control_port}")
+        self.proc = self.runner.start(self.argv(), log_path=self.log_path)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._sys("show").rc == 0:
+                return self
+            if self.proc is not None and self.proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        self.stop()
+        raise StorageError(f"tgt: tgtd did not start: {show(self.argv())} (see {self.log_path})")
+
+    def stop(self, timeout: float = 5.0) -> None:
+        ex = self.exporter()
+        with contextlib.suppress(CommandFailed):
+            for t in ex.targets():
+                ex._delete(t, [])
+        self._sys("delete")
+        if self.proc is None:
+            return
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+        self.proc = None
+
+    def __enter__(self) -> TgtDaemon:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
