@@ -1,0 +1,357 @@
+"""The TFTP service: one event loop serving read-only transfers from boot assets.
+
+This module owns the sockets. One UDP socket listens on
+``(config.address, config.services.tftp_port)``; every accepted read request
+gets its own ephemeral socket (the server's TID, RFC 1350 section 4) and a
+sans-IO :class:`pxe.tftp.transfer.Transfer`. A single thread runs a
+``selectors`` (epoll) loop over all of them plus a timer scan for
+retransmissions, so 50+ concurrent transfers cost one thread, one socket
+each, and no more memory than the bounded file cache (:mod:`pxe.tftp.files`).
+
+Why not tftpy's server: tftpy (the project's TFTP library) runs a
+``select`` loop too, but builds a packet object per datagram, reads files
+through Python file objects and has no windowsize (RFC 7440), which is what
+makes a PXE boot file fast; measured in BENCHMARKS-tftp.md. So the codec and
+the transfer loop are written here, and tftpy's *client* is used in the
+interop tests as an independent peer.
+
+Policy: write requests are refused (ERROR 2); names are confined to the root
+(:func:`pxe.tftp.codec.clean_filename` + symlink containment in
+:class:`pxe.tftp.files.FileStore`); a datagram from a wrong TID gets ERROR 5
+and leaves the transfer alone (RFC 1350 section 4). Every bad input is
+counted in :attr:`TftpService.stats`, logged once (rate-limited) and the loop
+goes on.
+
+``stats`` keys: rrq, wrq, completed, failed (timeouts + client aborts),
+timeouts, client_errors, errors (ERROR packets we sent), dropped_malformed,
+refused_path, not_found, bad_mode, busy, wrong_tid, retransmits,
+bytes_sent, active.
+"""
+
+from __future__ import annotations
+
+import selectors
+import socket
+import time
+from dataclasses import dataclass
+
+from provisiond import logs
+from provisiond.config import Config
+from provisiond.service import LoopThread
+from pxe.tftp.codec import (
+    MODES,
+    Ack,
+    Error,
+    ErrorCode,
+    Limits,
+    MalformedPacket,
+    Opcode,
+    PathRefused,
+    Request,
+    clean_filename,
+    negotiate,
+    parse,
+)
+from pxe.tftp.files import FileStore, Source
+from pxe.tftp.transfer import Datagram, State, Transfer
+
+log = logs.get("tftp")
+
+STAT_KEYS = (
+    "rrq", "wrq", "completed", "failed", "timeouts", "client_errors", "errors",
+    "dropped_malformed", "refused_path", "not_found", "bad_mode", "busy", "wrong_tid",
+    "retransmits", "bytes_sent", "active",
+)  # fmt: skip
+_BATCH = 64  # datagrams read per readiness event before yielding to others
+_TICK = 0.2  # longest select() wait: bounds stop() latency
+
+
+class TftpStartError(RuntimeError):
+    """The service could not listen (address in use, no permission...)."""
+
+
+@dataclass
+class _Active:
+    sock: socket.socket
+    peer: tuple[str, int]
+    name: str
+    transfer: Transfer
+    started: float
+
+
+class _Throttle:
+    """Log each bad input once, but at most ``burst`` warnings per kind per window."""
+
+    def __init__(self, burst: int = 20, window: float = 10.0) -> None:
+        self.burst, self.window = burst, window
+        self._seen: dict[str, tuple[float, int]] = {}
+
+    def warn(self, kind: str, fmt: str, *args: object) -> None:
+        now = time.monotonic()
+        start, count = self._seen.get(kind, (now, 0))
+        if now - start > self.window:
+            start, count = now, 0
+        self._seen[kind] = (start, count + 1)
+        if count < self.burst:
+            log.warning(fmt, *args)
+        elif count == self.burst:
+            log.warning("tftp: more %s events; suppressing for %.0f s", kind, self.window)
+
+
+class TftpService:
+    """Read-only TFTP on ``(config.address, config.services.tftp_port)``.
+
+    ``start()`` returns once the socket is bound (raises :class:`TftpStartError`
+    otherwise); ``stop()`` returns within ~1.5 s. A port of 0 picks a free port
+    (tests); :attr:`port` tells which.
+    """
+
+    name = "tftp"
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        limits: Limits | None = None,
+        max_transfers: int = 256,
+        max_retries: int = 5,
+        store: FileStore | None = None,
+    ) -> None:
+        self.address = str(config.address)
+        self.port = config.services.tftp_port
+        self.limits = limits or Limits()
+        self.max_transfers, self.max_retries = max_transfers, max_retries
+        self.store = store or FileStore(config.boot_assets_dir)
+        self.stats: dict[str, int] = dict.fromkeys(STAT_KEYS, 0)
+        self._sel: selectors.BaseSelector | None = None
+        self._listen: socket.socket | None = None
+        self._active: dict[int, _Active] = {}
+        self._next_timer = float("inf")
+        self._throttle = _Throttle()
+        self._loop: LoopThread | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+            sock.bind((self.address, self.port))
+        except OSError as exc:
+            sock.close()
+            raise TftpStartError(
+                f"tftp: cannot listen on {self.address}:{self.port}/udp: {exc.strerror or exc}"
+            ) from exc
+        sock.setblocking(False)
+        self.port = sock.getsockname()[1]
+        self._listen = sock
+        self._sel = selectors.DefaultSelector()
+        self._sel.register(sock, selectors.EVENT_READ, None)
+        if not self.store.root.is_dir():
+            log.warning("tftp: boot assets directory %s does not exist", self.store.root)
+        self._loop = LoopThread("tftp", self._step, log)
+        self._loop.start()
+        log.info("tftp: serving %s on %s:%d/udp", self.store.root, self.address, self.port)
+
+    def stop(self) -> None:
+        if self._loop is not None:
+            self._loop.stop(timeout=1.5)
+            self._loop = None
+        for active in list(self._active.values()):
+            active.transfer.abort("server stopping")
+            self._close(active)
+        if self._sel is not None:
+            self._sel.close()
+            self._sel = None
+        if self._listen is not None:
+            self._listen.close()
+            self._listen = None
+
+    # ------------------------------------------------------------------ the loop
+
+    def _step(self) -> None:
+        assert self._sel is not None
+        wait = max(0.0, min(_TICK, self._next_timer - time.monotonic()))
+        for key, _ in self._sel.select(wait):
+            if key.data is None:
+                self._on_listen()
+            else:
+                self._on_transfer(key.data)
+        now = time.monotonic()
+        if now >= self._next_timer:
+            self._run_timers(now)
+
+    def _on_listen(self) -> None:
+        assert self._listen is not None
+        for _ in range(_BATCH):
+            try:
+                data, peer = self._listen.recvfrom(65536)
+            except (BlockingIOError, InterruptedError):
+                return
+            self._on_request(data, peer)
+
+    def _on_request(self, data: bytes, peer: tuple[str, int]) -> None:
+        try:
+            packet = parse(data)
+        except MalformedPacket as exc:
+            self._bad("dropped_malformed", "tftp: malformed datagram from %s:%d: %s", peer, exc)
+            if data[:2] in (b"\0\x01", b"\0\x02"):  # a broken request deserves an answer
+                self._refuse(peer, ErrorCode.ILLEGAL_OPERATION, "malformed request")
+            return
+        if not isinstance(packet, Request):
+            kind = type(packet).__name__
+            self._bad("dropped_malformed", "tftp: %s from %s:%d on the request port", peer, kind)
+            return
+        if packet.opcode is Opcode.WRQ:  # read-only server
+            self._bad("wrq", "tftp: write request %r from %s:%d refused", peer, packet.filename)
+            self._refuse(peer, ErrorCode.ACCESS_VIOLATION, "read-only server")
+            return
+        self.stats["rrq"] += 1
+        self._start_transfer(packet, peer)
+
+    def _start_transfer(self, req: Request, peer: tuple[str, int]) -> None:
+        if req.mode not in MODES:
+            self._bad("bad_mode", "tftp: mode %r from %s:%d", peer, req.mode)
+            self._refuse(peer, ErrorCode.ILLEGAL_OPERATION, f"unsupported mode {req.mode}")
+            return
+        if len(self._active) >= self.max_transfers:
+            self._bad("busy", "tftp: %d transfers active; refusing %s:%d", peer, len(self._active))
+            self._refuse(peer, ErrorCode.NOT_DEFINED, "server busy, try again")
+            return
+        source = self._open(req, peer)
+        if source is None:
+            return
+        params, oack = negotiate(req.options, source.size, self.limits)
+        try:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            sock.bind((self.address, 0))  # the server's TID for this transfer
+        except OSError as exc:
+            source.close()
+            self._bad("busy", "tftp: no socket for %s:%d: %s", peer, exc)
+            self._refuse(peer, ErrorCode.NOT_DEFINED, "server busy, try again")
+            return
+        sock.setblocking(False)
+        transfer = Transfer(source, params, oack, self.max_retries)
+        active = _Active(sock, peer, req.filename, transfer, time.monotonic())
+        self._active[sock.fileno()] = active
+        assert self._sel is not None
+        self._sel.register(sock, selectors.EVENT_READ, active)
+        self.stats["active"] = len(self._active)
+        self._send(active, transfer.start(active.started))
+        self._next_timer = min(self._next_timer, transfer.deadline)
+
+    def _open(self, req: Request, peer: tuple[str, int]) -> Source | None:
+        try:
+            return self.store.open(clean_filename(req.filename), req.mode == "netascii")
+        except PathRefused as exc:
+            self._bad("refused_path", "tftp: %s:%d asked for %r: %s", peer, req.filename, exc)
+            self._refuse(peer, ErrorCode.ACCESS_VIOLATION, "access violation")
+        except (FileNotFoundError, NotADirectoryError):
+            self._bad("not_found", "tftp: %s:%d asked for missing %r", peer, req.filename)
+            self._refuse(peer, ErrorCode.FILE_NOT_FOUND, "file not found")
+        except OSError as exc:  # not a regular file, permission, symlink loop...
+            self._bad("refused_path", "tftp: %s:%d cannot have %r: %s", peer, req.filename, exc)
+            self._refuse(peer, ErrorCode.ACCESS_VIOLATION, "access violation")
+        return None
+
+    def _on_transfer(self, active: _Active) -> None:
+        for _ in range(_BATCH):
+            try:
+                data, peer = active.sock.recvfrom(2048)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:  # e.g. ICMP port unreachable reported late
+                return
+            if peer != active.peer:  # RFC 1350 section 4: wrong TID -> ERROR 5
+                self._bad("wrong_tid", "tftp: datagram from %s:%d on a foreign TID", peer)
+                self._send_error(active.sock, peer, ErrorCode.UNKNOWN_TID, "unknown transfer ID")
+                continue
+            if len(data) == 4 and data[0] == 0 and data[1] == Opcode.ACK:  # the hot path
+                out = active.transfer.on_ack(int.from_bytes(data[2:4], "big"), time.monotonic())
+            else:
+                out = self._slow_packet(active, data)
+            self._send(active, out)
+            if active.transfer.state is not State.RUNNING:
+                self._close(active)
+                return
+
+    def _slow_packet(self, active: _Active, data: bytes) -> list[Datagram]:
+        try:
+            packet = parse(data)
+        except MalformedPacket as exc:
+            self._bad(
+                "dropped_malformed", "tftp: malformed datagram from %s:%d: %s", active.peer, exc
+            )
+            return []
+        if isinstance(packet, Ack):
+            return active.transfer.on_ack(packet.block, time.monotonic())
+        if isinstance(packet, Error):  # the client gives up (or refuses our OACK)
+            self.stats["client_errors"] += 1
+            active.transfer.abort(f"client error {packet.code}: {packet.message}")
+            return []
+        self._bad("dropped_malformed", "tftp: unexpected %s from %s:%d", active.peer, packet)
+        return []
+
+    def _run_timers(self, now: float) -> None:
+        nxt = float("inf")
+        for active in list(self._active.values()):
+            transfer = active.transfer
+            if transfer.deadline <= now:
+                self._send(active, transfer.on_timer(now))
+                if transfer.state is not State.RUNNING:
+                    self.stats["timeouts"] += 1
+                    self._close(active)
+                    continue
+            nxt = min(nxt, transfer.deadline)
+        self._next_timer = nxt
+
+    # ------------------------------------------------------------------ helpers
+
+    def _send(self, active: _Active, datagrams: list[Datagram]) -> None:
+        before = active.transfer.retransmits
+        for parts in datagrams:
+            try:
+                active.sock.sendmsg(parts, (), 0, active.peer)
+            except OSError:  # buffer full or network down: the timer retransmits
+                break
+        self.stats["retransmits"] += active.transfer.retransmits - before
+
+    def _close(self, active: _Active) -> None:
+        transfer = active.transfer
+        if self._active.pop(active.sock.fileno(), None) is None:
+            return
+        if self._sel is not None:
+            self._sel.unregister(active.sock)
+        active.sock.close()
+        transfer.abort("closed")  # no-op when already finished; releases the file
+        self.stats["active"] = len(self._active)
+        self.stats["bytes_sent"] += transfer.bytes_sent
+        elapsed = time.monotonic() - active.started
+        peer = f"{active.peer[0]}:{active.peer[1]}"
+        if transfer.state is State.DONE:
+            self.stats["completed"] += 1
+            log.info("tftp: sent %s to %s (%d bytes, %s) in %.2f s",
+                     active.name, peer, transfer.source.size, transfer.params, elapsed)  # fmt: skip
+        else:
+            self.stats["failed"] += 1
+            log.info("tftp: transfer of %s to %s failed: %s", active.name, peer, transfer.reason)
+
+    def _refuse(self, peer: tuple[str, int], code: ErrorCode, message: str) -> None:
+        """Answer a refused request from a fresh TID, as a transfer would."""
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+                sock.bind((self.address, 0))
+                self._send_error(sock, peer, code, message)
+        except OSError as exc:
+            log.debug("tftp: cannot answer %s:%d: %s", *peer, exc)
+
+    def _send_error(self, sock: socket.socket, peer, code: ErrorCode, message: str) -> None:
+        try:
+            sock.sendto(Error(code, message).pack(), peer)
+            self.stats["errors"] += 1
+        except OSError as exc:
+            log.debug("tftp: cannot send ERROR to %s:%d: %s", *peer, exc)
+
+    def _bad(self, kind: str, fmt: str, peer: tuple[str, int], *args: object) -> None:
+        self.stats[kind] = self.stats.get(kind, 0) + 1
+        self._throttle.warn(kind, fmt, *peer, *args)
