@@ -1,0 +1,327 @@
+"""DNS service: the sockets around :mod:`pxe.dns.resolver`.
+
+Owns UDP and TCP listening on ``(config.address, config.services.dns_port)``,
+the serve pipeline (receive -> guard -> parse -> decide -> send), forwarding
+in a bounded worker pool, statistics and rate-limited logging of bad input.
+One selector thread serves UDP and accepts TCP; each TCP connection gets a
+short-lived thread (at most ``max_tcp``; RFC 7766 section 6.2.3 idle timeout);
+forwarded UDP queries run in a pool of ``forward_workers`` threads with at
+most ``max_pending`` waiting, so a slow upstream never blocks other queries.
+
+``stats`` keys: queries (messages received), answered (NOERROR from our
+zone, with or without data), nxdomain, refused, notimp, forwarded,
+servfail (upstream failed, timed out, or too many pending), formerr,
+dropped_malformed (too short to answer, or QR=1), tcp_rejected.
+"""
+
+from __future__ import annotations
+
+import selectors
+import socket
+import struct
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+from dnslib import DNSRecord
+
+from provisiond import logs
+from provisiond.config import Config
+from provisiond.directory import NameDirectory
+from provisiond.service import LoopThread
+from pxe.dns import upstream as up
+from pxe.dns.resolver import Outcome, Zone, resolve
+from pxe.dns.wire import RCODE_FORMERR, RCODE_SERVFAIL, Verdict, check_query, error_reply
+
+UDP_LIMIT = 512  # RFC 1035 section 4.2.1; larger answers get TC=1
+STAT_KEYS = [
+    "queries",
+    "answered",
+    "nxdomain",
+    "refused",
+    "notimp",
+    "forwarded",
+    "servfail",
+    "formerr",
+    "dropped_malformed",
+    "tcp_rejected",
+]
+_OUTCOME_STAT = {
+    Outcome.ANSWER: "answered",
+    Outcome.NODATA: "answered",
+    Outcome.NXDOMAIN: "nxdomain",
+    Outcome.REFUSED: "refused",
+    Outcome.NOTIMP: "notimp",
+}
+Send = Callable[[bytes], None]
+
+
+class DnsStartError(RuntimeError):
+    """The DNS service could not listen (address in use, no permission...)."""
+
+
+class RateLimitedLog:
+    """Log each kind of problem at most once per ``interval`` seconds."""
+
+    def __init__(self, log, interval: float = 60.0) -> None:
+        self._log, self._interval = log, interval
+        self._last: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def warning(self, kind: str, msg: str, *args: object) -> None:
+        now = time.monotonic()
+        with self._lock:
+            if now - self._last.get(kind, -self._interval) < self._interval:
+                self._suppressed[kind] = self._suppressed.get(kind, 0) + 1
+                return
+            self._last[kind] = now
+            skipped = self._suppressed.pop(kind, 0)
+        suffix = f" ({skipped} similar suppressed)" if skipped else ""
+        self._log.warning(msg + suffix, *args)
+
+
+class DnsService:
+    name = "dns"
+
+    def __init__(
+        self,
+        config: Config,
+        directory: NameDirectory,
+        *,
+        forward_timeout: float = 2.0,
+        forward_workers: int = 8,
+        max_pending: int = 64,
+        max_tcp: int = 32,
+        tcp_idle: float = 5.0,
+    ) -> None:
+        self._zone = Zone(config.dns.domain, config.dns.ttl, str(config.address))
+        self._directory = directory
+        self._upstream = up.parse_upstream(config.dns.upstream)
+        self._bind = (str(config.address), config.services.dns_port)
+        self._forward_timeout, self._forward_workers = forward_timeout, forward_workers
+        self._max_pending, self._tcp_idle = max_pending, tcp_idle
+        self._tcp_slots = threading.BoundedSemaphore(max_tcp)
+        self._log = logs.get("dns")
+        self._bad = RateLimitedLog(self._log)
+        self.stats: dict[str, int] = dict.fromkeys(STAT_KEYS, 0)
+        self._lock = threading.Lock()
+        self._pending = 0
+        self._conns: set[socket.socket] = set()
+        self._udp: socket.socket | None = None
+        self._tcp: socket.socket | None = None
+        self._loop: LoopThread | None = None
+        self._stopping = threading.Event()
+
+    # -- life cycle ---------------------------------------------------------
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """(host, port) actually bound; the port is real even when configured as 0."""
+        if self._udp is None:
+            return self._bind
+        return self._udp.getsockname()[:2]
+
+    def start(self) -> None:
+        # Port 0 (tests): the kernel picks the UDP port; retry if TCP has it taken.
+        for attempt in range(5 if self._bind[1] == 0 else 1):
+            try:
+                self._listen()
+                break
+            except OSError as e:
+                self._close_listeners()
+                if attempt == 4 or self._bind[1] != 0:
+                    host, port = self._bind
+                    msg = f"dns: cannot listen on {host}:{port} (udp+tcp): {e}"
+                    raise DnsStartError(msg) from e
+        self._stopping.clear()
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(self._udp, selectors.EVENT_READ)
+        self._selector.register(self._tcp, selectors.EVENT_READ)
+        self._pool = ThreadPoolExecutor(self._forward_workers, thread_name_prefix="dns-fwd")
+        self._loop = LoopThread("dns", self._step, self._log)
+        self._loop.start()
+        upstream = ":".join(map(str, self._upstream)) if self._upstream else "none (REFUSED)"
+        self._log.info(
+            "dns: serving %s on %s:%d udp+tcp, upstream %s",
+            self._zone.origin,
+            *self.address,
+            upstream,
+        )
+
+    def _listen(self) -> None:
+        self._udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self._udp.bind(self._bind)
+        self._tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._tcp.bind(self.address)
+        self._tcp.listen(64)
+
+    def stop(self) -> None:
+        if self._loop is None:
+            return  # never started (or start failed)
+        self._stopping.set()
+        self._loop.stop(timeout=1.0)
+        self._loop = None
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        with self._lock:
+            conns = list(self._conns)
+        for conn in conns:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        self._selector.close()
+        self._close_listeners()
+
+    def _close_listeners(self) -> None:
+        for sock in (self._udp, self._tcp):
+            if sock is not None:
+                sock.close()
+        self._udp = self._tcp = None
+
+    # -- receive ------------------------------------------------------------
+
+    def _step(self) -> None:
+        for key, _ in self._selector.select(0.25):
+            if key.fileobj is self._udp:
+                self._on_udp()
+            elif not self._stopping.is_set():
+                self._on_accept()
+
+    def _on_udp(self) -> None:
+        udp = self._udp
+        try:
+            data, peer = udp.recvfrom(65535)
+        except OSError:
+            return
+        self._serve(data, peer, lambda reply: udp.sendto(reply, peer), tcp=False)
+
+    def _on_accept(self) -> None:
+        try:
+            conn, peer = self._tcp.accept()
+        except OSError:
+            return
+        if not self._tcp_slots.acquire(blocking=False):
+            self._count("tcp_rejected")
+            self._bad.warning("tcp", "dns: too many TCP connections, closing %s", peer[0])
+            conn.close()
+            return
+        with self._lock:
+            self._conns.add(conn)
+        threading.Thread(target=self._tcp_conn, args=(conn, peer), daemon=True).start()
+
+    def _tcp_conn(self, conn: socket.socket, peer) -> None:
+        """RFC 1035 section 4.2.2: each message is prefixed by a 2-octet length."""
+        try:
+            conn.settimeout(self._tcp_idle)
+            while not self._stopping.is_set():
+                prefix = _recv_exact(conn, 2)
+                if prefix is None:
+                    return
+                data = _recv_exact(conn, struct.unpack("!H", prefix)[0])
+                if data is None:
+                    return
+                send = lambda reply: conn.sendall(struct.pack("!H", len(reply)) + reply)  # noqa: E731
+                self._serve(data, peer, send, tcp=True)
+        except OSError:
+            pass
+        finally:
+            with self._lock:
+                self._conns.discard(conn)
+            conn.close()
+            self._tcp_slots.release()
+
+    # -- serve pipeline -----------------------------------------------------
+
+    def _serve(self, data: bytes, peer, send: Send, tcp: bool) -> None:
+        self._count("queries")
+        check = check_query(data)
+        if check.verdict is Verdict.DROP:
+            self._count("dropped_malformed")
+            self._bad.warning("drop", "dns: dropped message from %s: %s", peer[0], check.reason)
+            return
+        query = self._parse(data, check, peer, send)
+        if query is None:
+            return
+        decision = resolve(query, self._zone, self._directory, self._upstream is not None)
+        if decision.outcome is Outcome.FORWARD:
+            self._count("forwarded")
+            self._forward(data, query, send, tcp)
+            return
+        self._count(_OUTCOME_STAT[decision.outcome])
+        reply = decision.reply.pack()
+        if not tcp and len(reply) > UDP_LIMIT:
+            reply = decision.reply.truncate().pack()
+        _send(send, reply, self._log)
+
+    def _parse(self, data: bytes, check, peer, send: Send) -> DNSRecord | None:
+        reason = check.reason
+        if check.verdict is Verdict.OK:
+            try:
+                return DNSRecord.parse(data)
+            except Exception as e:  # dnslib raises DNSError, ValueError, KeyError...
+                reason = f"unparseable: {e}"
+        self._count("formerr")
+        self._bad.warning("formerr", "dns: FORMERR to %s: %s", peer[0], reason)
+        _send(send, error_reply(check.header, RCODE_FORMERR), self._log)
+        return None
+
+    def _forward(self, data: bytes, query: DNSRecord, send: Send, tcp: bool) -> None:
+        if tcp:  # already in the connection's own thread
+            self._forward_job(data, query, send, tcp)
+            return
+        with self._lock:
+            full = self._pending >= self._max_pending
+            self._pending += 0 if full else 1
+        if full:
+            self._servfail(query, send, "too many queries waiting for the upstream")
+            return
+        try:
+            self._pool.submit(self._forward_job, data, query, send, tcp, True)
+        except RuntimeError:  # pool shut down: stopping
+            self._release_pending()
+
+    def _forward_job(self, data: bytes, query: DNSRecord, send: Send, tcp: bool, pooled=False):
+        try:
+            reply = up.forward(data, self._upstream, self._forward_timeout, tcp)
+        except up.UpstreamError as e:
+            self._servfail(query, send, str(e))
+        else:
+            _send(send, reply, self._log)
+        finally:
+            if pooled:
+                self._release_pending()
+
+    def _release_pending(self) -> None:
+        with self._lock:
+            self._pending -= 1
+
+    def _servfail(self, query: DNSRecord, send: Send, reason: str) -> None:
+        self._count("servfail")
+        self._bad.warning("upstream", "dns: SERVFAIL for %s: %s", query.q.qname, reason)
+        reply = query.reply(ra=1, aa=0)
+        reply.header.rcode = RCODE_SERVFAIL
+        _send(send, reply.pack(), self._log)
+
+    def _count(self, key: str) -> None:
+        with self._lock:
+            self.stats[key] += 1
+
+
+def _send(send: Send, reply: bytes, log) -> None:
+    try:
+        send(reply)
+    except OSError as e:
+        log.debug("dns: reply not sent: %s", e)
+
+
+def _recv_exact(conn: socket.socket, n: int) -> bytes | None:
+    buf = b""
+    while len(buf) < n:
+        chunk = conn.recv(n - len(buf))
+        if not chunk:
+            return None
+        buf += chunk
+    return buf
