@@ -1,0 +1,49 @@
+"""Run the DHCP service alone (interop tests, benchmarks): ``python -m pxe.dhcp CONFIG``.
+
+Owns nothing but wiring for standalone runs: it loads a provisiond TOML
+file, migrates its database, answers every boot request with the idle agent
+(a policy that never ignores anyone), prints ``READY`` once listening and
+the statistics as JSON on SIGTERM/SIGINT. The daemon proper is wired in
+``provisiond/app.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from provisiond import config as config_mod
+from provisiond import logs
+from provisiond.boot import BootAction, BootSpec, Machine
+from provisiond.db import Database
+from pxe.dhcp.server import DhcpService
+
+
+class BootEveryone:
+    def boot_spec(self, machine: Machine) -> BootSpec | None:
+        return BootSpec(BootAction.AGENT, label=f"agent for {machine.mac}")
+
+
+def main(argv: list[str]) -> int:
+    cfg = config_mod.load(Path(argv[0]))
+    logs.setup(cfg.log_level)
+    db = Database(cfg.database_url)
+    db.migrate()
+    service = DhcpService(cfg, BootEveryone(), db)
+    service.start()
+    print("READY", flush=True)
+    done = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: done.set())
+    done.wait()
+    service.stop()
+    stats = dict(service.stats, lease_batches=service.store.batches)
+    print(json.dumps(stats, sort_keys=True), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,177 @@
+"""The DHCP service: sockets and threads around :class:`pxe.dhcp.handler.Handler`.
+
+Owns binding (UDP 0.0.0.0:dhcp_port with SO_BINDTODEVICE and SO_BROADCAST;
+proxyDHCP on address:proxy_port when a subnet is in proxy mode), the serve
+loops (receive -> decode -> handle -> send), the statistics and the
+rate-limited warnings. ACKs leave only after their lease rows committed
+(``leases.LeaseStore`` sends them from its writer thread).
+
+    DhcpService(config, policy, db).start()   # returns once listening
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections import Counter
+
+from provisiond import logs
+from provisiond.boot import BootPolicy
+from provisiond.config import Config
+from provisiond.db import Database
+from provisiond.service import LoopThread
+from pxe.dhcp.codec import DhcpDecodeError, decode
+from pxe.dhcp.handler import Handler, Reply
+from pxe.dhcp.leases import LeaseStore
+from pxe.dhcp.pool import Pool, pools_for
+
+log = logs.get("dhcp")
+WARN_EVERY = 60.0  # seconds between repeated warnings of one kind
+STAT_KEYS = ("received", "offered", "acked", "nak", "dropped_malformed", "ignored")
+
+
+class DhcpStartError(RuntimeError):
+    """The service cannot start; the message says why and what to fix."""
+
+
+class RateLimitedLog:
+    """Log a warning once per key and period; count the repeats in between."""
+
+    def __init__(self, period: float = WARN_EVERY) -> None:
+        self.period, self._last, self._skipped = period, {}, Counter()
+
+    def warning(self, key: str, msg: str, *args) -> None:
+        now = time.monotonic()
+        if now - self._last.get(key, -self.period) < self.period:
+            self._skipped[key] += 1
+            return
+        skipped = self._skipped.pop(key, 0)
+        self._last[key] = now
+        suffix = f" ({skipped} similar suppressed)" if skipped else ""
+        log.warning(msg + suffix, *args)
+
+
+class DhcpService:
+    name = "dhcp"
+
+    def __init__(
+        self, config: Config, policy: BootPolicy, db: Database, *, client_port: int = 68
+    ) -> None:
+        self.config, self.policy, self.db = config, policy, db
+        self.client_port = client_port
+        self.stats: dict[str, int] = dict.fromkeys(STAT_KEYS, 0)
+        self.warn = RateLimitedLog()
+        self._lock = threading.Lock()
+        self._socks: list[socket.socket] = []
+        self._loops: list[LoopThread] = []
+        self.pools: list[Pool] = []
+        self.store = LeaseStore(db, log, on_reservations=self._set_reservations)
+
+    # -- life cycle ---------------------------------------------------------
+    def start(self) -> None:
+        cfg = self.config
+        if not cfg.interface:
+            raise DhcpStartError("dhcp: config 'interface' is empty; set the NIC to serve on")
+        if not cfg.subnets:
+            raise DhcpStartError("dhcp: no [[subnet]] configured; nothing to serve")
+        self.pools = pools_for(cfg.subnets, str(cfg.address))
+        self._load()
+        self.handler = Handler(cfg, self.policy, self.pools, self._count, self.client_port)
+        try:
+            main = self._bind("0.0.0.0", cfg.services.dhcp_port)
+            self._loops.append(LoopThread("dhcp", lambda: self._serve(main, False), log))
+            if any(s.mode == "proxy" for s in cfg.subnets):
+                proxy = self._bind(str(cfg.address), cfg.services.proxy_port)
+                self._loops.append(LoopThread("dhcp-proxy", lambda: self._serve(proxy, True), log))
+        except OSError as exc:
+            self._close()
+            raise DhcpStartError(f"dhcp: cannot listen on {cfg.interface}: {exc}") from exc
+        self.store.start()
+        for loop in self._loops:
+            loop.start()
+        log.info(
+            "dhcp: listening on %s port %d (%d leases loaded)",
+            cfg.interface,
+            cfg.services.dhcp_port,
+            sum(len(p.by_ip) for p in self.pools),
+        )
+
+    def stop(self) -> None:
+        for loop in self._loops:
+            loop._stop.set()
+        for loop in self._loops:
+            loop.stop(timeout=1.0)
+        self.store.stop(timeout=0.8)
+        self._close()
+        self._loops = []
+
+    def _close(self) -> None:
+        for s in self._socks:
+            s.close()
+        self._socks = []
+
+    def _bind(self, host: str, port: int) -> socket.socket:
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self._socks.append(s)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, self.config.interface.encode())
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        s.bind((host, port))
+        s.settimeout(0.25)
+        return s
+
+    def _load(self) -> None:
+        now = time.time()
+        rows = self.store.load_leases(now)
+        for row in rows:
+            pool = next(
+                (p for p in self.pools if p.cidr == row.subnet and p.contains(row.ip)), None
+            )
+            if pool is not None:
+                pool.load(row)
+        self._set_reservations(self.store.load_reservations())
+
+    def _set_reservations(self, by_mac: dict[str, str]) -> None:
+        with self._lock:
+            for p in self.pools:
+                p.set_reservations(by_mac)
+
+    # -- serve loop: receive -> decode -> handle -> send ---------------------
+    def _count(self, key: str) -> None:
+        self.stats[key] = self.stats.get(key, 0) + 1
+        if key.startswith(("ignored_", "dropped_")) and key != "dropped_malformed":
+            self.stats["ignored"] += 1
+
+    def _serve(self, sock: socket.socket, proxy: bool) -> None:
+        try:
+            data, src = sock.recvfrom(4096)
+        except (TimeoutError, OSError):
+            return
+        self.stats["received"] += 1
+        try:
+            packet = decode(data)
+        except DhcpDecodeError as exc:
+            self.stats["dropped_malformed"] += 1
+            self.warn.warning("malformed", "dhcp: dropped malformed packet from %s: %s", src, exc)
+            return
+        try:
+            with self._lock:
+                reply = self.handler.handle(packet, time.time(), src if proxy else None)
+        except DhcpDecodeError as exc:  # a malformed encapsulated option read late
+            self.stats["dropped_malformed"] += 1
+            self.warn.warning("malformed", "dhcp: dropped malformed packet from %s: %s", src, exc)
+            return
+        if reply is not None:
+            self._send(sock, reply)
+
+    def _send(self, sock: socket.socket, reply: Reply) -> None:
+        if reply.durable:
+            send = (lambda: sock.sendto(reply.data, reply.dest)) if reply.data else None
+            self.store.submit(reply.durable, send)
+        elif reply.data:
+            try:
+                sock.sendto(reply.data, reply.dest)
+            except OSError as exc:
+                self.warn.warning("send", "dhcp: send to %s failed: %s", reply.dest, exc)

@@ -1,0 +1,215 @@
+"""Request -> reply decisions (full mode, relay, proxyDHCP), without sockets."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import Counter
+
+import pytest
+
+from provisiond.boot import BootAction, BootSpec
+from provisiond.config import Config, SubnetConfig
+from pxe.dhcp.codec import ACK, NAK, OFFER, Opt, decode, dump
+from pxe.dhcp.handler import Handler
+from pxe.dhcp.pool import pools_for
+from tests.unit import dhcp_packets as pk
+from tests.unit.test_dhcp_codec import check_golden
+
+IP = ipaddress.IPv4Address
+T = 1_000_000.0
+
+
+def subnet(cidr: str, mode: str = "full", **kw) -> SubnetConfig:
+    net = ipaddress.IPv4Network(cidr)
+    if mode == "full":
+        kw.setdefault("range_start", net.network_address + 100)
+        kw.setdefault("range_end", net.network_address + 199)
+    return SubnetConfig(cidr=net, mode=mode, **kw)
+
+
+SUBNETS = (
+    subnet("10.9.0.0/24", router=IP("10.9.0.1"), dns=(IP("10.9.0.1"),), domain="lab.test"),
+    subnet("10.20.0.0/24", router=IP("10.20.0.254"), lease_time=600),  # behind a relay
+    subnet("10.30.0.0/24", mode="proxy"),  # another DHCP server gives addresses
+)
+
+
+class Policy:
+    def __init__(self, ignore: set[str] = frozenset()):
+        self.ignore, self.seen = ignore, []
+
+    def boot_spec(self, machine):
+        self.seen.append(machine)
+        return None if machine.mac in self.ignore else BootSpec(BootAction.AGENT)
+
+
+def make(ignore=frozenset(), subnets=SUBNETS, address="10.9.0.1"):
+    cfg = Config(interface="br0", address=IP(address), subnets=subnets)
+    stats: Counter = Counter()
+    policy = Policy(ignore)
+    h = Handler(cfg, policy, pools_for(subnets, address), lambda key: stats.update([key]))
+    return h, stats, policy
+
+
+def run(h, raw: bytes, now: float = T, source=None):
+    return h.handle(decode(raw), now, source)
+
+
+@pytest.mark.parametrize(
+    "name, make_request, file, siaddr",
+    [
+        ("offer_pxe_bios", lambda: pk.pxe("discover", 0), "undionly.kpxe", "10.9.0.1"),
+        ("offer_pxe_uefi", lambda: pk.pxe("discover", 7), "ipxe.efi", "10.9.0.1"),
+        (
+            "offer_uefi_http",
+            lambda: pk.pxe("discover", 16, vendor="HTTPClient"),
+            "http://10.9.0.1:8080/assets/ipxe.efi",
+            "0.0.0.0",
+        ),
+        (
+            "offer_ipxe",
+            pk.ipxe,
+            "http://10.9.0.1:8080/boot/52-54-00-12-34-56.ipxe",
+            "0.0.0.0",
+        ),
+        ("offer_plain", pk.plain, "", "0.0.0.0"),
+    ],
+)
+def test_offer_golden(name, make_request, file, siaddr):
+    h, stats, _ = make()
+    r = run(h, make_request())
+    assert r.kind == OFFER and r.dest == ("255.255.255.255", 68) and not r.durable
+    p = decode(r.data)
+    assert (p.yiaddr, p.file, p.siaddr) == ("10.9.0.100", file, siaddr)
+    assert stats["offered"] == 1
+    check_golden(name, dump(p))
+
+
+def test_ipxe_reply_carries_no_pxedhcp():
+    h, _, _ = make()
+    p = decode(run(h, pk.ipxe()).data)
+    assert p.suboptions(Opt.IPXE_ENCAP) == {176: b"\x01"}
+
+
+def test_policy_none_ignores_machine():
+    h, stats, policy = make(ignore={pk.MAC})
+    assert run(h, pk.pxe("discover", 0)) is None
+    assert stats["ignored_policy"] == 1 and policy.seen[0].mac == pk.MAC
+
+
+def test_plain_client_does_not_ask_policy():
+    h, _, policy = make(ignore={pk.MAC})
+    assert run(h, pk.plain()).kind == OFFER and policy.seen == []
+
+
+def dora(h, mac=pk.MAC, **kw):
+    offer = decode(run(h, pk.plain(mac=mac, **kw)).data)
+    req = pk.plain(
+        "request",
+        [("requested_addr", offer.yiaddr), ("server_id", "10.9.0.1"), ("hostname", b"../x")],
+        mac=mac,
+        **kw,
+    )
+    return offer, run(h, req)
+
+
+def test_dora_ack_is_durable_and_hostname_sanitised():
+    h, stats, _ = make()
+    offer, ack = dora(h)
+    assert ack.kind == ACK and decode(ack.data).yiaddr == offer.yiaddr
+    (row,) = ack.durable
+    assert (row.ip, row.mac, row.state, row.hostname) == (offer.yiaddr, pk.MAC, "bound", "")
+    assert row.expires == T + 3600 and stats["acked"] == 1
+
+
+def test_relay_selects_subnet_and_replies_to_giaddr():
+    h, _, _ = make()
+    offer, ack = dora(h, giaddr="10.20.0.254")
+    assert offer.yiaddr == "10.20.0.100"
+    assert ack.dest == ("10.20.0.254", 67)
+    assert decode(ack.data).ip_opt(Opt.ROUTER) == "10.20.0.254"
+
+
+def test_foreign_relay_subnet_is_silent():
+    h, stats, _ = make()
+    assert run(h, pk.plain(giaddr="192.168.7.1")) is None
+    req = pk.plain("request", [("requested_addr", "192.168.7.9")], giaddr="192.168.7.1")
+    assert run(h, req) is None
+    assert stats["ignored_foreign_subnet"] == 2 and stats["nak"] == 0
+
+
+def test_request_for_wrong_address_in_own_subnet_is_naked():
+    h, stats, _ = make()
+    dora(h, mac="52:54:00:00:00:01")  # takes .100
+    bad = [("requested_addr", "10.9.0.100")]  # INIT-REBOOT for someone else's address
+    r = run(h, pk.plain("request", bad))
+    assert r.kind == NAK and r.dest == ("255.255.255.255", 68) and stats["nak"] == 1
+    assert run(h, pk.plain("request", [("requested_addr", "10.77.0.5")])).kind == NAK
+
+
+def test_request_selecting_another_server_is_silent():
+    h, stats, _ = make()
+    run(h, pk.plain())
+    req = [("requested_addr", "10.9.0.100"), ("server_id", "10.9.0.2")]
+    assert run(h, pk.plain("request", req)) is None and stats["ignored_other_server"] == 1
+
+
+def test_renew_unicasts_to_ciaddr():
+    h, _, _ = make()
+    offer, _ = dora(h)
+    r = run(h, pk.plain("request", ciaddr=offer.yiaddr), now=T + 1800)
+    assert r.kind == ACK and r.dest == (offer.yiaddr, 68)
+
+
+def test_inform_release_decline():
+    h, _stats, _ = make()
+    inform = decode(run(h, pk.plain("inform", ciaddr="10.9.0.50")).data)
+    assert inform.yiaddr == "0.0.0.0" and Opt.LEASE_TIME not in inform.options
+    offer, _ = dora(h)
+    rel = run(h, pk.plain("release", [("server_id", "10.9.0.1")], ciaddr=offer.yiaddr))
+    assert rel.data == b"" and rel.durable[0].state == "released"
+    dec = [("requested_addr", offer.yiaddr), ("server_id", "10.9.0.1")]
+    assert run(h, pk.plain("decline", dec)).durable[0].state == "declined"
+    assert decode(run(h, pk.plain()).data).yiaddr != offer.yiaddr
+
+
+def test_proxy_offer_has_no_address_and_ack_on_4011():
+    h, _stats, _ = make()
+    r = run(h, pk.pxe("discover", 0, giaddr="10.30.0.1"))
+    p = decode(r.data)
+    assert (p.yiaddr, p.file, p.text_opt(Opt.VENDOR_CLASS)) == (
+        "0.0.0.0",
+        "undionly.kpxe",
+        "PXEClient",
+    )
+    assert p.ip_opt(Opt.SERVER_ID) == "10.9.0.1" and Opt.LEASE_TIME not in p.options
+    check_golden("proxy_offer", dump(p))
+    ack = run(h, pk.pxe("request", 0, ciaddr="10.30.0.50"), source=("10.30.0.50", 4011))
+    assert ack.kind == ACK and ack.dest == ("10.30.0.50", 4011)
+    assert decode(ack.data).yiaddr == "0.0.0.0" and not ack.durable
+
+
+def test_proxy_mode_ignores_plain_clients_and_never_naks():
+    only_proxy = (subnet("10.30.0.0/24", mode="proxy"),)
+    h, stats, _ = make(subnets=only_proxy, address="10.30.0.1")
+    assert run(h, pk.plain()) is None
+    assert run(h, pk.pxe("request", 0, extra=[("requested_addr", "10.30.0.9")])) is None
+    assert stats["nak"] == 0 and stats["ignored_proxy_not_pxe"] == 1
+
+
+@pytest.mark.parametrize(
+    "offset, value, reason",
+    [(0, b"\x02", "dropped_not_request"), (2, b"\x10", "dropped_bad_hlen")],
+)
+def test_bad_header_fields_are_dropped_and_counted(offset, value, reason):
+    h, stats, _ = make()
+    raw = pk.plain()
+    assert run(h, raw[:offset] + value + raw[offset + 1 :]) is None
+    assert stats[reason] == 1
+
+
+def test_pool_exhaustion_is_counted():
+    tiny = (subnet("10.9.0.0/24", range_start=IP("10.9.0.100"), range_end=IP("10.9.0.100")),)
+    h, stats, _ = make(subnets=tiny)
+    dora(h, mac="52:54:00:00:00:01")
+    assert run(h, pk.plain()) is None and stats["pool_exhausted"] == 1
