@@ -90,7 +90,7 @@ class IllegalTransition(ValueError):
 
 def _allowed(kind: str, current: str) -> set[str]:
     for enum, (name, table) in _TABLES.items():
-        if name == kind:
+        if name == kind and current in enum.__members__.values():
             return {str(s) for s in table[enum(current)]}
     return set()
 

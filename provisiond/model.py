@@ -103,6 +103,7 @@ class Kernel(Base):
     cmdline: Mapped[str] = mapped_column(Text, default="")
     is_default: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
 
 
 class Template(Base):
@@ -129,6 +130,7 @@ class Appliance(Base):
     state: Mapped[str] = mapped_column(String(16), index=True, default="stopped")
     state_reason: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
     resource: Mapped[Resource] = relationship()
     image: Mapped[Image | None] = relationship()
     kernel: Mapped[Kernel | None] = relationship()

@@ -1,0 +1,54 @@
+# provisiond: the two commands of the README, and their helpers.
+#   make test   install what the tests need (apt-get only if missing, .venv), ruff, pytest
+#   make demo   provisiond on SQLite in a private network namespace + one QEMU machine
+SHELL := /bin/bash
+VENV  ?= .venv
+PY    := $(VENV)/bin/python
+PYTHON ?= python3
+APT_PACKAGES := qemu-system-x86 qemu-utils ipxe busybox-static dropbear-bin tgt \
+  dnsmasq-base linux-image-amd64 btrfs-progs socat extlinux syslinux-common fdisk \
+  dosfstools atftp tftp-hpa dnsutils curl kea-admin cpio zstd iproute2 kmod \
+  libiscsi-bin util-linux
+PYTEST_ARGS ?=
+
+.PHONY: test demo deps apt venv lint unit initrd clean
+
+deps: apt venv
+
+apt:
+	@missing=$$(for p in $(APT_PACKAGES); do \
+	    dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; \
+	  done); \
+	if [ -n "$$missing" ]; then \
+	  echo "apt-get install:" $$missing; \
+	  guard=0; if [ ! -e /usr/sbin/policy-rc.d ]; then \
+	    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; guard=1; fi; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get update -q && apt-get install -y -q --no-install-recommends $$missing; rc=$$?; \
+	  [ $$guard = 1 ] && rm -f /usr/sbin/policy-rc.d; \
+	  exit $$rc; \
+	fi
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+lint: venv
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check .
+
+test: deps lint
+	$(VENV)/bin/pytest -q -rs $(PYTEST_ARGS)
+
+unit: venv
+	$(VENV)/bin/pytest -q tests/unit
+
+demo: deps
+	bash vm-testbed/demo.sh
+
+clean:
+	rm -rf $(VENV) build .pytest_cache

@@ -1,0 +1,554 @@
+"""The ``provisiond`` command line (click).
+
+Owns argument parsing and presentation only: tables for people, ``--json``
+for scripts. Every command loads the configuration once (``--config``, then
+``$PROVISIOND_CONFIG``, then the default path) and calls the service modules;
+errors are printed as one line naming the object and what to do, with exit
+code 1 (2 for usage errors, as click does).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import click
+from sqlalchemy import select
+
+from provisiond import appliances, events, jobs, logs, resources
+from provisiond import config as configmod
+from provisiond.db import Database
+from provisiond.errors import ProvisiondError
+from provisiond.lifecycle import IllegalTransition
+from provisiond.model import Appliance, Event, Image, Job, Kernel, Resource, Storage, User
+
+ACTOR = f"cli:{os.environ.get('SUDO_USER') or os.environ.get('USER') or 'root'}"
+
+
+# ---------------------------------------------------------------------------
+# plumbing
+
+
+class Env:
+    def __init__(self, config_flag: str | None) -> None:
+        self._flag = config_flag
+        self._config: configmod.Config | None = None
+        self._db: Database | None = None
+
+    @property
+    def config(self) -> configmod.Config:
+        if self._config is None:
+            self._config = configmod.load(configmod.resolve_path(self._flag))
+        return self._config
+
+    @property
+    def db(self) -> Database:
+        if self._db is None:
+            self._db = Database(self.config.database_url)
+        return self._db
+
+
+def handle_errors(fn: Callable) -> Callable:
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (ProvisiondError, configmod.ConfigError, IllegalTransition) as exc:
+            raise click.ClickException(str(exc))
+
+    return wrapper
+
+
+def table(rows: Iterable[dict[str, Any]], columns: list[str]) -> str:
+    rows = list(rows)
+    if not rows:
+        return "(none)"
+    cells = [[("" if r.get(c) is None else str(r.get(c))) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    lines = [fmt.format(*(c.upper() for c in columns)), *(fmt.format(*row) for row in cells)]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def emit(as_json: bool, data: Any, columns: list[str] | None = None) -> None:
+    if as_json:
+        click.echo(json.dumps(data, indent=2, default=str))
+    elif isinstance(data, list):
+        click.echo(table(data, columns or (list(data[0]) if data else [])))
+    else:
+        width = max(len(k) for k in data) if data else 0
+        for key, value in data.items():
+            if isinstance(value, dict | list):
+                value = json.dumps(value, default=str)
+            click.echo(f"{key:<{width}}  {value}")
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+
+
+@click.group()
+@click.option("--config", "config_flag", envvar=None, help="path to provisiond.toml")
+@click.pass_context
+def main(ctx: click.Context, config_flag: str | None) -> None:
+    """provisiond: network-boot, register and deploy bare-metal machines."""
+    ctx.obj = Env(config_flag)
+
+
+# ---------------------------------------------------------------------------
+# config, init, serve
+
+
+@main.group("config")
+def config_group() -> None:
+    """Inspect the configuration file."""
+
+
+@config_group.command("check")
+@click.argument("path", required=False)
+@click.pass_obj
+def config_check(env: Env, path: str | None) -> None:
+    """Validate a configuration file (default: the active one)."""
+    target = Path(path) if path else configmod.resolve_path(env._flag)
+    try:
+        cfg = configmod.load(target)
+    except configmod.ConfigError as exc:
+        raise click.ClickException(f"{target}: {exc}")
+    modes = ", ".join(f"{s.cidr} ({s.mode})" for s in cfg.subnets) or "none"
+    click.echo(f"{target}: OK (address {cfg.address}, http {cfg.http_port}, subnets: {modes})")
+
+
+@main.command()
+@click.pass_obj
+@handle_errors
+def init(env: Env) -> None:
+    """Create the state directory, database, admin user and SSH key (safe to re-run)."""
+    from provisiond import assets
+    from provisiond.security import ensure_ssh_keypair, hash_password, new_password
+
+    cfg = env.config
+    cfg.state_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
+    cfg.boot_assets_dir.mkdir(parents=True, exist_ok=True)
+    env.db.migrate()
+    with env.db.session() as s:
+        if s.scalars(select(User).where(User.name == "admin")).first() is None:
+            password = new_password()
+            s.add(User(name="admin", password_hash=hash_password(password), role="admin"))
+            events.record(s, ACTOR, "user.created", "admin", "role admin")
+            click.echo(f"admin password (shown once, store it now): {password}")
+        else:
+            click.echo("admin user exists (password unchanged)")
+        for st in cfg.storages:
+            row = s.scalars(select(Storage).where(Storage.name == st.name)).first()
+            if row is None:
+                s.add(Storage(name=st.name, backend=st.backend, path=st.path, exporter=st.exporter))
+    if ensure_ssh_keypair(cfg.ssh_key_path):
+        click.echo(f"SSH key pair written: {cfg.ssh_key_path} (0600)")
+    else:
+        click.echo(f"SSH key pair exists: {cfg.ssh_key_path} (kept)")
+    missing = assets.install_ipxe(cfg.boot_assets_dir)
+    if missing:
+        click.echo(f"warning: iPXE binaries missing: {', '.join(missing)} (apt-get install ipxe)")
+    click.echo(f"initialised {cfg.state_dir} (database {_safe_url(cfg.database_url)})")
+
+
+def _safe_url(url: str) -> str:
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return url
+
+
+@main.command()
+@click.pass_obj
+def serve(env: Env) -> None:
+    """Run the daemon (DHCP, TFTP, DNS, HTTP, scheduler) until SIGTERM."""
+    from provisiond.app import serve as run
+
+    try:
+        cfg = env.config
+    except configmod.ConfigError as exc:
+        raise click.ClickException(str(exc))
+    logs.setup(cfg.log_level)
+    sys.exit(run(cfg))
+
+
+# ---------------------------------------------------------------------------
+# resources
+
+
+def resource_row(r: Resource) -> dict[str, Any]:
+    inv = r.inventory or {}
+    return {
+        "id": r.id,
+        "name": r.display_name,
+        "mac": r.mac,
+        "ip": r.ip,
+        "state": r.state,
+        "cpus": (inv.get("cpu") or {}).get("count"),
+        "memory_mib": (inv.get("memory_bytes") or 0) // 2**20 or None,
+        "last_heartbeat": r.last_heartbeat.isoformat(timespec="seconds")
+        if r.last_heartbeat
+        else None,
+    }
+
+
+@main.group("resource")
+def resource_group() -> None:
+    """Machines found by MAC: list, show, remove, release."""
+
+
+@resource_group.command("list")
+@click.option("--state", help="only resources in this state")
+@json_option
+@click.pass_obj
+@handle_errors
+def resource_list(env: Env, state: str | None, as_json: bool) -> None:
+    with env.db.session() as s:
+        q = select(Resource).order_by(Resource.id)
+        if state:
+            q = q.where(Resource.state == state)
+        rows = [resource_row(r) for r in s.scalars(q)]
+    emit(as_json, rows, ["id", "name", "mac", "ip", "state", "cpus", "memory_mib"])
+
+
+@resource_group.command("show")
+@click.argument("ref")
+@json_option
+@click.pass_obj
+@handle_errors
+def resource_show(env: Env, ref: str, as_json: bool) -> None:
+    with env.db.session() as s:
+        r = resources.find(s, ref)
+        data = {
+            **resource_row(r),
+            "state_reason": r.state_reason,
+            "macs": r.macs,
+            "hostkey_fingerprint": r.hostkey_fingerprint,
+            "inventory": r.inventory,
+        }
+    emit(as_json, data)
+
+
+@resource_group.command("rm")
+@click.argument("ref")
+@click.pass_obj
+@handle_errors
+def resource_rm(env: Env, ref: str) -> None:
+    with env.db.session() as s:
+        r = resources.find(s, ref)
+        name = r.display_name
+        resources.delete(s, r, ACTOR)
+    click.echo(f"removed resource {name}")
+
+
+# ---------------------------------------------------------------------------
+# images, kernels
+
+
+@main.group("image")
+def image_group() -> None:
+    """Master images."""
+
+
+def image_row(i: Image) -> dict[str, Any]:
+    return {"id": i.id, "name": i.name, "format": i.format, "size": i.size,
+            "sha256": i.sha256, "state": i.state}  # fmt: skip
+
+
+@image_group.command("list")
+@json_option
+@click.pass_obj
+@handle_errors
+def image_list(env: Env, as_json: bool) -> None:
+    with env.db.session() as s:
+        rows = [image_row(i) for i in s.scalars(select(Image).order_by(Image.id))]
+    emit(as_json, rows, ["id", "name", "format", "size", "state"])
+
+
+@image_group.command("show")
+@click.argument("ref")
+@json_option
+@click.pass_obj
+@handle_errors
+def image_show(env: Env, ref: str, as_json: bool) -> None:
+    with env.db.session() as s:
+        img = appliances._by_name(s, Image, ref, "image")
+        emit(as_json, image_row(img))
+
+
+@main.group("kernel")
+def kernel_group() -> None:
+    """Kernels + initrds for network boot."""
+
+
+@kernel_group.command("list")
+@json_option
+@click.pass_obj
+@handle_errors
+def kernel_list(env: Env, as_json: bool) -> None:
+    with env.db.session() as s:
+        rows = [
+            {
+                "id": k.id,
+                "name": k.name,
+                "version": k.version,
+                "kernel": k.kernel_path,
+                "initrd": k.initrd_path,
+                "default": k.is_default,
+            }
+            for k in s.scalars(select(Kernel).order_by(Kernel.id))
+        ]
+    emit(as_json, rows, ["id", "name", "version", "kernel", "initrd", "default"])
+
+
+# ---------------------------------------------------------------------------
+# appliances
+
+
+@main.group("appliance")
+def appliance_group() -> None:
+    """Resource + image + mode: create, start, stop, remove."""
+
+
+@appliance_group.command("list")
+@json_option
+@click.pass_obj
+@handle_errors
+def appliance_list(env: Env, as_json: bool) -> None:
+    with env.db.session() as s:
+        rows = [appliances.as_dict(a) for a in s.scalars(select(Appliance).order_by(Appliance.id))]
+    emit(as_json, rows, ["id", "name", "resource", "image", "mode", "state"])
+
+
+@appliance_group.command("show")
+@click.argument("ref")
+@json_option
+@click.pass_obj
+@handle_errors
+def appliance_show(env: Env, ref: str, as_json: bool) -> None:
+    with env.db.session() as s:
+        emit(as_json, appliances.as_dict(appliances.find(s, ref)))
+
+
+def _params(pairs: tuple[str, ...]) -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{pair!r}: write KEY=VALUE", param_hint="--param")
+        out[key] = value
+    return out
+
+
+@appliance_group.command("create")
+@click.option("--name", help="appliance name (default: app-<resource>)")
+@click.option("--resource", "resource_ref", required=True, help="resource name, MAC, IP or id")
+@click.option("--image", help="image name or id")
+@click.option("--kernel", help="kernel name or id")
+@click.option("--mode", type=click.Choice(appliances.MODES), required=True)
+@click.option("--param", "params", multiple=True, help="KEY=VALUE (repeatable)")
+@click.option("--disk", help="target disk for mode local, e.g. /dev/sda")
+@click.option("--ha", is_flag=True, help="fail over onto a standby idle resource")
+@json_option
+@click.pass_obj
+@handle_errors
+def appliance_create(env: Env, name, resource_ref, image, kernel, mode, params, disk, ha, as_json):
+    extra = _params(params)
+    if disk:
+        extra["disk"] = disk
+    with env.db.session() as s:
+        res = resources.find(s, resource_ref)
+        app = appliances.create(
+            s,
+            name=name or f"app-{res.display_name}",
+            resource=res,
+            mode=mode,
+            image=image,
+            kernel=kernel,
+            params=extra,
+            ha=ha,
+            actor=ACTOR,
+        )
+        data = appliances.as_dict(app)
+    emit(as_json, data) if as_json else click.echo(f"created appliance {data['name']}")
+
+
+def _appliance_action(env: Env, ref: str, action: Callable, verb: str) -> None:
+    with env.db.session() as s:
+        app = appliances.find(s, ref)
+        action(s, app, ACTOR)
+        click.echo(f"appliance {app.name}: {verb} ({app.state})")
+
+
+@appliance_group.command("start")
+@click.argument("ref")
+@click.pass_obj
+@handle_errors
+def appliance_start(env: Env, ref: str) -> None:
+    _appliance_action(env, ref, appliances.start, "starting")
+
+
+@appliance_group.command("stop")
+@click.argument("ref")
+@click.pass_obj
+@handle_errors
+def appliance_stop(env: Env, ref: str) -> None:
+    _appliance_action(env, ref, appliances.stop, "stopping")
+
+
+@appliance_group.command("rm")
+@click.argument("ref")
+@click.option("--keep-volume", is_flag=True, help="keep the appliance's clone")
+@click.pass_obj
+@handle_errors
+def appliance_rm(env: Env, ref: str, keep_volume: bool) -> None:
+    with env.db.session() as s:
+        app = appliances.find(s, ref)
+        name = app.name
+        appliances.remove(s, app, ACTOR)
+    click.echo(f"removed appliance {name}")
+
+
+# ---------------------------------------------------------------------------
+# jobs, events
+
+
+@main.group("job")
+def job_group() -> None:
+    """Long work: deploys, captures, commands."""
+
+
+@job_group.command("list")
+@click.option("--state", help="only jobs in this state")
+@json_option
+@click.pass_obj
+@handle_errors
+def job_list(env: Env, state: str | None, as_json: bool) -> None:
+    with env.db.session() as s:
+        q = select(Job).order_by(Job.id.desc()).limit(200)
+        if state:
+            q = q.where(Job.state == state)
+        rows = [jobs.as_dict(j) for j in s.scalars(q)]
+    emit(as_json, rows, ["id", "kind", "state", "resource_id", "percent", "outcome"])
+
+
+@job_group.command("show")
+@click.argument("job_id", type=int)
+@json_option
+@click.pass_obj
+@handle_errors
+def job_show(env: Env, job_id: int, as_json: bool) -> None:
+    with env.db.session() as s:
+        job = jobs.get(s, job_id)
+        data = {**jobs.as_dict(job), "log": job.log}
+    emit(as_json, data)
+
+
+@main.group("event")
+def event_group() -> None:
+    """The audit trail."""
+
+
+@event_group.command("list")
+@click.option("--limit", default=50, show_default=True)
+@json_option
+@click.pass_obj
+@handle_errors
+def event_list(env: Env, limit: int, as_json: bool) -> None:
+    with env.db.session() as s:
+        rows = [
+            {
+                "at": e.at.isoformat(timespec="seconds"),
+                "actor": e.actor,
+                "action": e.action,
+                "target": e.target,
+                "detail": e.detail,
+            }
+            for e in s.scalars(select(Event).order_by(Event.id.desc()).limit(limit))
+        ]
+    emit(as_json, rows, ["at", "actor", "action", "target", "detail"])
+
+
+# ---------------------------------------------------------------------------
+# initrd, login, run
+
+
+@main.group("initrd")
+def initrd_group() -> None:
+    """The idle-agent initrd."""
+
+
+@initrd_group.command("build")
+@click.option("--kernel-version", help="kernel release under /lib/modules (default: newest)")
+@click.option("--name", default="agent", show_default=True, help="kernel record name")
+@click.pass_obj
+@handle_errors
+def initrd_build(env: Env, kernel_version: str | None, name: str) -> None:
+    """Build the busybox agent initrd and register it as the default kernel."""
+    from provisiond import kernels
+
+    kernels.build_agent(env.config, env.db, kernel_version, name, echo=click.echo)
+
+
+def _remote_target(env: Env, ref: str) -> tuple[str, str, str]:
+    with env.db.session() as s:
+        r = resources.find(s, ref)
+        if not r.ip:
+            raise ProvisiondError(f"resource {r.display_name} has no known IP address yet")
+        return r.display_name, r.ip, r.hostkey or ""
+
+
+@main.command()
+@click.argument("ref")
+@click.pass_obj
+@handle_errors
+def login(env: Env, ref: str) -> None:
+    """Open an interactive root shell on an idle resource (pinned host key)."""
+    from provisiond import remote
+
+    name, ip, hostkey = _remote_target(env, ref)
+    with env.db.session() as s:
+        events.record(s, ACTOR, "resource.login", name, f"ssh root@{ip}")
+    try:
+        client = remote.connect(ip, hostkey, env.config.ssh_key_path)
+    except remote.RemoteError as exc:
+        raise click.ClickException(str(exc))
+    try:
+        sys.exit(remote.interactive(client))
+    finally:
+        client.close()
+
+
+@main.command(context_settings={"ignore_unknown_options": True})
+@click.argument("ref")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+@click.pass_obj
+@handle_errors
+def run(env: Env, ref: str, command: tuple[str, ...]) -> None:
+    """Run one command on an idle resource: provisiond run R -- CMD ..."""
+    from provisiond import remote
+
+    name, ip, hostkey = _remote_target(env, ref)
+    cmd = " ".join(command)
+    with env.db.session() as s:
+        events.record(s, ACTOR, "resource.run", name, cmd)
+    try:
+        client = remote.connect(ip, hostkey, env.config.ssh_key_path)
+        try:
+            code, output = remote.run(client, cmd)
+        finally:
+            client.close()
+    except remote.RemoteError as exc:
+        raise click.ClickException(str(exc))
+    sys.stdout.buffer.write(output)
+    sys.stdout.flush()
+    sys.exit(code)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,62 @@
+"""The embedded HTTP server: waitress (a production WSGI server) in a thread.
+
+Owns listening on ``address:http_port`` and serving the Flask app. Files are
+streamed through ``wsgi.file_wrapper`` with bounded memory whatever their
+size. Agent long polls hold a worker thread each, so the pool is sized for
+them (``threads``).
+"""
+
+from __future__ import annotations
+
+import threading
+
+from waitress.server import create_server
+
+from provisiond import logs
+
+log = logs.get("http")
+
+
+class HttpService:
+    name = "http"
+
+    def __init__(self, app, host: str, port: int, threads: int = 48) -> None:
+        self._app, self._host, self._port, self._threads = app, host, port, threads
+        self._server = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        try:
+            self._server = create_server(
+                self._app,
+                host=self._host,
+                port=self._port,
+                threads=self._threads,
+                channel_timeout=120,
+                ident="provisiond",
+                clear_untrusted_proxy_headers=True,
+            )
+        except OSError as exc:
+            raise RuntimeError(
+                f"http: cannot listen on {self._host}:{self._port} ({exc.strerror}); "
+                "change http_port or address in the config, or stop what uses the port"
+            )
+        self._thread = threading.Thread(target=self._run, name="http", daemon=True)
+        self._thread.start()
+        log.info("listening on http://%s:%d", self._host, self._port)
+
+    def _run(self) -> None:
+        try:
+            self._server.run()
+        except Exception:  # pragma: no cover - closing the map raises in waitress
+            if self._server is not None:
+                log.debug("http loop ended", exc_info=True)
+
+    def stop(self) -> None:
+        if self._server is None:
+            return
+        self._server.task_dispatcher.shutdown(cancel_pending=True, timeout=2)
+        self._server.close()
+        if self._thread:
+            self._thread.join(2)
+        self._server = None

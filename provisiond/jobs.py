@@ -1,0 +1,105 @@
+"""Jobs: durable long work with progress, log and outcome; the agent command queue.
+
+Owns :class:`provisiond.model.Job` rows. Every state change goes through
+:func:`transition` (the job transition table). Commands for an idle agent
+(``run``, ``reboot``, ``poweroff``; deploy/capture/erase later) are jobs of
+kind ``agent.<command>``: queued by the CLI/API, handed to the agent by its
+long poll, finished by the agent's result.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from provisiond import events, lifecycle
+from provisiond.errors import Invalid, NotFound
+from provisiond.lifecycle import JobState as JS
+from provisiond.model import Job, Resource, utcnow
+
+AGENT_COMMANDS = frozenset({"run", "reboot", "poweroff"})
+MAX_LOG = 256 * 1024
+
+
+def transition(job: Job, target: JS, outcome: str = "") -> None:
+    lifecycle.check(job.state, target)
+    job.state = str(target)
+    if target == JS.RUNNING:
+        job.started_at = utcnow()
+    if target in (JS.SUCCEEDED, JS.FAILED, JS.CANCELLED):
+        job.finished_at = utcnow()
+        job.outcome = outcome
+
+
+def append_log(job: Job, line: str) -> None:
+    job.log = (job.log + line.rstrip("\n") + "\n")[-MAX_LOG:]
+
+
+def get(session: Session, job_id: int) -> Job:
+    job = session.get(Job, job_id)
+    if job is None:
+        raise NotFound(f"job {job_id} not found; see `provisiond job list`")
+    return job
+
+
+def enqueue_command(
+    session: Session, res: Resource, command: str, arg: str = "", actor: str = "cli"
+) -> Job:
+    if command not in AGENT_COMMANDS:
+        raise Invalid(
+            f"unknown agent command {command!r}; known: {', '.join(sorted(AGENT_COMMANDS))}",
+            field="command",
+        )
+    job = Job(kind=f"agent.{command}", state=JS.QUEUED, resource_id=res.id, params={"arg": arg})
+    session.add(job)
+    session.flush()
+    events.record(session, actor, f"agent.{command}", res.display_name, arg)
+    return job
+
+
+def next_command(session: Session, res: Resource) -> Job | None:
+    """Hand the oldest queued command of ``res`` to its agent (queued -> running)."""
+    job = session.scalars(
+        select(Job)
+        .where(Job.resource_id == res.id, Job.state == JS.QUEUED, Job.kind.like("agent.%"))
+        .order_by(Job.id)
+    ).first()
+    if job is not None:
+        transition(job, JS.RUNNING)
+    return job
+
+
+def complete_command(
+    session: Session, res: Resource, job_id: int, exit_code: int, output: bytes
+) -> Job:
+    job = session.get(Job, job_id)
+    if job is None or job.resource_id != res.id:
+        raise NotFound(f"command {job_id} is not a command of {res.display_name}")
+    if job.state != JS.RUNNING:
+        raise Invalid(f"command {job_id} is {job.state}, not running")
+    append_log(job, output.decode("utf-8", "replace"))
+    job.params = {**job.params, "exit_code": exit_code}
+    transition(job, JS.SUCCEEDED if exit_code == 0 else JS.FAILED, f"exit code {exit_code}")
+    return job
+
+
+def as_dict(job: Job) -> dict[str, Any]:
+    return {
+        "id": job.id,
+        "kind": job.kind,
+        "state": job.state,
+        "resource_id": job.resource_id,
+        "appliance_id": job.appliance_id,
+        "bytes_done": job.bytes_done,
+        "bytes_total": job.bytes_total,
+        "percent": round(job.percent, 1),
+        "rate": job.rate,
+        "eta_seconds": job.eta_seconds,
+        "outcome": job.outcome,
+        "params": job.params,
+        "created_at": job.created_at.isoformat() if job.created_at else None,
+        "started_at": job.started_at.isoformat() if job.started_at else None,
+        "finished_at": job.finished_at.isoformat() if job.finished_at else None,
+    }

@@ -1,0 +1,74 @@
+"""Kernels: building the idle-agent initrd and registering kernels.
+
+Owns ``provisiond initrd build``: runs ``initrd/build.sh`` for the served
+kernel (default: the newest under ``/lib/modules``), places ``vmlinuz`` and
+``initrd.img`` under ``<boot assets>/kernels/<name>/`` and records the result
+as the default :class:`provisiond.model.Kernel`.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+from sqlalchemy import select, update
+
+from provisiond import events
+from provisiond.config import REPO_ROOT, Config
+from provisiond.db import Database
+from provisiond.errors import ProvisiondError
+from provisiond.model import Kernel
+
+BUILD_SCRIPT = REPO_ROOT / "initrd" / "build.sh"
+
+
+def newest_kernel(modroot: Path = Path("/lib/modules")) -> str:
+    versions = sorted(
+        (p.name for p in modroot.iterdir() if (p / "modules.dep").exists()),
+        key=lambda v: [int(x) if x.isdigit() else x for x in v.replace("-", ".").split(".")],
+    ) if modroot.is_dir() else []  # fmt: skip
+    if not versions:
+        raise ProvisiondError(
+            f"no kernel modules under {modroot}: apt-get install linux-image-amd64 "
+            "(the kernel provisiond serves to idle resources)"
+        )
+    return versions[-1]
+
+
+def build_agent(
+    config: Config,
+    db: Database,
+    kernel_version: str | None,
+    name: str = "agent",
+    echo: Callable[[str], None] = print,
+) -> Kernel:
+    kver = kernel_version or newest_kernel()
+    out = config.boot_assets_dir / "kernels" / name
+    out.mkdir(parents=True, exist_ok=True)
+    echo(f"building the agent initrd for kernel {kver} into {out}")
+    proc = subprocess.Popen(
+        ["bash", str(BUILD_SCRIPT), "--kernel", kver, "--out", str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        echo(line.rstrip())
+    if proc.wait() != 0:
+        raise ProvisiondError(
+            f"initrd build for kernel {kver} failed (exit {proc.returncode}); see the lines above"
+        )
+    rel = out.relative_to(config.boot_assets_dir)
+    with db.session() as s:
+        k = s.scalars(select(Kernel).where(Kernel.name == name)).first()
+        if k is None:
+            k = Kernel(name=name)
+            s.add(k)
+        s.execute(update(Kernel).values(is_default=False))
+        k.version, k.is_default = kver, True
+        k.kernel_path, k.initrd_path = f"{rel}/vmlinuz", f"{rel}/initrd.img"
+        events.record(s, "cli", "kernel.built", name, f"kernel {kver}")
+    echo(f"registered kernel '{name}' ({kver}) as the default idle-agent kernel")
+    return k

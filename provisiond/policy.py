@@ -1,0 +1,83 @@
+"""The database-backed boot policy (the first and, so far, only BootPolicy).
+
+Owns the decision "what should this machine boot now?" for provisiond's own
+inventory. It reads only the in-memory :class:`provisiond.inventory.Inventory`
+snapshot, so DHCP and HTTP never wait on the database and nothing is written
+here: discovery of unknown MACs happens when the HTTP script is served.
+
+=====================================  ======================================
+machine                                 BootSpec
+=====================================  ======================================
+unknown MAC / new / idle / offline /    AGENT: the idle-agent kernel + initrd
+failed / releasing                      (the default Kernel)
+appliance mode sanboot, starting/active SANBOOT: iSCSI target from params
+appliance mode local, starting          DEPLOY: the agent, which streams
+appliance mode local, active            LOCAL_DISK: boot the machine's disk
+appliance mode template, starting       KERNEL: installer kernel (params)
+=====================================  ======================================
+"""
+
+from __future__ import annotations
+
+from provisiond.boot import BootAction, BootSpec, Machine, SanTarget
+from provisiond.config import Config
+from provisiond.inventory import Inventory, KernelView, ResourceView
+
+
+class DatabasePolicy:
+    def __init__(self, config: Config, inventory: Inventory) -> None:
+        self._config, self._inv = config, inventory
+
+    def boot_spec(self, machine: Machine) -> BootSpec | None:
+        view = self._inv.resource(machine.mac)
+        app = view.appliance if view else None
+        if app is not None and app.state in ("starting", "active"):
+            spec = self._appliance_spec(view, app.mode, app.state, dict(app.params))
+            if spec is not None:
+                return spec
+        return self._agent_spec(view)
+
+    def _agent_spec(self, view: ResourceView | None) -> BootSpec:
+        kernel: KernelView | None = self._inv.snapshot.default_kernel
+        cmdline = self._config.agent.kernel_cmdline
+        if kernel is None:
+            return BootSpec(BootAction.AGENT, resource_id=view.id if view else None, label="agent")
+        return BootSpec(
+            BootAction.AGENT,
+            kernel=kernel.kernel_path,
+            initrds=(kernel.initrd_path,) if kernel.initrd_path else (),
+            cmdline=" ".join(p for p in (cmdline, kernel.cmdline) if p),
+            resource_id=view.id if view else None,
+            label=f"idle agent ({kernel.name})",
+        )
+
+    def _appliance_spec(
+        self, view: ResourceView, mode: str, state: str, params: dict
+    ) -> BootSpec | None:
+        if mode == "sanboot" and params.get("target_iqn"):
+            san = SanTarget(
+                portal=str(params.get("portal", self._config.address)),
+                iqn=params["target_iqn"],
+                lun=int(params.get("lun", 1)),
+                initiator_iqn=params.get("initiator_iqn", ""),
+                chap_user=params.get("chap_user", ""),
+                chap_secret=params.get("chap_secret", ""),
+            )
+            return BootSpec(BootAction.SANBOOT, san=san, resource_id=view.id, label="sanboot")
+        if mode == "local" and state == "active":
+            return BootSpec(BootAction.LOCAL_DISK, resource_id=view.id, label="local disk")
+        if mode == "local":
+            spec = self._agent_spec(view)
+            return BootSpec(
+                BootAction.DEPLOY, spec.kernel, spec.initrds, spec.cmdline, None, view.id, "deploy"
+            )
+        if mode == "template" and params.get("kernel"):
+            return BootSpec(
+                BootAction.KERNEL,
+                kernel=params["kernel"],
+                initrds=tuple(params.get("initrds", ())),
+                cmdline=params.get("cmdline", ""),
+                resource_id=view.id,
+                label="install",
+            )
+        return None

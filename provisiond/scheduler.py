@@ -1,0 +1,51 @@
+"""The scheduler: periodic housekeeping inside the daemon.
+
+Owns the clock-driven work: resources that miss heartbeats for
+``agent.heartbeat_timeout`` seconds become ``offline``. Later issues add job
+dispatch here. Runs every ``interval`` seconds in one thread.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from provisiond import logs, resources
+from provisiond.config import Config
+from provisiond.db import Database
+from provisiond.inventory import Inventory
+from provisiond.service import LoopThread
+
+log = logs.get("scheduler")
+
+
+class Scheduler:
+    name = "scheduler"
+
+    def __init__(self, config: Config, db: Database, inventory: Inventory) -> None:
+        self._config, self._db, self._inv = config, db, inventory
+        self._interval = max(1.0, min(5.0, config.agent.heartbeat_timeout / 4))
+        self._wake = threading.Event()
+        self._loop = LoopThread("scheduler", self._step, log)
+
+    def _step(self) -> None:
+        self._wake.wait(self._interval)
+        if self._loop.stopping:
+            return
+        self.tick()
+
+    def tick(self) -> None:
+        with self._db.session() as s:
+            stale = resources.mark_stale_offline(s, self._config.agent.heartbeat_timeout)
+            names = [r.display_name for r in stale]
+        for name in names:
+            log.warning("%s missed heartbeats for %d s: offline", name,
+                        self._config.agent.heartbeat_timeout)  # fmt: skip
+        if names:
+            self._inv.refresh()
+
+    def start(self) -> None:
+        self._loop.start()
+
+    def stop(self) -> None:
+        self._wake.set()
+        self._loop.stop()
