@@ -200,10 +200,10 @@ class TftpService:
             return
         if not isinstance(packet, Request):
             kind = type(packet).__name__
-            self._bad("dropped_malformed", "tftp: %s from %s:%d on the request port", peer, kind)
+            self._bad("dropped_malformed", "tftp: %s:%d sent %s to the request port", peer, kind)
             return
         if packet.opcode is Opcode.WRQ:  # read-only server
-            self._bad("wrq", "tftp: write request %r from %s:%d refused", peer, packet.filename)
+            self._bad("wrq", "tftp: %s:%d write request %r refused", peer, packet.filename)
             self._refuse(peer, ErrorCode.ACCESS_VIOLATION, "read-only server")
             return
         self.stats["rrq"] += 1
@@ -211,11 +211,11 @@ class TftpService:
 
     def _start_transfer(self, req: Request, peer: tuple[str, int]) -> None:
         if req.mode not in MODES:
-            self._bad("bad_mode", "tftp: mode %r from %s:%d", peer, req.mode)
+            self._bad("bad_mode", "tftp: %s:%d asked for mode %r", peer, req.mode)
             self._refuse(peer, ErrorCode.ILLEGAL_OPERATION, f"unsupported mode {req.mode}")
             return
         if len(self._active) >= self.max_transfers:
-            self._bad("busy", "tftp: %d transfers active; refusing %s:%d", peer, len(self._active))
+            self._bad("busy", "tftp: %s:%d refused: %d transfers active", peer, len(self._active))
             self._refuse(peer, ErrorCode.NOT_DEFINED, "server busy, try again")
             return
         source = self._open(req, peer)
@@ -289,7 +289,7 @@ class TftpService:
             self.stats["client_errors"] += 1
             active.transfer.abort(f"client error {packet.code}: {packet.message}")
             return []
-        self._bad("dropped_malformed", "tftp: unexpected %s from %s:%d", active.peer, packet)
+        self._bad("dropped_malformed", "tftp: %s:%d sent unexpected %s", active.peer, packet)
         return []
 
     def _run_timers(self, now: float) -> None:
