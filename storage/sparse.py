@@ -45,8 +45,23 @@ def _feed_zeros(hasher, n: int) -> None:
         n -= k
 
 
-def copy_fd(src: int, dst: int, size: int, *, progress: Progress | None = None, hasher=None) -> int:
-    """Copy ``size`` bytes of ``src`` into ``dst`` sparsely; returns data bytes written."""
+def copy_fd(
+    src: int,
+    dst: int,
+    size: int,
+    *,
+    progress: Progress | None = None,
+    hasher=None,
+    dst_zeroed: bool = True,
+) -> int:
+    """Copy ``size`` bytes of ``src`` into ``dst``; returns bytes written.
+
+    ``dst_zeroed``: ``dst`` is a fresh sparse regular file (reads as zeros), so
+    holes and zero blocks are skipped and the file is truncated to ``size``.
+    Otherwise (a block device with old contents) every byte is written.
+    """
+    if not dst_zeroed:
+        return _copy_dense(src, dst, size, progress=progress, hasher=hasher)
     written = done = 0
     for off, length in data_extents(src, size):
         if hasher is not None:
