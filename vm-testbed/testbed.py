@@ -1,0 +1,460 @@
+"""The QEMU test bed: a private network namespace, its daemons and machines.
+
+Owns everything one test bed creates and its guaranteed teardown: the
+namespace ``<ns>`` with bridge ``br0`` (``<subnet>.1/24`` and ``fd77::1/64``),
+tap devices, the IPv6 router-advertisement daemon, provisiond, the anchor
+path's dnsmasq + HTTP server, QEMU machines (by pidfile), and loop devices or
+mounts left under the work directory. Nothing touches a real interface.
+
+    with Testbed(Path("/tmp/tb")) as tb:
+        tb.start_provisiond(config_text)            # or tb.start_anchor(assets, script)
+        vm = tb.boot_vm("vm1", "52:54:00:00:00:01")
+        vm.wait_for(r"IDLE-AGENT-UP", timeout=60)
+
+CLI for humans and ``make demo`` (``--ns``, ``--workdir``, ``--subnet``):
+``testbed.py up``, ``testbed.py down`` (also cleans a crashed run by name),
+``testbed.py boot NAME --mac M [--nic e1000] [--kernel K --initrd I --append A]``.
+
+Stdlib only; import with ``vm-testbed/`` on ``sys.path``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from vm import Vm, VmSpec, pid_alive, read_pid, terminate  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+UNDIONLY = Path("/usr/lib/ipxe/undionly.kpxe")
+T = TypeVar("T")
+
+
+def wait_until(predicate: Callable[[], T], timeout: float, interval: float = 0.1) -> T:
+    """The first truthy value of ``predicate()``; TimeoutError after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"condition not met within {timeout} s")
+        time.sleep(interval)
+
+
+def sh(argv: list[str], check: bool = True, **kw: Any) -> subprocess.CompletedProcess:
+    return subprocess.run(argv, check=check, capture_output=True, text=True, **kw)
+
+
+def ns_exists(ns: str) -> bool:
+    return Path(f"/run/netns/{ns}").exists()
+
+
+def _ns_inode(ns: str) -> int | None:
+    try:
+        return os.stat(f"/run/netns/{ns}").st_ino
+    except FileNotFoundError:
+        return None
+
+
+def _in_ns(pid: int, inode: int | None) -> bool:
+    try:
+        return inode is not None and os.stat(f"/proc/{pid}/ns/net").st_ino == inode
+    except (FileNotFoundError, PermissionError):
+        return False
+
+
+@dataclass
+class Anchor:
+    """The anchor path: dnsmasq-base DHCP+TFTP and a static HTTP server."""
+
+    url: str  # http://<x.1>:<port>  (also records POSTs: agent registrations)
+    http_dir: Path
+    record_path: Path
+
+    def registrations(self) -> list[dict]:
+        import json
+
+        try:
+            lines = self.record_path.read_text().splitlines()
+        except FileNotFoundError:
+            return []
+        return [json.loads(line) for line in lines if line.strip()]
+
+
+class Testbed:
+    """A private network namespace with bridge br0; see the module docstring."""
+
+    def __init__(
+        self,
+        workdir: Path | str,
+        ns_name: str = "tb0",
+        subnet: str = "10.77.0",
+        venv: Path | str | None = None,
+    ) -> None:
+        self.workdir = Path(workdir).resolve()
+        self.ns = ns_name
+        self.subnet = subnet
+        self.address = f"{subnet}.1"
+        self.venv = Path(venv) if venv else REPO / ".venv"
+        self.run_dir = self.workdir / "run"
+        self.vms: list[Vm] = []
+
+    # -- life cycle ------------------------------------------------------
+
+    @property
+    def ns_prefix(self) -> list[str]:
+        return ["nsenter", f"--net=/run/netns/{self.ns}"]
+
+    def __enter__(self) -> Testbed:
+        self.up()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.down()
+
+    def up(self) -> Testbed:
+        """Create the namespace (after cleaning leftovers of a crashed run) + RA daemon."""
+        cleanup(self.ns, self.workdir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self._create_network()
+            self._start_ra()
+        except BaseException:
+            self.down()
+            raise
+        return self
+
+    def down(self) -> list[str]:
+        """Tear down everything; returns what was removed (for logs)."""
+        for vm in self.vms:
+            vm.kill()
+        self.vms.clear()
+        return cleanup(self.ns, self.workdir)
+
+    def _create_network(self) -> None:
+        ns = self.ns
+        sh(["ip", "netns", "add", ns])
+        sh(["ip", "-n", ns, "link", "set", "lo", "up"])
+        sh(["ip", "-n", ns, "link", "add", "br0", "type", "bridge",
+            "stp_state", "0", "forward_delay", "0"])  # fmt: skip
+        sh(["ip", "-n", ns, "addr", "add", f"{self.address}/24", "dev", "br0"])
+        sh(["ip", "-n", ns, "addr", "add", "fd77::1/64", "dev", "br0", "nodad"])
+        sh(["ip", "-n", ns, "link", "set", "br0", "up"])
+
+    def _start_ra(self) -> None:
+        """dnsmasq-base as the site router: RAs only (no DNS, no DHCPv4/v6).
+
+        Without RAs iPXE's "Configuring" waits ~13 s for IPv6 autoconf.
+        """
+        self.start_daemon("ra", _dnsmasq_base(self.run_dir, "ra") + [
+            "--enable-ra", "--dhcp-range=::,constructor:br0,ra-only",
+        ])  # fmt: skip
+
+    def add_tap(self) -> str:
+        """A new tap device plugged into br0 (first free tapN)."""
+        existing = sh(["ip", "-n", self.ns, "-o", "link", "show"]).stdout
+        n = 0
+        while f" tap{n}:" in existing or f" tap{n}@" in existing:
+            n += 1
+        tap = f"tap{n}"
+        sh(["ip", "-n", self.ns, "tuntap", "add", "dev", tap, "mode", "tap"])
+        sh(["ip", "-n", self.ns, "link", "set", tap, "master", "br0", "up"])
+        return tap
+
+    # -- processes in the namespace --------------------------------------
+
+    def run_in_ns(self, argv: list[str], check: bool = True, timeout: float = 60, **kw: Any):
+        """Run ``argv`` inside the namespace; CompletedProcess with text output."""
+        return sh(self.ns_prefix + argv, check=check, timeout=timeout, **kw)
+
+    def start_daemon(self, name: str, argv: list[str], log: Path | None = None) -> subprocess.Popen:
+        """Start ``argv`` in the namespace (own session), pidfile ``run/<name>.pid``."""
+        log = log or self.run_dir / f"{name}.log"
+        with open(log, "ab") as out:
+            proc = subprocess.Popen(
+                self.ns_prefix + argv,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        (self.run_dir / f"{name}.pid").write_text(f"{proc.pid}\n")
+        return proc
+
+    def stop_daemon(self, name: str, timeout: float = 10) -> None:
+        pidfile = self.run_dir / f"{name}.pid"
+        pid = read_pid(pidfile)
+        if pid is not None and _in_ns(pid, _ns_inode(self.ns)):
+            terminate(pid, timeout)
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass
+        pidfile.unlink(missing_ok=True)
+
+    def http_status(self, url: str, timeout: float = 2) -> int:
+        """HTTP status of GET ``url`` from inside the namespace (0 = no answer)."""
+        r = self.run_in_ns(
+            ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-m", str(timeout), url],
+            check=False,
+            timeout=timeout + 5,
+        )
+        return int(r.stdout or 0) if r.stdout.strip().isdigit() else 0
+
+    # -- provisiond ------------------------------------------------------
+
+    @property
+    def provisiond_bin(self) -> Path:
+        return self.venv / "bin" / "provisiond"
+
+    def write_config(self, config_text: str) -> Path:
+        tomllib.loads(config_text)  # fail here, not inside the daemon
+        cfg = self.workdir / "provisiond.toml"
+        cfg.write_text(config_text)
+        return cfg
+
+    def start_provisiond(self, config_text: str, timeout: float = 30) -> subprocess.Popen:
+        """``provisiond init`` then ``serve`` in the namespace; waits for /healthz 200."""
+        raw = tomllib.loads(config_text)
+        cfg = self.write_config(config_text)
+        prov = str(self.provisiond_bin)
+        init = sh([prov, "init", "--config", str(cfg)], check=False, timeout=120)
+        if init.returncode != 0:
+            raise RuntimeError(f"provisiond init failed:\n{init.stdout}{init.stderr}")
+        log = self.workdir / "provisiond.log"
+        proc = self.start_daemon("provisiond", [prov, "serve", "--config", str(cfg)], log)
+        url = f"http://{raw.get('address', self.address)}:{raw.get('http_port', 8080)}/healthz"
+
+        def healthy() -> bool:
+            if proc.poll() is not None:
+                tail = log.read_text(errors="replace")[-3000:]
+                raise RuntimeError(f"provisiond serve exited ({proc.returncode}):\n{tail}")
+            return self.http_status(url) == 200
+
+        wait_until(healthy, timeout, interval=0.2)
+        return proc
+
+    def provisiond_cli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+        """``provisiond ARGS --config <workdir>/provisiond.toml`` in the namespace."""
+        cfg = self.workdir / "provisiond.toml"
+        return self.run_in_ns([str(self.provisiond_bin), *args, "--config", str(cfg)],
+                              check=False, timeout=timeout)  # fmt: skip
+
+    # -- the anchor path -------------------------------------------------
+
+    def start_anchor(
+        self,
+        assets_dir: Path | str,
+        script: str,
+        http_port: int = 8081,
+        dhcp_range: tuple[int, int] = (100, 200),
+    ) -> Anchor:
+        """dnsmasq-base DHCP + TFTP (undionly.kpxe) and a static HTTP server.
+
+        ``assets_dir``'s files (kernel, initrd) and ``script`` (as ``boot.ipxe``)
+        are served at ``http://<x.1>:<http_port>/``; iPXE clients (option 175
+        or user class "iPXE") get that script's URL, other PXE ROMs get
+        ``undionly.kpxe`` by TFTP. POSTs to the HTTP server are recorded.
+        """
+        base = self.workdir / "anchor"
+        http_dir, tftp_dir = base / "http", base / "tftp"
+        for d in (http_dir, tftp_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        for f in Path(assets_dir).resolve().iterdir():
+            link = http_dir / f.name
+            link.unlink(missing_ok=True)
+            link.symlink_to(f)
+        (http_dir / "boot.ipxe").write_text(script)
+        (tftp_dir / "undionly.kpxe").write_bytes(UNDIONLY.read_bytes())
+        url = f"http://{self.address}:{http_port}"
+        lo, hi = dhcp_range
+        self.start_daemon("anchor-dnsmasq", _dnsmasq_base(self.run_dir, "anchor-dnsmasq") + [
+            f"--dhcp-range={self.subnet}.{lo},{self.subnet}.{hi},255.255.255.0,1h",
+            "--dhcp-authoritative",
+            "--no-ping",  # no ICMP probe before an OFFER (~3 s per new client)
+            "--log-dhcp",
+            "--enable-tftp", f"--tftp-root={tftp_dir}",
+            "--dhcp-match=set:ipxe,175",
+            "--dhcp-userclass=set:ipxe,iPXE",
+            f"--dhcp-boot=tag:!ipxe,undionly.kpxe,,{self.address}",
+            f"--dhcp-boot=tag:ipxe,{url}/boot.ipxe",
+            "--dhcp-option=tag:ipxe,encap:175,176,1",  # iPXE: no ProxyDHCP wait
+        ])  # fmt: skip
+        record = base / "registrations.jsonl"
+        record.unlink(missing_ok=True)
+        self.start_daemon("anchor-http", [
+            sys.executable, str(HERE / "anchor_http.py"), "--bind", self.address,
+            "--port", str(http_port), "--dir", str(http_dir), "--record", str(record),
+        ])  # fmt: skip
+        wait_until(lambda: self.http_status(f"{url}/boot.ipxe") == 200, 15, interval=0.1)
+        return Anchor(url=url, http_dir=http_dir, record_path=record)
+
+    def stop_anchor(self) -> None:
+        self.stop_daemon("anchor-http")
+        self.stop_daemon("anchor-dnsmasq")
+
+    # -- machines --------------------------------------------------------
+
+    def boot_vm(
+        self,
+        name: str,
+        mac: str,
+        nic: str = "virtio-net-pci",
+        mem: int = 512,
+        smp: int = 1,
+        disks: list[str] | tuple[str, ...] = (),
+        disk_if: str = "virtio",
+        boot: str = "n",
+        kernel: str = "",
+        initrd: str = "",
+        append: str = "",
+    ) -> Vm:
+        """Start a TCG QEMU machine on a new tap of br0 (see :class:`vm.VmSpec`)."""
+        vm_dir = self.workdir / "vms"
+        vm_dir.mkdir(parents=True, exist_ok=True)
+        spec = VmSpec(name=name, mac=mac, tap=self.add_tap(), nic=nic, mem=mem, smp=smp,
+                      disks=tuple(disks), disk_if=disk_if, boot=boot, kernel=str(kernel),
+                      initrd=str(initrd), append=append)  # fmt: skip
+        vm = Vm(spec, vm_dir).start(self.ns_prefix)
+        self.vms.append(vm)
+        return vm
+
+
+def _dnsmasq_base(run_dir: Path, name: str) -> list[str]:
+    """dnsmasq-base flags shared by our instances: foreground, br0 only, no DNS."""
+    return [
+        "dnsmasq", "--keep-in-foreground", "--conf-file=/dev/null", "--port=0",
+        "--interface=br0", "--bind-interfaces", "--except-interface=lo", "--user=root",
+        f"--pid-file={run_dir / name}.dnsmasq-pid", f"--log-facility={run_dir / name}.log",
+        f"--dhcp-leasefile={run_dir / name}.leases",
+    ]  # fmt: skip
+
+
+def cleanup(ns: str, workdir: Path | str) -> list[str]:
+    """Remove what a test bed ``ns``/``workdir`` left: processes, mounts, loops, ns.
+
+    Only processes in that namespace are signalled (pidfiles are checked
+    against it, so a reused pid of a crashed run is never hit).
+    """
+    workdir = Path(workdir).resolve()
+    done: list[str] = []
+    inode = _ns_inode(ns)
+    pids = set()
+    for pidfile in [*workdir.glob("run/*.pid"), *workdir.glob("vms/*.pid")]:
+        pid = read_pid(pidfile)
+        if pid is not None and _in_ns(pid, inode):
+            pids.add(pid)
+        pidfile.unlink(missing_ok=True)
+    if inode is not None:
+        listed = sh(["ip", "netns", "pids", ns], check=False).stdout.split()
+        pids |= {int(p) for p in listed if p.isdigit() and _in_ns(int(p), inode)}
+    done += _kill_all(sorted(pids))
+    done += _unmount_under(workdir)
+    if inode is not None:
+        sh(["ip", "netns", "del", ns], check=False)
+        done.append(f"netns {ns}")
+    return done
+
+
+def _kill_all(pids: list[int], grace: float = 10) -> list[str]:
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and any(pid_alive(p) for p in pids):
+        for p in pids:  # reap our own children so they do not linger as zombies
+            try:
+                os.waitpid(p, os.WNOHANG)
+            except ChildProcessError:
+                pass
+        time.sleep(0.05)
+    for pid in pids:
+        if pid_alive(pid):
+            try:
+                os.kill(pid, signal.SIGKILL)  # e.g. tgtd ignores SIGTERM while targets exist
+            except ProcessLookupError:
+                pass
+    return [f"pid {p}" for p in pids]
+
+
+def _unmount_under(workdir: Path) -> list[str]:
+    done = []
+    mounts = sh(["findmnt", "-rn", "-o", "TARGET"], check=False).stdout.split()
+    for target in sorted((m for m in mounts if m.startswith(f"{workdir}/")), reverse=True):
+        if sh(["umount", "-l", target], check=False).returncode == 0:
+            done.append(f"umount {target}")
+    for line in sh(["losetup", "-a"], check=False).stdout.splitlines():
+        dev, _, rest = line.partition(":")
+        if f"({workdir}/" in rest and sh(["losetup", "-d", dev], check=False).returncode == 0:
+            done.append(f"losetup -d {dev}")
+    return done
+
+
+# -- CLI -------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="QEMU test bed (network namespace + machines)")
+    ap.add_argument("--ns", default="tb0")
+    ap.add_argument("--workdir", default="")
+    ap.add_argument("--subnet", default="10.77.0")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("up", help="create namespace, bridge and RA daemon; leave them running")
+    sub.add_parser("down", help="tear down (also leftovers of a crashed run)")
+    b = sub.add_parser("boot", help="boot a machine in a test bed made by 'up'")
+    b.add_argument("name")
+    b.add_argument("--mac", required=True)
+    b.add_argument("--nic", default="virtio-net-pci", choices=["virtio-net-pci", "e1000"])
+    b.add_argument("--mem", type=int, default=512)
+    b.add_argument("--disk", action="append", default=[], help="blank disk size, e.g. 2G")
+    b.add_argument("--kernel", default="")
+    b.add_argument("--initrd", default="")
+    b.add_argument("--append", default="")
+    b.add_argument("--follow", action="store_true", help="print the console until Ctrl-C")
+    args = ap.parse_args(argv)
+    tb = Testbed(args.workdir or f"/tmp/testbed-{args.ns}", args.ns, args.subnet)
+    if args.cmd == "up":
+        tb.up()
+        print(f"testbed {tb.ns} up: br0 {tb.address}/24, workdir {tb.workdir}")
+    elif args.cmd == "down":
+        print("\n".join(tb.down()) or "nothing to remove")
+    elif args.cmd == "boot":
+        if not ns_exists(tb.ns):
+            sys.exit(f"no namespace {tb.ns}: run '{sys.argv[0]} up' first")
+        vm = tb.boot_vm(args.name, args.mac, nic=args.nic, mem=args.mem, disks=args.disk,
+                        kernel=args.kernel, initrd=args.initrd, append=args.append)  # fmt: skip
+        print(f"{vm.name}: pid file {vm.pidfile}, console {vm.log_path}")
+        if args.follow:
+            _follow(vm)
+    return 0
+
+
+def _follow(vm: Vm) -> None:
+    seen = 0
+    try:
+        while vm.alive():
+            lines = vm.console_lines()
+            for t, text in lines[seen:]:
+                print(f"[{t:8.3f}] {text}", flush=True)
+            seen = len(lines)
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    sys.exit(main())
