@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -33,7 +32,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from vm import Vm, VmSpec, pid_alive, read_pid, terminate  # noqa: E402
+from teardown import in_ns, ns_inode, cleanup
+from vm import Vm, VmSpec, read_pid, terminate
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -59,20 +59,6 @@ def sh(argv: list[str], check: bool = True, **kw: Any) -> subprocess.CompletedPr
 
 def ns_exists(ns: str) -> bool:
     return Path(f"/run/netns/{ns}").exists()
-
-
-def _ns_inode(ns: str) -> int | None:
-    try:
-        return os.stat(f"/run/netns/{ns}").st_ino
-    except FileNotFoundError:
-        return None
-
-
-def _in_ns(pid: int, inode: int | None) -> bool:
-    try:
-        return inode is not None and os.stat(f"/proc/{pid}/ns/net").st_ino == inode
-    except (FileNotFoundError, PermissionError):
-        return False
 
 
 @dataclass
@@ -158,9 +144,8 @@ class Testbed:
 
         Without RAs iPXE's "Configuring" waits ~13 s for IPv6 autoconf.
         """
-        self.start_daemon("ra", _dnsmasq_base(self.run_dir, "ra") + [
-            "--enable-ra", "--dhcp-range=::,constructor:br0,ra-only",
-        ])  # fmt: skip
+        ra = ["--enable-ra", "--dhcp-range=::,constructor:br0,ra-only"]
+        self.start_daemon("ra", [*_dnsmasq_base(self.run_dir, "ra"), *ra])
 
     def add_tap(self) -> str:
         """A new tap device plugged into br0 (first free tapN)."""
@@ -196,7 +181,7 @@ class Testbed:
     def stop_daemon(self, name: str, timeout: float = 10) -> None:
         pidfile = self.run_dir / f"{name}.pid"
         pid = read_pid(pidfile)
-        if pid is not None and _in_ns(pid, _ns_inode(self.ns)):
+        if pid is not None and in_ns(pid, ns_inode(self.ns)):
             terminate(pid, timeout)
             try:
                 os.waitpid(pid, 0)
@@ -280,7 +265,7 @@ class Testbed:
         (tftp_dir / "undionly.kpxe").write_bytes(UNDIONLY.read_bytes())
         url = f"http://{self.address}:{http_port}"
         lo, hi = dhcp_range
-        self.start_daemon("anchor-dnsmasq", _dnsmasq_base(self.run_dir, "anchor-dnsmasq") + [
+        dhcp = [
             f"--dhcp-range={self.subnet}.{lo},{self.subnet}.{hi},255.255.255.0,1h",
             "--dhcp-authoritative",
             "--no-ping",  # no ICMP probe before an OFFER (~3 s per new client)
@@ -291,7 +276,8 @@ class Testbed:
             f"--dhcp-boot=tag:!ipxe,undionly.kpxe,,{self.address}",
             f"--dhcp-boot=tag:ipxe,{url}/boot.ipxe",
             "--dhcp-option=tag:ipxe,encap:175,176,1",  # iPXE: no ProxyDHCP wait
-        ])  # fmt: skip
+        ]  # fmt: skip
+        self.start_daemon("anchor-dnsmasq", [*_dnsmasq_base(self.run_dir, "anchor-dnsmasq"), *dhcp])
         record = base / "registrations.jsonl"
         record.unlink(missing_ok=True)
         self.start_daemon("anchor-http", [
@@ -340,68 +326,6 @@ def _dnsmasq_base(run_dir: Path, name: str) -> list[str]:
         f"--pid-file={run_dir / name}.dnsmasq-pid", f"--log-facility={run_dir / name}.log",
         f"--dhcp-leasefile={run_dir / name}.leases",
     ]  # fmt: skip
-
-
-def cleanup(ns: str, workdir: Path | str) -> list[str]:
-    """Remove what a test bed ``ns``/``workdir`` left: processes, mounts, loops, ns.
-
-    Only processes in that namespace are signalled (pidfiles are checked
-    against it, so a reused pid of a crashed run is never hit).
-    """
-    workdir = Path(workdir).resolve()
-    done: list[str] = []
-    inode = _ns_inode(ns)
-    pids = set()
-    for pidfile in [*workdir.glob("run/*.pid"), *workdir.glob("vms/*.pid")]:
-        pid = read_pid(pidfile)
-        if pid is not None and _in_ns(pid, inode):
-            pids.add(pid)
-        pidfile.unlink(missing_ok=True)
-    if inode is not None:
-        listed = sh(["ip", "netns", "pids", ns], check=False).stdout.split()
-        pids |= {int(p) for p in listed if p.isdigit() and _in_ns(int(p), inode)}
-    done += _kill_all(sorted(pids))
-    done += _unmount_under(workdir)
-    if inode is not None:
-        sh(["ip", "netns", "del", ns], check=False)
-        done.append(f"netns {ns}")
-    return done
-
-
-def _kill_all(pids: list[int], grace: float = 10) -> list[str]:
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and any(pid_alive(p) for p in pids):
-        for p in pids:  # reap our own children so they do not linger as zombies
-            try:
-                os.waitpid(p, os.WNOHANG)
-            except ChildProcessError:
-                pass
-        time.sleep(0.05)
-    for pid in pids:
-        if pid_alive(pid):
-            try:
-                os.kill(pid, signal.SIGKILL)  # e.g. tgtd ignores SIGTERM while targets exist
-            except ProcessLookupError:
-                pass
-    return [f"pid {p}" for p in pids]
-
-
-def _unmount_under(workdir: Path) -> list[str]:
-    done = []
-    mounts = sh(["findmnt", "-rn", "-o", "TARGET"], check=False).stdout.split()
-    for target in sorted((m for m in mounts if m.startswith(f"{workdir}/")), reverse=True):
-        if sh(["umount", "-l", target], check=False).returncode == 0:
-            done.append(f"umount {target}")
-    for line in sh(["losetup", "-a"], check=False).stdout.splitlines():
-        dev, _, rest = line.partition(":")
-        if f"({workdir}/" in rest and sh(["losetup", "-d", dev], check=False).returncode == 0:
-            done.append(f"losetup -d {dev}")
-    return done
 
 
 # -- CLI -------------------------------------------------------------------
