@@ -37,6 +37,8 @@ def safe_word(value: str, what: str) -> str:
 
 
 def safe_cmdline(cmdline: str) -> str:
+    if any(ord(c) < 32 or ord(c) == 127 for c in cmdline):
+        raise UnsafeScriptValue(f"kernel command line {cmdline!r} has control characters")
     return " ".join(safe_word(w, "kernel argument") for w in cmdline.split())
 
 

@@ -1,0 +1,121 @@
+"""The CLI through click's runner against a real SQLite file."""
+
+from __future__ import annotations
+
+import json
+import stat
+
+import pytest
+from click.testing import CliRunner
+
+from provisiond import config as configmod
+from provisiond import resources
+from provisiond.cli import main
+from provisiond.db import Database
+from provisiond.model import Image, Job, Resource
+
+
+@pytest.fixture
+def cli(config_file):
+    runner = CliRunner()
+
+    def invoke(*args: str, ok: bool = True):
+        result = runner.invoke(main, ["--config", str(config_file), *args])
+        if ok:
+            assert result.exit_code == 0, result.output
+        return result
+
+    return invoke
+
+
+@pytest.fixture
+def db(config_file, cli) -> Database:
+    cli("init")
+    return Database(configmod.load(config_file).database_url)
+
+
+def test_init_twice_keeps_keys_and_password(cli, config_file):
+    first = cli("init").output
+    assert "admin password (shown once" in first
+    cfg = configmod.load(config_file)
+    key = cfg.ssh_key_path.read_bytes()
+    assert stat.S_IMODE(cfg.ssh_key_path.stat().st_mode) == 0o600
+    second = cli("init").output
+    assert "admin password" not in second and "admin user exists" in second
+    assert cfg.ssh_key_path.read_bytes() == key
+    assert (cfg.boot_assets_dir / "undionly.kpxe").is_file()
+
+
+def test_resource_list_show_rm_and_json(cli, db):
+    with db.session() as s:
+        resources.ensure(s, "52:54:00:aa:bb:01")
+        r = resources.ensure(s, "52:54:00:aa:bb:02")
+        r.name, r.ip = "web1", "10.77.0.50"
+    table = cli("resource", "list").output
+    assert "r-525400aabb01" in table and "web1" in table and "STATE" in table
+    rows = json.loads(cli("resource", "list", "--json").output)
+    assert [r["mac"] for r in rows] == ["52:54:00:aa:bb:01", "52:54:00:aa:bb:02"]
+    for ref in ("web1", "10.77.0.50", "52-54-00-AA-BB-02", "r-525400aabb02"):
+        shown = json.loads(cli("resource", "show", ref, "--json").output)
+        assert shown["name"] == "web1"
+    cli("resource", "rm", "web1")
+    assert len(json.loads(cli("resource", "list", "--json").output)) == 1
+    assert "web1" in cli("event", "list").output
+
+
+def test_errors_name_the_object_and_what_to_do(cli, db):
+    res = cli("resource", "show", "nosuch", ok=False)
+    assert res.exit_code == 1
+    assert "resource 'nosuch' not found" in res.output and "provisiond resource list" in res.output
+    res = cli("appliance", "start", "ghost", ok=False)
+    assert "appliance 'ghost' not found" in res.output
+    res = cli("job", "show", "99", ok=False)
+    assert "job 99 not found" in res.output
+
+
+def test_appliance_create_refuses_bad_input_and_changes_nothing(cli, db):
+    with db.session() as s:
+        resources.ensure(s, "52:54:00:aa:bb:03")
+        s.add(Image(name="debian", size=1))
+    r = cli("appliance", "create", "--resource", "r-525400aabb03", "--mode", "sanboot", ok=False)
+    assert "needs --image" in r.output
+    r = cli("appliance", "create", "--resource", "r-525400aabb03", "--mode", "local",
+            "--image", "nope", ok=False)  # fmt: skip
+    assert "image 'nope' not found" in r.output
+    assert json.loads(cli("appliance", "list", "--json").output) == []
+    cli("appliance", "create", "--resource", "r-525400aabb03", "--mode", "local",
+        "--image", "debian", "--disk", "/dev/vda", "--name", "web")  # fmt: skip
+    r = cli("appliance", "create", "--resource", "r-525400aabb03", "--mode", "sanboot",
+            "--image", "debian", ok=False)  # fmt: skip
+    assert "already belongs to appliance 'web'" in r.output
+    shown = json.loads(cli("appliance", "show", "web", "--json").output)
+    assert shown["params"] == {"disk": "/dev/vda"} and shown["state"] == "stopped"
+    # no deployer for the mode is registered in this process: start refuses honestly
+    r = cli("appliance", "start", "web", ok=False)
+    assert "cannot be deployed by this build yet" in r.output
+    assert json.loads(cli("appliance", "show", "web", "--json").output)["state"] == "stopped"
+    cli("appliance", "rm", "web")
+    assert json.loads(cli("appliance", "list", "--json").output) == []
+
+
+def test_restart_recovery_fails_transient_states(db):
+    with db.session() as s:
+        r = resources.ensure(s, "52:54:00:aa:bb:04")
+        r.state = "deploying"
+        s.add(Job(kind="deploy", state="running", resource_id=r.id))
+    with db.session() as s:
+        assert resources.recover_after_restart(s) == 2
+    with db.session() as s:
+        r = s.query(Resource).one()
+        assert (r.state, r.state_reason) == ("failed", "daemon restarted during deploying")
+        job = s.query(Job).one()
+        assert (job.state, job.outcome) == ("failed", "daemon restarted during running")
+        resources.set_state(s, r, resources.RS.DEPLOYING, "retry")  # can be retried
+
+
+def test_config_check(cli, config_file, tmp_path):
+    assert "OK" in cli("config", "check").output
+    bad = tmp_path / "bad.toml"
+    bad.write_text("http_port = -1\n")
+    r = cli("config", "check", str(bad), ok=False)
+    assert r.exit_code == 1 and "http_port = -1" in r.output and "1 to 65535" in r.output
