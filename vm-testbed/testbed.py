@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from teardown import in_ns, ns_inode, cleanup
+from teardown import cleanup, in_ns, ns_inode
 from vm import Vm, VmSpec, read_pid, terminate
 
 HERE = Path(__file__).resolve().parent
