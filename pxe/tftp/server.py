@@ -4,7 +4,7 @@ This module owns the sockets. One UDP socket listens on
 ``(config.address, config.services.tftp_port)``; every accepted read request
 gets its own ephemeral socket (the server's TID, RFC 1350 section 4) and a
 sans-IO :class:`pxe.tftp.transfer.Transfer`. A single thread runs a
-``selectors`` (epoll) loop over all of them plus a timer scan for
+``epoll`` loop over all of them plus a timer scan for
 retransmissions, so 50+ concurrent transfers cost one thread, one socket
 each, and no more memory than the bounded file cache (:mod:`pxe.tftp.files`).
 
@@ -30,7 +30,7 @@ bytes_sent, active.
 
 from __future__ import annotations
 
-import selectors
+import select
 import socket
 import time
 from dataclasses import dataclass
@@ -123,8 +123,9 @@ class TftpService:
         self.max_transfers, self.max_retries = max_transfers, max_retries
         self.store = store or FileStore(config.boot_assets_dir)
         self.stats: dict[str, int] = dict.fromkeys(STAT_KEYS, 0)
-        self._sel: selectors.BaseSelector | None = None
+        self._ep: select.epoll | None = None
         self._listen: socket.socket | None = None
+        self._listen_fd = -1
         self._active: dict[int, _Active] = {}
         self._next_timer = float("inf")
         self._throttle = _Throttle()
@@ -144,9 +145,9 @@ class TftpService:
             ) from exc
         sock.setblocking(False)
         self.port = sock.getsockname()[1]
-        self._listen = sock
-        self._sel = selectors.DefaultSelector()
-        self._sel.register(sock, selectors.EVENT_READ, None)
+        self._listen, self._listen_fd = sock, sock.fileno()
+        self._ep = select.epoll()
+        self._ep.register(sock.fileno(), select.EPOLLIN)
         if not self.store.root.is_dir():
             log.warning("tftp: boot assets directory %s does not exist", self.store.root)
         self._loop = LoopThread("tftp", self._step, log)
@@ -160,9 +161,9 @@ class TftpService:
         for active in list(self._active.values()):
             active.transfer.abort("server stopping")
             self._close(active)
-        if self._sel is not None:
-            self._sel.close()
-            self._sel = None
+        if self._ep is not None:
+            self._ep.close()
+            self._ep = None
         if self._listen is not None:
             self._listen.close()
             self._listen = None
@@ -170,13 +171,13 @@ class TftpService:
     # ------------------------------------------------------------------ the loop
 
     def _step(self) -> None:
-        assert self._sel is not None
+        assert self._ep is not None
         wait = max(0.0, min(_TICK, self._next_timer - time.monotonic()))
-        for key, _ in self._sel.select(wait):
-            if key.data is None:
+        for fd, _ in self._ep.poll(wait, 256):
+            if fd == self._listen_fd:
                 self._on_listen()
-            else:
-                self._on_transfer(key.data)
+            elif (active := self._active.get(fd)) is not None:
+                self._on_transfer(active)
         now = time.monotonic()
         if now >= self._next_timer:
             self._run_timers(now)
@@ -234,8 +235,8 @@ class TftpService:
         transfer = Transfer(source, params, oack, self.max_retries)
         active = _Active(sock, peer, req.filename, transfer, time.monotonic())
         self._active[sock.fileno()] = active
-        assert self._sel is not None
-        self._sel.register(sock, selectors.EVENT_READ, active)
+        assert self._ep is not None
+        self._ep.register(sock.fileno(), select.EPOLLIN)
         self.stats["active"] = len(self._active)
         self._send(active, transfer.start(active.started))
         self._next_timer = min(self._next_timer, transfer.deadline)
@@ -255,25 +256,25 @@ class TftpService:
         return None
 
     def _on_transfer(self, active: _Active) -> None:
-        for _ in range(_BATCH):
-            try:
-                data, peer = active.sock.recvfrom(2048)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:  # e.g. ICMP port unreachable reported late
-                return
-            if peer != active.peer:  # RFC 1350 section 4: wrong TID -> ERROR 5
-                self._bad("wrong_tid", "tftp: datagram from %s:%d on a foreign TID", peer)
-                self._send_error(active.sock, peer, ErrorCode.UNKNOWN_TID, "unknown transfer ID")
-                continue
-            if len(data) == 4 and data[0] == 0 and data[1] == Opcode.ACK:  # the hot path
-                out = active.transfer.on_ack(int.from_bytes(data[2:4], "big"), time.monotonic())
-            else:
-                out = self._slow_packet(active, data)
+        """One datagram per readiness event: epoll is level-triggered, so a
+        second one comes back on the next poll, and the lockstep hot path
+        saves a recvfrom that would fail."""
+        try:
+            data, peer = active.sock.recvfrom(2048)
+        except OSError:  # EAGAIN, or an ICMP port unreachable reported late
+            return
+        if peer != active.peer:  # RFC 1350 section 4: wrong TID -> ERROR 5
+            self._bad("wrong_tid", "tftp: datagram from %s:%d on a foreign TID", peer)
+            self._send_error(active.sock, peer, ErrorCode.UNKNOWN_TID, "unknown transfer ID")
+            return
+        if len(data) == 4 and data[0] == 0 and data[1] == Opcode.ACK:  # the hot path
+            out = active.transfer.on_ack(int.from_bytes(data[2:4], "big"), time.monotonic())
+        else:
+            out = self._slow_packet(active, data)
+        if out:
             self._send(active, out)
-            if active.transfer.state is not State.RUNNING:
-                self._close(active)
-                return
+        if active.transfer.state is not State.RUNNING:
+            self._close(active)
 
     def _slow_packet(self, active: _Active, data: bytes) -> list[Datagram]:
         try:
@@ -320,8 +321,8 @@ class TftpService:
         transfer = active.transfer
         if self._active.pop(active.sock.fileno(), None) is None:
             return
-        if self._sel is not None:
-            self._sel.unregister(active.sock)
+        if self._ep is not None:
+            self._ep.unregister(active.sock.fileno())
         active.sock.close()
         transfer.abort("closed")  # no-op when already finished; releases the file
         self.stats["active"] = len(self._active)
