@@ -82,6 +82,8 @@ class Anchor:
 class Testbed:
     """A private network namespace with bridge br0; see the module docstring."""
 
+    __test__ = False  # not a pytest test class
+
     def __init__(
         self,
         workdir: Path | str,
