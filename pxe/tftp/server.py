@@ -30,8 +30,10 @@ bytes_sent, active.
 
 from __future__ import annotations
 
+import errno
 import select
 import socket
+import sys
 import time
 from dataclasses import dataclass
 
@@ -64,6 +66,8 @@ STAT_KEYS = (
 )  # fmt: skip
 _BATCH = 64  # datagrams read per readiness event before yielding to others
 _TICK = 0.2  # longest select() wait: bounds stop() latency
+_UDP_SEGMENT = 103  # linux/udp.h: UDP generic segmentation offload (cmsg, SOL_UDP)
+_GSO_MAX_SEGMENTS, _GSO_MAX_BYTES = 64, 65000
 
 
 class TftpStartError(RuntimeError):
@@ -115,12 +119,14 @@ class TftpService:
         limits: Limits | None = None,
         max_transfers: int = 256,
         max_retries: int = 5,
+        gso: bool = True,
         store: FileStore | None = None,
     ) -> None:
         self.address = str(config.address)
         self.port = config.services.tftp_port
         self.limits = limits or Limits()
         self.max_transfers, self.max_retries = max_transfers, max_retries
+        self.gso = gso  # send windows with UDP_SEGMENT; turned off if the kernel refuses
         self.store = store or FileStore(config.boot_assets_dir)
         self.stats: dict[str, int] = dict.fromkeys(STAT_KEYS, 0)
         self._ep: select.epoll | None = None
@@ -298,7 +304,9 @@ class TftpService:
         for active in list(self._active.values()):
             transfer = active.transfer
             if transfer.deadline <= now:
-                self._send(active, transfer.on_timer(now))
+                out = transfer.on_timer(now)
+                self.stats["retransmits"] += bool(out)
+                self._send(active, out)
                 if transfer.state is not State.RUNNING:
                     self.stats["timeouts"] += 1
                     self._close(active)
@@ -309,13 +317,31 @@ class TftpService:
     # ------------------------------------------------------------------ helpers
 
     def _send(self, active: _Active, datagrams: list[Datagram]) -> None:
-        before = active.transfer.retransmits
-        for parts in datagrams:
-            try:
-                active.sock.sendmsg(parts, (), 0, active.peer)
-            except OSError:  # buffer full or network down: the timer retransmits
-                break
-        self.stats["retransmits"] += active.transfer.retransmits - before
+        try:
+            if self.gso and len(datagrams) > 1:
+                self._send_gso(active, datagrams)
+            else:
+                for parts in datagrams:
+                    active.sock.sendmsg(parts, (), 0, active.peer)
+        except OSError as exc:  # buffer full or network down: the timer retransmits
+            if self.gso and exc.errno in (errno.EINVAL, errno.EIO, errno.ENOPROTOOPT):
+                log.info("tftp: UDP segmentation offload unavailable (%s); sending one by one", exc)
+                self.gso = False
+                self._send(active, datagrams)
+
+    def _send_gso(self, active: _Active, datagrams: list[Datagram]) -> None:
+        """A window in few syscalls: DATA packets of equal size (the last may be
+        shorter) concatenated and split by the kernel (UDP_SEGMENT, Linux 4.18+)."""
+        seg = sum(len(p) for p in datagrams[0])
+        per_send = max(1, min(_GSO_MAX_SEGMENTS, _GSO_MAX_BYTES // seg))
+        for i in range(0, len(datagrams), per_send):
+            chunk = datagrams[i : i + per_send]
+            if len(chunk) == 1:
+                active.sock.sendmsg(chunk[0], (), 0, active.peer)
+                continue
+            buf = b"".join([b for parts in chunk for b in parts])
+            cmsg = [(socket.SOL_UDP, _UDP_SEGMENT, seg.to_bytes(2, sys.byteorder))]
+            active.sock.sendmsg([buf], cmsg, 0, active.peer)
 
     def _close(self, active: _Active) -> None:
         transfer = active.transfer

@@ -78,7 +78,7 @@ ATFTP_CASES = [
     ("undionly.kpxe", ("blksize 1428",)),
     ("ipxe.efi", ("blksize 1428", "windowsize 16")),
     ("efi/ipxe.efi", ("tsize 0", "windowsize 8")),
-    ("/undionly.kpxe", ("blksize 65464",)),
+    ("/undionly.kpxe", ("blksize 65464", "windowsize 4")),
 ]
 
 
@@ -99,6 +99,27 @@ def test_atftp_windowsize_with_block_rollover(server, assets, tmp_path):
     r = atftp(server, "rollover.bin", out, "blksize 8", "windowsize 32")
     assert r.returncode == 0, r.stderr
     assert sha(out) == sha(assets / "rollover.bin")
+
+
+def test_windowed_fetch_without_segmentation_offload(assets, tmp_path):
+    # The one-sendmsg-per-DATA fallback used where the kernel refuses UDP_SEGMENT.
+    config = Config(boot_assets_dir=assets, services=ServicesConfig(tftp_port=0))
+    svc = TftpService(config, gso=False)
+    svc.start()
+    try:
+        r = atftp(svc, "ipxe.efi", tmp_path / "out", "blksize 1428", "windowsize 16")
+    finally:
+        svc.stop()
+    assert r.returncode == 0, r.stderr
+    assert sha(tmp_path / "out") == sha(assets / "ipxe.efi")
+    assert svc.stats["completed"] == 1 and not svc.gso
+
+
+def test_windowed_fetch_uses_segmentation_offload(server, tmp_path):
+    r = atftp(server, "ipxe.efi", tmp_path / "out", "windowsize 16")
+    assert r.returncode == 0, r.stderr
+    if not server.gso:
+        pytest.skip("this kernel refused UDP_SEGMENT; the fallback path served the file")
 
 
 def test_tftp_hpa_fetch(server, assets, tmp_path):
