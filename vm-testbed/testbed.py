@@ -212,16 +212,61 @@ class Testbed:
         cfg.write_text(config_text)
         return cfg
 
+    def provisiond_config(self, http_port: int = 8080, heartbeat_interval: int = 10) -> str:
+        """A full-mode provisiond config for this test bed (state under workdir)."""
+        x = self.subnet
+        return f"""\
+interface = "br0"
+address = "{self.address}"
+http_port = {http_port}
+state_dir = "{self.workdir / "state"}"
+
+[services]
+dhcp = true
+tftp = true
+dns = true
+http = true
+dns_port = 53
+
+[dns]
+domain = "lab.test"
+
+[agent]
+heartbeat_interval = {heartbeat_interval}
+heartbeat_timeout = {max(60, heartbeat_interval * 6)}
+
+[[subnet]]
+cidr = "{x}.0/24"
+mode = "full"
+range = ["{x}.100", "{x}.200"]
+router = "{self.address}"
+dns = ["{self.address}"]
+"""
+
+    def resource_state(self, mac: str) -> str | None:
+        """The resource's state in provisiond's SQLite database (None = unknown)."""
+        import sqlite3
+
+        db = self.workdir / "state" / "provisiond.db"
+        if not db.exists():
+            return None
+        try:
+            with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as con:
+                row = con.execute("SELECT state FROM resource WHERE mac = ?", (mac,)).fetchone()
+        except sqlite3.Error:
+            return None
+        return row[0] if row else None
+
     def start_provisiond(self, config_text: str, timeout: float = 30) -> subprocess.Popen:
         """``provisiond init`` then ``serve`` in the namespace; waits for /healthz 200."""
         raw = tomllib.loads(config_text)
         cfg = self.write_config(config_text)
         prov = str(self.provisiond_bin)
-        init = sh([prov, "init", "--config", str(cfg)], check=False, timeout=120)
+        init = sh([prov, "--config", str(cfg), "init"], check=False, timeout=120)
         if init.returncode != 0:
             raise RuntimeError(f"provisiond init failed:\n{init.stdout}{init.stderr}")
         log = self.workdir / "provisiond.log"
-        proc = self.start_daemon("provisiond", [prov, "serve", "--config", str(cfg)], log)
+        proc = self.start_daemon("provisiond", [prov, "--config", str(cfg), "serve"], log)
         url = f"http://{raw.get('address', self.address)}:{raw.get('http_port', 8080)}/healthz"
 
         def healthy() -> bool:
@@ -234,9 +279,9 @@ class Testbed:
         return proc
 
     def provisiond_cli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-        """``provisiond ARGS --config <workdir>/provisiond.toml`` in the namespace."""
+        """``provisiond --config <workdir>/provisiond.toml ARGS`` in the namespace."""
         cfg = self.workdir / "provisiond.toml"
-        return self.run_in_ns([str(self.provisiond_bin), *args, "--config", str(cfg)],
+        return self.run_in_ns([str(self.provisiond_bin), "--config", str(cfg), *args],
                               check=False, timeout=timeout)  # fmt: skip
 
     # -- the anchor path -------------------------------------------------
