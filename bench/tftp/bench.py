@@ -208,8 +208,9 @@ def bench_server(name, tools, root, work, clients, rounds, only="") -> dict[str,
             walls = [one_round(port, work, opts, clients, want) for _ in range(rounds)]
             cpu = (cpu_seconds(proc.pid) - cpu0) / rounds if name != "tftpd-hpa" else float("nan")
             results[label] = (statistics.median(walls), walls, cpu, oack)
-            print(f"  {name:10s} {label:32s} median {results[label][0]:6.3f} s  "
-                  f"rounds {' '.join(f'{w:.3f}' for w in walls)}  server CPU {cpu:.3f} s/round  "
+            rounds_text = " ".join(f"{w:.3f}" for w in walls)
+            print(f"  {name:10s} {label:40s} median {results[label][0]:6.3f} s  "
+                  f"rounds {rounds_text}  server{cpu_note(cpu) or ' CPU n/a'}  "
                   f"OACK: {oack}", flush=True)  # fmt: skip
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -231,6 +232,14 @@ def serve(root: str, port: int) -> None:
     svc.start()
     signal.sigwait([signal.SIGTERM, signal.SIGINT])
     svc.stop()
+
+
+def cpu_note(cpu: float) -> str:
+    return "" if cpu != cpu else f" (CPU {cpu:.2f} s)"  # NaN: not measurable
+
+
+def loadavg_fields() -> list[str]:
+    return Path("/proc/loadavg").read_text().split()[:3]
 
 
 def main() -> None:
@@ -256,7 +265,8 @@ def main() -> None:
             p.chmod(0o755)  # atftpd / tftpd-hpa drop to nobody
         size = (root / "ipxe.efi").stat().st_size
         print(f"# {args.clients} concurrent atftp clients x ipxe.efi ({size} bytes), "
-              f"{args.rounds} rounds; server on CPU 0, clients on CPU 1", flush=True)  # fmt: skip
+              f"{args.rounds} rounds; server on CPU 0, clients on CPU 1; "
+              f"load average {' '.join(loadavg_fields())}", flush=True)  # fmt: skip
         res = {n: bench_server(n, tools, root, work, args.clients, args.rounds, args.only)
                for n in args.servers.split(",")}  # fmt: skip
     print("\n| scenario | " + " | ".join(res) + " | provisiond/atftpd |")
@@ -264,11 +274,12 @@ def main() -> None:
     for label in SCENARIOS:
         if args.only not in label:
             continue
-        cells = [f"{res[n][label][0]:.3f} s (CPU {res[n][label][2]:.2f} s)" for n in res]
+        cells = [f"{res[n][label][0]:.3f} s{cpu_note(res[n][label][2])}" for n in res]
         ratio = "-"
         if "provisiond" in res and "atftpd" in res:
             ratio = f"{res['provisiond'][label][0] / res['atftpd'][label][0]:.2f}"
         print(f"| {label} | " + " | ".join(cells) + f" | {ratio} |")
+    print(f"# load average at the end: {' '.join(loadavg_fields())} (other work on the machine)")
     check_no_real_listener()
 
 

@@ -275,7 +275,8 @@ def test_wrong_tid_gets_error_5_and_transfer_goes_on(server, peer):
     assert first.block == 1 and second.block == 2
 
 
-def test_duplicate_ack_does_not_double_send_and_timeout_retransmits(peer):
+def test_duplicate_ack_does_not_double_send_and_timeout_retransmits(server, peer):
+    before = server.stats["retransmits"]
     peer.send(rrq(b"undionly.kpxe", b"octet", b"timeout", b"1"))
     oack, tid = peer.recv()
     assert oack == OptionAck((("timeout", "1"),))
@@ -288,6 +289,7 @@ def test_duplicate_ack_does_not_double_send_and_timeout_retransmits(peer):
     started = time.monotonic()
     again, _ = peer.recv(3)  # retransmission after the negotiated 1 s
     assert again.block == 2 and 0.2 < time.monotonic() - started < 2.0
+    assert server.stats["retransmits"] == before + 1
 
 
 def test_client_error_ends_transfer(server, peer):
