@@ -266,11 +266,11 @@ def terminate(pid: int, timeout: float = 5) -> None:
             time.sleep(0.05)
 
 
-def tslog(log_path: str, t0: float) -> None:
-    """Copy stdin to ``log_path``, one stamped line per console line (CR or LF)."""
+def tslog(log_path: str, t0: float, fd: int = 0) -> None:
+    """Copy ``fd`` (stdin) to ``log_path``, one stamped line per console line (CR or LF)."""
     buf = b""
     with open(log_path, "a", buffering=1, errors="replace") as out:
-        for chunk in iter(lambda: os.read(0, 4096), b""):
+        for chunk in iter(lambda: os.read(fd, 4096), b""):
             buf += chunk
             parts = re.split(rb"[\r\n]", buf)
             buf = parts.pop()
