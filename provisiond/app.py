@@ -20,9 +20,12 @@ from provisiond.context import Context
 from provisiond.db import Database
 from provisiond.httpd import HttpService
 from provisiond.inventory import Inventory, InventoryRefresher
+from provisiond.jobrunner import ByMode, JobRunner
 from provisiond.policy import DatabasePolicy
+from provisiond.sanboot import SanbootStart, SanbootStop
 from provisiond.scheduler import Scheduler
 from provisiond.service import Service
+from provisiond.storages import StorageManager, StorageService
 from pxe.http.ipxe import IpxeRenderer
 
 log = logs.get("daemon")
@@ -82,7 +85,15 @@ class Daemon:
                 HttpService(create_app(ctx), str(self.config.address), self.config.http_port)
             )
         self.services.extend(_protocol_services(ctx))
-        self.services.append(Scheduler(self.config, ctx.db, ctx.inventory))
+        manager = StorageManager(self.config)
+        storage = StorageService(self.config, ctx.db, manager)
+        appliance_jobs = ByMode(ctx.db, {"sanboot": SanbootStart(ctx, manager, storage)})
+        stop_jobs = ByMode(ctx.db, {"sanboot": SanbootStop(ctx, storage)})
+        self.services += [
+            storage,
+            JobRunner(ctx.db, {"appliance.start": appliance_jobs, "appliance.stop": stop_jobs}),
+            Scheduler(self.config, ctx.db, ctx.inventory),
+        ]
         for svc in self.services:
             try:
                 svc.start()

@@ -1,39 +1,37 @@
 """Appliances: resource + kernel + image + mode + parameters (+ HA flag).
 
-Owns creating, starting, stopping and removing appliances. Start and stop
-are handed to the :class:`Deployer` registered for the appliance's mode
-(``sanboot``, ``local``, ``template``); the deployers arrive with their
-storage and streaming layers and are registered by the composition root.
-Until a mode has a deployer, ``start`` refuses with a message that says so
-rather than pretending.
+Owns creating, starting, stopping and removing appliances and their state
+changes. ``start`` and ``stop`` only queue a durable job (``appliance.start``
+/ ``appliance.stop``); the daemon's job runner executes it with the deployer
+of the appliance's mode (``provisiond/sanboot.py``, ...). A mode without a
+deployer in this build is refused with a message that says so rather than
+pretending.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any, Protocol
+from collections.abc import Callable
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from provisiond import events, lifecycle
+from provisiond import events, lifecycle, resources
 from provisiond.errors import Conflict, Invalid, NotFound
 from provisiond.lifecycle import ApplianceState as AS
-from provisiond.model import Appliance, Image, Kernel, Resource
+from provisiond.lifecycle import JobState as JS
+from provisiond.lifecycle import ResourceState as RS
+from provisiond.model import Appliance, Image, Job, Kernel, Resource, Volume
 
 MODES = ("sanboot", "local", "template")
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 
 
-class Deployer(Protocol):
-    mode: str
-
-    def start(self, session: Session, appliance: Appliance, actor: str) -> None: ...
-
-    def stop(self, session: Session, appliance: Appliance, actor: str) -> None: ...
-
-
-DEPLOYERS: dict[str, Deployer] = {}
+#: modes whose deployer this build has (the daemon's job runner executes them)
+DEPLOYABLE_MODES = frozenset({"sanboot"})
+#: resource states from which a machine may be given to an appliance
+ASSIGNABLE = frozenset({RS.NEW, RS.IDLE, RS.OFFLINE, RS.FAILED})
 
 
 def find(session: Session, ref: str) -> Appliance:
@@ -114,36 +112,85 @@ def set_state(session: Session, app: Appliance, target: AS, reason: str = "", ac
     )  # fmt: skip
 
 
-def _deployer(app: Appliance) -> Deployer:
-    dep = DEPLOYERS.get(app.mode)
-    if dep is None:
+def start(session: Session, app: Appliance, actor: str = "cli") -> Job:
+    """Queue the deploy: appliance -> starting, resource -> deploying, job queued."""
+    if app.mode not in DEPLOYABLE_MODES:
         raise Invalid(
             f"appliance '{app.name}': mode '{app.mode}' cannot be deployed by this build yet "
-            "(no deployer registered for it)",
+            f"(deployable modes: {', '.join(sorted(DEPLOYABLE_MODES))})",
             field="mode",
         )
-    return dep
-
-
-def start(session: Session, app: Appliance, actor: str = "cli") -> None:
-    dep = _deployer(app)
+    res = app.resource
+    if res.state not in ASSIGNABLE:
+        raise Conflict(
+            f"resource {res.display_name} is {res.state}; it must be idle (or new, offline, "
+            "failed) to be deployed"
+        )
     set_state(session, app, AS.STARTING, actor=actor)
-    dep.start(session, app, actor)
+    resources.set_state(session, res, RS.DEPLOYING, f"appliance {app.name}", actor=actor)
+    return _job(session, "appliance.start", app)
 
 
-def stop(session: Session, app: Appliance, actor: str = "cli") -> None:
-    dep = _deployer(app)
+def stop(session: Session, app: Appliance, actor: str = "cli") -> Job:
+    if app.state not in (AS.ACTIVE, AS.FAILED, AS.STARTING):
+        raise Conflict(f"appliance '{app.name}' is {app.state}; nothing to stop")
     set_state(session, app, AS.STOPPING, actor=actor)
-    dep.stop(session, app, actor)
+    return _job(session, "appliance.stop", app)
 
 
-def remove(session: Session, app: Appliance, actor: str = "cli") -> None:
+def _job(session: Session, kind: str, app: Appliance) -> Job:
+    job = Job(kind=kind, state=JS.QUEUED, appliance_id=app.id, resource_id=app.resource_id)
+    session.add(job)
+    session.flush()
+    return job
+
+
+def booted(session: Session, resource_id: int) -> bool:
+    """The machine fetched its appliance boot script: starting -> active (both)."""
+    app = session.scalars(select(Appliance).where(Appliance.resource_id == resource_id)).first()
+    if app is None or app.state != AS.STARTING:
+        return False
+    set_state(session, app, AS.ACTIVE, "machine is booting its appliance")
+    if app.resource.state == RS.DEPLOYING:
+        resources.set_state(session, app.resource, RS.ACTIVE, f"appliance {app.name}")
+    return True
+
+
+def fail(session: Session, app: Appliance, reason: str) -> None:
+    """A deploy or stop failed: appliance and (if deploying) resource -> failed."""
+    if app.state != AS.FAILED:
+        set_state(session, app, AS.FAILED, reason)
+    else:
+        app.state_reason = reason
+    res = app.resource
+    if res.state in (RS.DEPLOYING, RS.ACTIVE, RS.RELEASING):
+        resources.set_state(session, res, RS.FAILED, reason)
+
+
+def remove(
+    session: Session,
+    app: Appliance,
+    actor: str = "cli",
+    delete_volume: Callable[[Volume], None] | None = None,
+) -> None:
+    """Remove a stopped appliance; its clone too unless ``delete_volume`` is None."""
     if app.state not in (AS.STOPPED, AS.FAILED):
         raise Conflict(
             f"appliance '{app.name}' is {app.state}; stop it first "
             f"(`provisiond appliance stop {app.name}`)"
         )
-    events.record(session, actor, "appliance.removed", app.name, app.mode)
+    vol = app.volume
+    detail = app.mode
+    if vol is not None and delete_volume is not None:
+        delete_volume(vol)
+        app.volume_id = None
+        session.delete(vol)
+        detail += f", deleted volume {vol.name}"
+    elif vol is not None:
+        detail += f", kept volume {vol.name}"
+    for job in session.scalars(select(Job).where(Job.appliance_id == app.id)):
+        job.appliance_id = None
+    events.record(session, actor, "appliance.removed", app.name, detail)
     session.delete(app)
 
 

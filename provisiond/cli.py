@@ -13,6 +13,7 @@ import functools
 import json
 import os
 import sys
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from provisiond import config as configmod
 from provisiond.db import Database
 from provisiond.errors import ProvisiondError
 from provisiond.lifecycle import IllegalTransition
-from provisiond.model import Appliance, Event, Image, Job, Kernel, Resource, Storage, User
+from provisiond.model import Appliance, Event, Image, Job, Kernel, Resource, User
 
 ACTOR = f"cli:{os.environ.get('SUDO_USER') or os.environ.get('USER') or 'root'}"
 
@@ -88,6 +89,30 @@ def emit(as_json: bool, data: Any, columns: list[str] | None = None) -> None:
             click.echo(f"{key:<{width}}  {value}")
 
 
+class ProgressBar:
+    """Bytes done, MB/s and ETA on one terminal line (plain lines when not a tty)."""
+
+    def __init__(self, label: str) -> None:
+        self.label, self.t0, self._last = label, time.monotonic(), 0.0
+        self.tty = sys.stderr.isatty()
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if now - self._last < (0.2 if self.tty else 5.0) and done < total:
+            return
+        self._last = now
+        rate = done / max(now - self.t0, 1e-6)
+        pct = 100.0 * done / total if total else 0.0
+        eta = (total - done) / rate if rate and total else 0.0
+        line = (f"{self.label}: {done / 2**20:8.1f}/{total / 2**20:.1f} MiB {pct:5.1f}% "
+                f"{rate / 1e6:6.1f} MB/s ETA {eta:4.0f} s")  # fmt: skip
+        click.echo(("\r" + line) if self.tty else line, err=True, nl=not self.tty)
+
+    def done(self) -> None:
+        if self.tty:
+            click.echo("", err=True)
+
+
 json_option = click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 
 
@@ -129,6 +154,7 @@ def init(env: Env) -> None:
     """Create the state directory, database, admin user and SSH key (safe to re-run)."""
     from provisiond import assets
     from provisiond.security import ensure_ssh_keypair, hash_password, new_password
+    from provisiond.storages import StorageManager
 
     cfg = env.config
     cfg.state_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
@@ -142,10 +168,9 @@ def init(env: Env) -> None:
             click.echo(f"admin password (shown once, store it now): {password}")
         else:
             click.echo("admin user exists (password unchanged)")
-        for st in cfg.storages:
-            row = s.scalars(select(Storage).where(Storage.name == st.name)).first()
-            if row is None:
-                s.add(Storage(name=st.name, backend=st.backend, path=st.path, exporter=st.exporter))
+        manager = StorageManager(cfg)
+        manager.prepare()
+        manager.sync_rows(s)
     if ensure_ssh_keypair(cfg.ssh_key_path):
         click.echo(f"SSH key pair written: {cfg.ssh_key_path} (0600)")
     else:
@@ -270,6 +295,41 @@ def image_list(env: Env, as_json: bool) -> None:
     emit(as_json, rows, ["id", "name", "format", "size", "state"])
 
 
+@image_group.command("import")
+@click.argument("source")
+@click.option("--name", required=True, help="image name")
+@click.option("--storage", help="configured storage (default: the first)")
+@click.pass_obj
+@handle_errors
+def image_import(env: Env, source: str, name: str, storage: str | None) -> None:
+    """Import a raw or qcow2 file (or http(s) URL) as a master image."""
+    from provisiond import images
+    from provisiond.storages import StorageManager
+
+    bar = ProgressBar(f"importing {name}")
+    img = images.import_from(
+        env.db, StorageManager(env.config), source, name, storage, ACTOR, echo=bar
+    )
+    bar.done()
+    click.echo(f"imported image {img.name}: {img.size} bytes, sha256 {img.sha256}")
+
+
+@image_group.command("rm")
+@click.argument("ref")
+@click.pass_obj
+@handle_errors
+def image_rm(env: Env, ref: str) -> None:
+    """Remove an image and its master volume (refused while clones exist)."""
+    from provisiond import images
+    from provisiond.storages import StorageManager
+
+    with env.db.session() as s:
+        img = images.find(s, ref)
+        name = img.name
+        images.remove(s, StorageManager(env.config), img, ACTOR)
+    click.echo(f"removed image {name}")
+
+
 @image_group.command("show")
 @click.argument("ref")
 @json_option
@@ -304,6 +364,23 @@ def kernel_list(env: Env, as_json: bool) -> None:
             for k in s.scalars(select(Kernel).order_by(Kernel.id))
         ]
     emit(as_json, rows, ["id", "name", "version", "kernel", "initrd", "default"])
+
+
+@kernel_group.command("add")
+@click.argument("name")
+@click.option("--kernel", "kernel_file", required=True, type=click.Path(dir_okay=False))
+@click.option("--initrd", "initrd_file", type=click.Path(dir_okay=False))
+@click.option("--cmdline", default="", help="extra kernel arguments")
+@click.option("--default", "make_default", is_flag=True, help="boot idle resources with it")
+@click.pass_obj
+@handle_errors
+def kernel_add(env: Env, name, kernel_file, initrd_file, cmdline, make_default) -> None:
+    """Register a kernel (+ initrd), copied into the boot assets."""
+    from provisiond import kernels
+
+    kernels.add(env.config, env.db, name, Path(kernel_file),
+                Path(initrd_file) if initrd_file else None, cmdline, make_default)  # fmt: skip
+    click.echo(f"kernel {name} added" + (" (default)" if make_default else ""))
 
 
 # ---------------------------------------------------------------------------
@@ -378,27 +455,55 @@ def appliance_create(env: Env, name, resource_ref, image, kernel, mode, params, 
     emit(as_json, data) if as_json else click.echo(f"created appliance {data['name']}")
 
 
-def _appliance_action(env: Env, ref: str, action: Callable, verb: str) -> None:
+def _appliance_action(env: Env, ref: str, action: Callable, wait: bool) -> None:
     with env.db.session() as s:
         app = appliances.find(s, ref)
-        action(s, app, ACTOR)
-        click.echo(f"appliance {app.name}: {verb} ({app.state})")
+        job = action(s, app, ACTOR)
+        name, job_id = app.name, job.id
+    click.echo(f"appliance {name}: {app.state} (job {job_id}; `provisiond job show {job_id}`)")
+    if wait:
+        _wait_job(env, job_id)
+
+
+def _wait_job(env: Env, job_id: int, timeout: float = 3600) -> None:
+    """Follow a job's log and progress until it ends; exit 1 if it failed."""
+    shown, deadline = 0, time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with env.db.session() as s:
+            job = jobs.get(s, job_id)
+            lines = job.log.splitlines()
+            state, outcome = job.state, job.outcome
+        for line in lines[shown:]:
+            click.echo(f"  {line}")
+        shown = len(lines)
+        if state in ("succeeded", "failed", "cancelled"):
+            if state != "succeeded":
+                raise click.ClickException(f"job {job_id} {state}: {outcome}")
+            return
+        time.sleep(0.5)
+    raise click.ClickException(f"job {job_id} still running after {timeout:.0f} s")
+
+
+wait_option = click.option("--wait", is_flag=True, help="follow the job until it ends")
 
 
 @appliance_group.command("start")
 @click.argument("ref")
+@wait_option
 @click.pass_obj
 @handle_errors
-def appliance_start(env: Env, ref: str) -> None:
-    _appliance_action(env, ref, appliances.start, "starting")
+def appliance_start(env: Env, ref: str, wait: bool) -> None:
+    """Deploy the appliance onto its resource (a job run by the daemon)."""
+    _appliance_action(env, ref, appliances.start, wait)
 
 
 @appliance_group.command("stop")
 @click.argument("ref")
+@wait_option
 @click.pass_obj
 @handle_errors
-def appliance_stop(env: Env, ref: str) -> None:
-    _appliance_action(env, ref, appliances.stop, "stopping")
+def appliance_stop(env: Env, ref: str, wait: bool) -> None:
+    _appliance_action(env, ref, appliances.stop, wait)
 
 
 @appliance_group.command("rm")
@@ -407,11 +512,18 @@ def appliance_stop(env: Env, ref: str) -> None:
 @click.pass_obj
 @handle_errors
 def appliance_rm(env: Env, ref: str, keep_volume: bool) -> None:
+    from provisiond.storages import StorageManager
+
+    manager = StorageManager(env.config)
+
+    def delete_volume(vol) -> None:
+        manager.backend(vol.storage.name).delete(vol.name)
+
     with env.db.session() as s:
         app = appliances.find(s, ref)
         name = app.name
-        appliances.remove(s, app, ACTOR)
-    click.echo(f"removed appliance {name}")
+        appliances.remove(s, app, ACTOR, None if keep_volume else delete_volume)
+    click.echo(f"removed appliance {name}" + (" (volume kept)" if keep_volume else ""))
 
 
 # ---------------------------------------------------------------------------

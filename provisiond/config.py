@@ -76,6 +76,14 @@ class AgentConfig:
 
 
 @dataclass(frozen=True)
+class IscsiConfig:
+    port: int = 3260
+    tgt_control_port: int = 0  # tgtd's control socket /var/run/tgtd/socket.N
+    iqn_prefix: str = ""  # default: iqn.2025-01.<reversed dns.domain>
+    boot_timeout: int = 600  # seconds for a machine to fetch its SAN boot script
+
+
+@dataclass(frozen=True)
 class Config:
     interface: str = ""
     address: ipaddress.IPv4Address = ipaddress.IPv4Address("127.0.0.1")
@@ -88,6 +96,7 @@ class Config:
     services: ServicesConfig = field(default_factory=ServicesConfig)
     dns: DnsConfig = field(default_factory=DnsConfig)
     agent: AgentConfig = field(default_factory=AgentConfig)
+    iscsi: IscsiConfig = field(default_factory=IscsiConfig)
     subnets: tuple[SubnetConfig, ...] = ()
     storages: tuple[StorageConfig, ...] = ()
     source: str = "<defaults>"
@@ -197,7 +206,7 @@ class _Table:
 
 _TOP = {
     "interface", "address", "http_port", "state_dir", "boot_assets_dir", "templates_dir",
-    "database_url", "log_level", "services", "dns", "agent", "subnet", "storage",
+    "database_url", "log_level", "services", "dns", "agent", "iscsi", "subnet", "storage",
 }  # fmt: skip
 
 
@@ -213,6 +222,7 @@ def _build(raw: dict[str, Any], source: str) -> Config:
     address = top.ip("address", "127.0.0.1")
     subnets = tuple(_subnet(t, f"subnet[{i}]") for i, t in enumerate(top.tables("subnet")))
     storages = tuple(_storage(t, f"storage[{i}]") for i, t in enumerate(top.tables("storage")))
+    dns = _dns(raw.get("dns", {}))
     names = [s.name for s in storages]
     for name in names:
         if names.count(name) > 1:
@@ -227,8 +237,9 @@ def _build(raw: dict[str, Any], source: str) -> Config:
         database_url=db_url,
         log_level=top.choice("log_level", "info", ("debug", "info", "warning", "error")),
         services=_services(raw.get("services", {})),
-        dns=_dns(raw.get("dns", {})),
+        dns=dns,
         agent=_agent(raw.get("agent", {})),
+        iscsi=_iscsi(raw.get("iscsi", {}), dns.domain),
         subnets=subnets,
         storages=storages,
         source=source,
@@ -281,6 +292,29 @@ def _agent(raw: dict[str, Any]) -> AgentConfig:
     if any(ord(c) < 32 for c in cmdline):
         raise ConfigError("agent.kernel_cmdline", cmdline, "must not contain control characters")
     return AgentConfig(interval, timeout, cmdline)
+
+
+def _iscsi(raw: dict[str, Any], domain: str) -> IscsiConfig:
+    t = _Table(raw, "iscsi", {"port", "tgt_control_port", "iqn_prefix", "boot_timeout"})
+    default_prefix = "iqn.2025-01." + ".".join(reversed(domain.split(".")))
+    prefix = t.str("iqn_prefix", default_prefix).lower()
+    parts = prefix.split(".")
+    if (
+        len(parts) < 3
+        or parts[0] != "iqn"
+        or len(parts[1]) != 7
+        or ":" in prefix
+        or not all(p and p.replace("-", "").isalnum() for p in parts)
+    ):
+        raise ConfigError(
+            "iscsi.iqn_prefix", prefix, "must look like iqn.YYYY-MM.reversed.domain (RFC 3720)"
+        )
+    return IscsiConfig(
+        port=t.port("port", 3260),
+        tgt_control_port=t.int("tgt_control_port", 0, 0, 1000),
+        iqn_prefix=prefix,
+        boot_timeout=t.int("boot_timeout", 600, 10, 86400),
+    )
 
 
 def _subnet(raw: dict[str, Any], prefix: str) -> SubnetConfig:

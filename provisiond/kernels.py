@@ -8,6 +8,7 @@ as the default :class:`provisiond.model.Kernel`.
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -62,13 +63,51 @@ def build_agent(
         )
     rel = out.relative_to(config.boot_assets_dir)
     with db.session() as s:
+        s.execute(update(Kernel).values(is_default=False))
         k = s.scalars(select(Kernel).where(Kernel.name == name)).first()
         if k is None:
             k = Kernel(name=name)
             s.add(k)
-        s.execute(update(Kernel).values(is_default=False))
         k.version, k.is_default = kver, True
         k.kernel_path, k.initrd_path = f"{rel}/vmlinuz", f"{rel}/initrd.img"
         events.record(s, "cli", "kernel.built", name, f"kernel {kver}")
     echo(f"registered kernel '{name}' ({kver}) as the default idle-agent kernel")
+    return k
+
+
+def add(
+    config: Config,
+    db: Database,
+    name: str,
+    kernel_file: Path,
+    initrd_file: Path | None,
+    cmdline: str = "",
+    default: bool = False,
+    version: str = "",
+) -> Kernel:
+    """Register a kernel (+ initrd) for network boot, copied into the boot assets."""
+    if not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
+        raise ProvisiondError(f"kernel name {name!r}: letters, digits, . _ - only")
+    for f in (kernel_file, initrd_file):
+        if f is not None and not f.is_file():
+            raise ProvisiondError(f"kernel add: {f} is not a file")
+    if any(ord(c) < 32 for c in cmdline):
+        raise ProvisiondError("kernel add: the command line must not contain control characters")
+    out = config.boot_assets_dir / "kernels" / name
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(kernel_file, out / "vmlinuz")
+    if initrd_file is not None:
+        shutil.copyfile(initrd_file, out / "initrd.img")
+    rel = out.relative_to(config.boot_assets_dir)
+    with db.session() as s:
+        if default:
+            s.execute(update(Kernel).values(is_default=False))
+        k = s.scalars(select(Kernel).where(Kernel.name == name)).first()
+        if k is None:
+            k = Kernel(name=name)
+            s.add(k)
+        k.version, k.cmdline, k.is_default = version, cmdline, default or k.is_default
+        k.kernel_path = f"{rel}/vmlinuz"
+        k.initrd_path = f"{rel}/initrd.img" if initrd_file is not None else ""
+        events.record(s, "cli", "kernel.added", name, str(kernel_file))
     return k

@@ -102,7 +102,9 @@ def register(
     res.hostkey, res.hostkey_fingerprint = hostkey, fingerprint
     res.last_heartbeat = utcnow()
     res.macs = sorted({mac, *(_nic_macs(inventory))})
-    if res.state in (RS.NEW, RS.OFFLINE, RS.FAILED, RS.IDLE) and not _busy(session, res):
+    if res.state in (RS.NEW, RS.OFFLINE, RS.FAILED, RS.IDLE, RS.RELEASING) and not _busy(
+        session, res
+    ):
         set_state(session, res, RS.IDLE, actor=actor)
     events.record(session, actor, "resource.registered", res.display_name, f"ip {ip} {fingerprint}")
     return res

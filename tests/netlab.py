@@ -94,8 +94,8 @@ class Lab:
             raise
         return self
 
-    def add_client(self, mac: str | None = None) -> Netns:
-        """A new namespace with ``eth0`` plugged into the server's bridge."""
+    def add_client(self, mac: str | None = None, address: str | None = None) -> Netns:
+        """A new namespace with ``eth0`` plugged into the server's bridge (static IPv4 optional)."""
         idx = len(self.clients)
         cl = Netns(f"c{self.id}x{idx}")
         sh("ip", "netns", "add", cl.name)
@@ -108,6 +108,8 @@ class Lab:
         if mac:
             sh("ip", "-n", cl.name, "link", "set", "eth0", "address", mac)
         sh("ip", "-n", cl.name, "link", "set", "eth0", "up")
+        if address:
+            sh("ip", "-n", cl.name, "addr", "add", f"{address}/24", "dev", "eth0")
         return cl
 
     def add_tap(self, name: str) -> str:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from flask import Blueprint, Response, abort, current_app, request, send_file
 
-from provisiond import logs, resources
+from provisiond import appliances, logs, resources
 from provisiond.boot import BootAction, Firmware, Machine, normalize_mac
 from provisiond.context import Context
 from provisiond.security import hash_token, new_token
@@ -48,6 +48,11 @@ def script(mac: str) -> Response:
             f"BOOTIF=01-{mac.replace(':', '-')} "
             f"provisiond.interval={ctx.config.agent.heartbeat_interval}"
         )
+    if spec is not None and spec.action == BootAction.SANBOOT and spec.resource_id:
+        with ctx.db.session() as s:
+            became_active = appliances.booted(s, spec.resource_id)
+        if became_active:
+            ctx.inventory.refresh()
     text = ctx.renderer.render(spec, mac, extra)
     log.info("script for %s: %s", mac, spec.label if spec else "ignored")
     return Response(text, mimetype="text/plain")

@@ -199,8 +199,12 @@ class TgtDaemon:
         argv = ["tgtadm", "-C", str(self.control_port), "--op", op, "--mode", "system"]
         return self.runner.run(argv, timeout=10, check=False)
 
+    def running(self) -> bool:
+        """True when a tgtd answers on this control port."""
+        return self._sys("show").rc == 0
+
     def start(self, timeout: float = 10.0) -> TgtDaemon:
-        if self._sys("show").rc == 0:
+        if self.running():
             raise StorageError(f"tgt: a tgtd already answers on control port {self.control_port}")
         self.proc = self.runner.start(self.argv(), log_path=self.log_path)
         deadline = time.monotonic() + timeout

@@ -11,19 +11,17 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import signal
 import sqlite3
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
+from tests.daemonlab import PROVISIOND, LabDaemon, lab_config
 from tests.netlab import Lab
 
 pytestmark = pytest.mark.interop
-PROVISIOND = str(Path(sys.executable).with_name("provisiond"))
 MAC = "52:54:00:ab:cd:01"
 
 UDHCPC_SCRIPT = """#!/bin/sh
@@ -43,43 +41,13 @@ def _needs(*programs: str) -> None:
 def lab_daemon(tmp_path):
     _needs("busybox", "atftp", "dig", "curl")
     with Lab("daemn") as lab:
-        cfg = tmp_path / "provisiond.toml"
-        cfg.write_text(f"""
-interface = "br0"
-address = "{lab.server_ip}"
-http_port = 8080
-state_dir = "{tmp_path / "state"}"
-[dns]
-domain = "lab.test"
-[[subnet]]
-cidr = "{lab.cidr}"
-range = ["{lab.net}.100", "{lab.net}.120"]
-router = "{lab.server_ip}"
-dns = ["{lab.server_ip}"]
-""")
-        cli = [PROVISIOND, "--config", str(cfg)]
-        subprocess.run([*cli, "init"], check=True, capture_output=True)
-        with open(tmp_path / "daemon.log", "wb") as log:
-            proc = lab.server.popen([*cli, "serve"], stdout=log, stderr=log)
+        d = LabDaemon(lab, tmp_path, lab_config(lab, tmp_path / "state"))
+        d.cli("init")
+        d.start()
         try:
-            _wait_listening(lab, proc, tmp_path / "daemon.log")
-            yield lab, cli, proc
+            yield lab, [PROVISIOND, "--config", str(d.cfg)], d.proc
         finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-
-
-def _wait_listening(lab: Lab, proc, log: Path) -> None:
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, log.read_text()
-        if "started:" in log.read_text():
-            return
-        time.sleep(0.1)
-    raise AssertionError("daemon did not start:\n" + log.read_text())
+            d.stop()
 
 
 def test_pxe_client_dhcp_tftp_dns_http_through_the_daemon(lab_daemon, tmp_path):

@@ -1,0 +1,141 @@
+"""Images: importing master images onto a storage, and removing them.
+
+Owns the Image and master Volume rows. ``import_from`` streams a raw or
+qcow2 file (or an http(s) URL) into a new volume of a configured storage
+with progress, records the sha256 and size, and tracks the work as a Job so
+the UI and API see it. Removing an image that still has clones is refused
+with a message naming them.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from provisiond import events, jobs
+from provisiond.db import Database
+from provisiond.errors import Conflict, Invalid, NotFound
+from provisiond.lifecycle import JobState as JS
+from provisiond.model import Appliance, Image, Job, Storage, Volume, utcnow
+from provisiond.storages import StorageManager
+from storage.backends import StorageError
+from storage.images import import_image
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,100}$")
+Progress = Callable[[int, int], None]
+
+
+def find(session: Session, ref: str) -> Image:
+    cond = Image.name == ref
+    if ref.isdigit():
+        cond = cond | (Image.id == int(ref))
+    img = session.scalars(select(Image).where(cond)).first()
+    if img is None:
+        raise NotFound(f"image '{ref}' not found; see `provisiond image list`", field="image")
+    return img
+
+
+class JobProgress:
+    """Progress callback that writes bytes/rate to a job at most every ``every`` seconds."""
+
+    def __init__(self, db: Database, job_id: int, echo: Progress | None = None, every=0.5):
+        self.db, self.job_id, self.echo, self.every = db, job_id, echo, every
+        self.t0 = time.monotonic()
+        self._last = 0.0
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.echo:
+            self.echo(done, total)
+        now = time.monotonic()
+        if now - self._last < self.every and done < total:
+            return
+        self._last = now
+        with self.db.session() as s:
+            job = s.get(Job, self.job_id)
+            job.bytes_done, job.bytes_total = done, total
+            job.rate = done / max(now - self.t0, 1e-6)
+
+
+def import_from(
+    db: Database,
+    manager: StorageManager,
+    source: str,
+    name: str,
+    storage: str | None = None,
+    actor: str = "cli",
+    echo: Progress | None = None,
+) -> Image:
+    if not _NAME.match(name):
+        raise Invalid(f"image name {name!r}: letters, digits and . _ + - only", field="name")
+    settings = manager.settings(storage)
+    with db.session() as s:
+        if s.scalars(select(Image.id).where(Image.name == name)).first():
+            raise Conflict(f"image '{name}' already exists; pick another name", field="name")
+        manager.sync_rows(s)
+        job = Job(kind="image.import", state=JS.RUNNING, started_at=utcnow(),
+                  params={"source": source, "name": name})  # fmt: skip
+        s.add(job)
+        s.flush()
+        job_id = job.id
+    progress = JobProgress(db, job_id, echo)
+    backend = manager.backend(settings.name, progress=progress)
+    volume_name = f"image-{name}"
+    try:
+        result = import_image(backend, volume_name, source, progress=progress)
+    except (StorageError, OSError) as exc:
+        _finish(db, job_id, JS.FAILED, f"import of {source} failed: {exc}")
+        raise Invalid(f"import of {source} failed: {exc}", field="source")
+    with db.session() as s:
+        st = s.scalars(select(Storage).where(Storage.name == settings.name)).one()
+        vol = Volume(storage_id=st.id, name=volume_name, path=result.volume.path,
+                     size=result.size)  # fmt: skip
+        s.add(vol)
+        s.flush()
+        img = Image(name=name, format="raw", size=result.size, sha256=result.sha256,
+                    volume_id=vol.id, state="ready")  # fmt: skip
+        s.add(img)
+        s.flush()
+        job = s.get(Job, job_id)
+        job.image_id = img.id
+        job.bytes_done = job.bytes_total = result.size
+        jobs.transition(job, JS.SUCCEEDED, f"imported {result.size} bytes, sha256 {result.sha256}")
+        events.record(s, actor, "image.imported", name, f"{source} sha256 {result.sha256}")
+    return img
+
+
+def _finish(db: Database, job_id: int, state: JS, outcome: str) -> None:
+    with db.session() as s:
+        jobs.transition(s.get(Job, job_id), state, outcome)
+
+
+def clones_of(session: Session, img: Image) -> list[str]:
+    names = [a.name for a in session.scalars(select(Appliance).where(Appliance.image_id == img.id))]
+    if img.volume_id:
+        names += [
+            v.name
+            for v in session.scalars(select(Volume).where(Volume.origin_id == img.volume_id))
+            if v.name not in names
+        ]
+    return names
+
+
+def remove(session: Session, manager: StorageManager, img: Image, actor: str = "cli") -> None:
+    users = clones_of(session, img)
+    if users:
+        raise Conflict(
+            f"image '{img.name}' still has clones or appliances: {', '.join(users)}; "
+            "remove them first (`provisiond appliance rm`)"
+        )
+    vol = img.volume
+    for job in session.scalars(select(Job).where(Job.image_id == img.id)):
+        job.image_id = None
+    session.delete(img)
+    session.flush()
+    if vol is not None:
+        manager.backend(vol.storage.name).delete(vol.name)
+        session.delete(vol)
+    events.record(session, actor, "image.removed", img.name, "")

@@ -1,0 +1,173 @@
+"""The ``sanboot`` deployer: clone-on-deploy volumes exported over iSCSI.
+
+Owns the two jobs of a sanboot appliance:
+
+``appliance.start``
+    clone the image's master volume (constant time on reflink/LVM; a kept
+    clone of an earlier start is reused), export it as the appliance's own
+    target — LUN backed by the clone, ACL for the resource's initiator IQN
+    only, CHAP with a fresh 16-character secret — store what the boot
+    policy needs in the appliance's parameters, ask the idle agent to
+    reboot, and wait (``iscsi.boot_timeout``) until the machine fetches its
+    SAN boot script; the HTTP boot view then marks appliance and resource
+    ``active``.
+``appliance.stop``
+    remove the export; the appliance is ``stopped`` and the resource
+    ``releasing`` until it boots into the agent again.
+"""
+
+from __future__ import annotations
+
+import time
+
+from provisiond import appliances, jobs, logs, resources
+from provisiond.config import Config
+from provisiond.context import Context
+from provisiond.jobrunner import JobFailed
+from provisiond.lifecycle import ApplianceState as AS
+from provisiond.lifecycle import ResourceState as RS
+from provisiond.model import Appliance, Job, Volume
+from provisiond.storages import StorageManager, StorageService
+from storage.backends import StorageError
+from storage.exporters import ExportSpec, new_chap_secret
+
+log = logs.get("sanboot")
+
+
+def iqns(config: Config, appliance: str, resource: str) -> tuple[str, str]:
+    prefix = config.iscsi.iqn_prefix
+    return f"{prefix}:{appliance}", f"{prefix}:{resource}".lower()
+
+
+class SanbootStart:
+    def __init__(self, ctx: Context, manager: StorageManager, storage: StorageService) -> None:
+        self.ctx, self.manager, self.storage = ctx, manager, storage
+
+    def _log(self, job_id: int, line: str) -> None:
+        log.info("job %d: %s", job_id, line)
+        with self.ctx.db.session() as s:
+            jobs.append_log(s.get(Job, job_id), line)
+
+    def run(self, job_id: int) -> str:
+        db, cfg = self.ctx.db, self.ctx.config
+        exporter = self.storage.exporter
+        if exporter is None:
+            raise JobFailed("no iSCSI exporter is running: configure a [[storage]] and restart")
+        with db.session() as s:
+            app = s.get(Appliance, s.get(Job, job_id).appliance_id)
+            image = app.image
+            if image is None or image.volume is None:
+                raise JobFailed(f"appliance {app.name}: its image has no master volume")
+            master, storage_name = image.volume, image.volume.storage.name
+            master_id, storage_id = master.id, master.storage_id
+            app_name, res_name = app.name, app.resource.display_name
+            kept = app.volume.name if app.volume else None
+        backend = self.manager.backend(storage_name)
+        clone_name = kept or f"app-{app_name}"
+        t0 = time.monotonic()
+        try:
+            vol = backend.get(clone_name) if kept else None
+            if vol is None:
+                vol = backend.clone(master.name, clone_name)
+                self._log(job_id, f"cloned {master.name} -> {clone_name} "
+                          f"in {time.monotonic() - t0:.3f} s")  # fmt: skip
+            else:
+                self._log(job_id, f"reusing kept volume {clone_name}")
+        except StorageError as exc:
+            raise JobFailed(f"clone of image {image.name} failed: {exc}")
+        target, initiator = iqns(cfg, app_name, res_name)
+        spec = ExportSpec(
+            target_iqn=target,
+            path=vol.path,
+            initiator_iqn=initiator,
+            chap_user=app_name[:64],
+            chap_secret=new_chap_secret(),
+        ).with_lun(exporter.default_lun)
+        try:
+            exporter.unexport(target)
+            exporter.export(spec)
+        except StorageError as exc:
+            raise JobFailed(f"export of {clone_name} as {target} failed: {exc}")
+        self._log(job_id, f"exported {clone_name} as {target} lun {spec.lun} for {initiator}")
+        with db.session() as s:
+            app = s.get(Appliance, s.get(Job, job_id).appliance_id)
+            if app.volume is None:
+                row = Volume(storage_id=storage_id, name=clone_name, path=vol.path,
+                             size=vol.size, origin_id=master_id)  # fmt: skip
+                s.add(row)
+                s.flush()
+                app.volume_id = row.id
+            app.params = {
+                **(app.params or {}),
+                "target_iqn": target,
+                "initiator_iqn": initiator,
+                "lun": spec.lun,
+                "portal": str(cfg.address),
+                "chap_user": spec.chap_user,
+                "chap_secret": spec.chap_secret,
+            }
+            res = app.resource
+            agent_alive = res.hostkey is not None and res.agent_token_hash is not None
+            if agent_alive:
+                jobs.enqueue_command(s, res, "reboot", actor="sanboot")
+        self.ctx.inventory.refresh()
+        self.ctx.ring()
+        self._log(
+            job_id,
+            "asked the agent to reboot into the SAN target"
+            if agent_alive
+            else "no agent is running: power-cycle the machine to boot the SAN target",
+        )
+        return self._wait_booted(job_id, target)
+
+    def _wait_booted(self, job_id: int, target: str) -> str:
+        deadline = time.monotonic() + self.ctx.config.iscsi.boot_timeout
+        while time.monotonic() < deadline:
+            with self.ctx.db.sessions() as s:
+                app = s.get(Appliance, s.get(Job, job_id).appliance_id)
+                if app is None or app.state == AS.FAILED:
+                    raise JobFailed("appliance failed or was removed while starting")
+                if app.state == AS.ACTIVE:
+                    return f"active: machine is SAN-booting {target}"
+            time.sleep(0.5)
+        raise JobFailed(
+            f"the machine did not fetch its SAN boot script within "
+            f"{self.ctx.config.iscsi.boot_timeout} s (is it powered on and PXE-booting?)"
+        )
+
+    def fail(self, job_id: int, reason: str) -> None:
+        with self.ctx.db.session() as s:
+            app = s.get(Appliance, s.get(Job, job_id).appliance_id)
+            if app is not None:
+                appliances.fail(s, app, reason)
+        self.ctx.inventory.refresh()
+
+
+class SanbootStop:
+    def __init__(self, ctx: Context, storage: StorageService) -> None:
+        self.ctx, self.storage = ctx, storage
+
+    def run(self, job_id: int) -> str:
+        with self.ctx.db.session() as s:
+            app = s.get(Appliance, s.get(Job, job_id).appliance_id)
+            target = (app.params or {}).get("target_iqn")
+        if target and self.storage.exporter is not None:
+            try:
+                self.storage.exporter.unexport(target)
+            except StorageError as exc:
+                raise JobFailed(f"unexport of {target} failed: {exc}")
+        with self.ctx.db.session() as s:
+            app = s.get(Appliance, s.get(Job, job_id).appliance_id)
+            appliances.set_state(s, app, AS.STOPPED, "export removed")
+            res = app.resource
+            if res.state in (RS.ACTIVE, RS.DEPLOYING):
+                target_state = RS.RELEASING if res.state == RS.ACTIVE else RS.FAILED
+                resources.set_state(s, res, target_state, f"appliance {app.name} stopped")
+        self.ctx.inventory.refresh()
+        return f"stopped: {target or 'nothing'} unexported"
+
+    def fail(self, job_id: int, reason: str) -> None:
+        with self.ctx.db.session() as s:
+            app = s.get(Appliance, s.get(Job, job_id).appliance_id)
+            if app is not None:
+                appliances.fail(s, app, reason)

@@ -1,0 +1,129 @@
+"""``provisiond serve`` inside a private network namespace, for interop tests.
+
+Owns starting the real daemon (``nsenter --net``) in a tests/netlab.py Lab
+with a config written for that lab, and the small helpers tests need: the
+CLI as a subprocess, HTTP requests from the lab's client namespace with
+curl, an agent registration through the real agent API, stop and kill -9.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tests.netlab import Lab, Netns
+
+PROVISIOND = str(Path(sys.executable).with_name("provisiond"))
+HOSTKEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDk7nSx0ucIm2yZ0FuvAOZSnD0LNZ7v1zJ6Ju2Kb2W5X agent"
+
+
+def lab_config(lab: Lab, state: Path, extra: str = "", tgt_control_port: int = 0) -> str:
+    return f"""
+interface = "br0"
+address = "{lab.server_ip}"
+http_port = 8080
+state_dir = "{state}"
+[dns]
+domain = "lab.test"
+[iscsi]
+tgt_control_port = {tgt_control_port}
+[[subnet]]
+cidr = "{lab.cidr}"
+range = ["{lab.net}.100", "{lab.net}.120"]
+router = "{lab.server_ip}"
+dns = ["{lab.server_ip}"]
+{extra}
+"""
+
+
+class LabDaemon:
+    def __init__(self, lab: Lab, workdir: Path, config_text: str) -> None:
+        self.lab, self.workdir = lab, workdir
+        self.cfg = workdir / "provisiond.toml"
+        self.cfg.write_text(config_text)
+        self.log = workdir / "daemon.log"
+        self.proc: subprocess.Popen | None = None
+        self.base = f"http://{lab.server_ip}:8080"
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        res = subprocess.run([PROVISIOND, "--config", str(self.cfg), *args],
+                             capture_output=True, text=True, timeout=120)  # fmt: skip
+        if check and res.returncode != 0:
+            raise AssertionError(f"provisiond {' '.join(args)}: {res.stdout}{res.stderr}")
+        return res
+
+    def cli_json(self, *args: str):
+        return json.loads(self.cli(*args, "--json").stdout)
+
+    def start(self) -> None:
+        mark = self.log.read_text().count("started:") if self.log.exists() else 0
+        with open(self.log, "ab") as log:
+            self.proc = self.lab.server.popen(
+                [PROVISIOND, "--config", str(self.cfg), "serve"], stdout=log, stderr=log
+            )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError("daemon exited:\n" + self.log.read_text())
+            if self.log.read_text().count("started:") > mark:
+                return
+            time.sleep(0.1)
+        raise AssertionError("daemon did not start:\n" + self.log.read_text())
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def http(self, client: Netns, path: str, method: str = "GET", data: str | None = None,
+             headers: dict[str, str] | None = None) -> tuple[int, str]:  # fmt: skip
+        cmd = ["curl", "-s", "-o", "-", "-w", "\n%{http_code}", "-X", method]
+        for k, v in (headers or {}).items():
+            cmd += ["-H", f"{k}: {v}"]
+        if data is not None:
+            cmd += ["--data-binary", data]
+        out = client.run([*cmd, self.base + path]).stdout
+        body, _, code = out.rpartition("\n")
+        return int(code), body
+
+    def add_fake_kernel(self) -> None:
+        """A default kernel so boot scripts carry an agent token (no VM boots it)."""
+        k = self.workdir / "fake-vmlinuz"
+        k.write_bytes(b"not a kernel")
+        self.cli("kernel", "add", "fake", "--kernel", str(k), "--initrd", str(k), "--default")
+
+    def boot_token(self, client: Netns, mac: str) -> str:
+        code, text = self.http(client, f"/boot/{mac.replace(':', '-')}.ipxe")
+        assert code == 200, text
+        m = re.search(r"provisiond\.token=(\S+)", text)
+        assert m, text
+        return m.group(1)
+
+    def register(self, client: Netns, mac: str, ip: str, hostkey: str = HOSTKEY) -> str:
+        """Make ``mac`` an idle resource through the real boot + agent API."""
+        token = self.boot_token(client, mac)
+        body = {"mac": mac, "ip": ip, "hostkey": hostkey,
+                "inventory": {"cpu": {"count": 1}, "nics": [{"mac": mac}]}}  # fmt: skip
+        code, text = self.http(client, "/agent/v1/register", "POST", json.dumps(body),
+                               {"Authorization": f"Bearer {token}",
+                                "Content-Type": "application/json"})  # fmt: skip
+        assert code == 200, text
+        return token
+
+    def wait_job(self, job_id: int, states=("succeeded", "failed"), timeout: float = 60) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            job = self.cli_json("job", "show", str(job_id))
+            if job["state"] in states:
+                return job
+            time.sleep(0.3)
+        raise AssertionError(f"job {job_id} not in {states}: {job}")
