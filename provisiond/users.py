@@ -1,0 +1,227 @@
+"""Users, API tokens and authentication: the service functions behind log-in and the API.
+
+Owns every change to :class:`provisiond.model.User` and
+:class:`provisiond.model.ApiToken`, and the answer to "who is this?" for a
+password or a bearer token. Passwords and tokens go through
+:mod:`provisiond.security` (scrypt, SHA-256 of 32 random bytes); a token is
+shown once, at creation. :class:`LoginThrottle` slows repeated failures down
+(per user name and per client address, pure and clock-injectable): after
+``free`` failures each further attempt must wait twice as long as the last,
+up to ``cap`` seconds; a success clears the name's record.
+
+Roles are ordered: ``viewer`` (reads) < ``operator`` (changes the inventory)
+< ``admin`` (also manages users and everyone's tokens).
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from provisiond import events
+from provisiond.errors import Conflict, Invalid, NotFound
+from provisiond.model import ApiToken, User
+from provisiond.security import hash_password, hash_token, new_token, verify_password
+
+ROLES = ("viewer", "operator", "admin")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+MIN_PASSWORD = 8
+#: verified against when the user does not exist, so both paths cost one scrypt
+_DUMMY_HASH = hash_password("provisiond-no-such-user")
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is asking: a user id, name and role, and how they proved it."""
+
+    user_id: int
+    name: str
+    role: str
+    via: str  # "session" | "token"
+
+    def can(self, role: str) -> bool:
+        return ROLES.index(self.role) >= ROLES.index(role)
+
+
+def role_at_least(role: str, needed: str) -> bool:
+    return ROLES.index(role) >= ROLES.index(needed)
+
+
+def _check_role(role: str) -> str:
+    if role not in ROLES:
+        raise Invalid(f"role {role!r}: must be one of {', '.join(ROLES)}", field="role")
+    return role
+
+
+def _check_password(password: str) -> str:
+    if not isinstance(password, str) or len(password) < MIN_PASSWORD:
+        raise Invalid(f"password: at least {MIN_PASSWORD} characters", field="password")
+    return password
+
+
+def find(session: Session, ref: str) -> User:
+    cond = User.name == ref
+    if str(ref).isdigit():
+        cond = cond | (User.id == int(ref))
+    user = session.scalars(select(User).where(cond)).first()
+    if user is None:
+        raise NotFound(f"user '{ref}' not found", field="user")
+    return user
+
+
+def create(session: Session, name: str, password: str, role: str, actor: str) -> User:
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise Invalid("name: letters, digits, '.', '_' or '-' (up to 64)", field="name")
+    _check_role(role)
+    _check_password(password)
+    if session.scalars(select(User.id).where(User.name == name)).first():
+        raise Conflict(f"user '{name}' already exists", field="name")
+    user = User(name=name, password_hash=hash_password(password), role=role)
+    session.add(user)
+    session.flush()
+    events.record(session, actor, "user.created", name, f"role {role}")
+    return user
+
+
+def update(
+    session: Session,
+    user: User,
+    actor: str,
+    role: str | None = None,
+    password: str | None = None,
+) -> User:
+    if role is not None and role != user.role:
+        _check_role(role)
+        if user.role == "admin" and role != "admin":
+            _keep_one_admin(session, user)
+        user.role = role
+        events.record(session, actor, "user.role", user.name, f"role {role}")
+    if password is not None:
+        user.password_hash = hash_password(_check_password(password))
+        events.record(session, actor, "user.password", user.name, "password changed")
+    return user
+
+
+def _keep_one_admin(session: Session, user: User) -> None:
+    others = session.scalars(select(User.id).where(User.role == "admin", User.id != user.id))
+    if others.first() is None:
+        raise Conflict(f"user '{user.name}' is the last admin; make another admin first")
+
+
+def delete(session: Session, user: User, actor: str) -> None:
+    if user.role == "admin":
+        _keep_one_admin(session, user)
+    for tok in session.scalars(select(ApiToken).where(ApiToken.user_id == user.id)):
+        session.delete(tok)
+    events.record(session, actor, "user.removed", user.name, "")
+    session.delete(user)
+
+
+def authenticate_password(session: Session, name: str, password: str) -> Principal | None:
+    """The principal for a correct name + password; None otherwise (constant work)."""
+    user = session.scalars(select(User).where(User.name == name)).first()
+    ok = verify_password(password, user.password_hash if user else _DUMMY_HASH)
+    if user is None or not ok:
+        return None
+    return Principal(user.id, user.name, user.role, "session")
+
+
+def principal_for_user(session: Session, user_id: int, via: str = "session") -> Principal | None:
+    user = session.get(User, user_id)
+    return Principal(user.id, user.name, user.role, via) if user else None
+
+
+def authenticate_token(session: Session, token: str) -> Principal | None:
+    row = session.execute(
+        select(User.id, User.name, User.role)
+        .join(ApiToken, ApiToken.user_id == User.id)
+        .where(ApiToken.token_hash == hash_token(token))
+    ).first()
+    return Principal(row.id, row.name, row.role, "token") if row else None
+
+
+def create_token(session: Session, user: User, name: str, actor: str) -> tuple[ApiToken, str]:
+    """A new token for ``user``; the secret is returned once and stored hashed."""
+    if not isinstance(name, str) or not name.strip() or len(name) > 64:
+        raise Invalid("token name: 1 to 64 characters", field="name")
+    secret = new_token()
+    tok = ApiToken(user_id=user.id, name=name.strip(), token_hash=hash_token(secret))
+    session.add(tok)
+    session.flush()
+    events.record(session, actor, "token.created", user.name, f"token {tok.name}")
+    return tok, secret
+
+
+def find_token(session: Session, token_id: int, owner: Principal) -> ApiToken:
+    tok = session.get(ApiToken, token_id)
+    if tok is None or (tok.user_id != owner.user_id and not owner.can("admin")):
+        raise NotFound(f"token {token_id} not found", field="token")
+    return tok
+
+
+def delete_token(session: Session, tok: ApiToken, actor: str) -> None:
+    events.record(session, actor, "token.removed", tok.user.name, f"token {tok.name}")
+    session.delete(tok)
+
+
+def user_dict(user: User) -> dict[str, Any]:
+    return {
+        "id": user.id,
+        "name": user.name,
+        "role": user.role,
+        "created_at": user.created_at.isoformat() if user.created_at else None,
+    }
+
+
+def token_dict(tok: ApiToken) -> dict[str, Any]:
+    return {
+        "id": tok.id,
+        "name": tok.name,
+        "user": tok.user.name if tok.user else None,
+        "created_at": tok.created_at.isoformat() if tok.created_at else None,
+    }
+
+
+class LoginThrottle:
+    """Exponential slow-down of repeated log-in failures, keyed by name and by address."""
+
+    def __init__(
+        self, free: int = 3, base: float = 1.0, cap: float = 60.0, clock: Callable = time.monotonic
+    ) -> None:
+        self.free, self.base, self.cap, self.clock = free, base, cap, clock
+        self._fails: dict[str, tuple[int, float]] = {}
+        self._lock = threading.Lock()
+
+    def _delay(self, key: str) -> float:
+        count, last = self._fails.get(key, (0, 0.0))
+        if count < self.free:
+            return 0.0
+        wait = min(self.cap, self.base * 2 ** (count - self.free))
+        return max(0.0, last + wait - self.clock())
+
+    def wait_for(self, *keys: str) -> float:
+        """Seconds the caller must still wait before another attempt (0 = go ahead)."""
+        with self._lock:
+            return max((self._delay(k) for k in keys), default=0.0)
+
+    def failed(self, *keys: str) -> None:
+        with self._lock:
+            now = self.clock()
+            for key in keys:
+                count, _ = self._fails.get(key, (0, 0.0))
+                self._fails[key] = (count + 1, now)
+            if len(self._fails) > 10_000:  # bounded memory under a spray of names
+                oldest = sorted(self._fails, key=lambda k: self._fails[k][1])[:5_000]
+                for key in oldest:
+                    del self._fails[key]
+
+    def succeeded(self, key: str) -> None:
+        with self._lock:
+            self._fails.pop(key, None)

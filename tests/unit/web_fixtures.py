@@ -1,0 +1,67 @@
+"""Shared fixtures for the web tests: a real app on a real SQLite file, users per role."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from provisiond import config as configmod
+from provisiond import users
+from provisiond.app import build_context
+from tests.conftest import write_config
+from web import create_app
+
+PASSWORD = "correct horse battery"
+ROLES = ("viewer", "operator", "admin")
+
+
+@pytest.fixture
+def app(tmp_path):
+    cfg = configmod.load(write_config(tmp_path))
+    ctx = build_context(cfg)
+    ctx.db.migrate()
+    with ctx.db.session() as s:
+        for role in ROLES:
+            users.create(s, role, PASSWORD, role, "test")
+    flask_app = create_app(ctx)
+    flask_app.testing = True
+    yield flask_app
+    ctx.db.dispose()
+
+
+@pytest.fixture
+def ctx(app):
+    return app.extensions["provisiond"]
+
+
+def csrf_of(client) -> str:
+    html = client.get("/login").get_data(as_text=True)
+    return re.search(r'name="csrf_token" value="([^"]+)"', html).group(1)
+
+
+def login(client, name: str, password: str = PASSWORD):
+    token = csrf_of(client)
+    return client.post("/login", data={"name": name, "password": password, "csrf_token": token})
+
+
+@pytest.fixture
+def tokens(app):
+    """One API token per role."""
+    out = {}
+    with app.extensions["provisiond"].db.session() as s:
+        for role in ROLES:
+            _, secret = users.create_token(s, users.find(s, role), "t", "test")
+            out[role] = secret
+    return out
+
+
+@pytest.fixture
+def api(app, tokens):
+    client = app.test_client()
+
+    def call(method: str, path: str, role: str = "admin", **kw):
+        headers = {"Authorization": f"Bearer {tokens[role]}"}
+        return client.open("/api/v1" + path, method=method, headers=headers, **kw)
+
+    return call

@@ -1,0 +1,395 @@
+"""REST views of the inventory: resources, images, kernels and storages.
+
+Owns ``/api/v1/{resources,images,kernels,storages}``. State changes call the
+service modules (:mod:`provisiond.resources`, :mod:`provisiond.jobs`,
+:mod:`provisiond.images`); actions whose service function does not exist in
+this build (resource release/erase, image capture) answer 501 with a message
+that says so, and never pretend. Kernel and storage records and resource
+names are plain rows edited here with an audit event each.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from flask import jsonify
+from sqlalchemy import or_, select
+from sqlalchemy.orm import Session
+
+from provisiond import appliances, events, jobs, resources
+from provisiond.errors import Conflict, Invalid, ProvisiondError
+from provisiond.model import Appliance, Image, Kernel, Resource, Storage, Volume
+from web.api import bp, present
+from web.api.auth import actor
+from web.api.common import body, ctx, paginate, typed
+
+_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+_MAC_CHARS = re.compile(r"^[0-9a-fA-F:.-]+$")
+
+
+class NotImplementedYet(ProvisiondError):
+    status = 501
+
+
+def service(module: str, name: str):
+    """The service function ``module.name`` if this build has it, else None."""
+    import importlib
+
+    try:
+        return getattr(importlib.import_module(module), name, None)
+    except ImportError:
+        return None
+
+
+def resource_query(state: str | None = None, q: str | None = None):
+    query = select(Resource).order_by(Resource.id)
+    if state:
+        query = query.where(Resource.state == state)
+    if q:
+        q = q.strip().lower()
+        like = f"%{q}%"
+        conds = [Resource.name.like(like), Resource.ip.like(like)]
+        if _MAC_CHARS.match(q):
+            conds.append(Resource.mac.like("%" + q.replace("-", ":") + "%"))
+        if q.startswith("r-"):
+            conds.append(Resource.mac.like("%" + ":".join(_pairs(q[2:])) + "%"))
+        query = query.where(or_(*conds))
+    return query
+
+
+def _pairs(hexdigits: str) -> list[str]:
+    return [hexdigits[i : i + 2] for i in range(0, len(hexdigits), 2)]
+
+
+# ---------------------------------------------------------------- resources
+
+
+@bp.get("/resources")
+def resource_list():
+    from flask import request
+
+    with ctx().db.sessions() as s:
+        query = resource_query(request.args.get("state"), request.args.get("q"))
+        return jsonify(paginate(s, query, present.resource))
+
+
+@bp.post("/resources")
+def resource_create():
+    data = body({"mac", "name"}, {"mac"})
+    with ctx().db.session() as s:
+        try:
+            res = resources.ensure(s, str(data["mac"]), actor=actor())
+        except ValueError:
+            raise Invalid(f"mac {data['mac']!r} is not a MAC address", field="mac")
+        if data.get("name"):
+            rename(s, res, data["name"])
+        out = present.resource(res, detail=True)
+    ctx().inventory.refresh()
+    return jsonify(out), 201
+
+
+def rename(session: Session, res: Resource, name: Any) -> None:
+    if not isinstance(name, str) or not _LABEL.match(name):
+        raise Invalid("name: lower-case letters, digits and '-' (a DNS label)", field="name")
+    other = session.scalars(select(Resource.id).where(Resource.name == name)).first()
+    if other is not None and other != res.id:
+        raise Conflict(f"another resource is already named '{name}'", field="name")
+    events.record(session, actor(), "resource.renamed", res.display_name, f"-> {name}")
+    res.name = name
+
+
+@bp.get("/resources/<ref>")
+def resource_show(ref: str):
+    with ctx().db.sessions() as s:
+        res = resources.find(s, ref)
+        out = present.resource(res, detail=True)
+        app = s.scalars(select(Appliance).where(Appliance.resource_id == res.id)).first()
+        out["appliance"] = app.name if app else None
+    return jsonify(out)
+
+
+@bp.patch("/resources/<ref>")
+def resource_update(ref: str):
+    data = body({"name"})
+    with ctx().db.session() as s:
+        res = resources.find(s, ref)
+        if "name" in data:
+            rename(s, res, data["name"])
+        out = present.resource(res, detail=True)
+    ctx().inventory.refresh()
+    return jsonify(out)
+
+
+@bp.delete("/resources/<ref>")
+def resource_delete(ref: str):
+    with ctx().db.session() as s:
+        resources.delete(s, resources.find(s, ref), actor())
+    ctx().inventory.refresh()
+    return "", 204
+
+
+@bp.post("/resources/<ref>/reboot")
+def resource_reboot(ref: str):
+    with ctx().db.session() as s:
+        job = jobs.enqueue_command(s, resources.find(s, ref), "reboot", actor=actor())
+        out = jobs.as_dict(job)
+    ctx().ring()
+    return jsonify(out), 202
+
+
+def _resource_action(ref: str, name: str):
+    fn = service("provisiond.resources", name)
+    if fn is None:
+        raise NotImplementedYet(
+            f"resource {name} is not available in this build yet "
+            f"(provisiond.resources.{name} does not exist); nothing was changed",
+            field="action",
+        )
+    with ctx().db.session() as s:
+        result = fn(s, resources.find(s, ref), actor=actor())
+        out = jobs.as_dict(result) if result is not None and hasattr(result, "kind") else None
+    ctx().inventory.refresh()
+    ctx().ring()
+    return jsonify(out or {"status": "accepted"}), 202
+
+
+@bp.post("/resources/<ref>/release")
+def resource_release(ref: str):
+    return _resource_action(ref, "release")
+
+
+@bp.post("/resources/<ref>/erase")
+def resource_erase(ref: str):
+    return _resource_action(ref, "erase")
+
+
+# ---------------------------------------------------------------- images
+
+
+def image_used_by(session: Session, img: Image) -> list[str]:
+    return list(session.scalars(select(Appliance.name).where(Appliance.image_id == img.id)))
+
+
+@bp.get("/images")
+def image_list():
+    from flask import request
+
+    query = select(Image).order_by(Image.id)
+    if request.args.get("state"):
+        query = query.where(Image.state == request.args["state"])
+    if request.args.get("q"):
+        query = query.where(Image.name.like(f"%{request.args['q']}%"))
+    with ctx().db.sessions() as s:
+        return jsonify(paginate(s, query, present.image))
+
+
+@bp.get("/images/<ref>")
+def image_show(ref: str):
+    with ctx().db.sessions() as s:
+        img = appliances._by_name(s, Image, ref, "image")
+        return jsonify({**present.image(img), "used_by": image_used_by(s, img)})
+
+
+@bp.post("/images")
+def image_import():
+    from web.api import imports
+
+    return imports.start_import()
+
+
+@bp.patch("/images/<ref>")
+def image_update(ref: str):
+    data = body({"name", "os"})
+    with ctx().db.session() as s:
+        img = appliances._by_name(s, Image, ref, "image")
+        if "name" in data:
+            name = typed(data, "name", str)
+            if (
+                not name
+                or s.scalars(select(Image.id).where(Image.name == name, Image.id != img.id)).first()
+            ):
+                raise Conflict(f"image name {name!r} is empty or taken", field="name")
+            img.name = name
+        if "os" in data:
+            img.os = typed(data, "os", str)
+        events.record(s, actor(), "image.updated", img.name, ", ".join(sorted(data)))
+        return jsonify(present.image(img))
+
+
+@bp.delete("/images/<ref>")
+def image_delete(ref: str):
+    from web.api import imports
+
+    return imports.remove_image(ref)
+
+
+@bp.post("/images/<ref>/capture")
+def image_capture(ref: str):
+    fn = service("provisiond.images", "capture")
+    if fn is None:
+        raise NotImplementedYet(
+            "image capture is not available in this build yet (provisiond.images.capture "
+            "does not exist); nothing was changed",
+            field="action",
+        )
+    raise NotImplementedYet("image capture exists but is not wired to the API yet", "action")
+
+
+# ---------------------------------------------------------------- kernels
+
+
+KERNEL_FIELDS = {"name", "version", "kernel_path", "initrd_path", "cmdline", "is_default"}
+
+
+def _apply_kernel(session: Session, k: Kernel, data: dict[str, Any]) -> None:
+    for key in ("name", "version", "kernel_path", "initrd_path", "cmdline"):
+        if key in data:
+            setattr(k, key, typed(data, key, str))
+    if not k.name or not k.kernel_path:
+        raise Invalid(
+            "name and kernel_path are required", field="name" if not k.name else "kernel_path"
+        )
+    for key in ("kernel_path", "initrd_path"):
+        path = getattr(k, key) or ""
+        if path.startswith("/") or ".." in path.split("/"):
+            raise Invalid(f"{key} must be relative to the boot assets directory", field=key)
+    if typed(data, "is_default", bool):
+        for other in session.scalars(select(Kernel).where(Kernel.is_default)):
+            other.is_default = False
+        k.is_default = True
+    elif data.get("is_default") is False:
+        k.is_default = False
+
+
+@bp.get("/kernels")
+def kernel_list():
+    with ctx().db.sessions() as s:
+        return jsonify(paginate(s, select(Kernel).order_by(Kernel.id), present.kernel))
+
+
+@bp.post("/kernels")
+def kernel_create():
+    data = body(KERNEL_FIELDS, {"name", "kernel_path"})
+    with ctx().db.session() as s:
+        if s.scalars(select(Kernel.id).where(Kernel.name == data["name"])).first():
+            raise Conflict(f"kernel '{data['name']}' already exists", field="name")
+        k = Kernel(name="", kernel_path="")
+        _apply_kernel(s, k, data)
+        s.add(k)
+        s.flush()
+        events.record(s, actor(), "kernel.created", k.name, k.kernel_path)
+        out = present.kernel(k)
+    ctx().inventory.refresh()
+    return jsonify(out), 201
+
+
+@bp.get("/kernels/<ref>")
+def kernel_show(ref: str):
+    with ctx().db.sessions() as s:
+        return jsonify(present.kernel(appliances._by_name(s, Kernel, ref, "kernel")))
+
+
+@bp.patch("/kernels/<ref>")
+def kernel_update(ref: str):
+    data = body(KERNEL_FIELDS)
+    with ctx().db.session() as s:
+        k = appliances._by_name(s, Kernel, ref, "kernel")
+        _apply_kernel(s, k, data)
+        events.record(s, actor(), "kernel.updated", k.name, ", ".join(sorted(data)))
+        out = present.kernel(k)
+    ctx().inventory.refresh()
+    return jsonify(out)
+
+
+@bp.delete("/kernels/<ref>")
+def kernel_delete(ref: str):
+    with ctx().db.session() as s:
+        k = appliances._by_name(s, Kernel, ref, "kernel")
+        used = list(s.scalars(select(Appliance.name).where(Appliance.kernel_id == k.id)))
+        if used:
+            raise Conflict(f"kernel '{k.name}' is used by appliances: {', '.join(used)}")
+        events.record(s, actor(), "kernel.removed", k.name, "")
+        s.delete(k)
+    ctx().inventory.refresh()
+    return "", 204
+
+
+# ---------------------------------------------------------------- storages
+
+BACKENDS = ("file", "reflink", "lvm")
+EXPORTERS = ("auto", "tgt", "lio")
+
+
+def _apply_storage(st: Storage, data: dict[str, Any]) -> None:
+    for key in ("name", "path"):
+        if key in data:
+            setattr(st, key, typed(data, key, str))
+    if "backend" in data:
+        if data["backend"] not in BACKENDS:
+            raise Invalid(f"backend must be one of {', '.join(BACKENDS)}", field="backend")
+        st.backend = data["backend"]
+    if "exporter" in data:
+        if data["exporter"] not in EXPORTERS:
+            raise Invalid(f"exporter must be one of {', '.join(EXPORTERS)}", field="exporter")
+        st.exporter = data["exporter"]
+
+
+@bp.get("/storages")
+def storage_list():
+    with ctx().db.sessions() as s:
+        return jsonify(paginate(s, select(Storage).order_by(Storage.id), present.storage))
+
+
+@bp.post("/storages")
+def storage_create():
+    data = body({"name", "backend", "path", "exporter"}, {"name", "backend", "path"})
+    with ctx().db.session() as s:
+        if s.scalars(select(Storage.id).where(Storage.name == data["name"])).first():
+            raise Conflict(f"storage '{data['name']}' already exists", field="name")
+        st = Storage(name="", backend="file", path="", exporter="auto")
+        _apply_storage(st, data)
+        s.add(st)
+        s.flush()
+        events.record(s, actor(), "storage.created", st.name, f"{st.backend} {st.path}")
+        return jsonify(present.storage(st)), 201
+
+
+def _storage(s: Session, ref: str) -> Storage:
+    return appliances._by_name(s, Storage, ref, "storage")
+
+
+@bp.get("/storages/<ref>")
+def storage_show(ref: str):
+    with ctx().db.sessions() as s:
+        st = _storage(s, ref)
+        vols = s.scalars(select(Volume).where(Volume.storage_id == st.id)).all()
+        out = present.storage(st)
+        out["volumes"] = [{"id": v.id, "name": v.name, "size": v.size} for v in vols]
+        return jsonify(out)
+
+
+@bp.patch("/storages/<ref>")
+def storage_update(ref: str):
+    data = body({"name", "path", "exporter"})
+    with ctx().db.session() as s:
+        st = _storage(s, ref)
+        if (
+            "path" in data
+            and s.scalars(select(Volume.id).where(Volume.storage_id == st.id)).first()
+        ):
+            raise Conflict(f"storage '{st.name}' holds volumes; its path cannot change", "path")
+        _apply_storage(st, data)
+        events.record(s, actor(), "storage.updated", st.name, ", ".join(sorted(data)))
+        return jsonify(present.storage(st))
+
+
+@bp.delete("/storages/<ref>")
+def storage_delete(ref: str):
+    with ctx().db.session() as s:
+        st = _storage(s, ref)
+        if s.scalars(select(Volume.id).where(Volume.storage_id == st.id)).first():
+            raise Conflict(f"storage '{st.name}' still holds volumes; remove its images first")
+        events.record(s, actor(), "storage.removed", st.name, "")
+        s.delete(st)
+    return "", 204

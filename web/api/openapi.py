@@ -1,0 +1,159 @@
+"""The OpenAPI 3 description of ``/api/v1``, served at ``/api/v1/openapi.json``.
+
+Owns :data:`OPERATIONS`, written by hand beside the views (not generated from
+them), so that ``tests/unit/test_web_openapi.py`` can check it against the
+routes Flask really serves: every route documented, nothing documented that
+is not served, path parameters named alike.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import jsonify
+
+from web.api import bp
+
+PAGE = ["limit", "offset"]
+# (method, path, summary, query parameters, request body schema or None, success status)
+OPERATIONS: list[tuple[str, str, str, list[str], str | None, str]] = [
+    ("get", "/me", "The caller: user, role and how authenticated", [], None, "200"),
+    ("get", "/openapi.json", "This document", [], None, "200"),
+    ("get", "/resources", "List resources", ["state", "q", *PAGE], None, "200"),
+    ("post", "/resources", "Add a resource by MAC", [], "ResourceCreate", "201"),
+    ("get", "/resources/{ref}", "Show a resource (name, MAC, IP or id)", [], None, "200"),
+    ("patch", "/resources/{ref}", "Rename a resource", [], "ResourceUpdate", "200"),
+    ("delete", "/resources/{ref}", "Remove a resource", [], None, "204"),
+    ("post", "/resources/{ref}/reboot", "Queue a reboot for the agent", [], None, "202"),
+    ("post", "/resources/{ref}/release", "Release a resource (501 until built)", [], None, "202"),
+    ("post", "/resources/{ref}/erase", "Erase disks (501 until built)", [], None, "202"),
+    ("get", "/images", "List images", ["state", "q", *PAGE], None, "200"),
+    ("post", "/images", "Import an image from a file or URL (a job)", [], "ImageImport", "202"),
+    ("get", "/images/{ref}", "Show an image and what uses it", [], None, "200"),
+    ("patch", "/images/{ref}", "Rename an image or set its OS", [], "ImageUpdate", "200"),
+    ("delete", "/images/{ref}", "Remove an image and its volume", [], None, "204"),
+    ("post", "/images/{ref}/capture", "Capture a disk (501 until built)", [], None, "202"),
+    ("get", "/kernels", "List kernels", PAGE, None, "200"),
+    ("post", "/kernels", "Register a kernel", [], "Kernel", "201"),
+    ("get", "/kernels/{ref}", "Show a kernel", [], None, "200"),
+    ("patch", "/kernels/{ref}", "Change a kernel", [], "Kernel", "200"),
+    ("delete", "/kernels/{ref}", "Remove an unused kernel", [], None, "204"),
+    ("get", "/storages", "List storages", PAGE, None, "200"),
+    ("post", "/storages", "Add a storage", [], "Storage", "201"),
+    ("get", "/storages/{ref}", "Show a storage and its volumes", [], None, "200"),
+    ("patch", "/storages/{ref}", "Change a storage", [], "Storage", "200"),
+    ("delete", "/storages/{ref}", "Remove an empty storage", [], None, "204"),
+    ("get", "/appliances", "List appliances", ["state", "mode", "q", *PAGE], None, "200"),
+    ("post", "/appliances", "Create (and start) an appliance", [], "ApplianceCreate", "201"),
+    ("get", "/appliances/{ref}", "Show an appliance and its jobs", [], None, "200"),
+    ("patch", "/appliances/{ref}", "Change a stopped appliance", [], "ApplianceUpdate", "200"),
+    ("delete", "/appliances/{ref}", "Remove a stopped appliance", [], None, "204"),
+    ("post", "/appliances/{ref}/start", "Start (deploy) an appliance", [], None, "202"),
+    ("post", "/appliances/{ref}/stop", "Stop an appliance", [], None, "202"),
+    ("get", "/jobs", "List jobs, newest first",
+     ["state", "kind", "resource_id", "appliance_id", "image_id", *PAGE], None, "200"),
+    ("get", "/jobs/{job_id}", "Show a job with its log", [], None, "200"),
+    ("post", "/jobs/{job_id}/cancel", "Cancel a queued job", [], None, "200"),
+    ("get", "/events", "The audit trail, newest first",
+     ["actor", "action", "target", "q", "since_id", *PAGE], None, "200"),
+    ("get", "/users", "List users (admin)", PAGE, None, "200"),
+    ("post", "/users", "Create a user (admin)", [], "UserCreate", "201"),
+    ("get", "/users/{ref}", "Show a user (admin)", [], None, "200"),
+    ("patch", "/users/{ref}", "Change a user's role or password (admin)", [], "UserUpdate", "200"),
+    ("delete", "/users/{ref}", "Remove a user (admin)", [], None, "204"),
+    ("get", "/tokens", "List API tokens (own; admin: all)", PAGE, None, "200"),
+    ("post", "/tokens", "Create an API token; the secret is shown once", [], "TokenCreate", "201"),
+    ("delete", "/tokens/{token_id}", "Revoke an API token", [], None, "204"),
+]  # fmt: skip
+
+_S, _I, _B, _O = {"type": "string"}, {"type": "integer"}, {"type": "boolean"}, {"type": "object"}
+
+
+def _obj(required: list[str], **props: dict) -> dict[str, Any]:
+    return {"type": "object", "required": required, "properties": props,
+            "additionalProperties": False}  # fmt: skip
+
+
+SCHEMAS: dict[str, dict[str, Any]] = {
+    "Error": {"type": "object", "required": ["error"],
+              "properties": {"error": _S, "field": _S}},
+    "Page": {"type": "object", "required": ["items", "total", "limit", "offset"],
+             "properties": {"items": {"type": "array", "items": _O}, "total": _I,
+                            "limit": _I, "offset": _I}},
+    "ResourceCreate": _obj(["mac"], mac=_S, name=_S),
+    "ResourceUpdate": _obj([], name=_S),
+    "ImageImport": _obj(["name", "source"], name=_S, source=_S, storage=_S),
+    "ImageUpdate": _obj([], name=_S, os=_S),
+    "Kernel": _obj([], name=_S, version=_S, kernel_path=_S, initrd_path=_S, cmdline=_S,
+                   is_default=_B),
+    "Storage": _obj([], name=_S, backend={"enum": ["file", "reflink", "lvm"]}, path=_S,
+                    exporter={"enum": ["auto", "tgt", "lio"]}),
+    "ApplianceCreate": _obj(["resource", "mode"], name=_S, resource=_S,
+                            mode={"enum": ["sanboot", "local", "template"]}, image=_S,
+                            kernel=_S, params=_O, ha=_B, start=_B),
+    "ApplianceUpdate": _obj([], params=_O, ha=_B),
+    "UserCreate": _obj(["name", "password"], name=_S, password=_S,
+                       role={"enum": ["viewer", "operator", "admin"]}),
+    "UserUpdate": _obj([], password=_S, role={"enum": ["viewer", "operator", "admin"]}),
+    "TokenCreate": _obj(["name"], name=_S, user=_S),
+}  # fmt: skip
+
+
+def _param(name: str, where: str) -> dict[str, Any]:
+    schema = _I if name in ("limit", "offset", "job_id", "token_id") or name.endswith("_id") else _S
+    return {"name": name, "in": where, "required": where == "path", "schema": schema}
+
+
+def _error(desc: str) -> dict[str, Any]:
+    content = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+    return {"description": desc, "content": content}
+
+
+def _operation(method, path, summary, query, schema, status) -> dict[str, Any]:
+    params = [_param(p.strip("{}"), "path") for p in path.split("/") if p.startswith("{")]
+    op: dict[str, Any] = {
+        "summary": summary,
+        "operationId": method + path.replace("/", "_").replace("{", "").replace("}", ""),
+        "parameters": params + [_param(q, "query") for q in query],
+        "responses": {
+            status: {"description": "success"},
+            "400": _error("bad input; 'field' names the culprit"),
+            "401": _error("no or bad credentials"),
+            "403": _error("the caller's role may not do this"),
+            "404": _error("no such object"),
+        },
+    }
+    if "limit" in query:
+        page = {"$ref": "#/components/schemas/Page"}
+        op["responses"][status]["content"] = {"application/json": {"schema": page}}
+    if schema:
+        ref = {"$ref": f"#/components/schemas/{schema}"}
+        op["requestBody"] = {"required": True, "content": {"application/json": {"schema": ref}}}
+    return op
+
+
+def document() -> dict[str, Any]:
+    paths: dict[str, dict[str, Any]] = {}
+    for method, path, summary, query, schema, status in OPERATIONS:
+        paths.setdefault(path, {})[method] = _operation(
+            method, path, summary, query, schema, status
+        )
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "provisiond", "version": "1"},
+        "servers": [{"url": "/api/v1"}],
+        "paths": paths,
+        "components": {
+            "schemas": SCHEMAS,
+            "securitySchemes": {
+                "token": {"type": "http", "scheme": "bearer"},
+                "session": {"type": "apiKey", "in": "cookie", "name": "provisiond_session"},
+            },
+        },
+        "security": [{"token": []}, {"session": []}],
+    }
+
+
+@bp.get("/openapi.json")
+def openapi():
+    return jsonify(document())

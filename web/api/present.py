@@ -1,0 +1,85 @@
+"""How inventory objects look to the API and the UI: plain dicts, no secrets.
+
+Owns the one JSON shape of each noun, so the API, the UI and the tests agree.
+Agent token hashes and password hashes are never part of a shape.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from provisiond.model import Event, Image, Kernel, Resource, Storage
+from web.api.common import iso
+
+
+def resource(r: Resource, detail: bool = False) -> dict[str, Any]:
+    inv = r.inventory or {}
+    out = {
+        "id": r.id,
+        "name": r.display_name,
+        "mac": r.mac,
+        "ip": r.ip,
+        "state": r.state,
+        "state_reason": r.state_reason,
+        "cpus": (inv.get("cpu") or {}).get("count") if isinstance(inv, dict) else None,
+        "memory_mib": ((inv.get("memory_bytes") or 0) // 2**20 or None)
+        if isinstance(inv, dict)
+        else None,
+        "last_heartbeat": iso(r.last_heartbeat),
+    }
+    if detail:
+        out.update(
+            macs=r.macs,
+            reserved_ip=r.reserved_ip,
+            hostkey_fingerprint=r.hostkey_fingerprint,
+            inventory=inv,
+            created_at=iso(r.created_at),
+        )
+    return out
+
+
+def image(i: Image) -> dict[str, Any]:
+    return {
+        "id": i.id,
+        "name": i.name,
+        "os": i.os,
+        "format": i.format,
+        "size": i.size,
+        "sha256": i.sha256,
+        "state": i.state,
+        "volume_id": i.volume_id,
+        "created_at": iso(i.created_at),
+    }
+
+
+def kernel(k: Kernel) -> dict[str, Any]:
+    return {
+        "id": k.id,
+        "name": k.name,
+        "version": k.version,
+        "kernel_path": k.kernel_path,
+        "initrd_path": k.initrd_path,
+        "cmdline": k.cmdline,
+        "is_default": k.is_default,
+    }
+
+
+def storage(st: Storage) -> dict[str, Any]:
+    return {
+        "id": st.id,
+        "name": st.name,
+        "backend": st.backend,
+        "path": st.path,
+        "exporter": st.exporter,
+    }
+
+
+def event(e: Event) -> dict[str, Any]:
+    return {
+        "id": e.id,
+        "at": iso(e.at),
+        "actor": e.actor,
+        "action": e.action,
+        "target": e.target,
+        "detail": e.detail,
+    }
