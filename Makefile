@@ -8,12 +8,12 @@ PYTHON ?= python3
 APT_PACKAGES := qemu-system-x86 qemu-utils ipxe busybox-static dropbear-bin tgt \
   dnsmasq-base linux-image-amd64 btrfs-progs socat extlinux syslinux-common fdisk \
   dosfstools atftp tftp-hpa dnsutils curl kea-admin cpio zstd iproute2 kmod \
-  libiscsi-bin util-linux
+  libiscsi-bin util-linux chromium chromium-driver
 PYTEST_ARGS ?=
 
-.PHONY: test demo deps apt venv lint unit initrd clean
+.PHONY: test demo deps apt venv vendor lint unit initrd clean
 
-deps: apt venv
+deps: apt venv vendor
 
 apt:
 	@missing=$$(for p in $(APT_PACKAGES); do \
@@ -37,6 +37,9 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
 
+vendor:
+	bash web/vendor.sh
+
 lint: venv
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/ruff check .
@@ -51,4 +54,4 @@ demo: deps
 	bash vm-testbed/demo.sh
 
 clean:
-	rm -rf $(VENV) build .pytest_cache
+	rm -rf $(VENV) build .pytest_cache web/static/vendor
