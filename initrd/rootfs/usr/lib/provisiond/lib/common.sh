@@ -7,6 +7,7 @@
 : "${SYSROOT:=}"
 : "${PROVISIOND_RUN:=/run/provisiond}"
 : "${PROVISIOND_LOG:=$PROVISIOND_RUN/agent.log}"
+: "${PROVISIOND_CONSOLE:=/dev/console}"
 
 # cmdline_get KEY -> value of the last KEY=value word of /proc/cmdline.
 # Returns 1 when KEY is absent. Quoted values with spaces are not supported.
@@ -46,14 +47,14 @@ sys_read() {
 
 # console MARKER... -> one line on the console; tests wait for these.
 console() {
-	printf '%s\n' "$*" >/dev/console 2>/dev/null || printf '%s\n' "$*" >&2
+	printf '%s\n' "$*" >>"$PROVISIOND_CONSOLE" 2>/dev/null || printf '%s\n' "$*" >&2
 }
 
 # log MSG... -> agent log line on stderr (the console under busybox init) and
 # in $PROVISIOND_LOG. Never pass the token here.
 log() {
 	printf 'provisiond-agent: %s\n' "$*" >&2
-	printf '%s %s\n' "$(cut -d' ' -f1 "$SYSROOT/proc/uptime" 2>/dev/null)" "$*" \
+	printf '%s %s\n' "$(cut -d' ' -f1 /proc/uptime 2>/dev/null)" "$*" \
 		>>"$PROVISIOND_LOG" 2>/dev/null
 	return 0
 }
