@@ -78,14 +78,16 @@ install_binary() {
 }
 
 # Print the module files (absolute paths, dependency order) for one module name.
+# MODROOT other than /lib/modules must end in /lib/modules (modprobe -d).
 module_files() {
-  modprobe -S "$KVER" -d "${MODROOT%/lib/modules}/" --show-depends --ignore-install "$1" \
+  local base=${MODROOT%/lib/modules}
+  modprobe -S "$KVER" ${base:+-d "$base"} --show-depends --ignore-install "$1" \
     2>/dev/null | awk '$1 == "insmod" {print $2}'
 }
 
 # Copy one module file into the staging tree, decompressed to plain .ko.
 copy_module() {
-  local ko=$1 rel=${1#"$MODROOT/$KVER/"} dst
+  local ko=$1 rel=${1#*"/lib/modules/$KVER/"} dst
   dst="$ST/lib/modules/$KVER/${rel%.*}.ko"
   case "$rel" in
     *.ko) dst="$ST/lib/modules/$KVER/$rel"; install -D -m 0644 "$ko" "$dst" ;;

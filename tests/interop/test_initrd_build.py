@@ -61,9 +61,9 @@ def build(out: Path, kver: str, epoch: str = "0") -> Path:
     return out / "initrd.img"
 
 
-def newc_entries(data: bytes) -> dict[str, tuple[int, int, int, int]]:
-    """name -> (mode, uid, mtime, rdev major<<8|minor) for every archive member
-    (all concatenated archives; zero padding between them is skipped)."""
+def newc_entries(data: bytes) -> dict[str, tuple[int, int, int, int, bytes]]:
+    """name -> (mode, uid, mtime, rdev major<<8|minor, data) for every archive
+    member (all concatenated archives; zero padding between them is skipped)."""
     out, pos = {}, 0
     while pos < len(data):
         if data[pos] == 0:
@@ -74,9 +74,10 @@ def newc_entries(data: bytes) -> dict[str, tuple[int, int, int, int]]:
         _, mode, uid, _, _, mtime, size, _, _, rmaj, rmin, namesize, _ = f
         name = data[pos + 110 : pos + 110 + namesize - 1].decode()
         pos = (pos + 110 + namesize + 3) & ~3
+        body = data[pos : pos + size]
         pos = (pos + size + 3) & ~3
         if name != "TRAILER!!!":
-            out[name] = (mode, uid, mtime, rmaj << 8 | rmin)
+            out[name] = (mode, uid, mtime, rmaj << 8 | rmin, body)
     return out
 
 
@@ -95,8 +96,8 @@ def test_two_builds_are_byte_identical(kver, tmp_path):
 def test_source_date_epoch_sets_every_mtime(kver, tmp_path):
     img = build(tmp_path, kver, epoch="1700000000")
     entries = newc_entries(gzip.decompress(img.read_bytes()))
-    assert {mtime for _, _, mtime, _ in entries.values()} == {1700000000}
-    assert {uid for _, uid, _, _ in entries.values()} == {0}
+    assert {e[2] for e in entries.values()} == {1700000000}
+    assert {e[1] for e in entries.values()} == {0}
 
 
 EXPECTED = [
@@ -122,8 +123,15 @@ def test_archive_holds_what_a_boot_needs(kver, tmp_path):
         assert (entries[name][0], entries[name][3]) == (mode, rdev), name
     assert entries["bin/sh"][0] & 0o170000 == 0o120000  # applet symlink
     assert "bin/busybox" in entries and not any(n.endswith("/.keep") for n in entries)
-    mods = f"lib/modules/{kver}/kernel/drivers/net/virtio_net.ko"
-    assert mods in entries and f"lib/modules/{kver}/modules.dep" in entries
+    moddir = f"lib/modules/{kver}"
+    assert f"{moddir}/kernel/drivers/net/virtio_net.ko" in entries
+    assert f"{moddir}/modules.dep" in entries
+    load = entries["etc/provisiond/modules.load"][4].decode().split()
+    assert "kernel/drivers/virtio/virtio_pci.ko" in load
+    assert len(load) == len(set(load)) and all(f"{moddir}/{m}" in entries for m in load)
+    assert load.index("kernel/drivers/virtio/virtio_ring.ko") < load.index(
+        "kernel/drivers/net/virtio_net.ko"
+    )  # dependencies first
     assert not any("dropbear_" in n and "host_key" in n for n in entries)  # no baked key
 
 

@@ -12,6 +12,7 @@ inventory_cpu() {
 	_ci=$SYSROOT/proc/cpuinfo
 	_model=$(sed -n 's/^model name[[:space:]]*:[[:space:]]*//p' "$_ci" 2>/dev/null | head -n 1)
 	_count=$(grep -c '^processor[[:space:]]*:' "$_ci" 2>/dev/null)
+	: "${_count:=0}"
 	printf '{"model": %s, "count": %s}' "$(json_str "$_model")" "$(json_int "$_count")"
 }
 
