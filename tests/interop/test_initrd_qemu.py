@@ -29,6 +29,7 @@ pytestmark = [pytest.mark.interop, pytest.mark.timeout(240)]
 
 QEMU = shutil.which("qemu-system-x86_64")
 MAC = "52:54:00:12:34:56"
+DECOY_MAC = "52:54:00:12:34:57"
 TOKEN = "qemu-test-token-8d1f"
 DISK_BYTES = 64 * 1024 * 1024
 
@@ -89,8 +90,11 @@ def boot(built: Path, peer: AgentApiPeer, tmp_path: Path, ssh_port: int) -> subp
         QEMU, "-accel", "tcg", "-cpu", "max", "-m", "512", "-smp", "2",
         "-nographic", "-no-reboot", "-kernel", str(built / "vmlinuz"),
         "-initrd", str(built / "initrd.img"), "-append", append,
-        "-netdev", f"user,id=n0,hostfwd=tcp:127.0.0.1:{ssh_port}-:22",
-        "-device", f"virtio-net-pci,netdev=n0,mac={MAC}",
+        # A decoy virtio NIC becomes eth0; BOOTIF names the e1000 one (eth1).
+        "-netdev", "user,id=n0",
+        "-device", f"virtio-net-pci,netdev=n0,mac={DECOY_MAC}",
+        "-netdev", f"user,id=n1,hostfwd=tcp:127.0.0.1:{ssh_port}-:22",
+        "-device", f"e1000,netdev=n1,mac={MAC}",
         "-drive", f"file={disk},format=raw,if=none,id=d0,cache=unsafe",
         "-device", "virtio-blk-pci,drive=d0,serial=PVD-TEST-1",
     ]  # fmt: skip
@@ -143,10 +147,10 @@ def test_idle_agent_boots_registers_and_obeys(built, peer, ssh_key, tmp_path):
             {"name": "vda", "size_bytes": DISK_BYTES, "model": "", "serial": "PVD-TEST-1",
              "rotational": True}
         ]  # fmt: skip
-        nic = inv["nics"][0]
-        assert (nic["name"], nic["mac"], nic["driver"], nic["link"]) == (
-            "eth0", MAC, "virtio_net", True,
-        )  # fmt: skip
+        nics = [(n["name"], n["mac"], n["driver"], n["link"]) for n in inv["nics"]]
+        # Only the boot NIC is brought up; a NIC that is down reports no link.
+        assert nics == [("eth0", DECOY_MAC, "virtio_net", False), ("eth1", MAC, "e1000", True)]
+        assert inv["nics"][1]["speed_mbps"] == 1000
         assert inv["dmi"]["vendor"] == "QEMU"
         assert (inv["firmware"], inv["kernel"]) == ("bios", kver)
 
@@ -165,7 +169,7 @@ def test_idle_agent_boots_registers_and_obeys(built, peer, ssh_key, tmp_path):
             vm.kill()
             vm.wait()
     console = (tmp_path / "console.log").read_text(errors="replace")
-    assert f"PROVISIOND-NET-UP iface=eth0 mac={MAC} ip=10.0.2.15" in console
+    assert f"PROVISIOND-NET-UP iface=eth1 mac={MAC} ip=10.0.2.15" in console
     assert f"PROVISIOND-AGENT-UP mac={MAC} ip=10.0.2.15" in console
     assert "PROVISIOND-SSH-UP port=22" in console
     assert TOKEN not in console
