@@ -44,7 +44,8 @@ def mac_for(leg: str, run: int) -> str:
 
 
 def bootif(mac: str) -> str:
-    return "BOOTIF=01-" + mac.replace(":", "-")
+    """pxelinux-style BOOTIF (also passes an iPXE ``${net0/mac:hexhyp}`` through)."""
+    return "BOOTIF=01-" + (mac if mac.startswith("$") else mac.replace(":", "-"))
 
 
 def failure(r: subprocess.CompletedProcess) -> str:
@@ -61,6 +62,8 @@ def provisiond_leg(tb: Testbed, runs: int, log: list[str]) -> tuple[list[float],
     """Seconds to idle per run, and the agent kernel cmdline provisiond served."""
     config = tb.provisiond_config()
     tb.write_config(config)
+    for db in (tb.workdir / "state").glob("provisiond.db*"):  # a fresh inventory each run
+        db.unlink()
     for args in (("init",), ("kernel", "list", "--json")):
         r = tb.provisiond_cli(*args)
         if r.returncode != 0:
@@ -74,6 +77,8 @@ def provisiond_leg(tb: Testbed, runs: int, log: list[str]) -> tuple[list[float],
     try:
         for i in range(runs):
             mac = mac_for("provisiond", i)
+            if tb.resource_state(mac) is not None:
+                raise RuntimeError(f"{mac} is already known to provisiond; cannot time it")
             vm = tb.boot_vm(f"prov{i}", mac)
             try:
                 wait_until(lambda m=mac: tb.resource_state(m) == "idle", BOOT_TIMEOUT, 0.05)
@@ -94,7 +99,7 @@ def served_cmdline(tb: Testbed, mac: str) -> str:
     url = f"http://{tb.address}:8080/boot/{mac.replace(':', '-')}.ipxe"
     r = tb.run_in_ns(["curl", "-sf", "-m", "5", url], check=False)
     m = re.search(r"^kernel\s+(?:--name\s+\S+\s+)?\S+\s+(.*)$", r.stdout, re.M)
-    return m.group(1).strip() if m else ""
+    return m.group(1).split(" || ")[0].strip() if m else ""  # drop "|| goto failed"
 
 
 # -- anchor and direct legs ------------------------------------------------
