@@ -72,7 +72,7 @@ class DnsConfig:
 class AgentConfig:
     heartbeat_interval: int = 10
     heartbeat_timeout: int = 60
-    kernel_cmdline: str = "console=ttyS0,115200 console=tty0 quiet loglevel=3"
+    kernel_cmdline: str = "console=tty0 console=ttyS0,115200 quiet loglevel=3"
 
 
 @dataclass(frozen=True)
