@@ -15,13 +15,16 @@ import threading
 from collections.abc import Iterator
 
 from provisiond import assets, logs, resources
+from provisiond.capture import CaptureJob
 from provisiond.config import Config
 from provisiond.context import Context
 from provisiond.db import Database
 from provisiond.httpd import HttpService
 from provisiond.inventory import Inventory, InventoryRefresher
 from provisiond.jobrunner import ByMode, JobRunner
+from provisiond.localdeploy import LocalStart, LocalStop
 from provisiond.policy import DatabasePolicy
+from provisiond.release import EraseJob
 from provisiond.sanboot import SanbootStart, SanbootStop
 from provisiond.scheduler import Scheduler
 from provisiond.service import Service
@@ -87,11 +90,17 @@ class Daemon:
         self.services.extend(_protocol_services(ctx))
         manager = StorageManager(self.config)
         storage = StorageService(self.config, ctx.db, manager)
-        appliance_jobs = ByMode(ctx.db, {"sanboot": SanbootStart(ctx, manager, storage)})
-        stop_jobs = ByMode(ctx.db, {"sanboot": SanbootStop(ctx, storage)})
+        appliance_jobs = ByMode(
+            ctx.db, {"sanboot": SanbootStart(ctx, manager, storage), "local": LocalStart(ctx)}
+        )
+        stop_jobs = ByMode(ctx.db, {"sanboot": SanbootStop(ctx, storage), "local": LocalStop(ctx)})
+        other_jobs = {"image.capture": CaptureJob(ctx, manager), "resource.erase": EraseJob(ctx)}
         self.services += [
             storage,
-            JobRunner(ctx.db, {"appliance.start": appliance_jobs, "appliance.stop": stop_jobs}),
+            JobRunner(
+                ctx.db,
+                {"appliance.start": appliance_jobs, "appliance.stop": stop_jobs, **other_jobs},
+            ),
             Scheduler(self.config, ctx.db, ctx.inventory),
         ]
         for svc in self.services:

@@ -54,7 +54,7 @@ def create_app(ctx: Context) -> Flask:
         PERMANENT_SESSION_LIFETIME=dt.timedelta(hours=12),
     )
 
-    from web import agent, boot
+    from web import agent, boot, stream  # noqa: F401 (stream adds routes to agent.bp)
     from web.api import bp as api_bp
     from web.api.auth import csrf_token, guard
     from web.ui import bp as ui_bp

@@ -1,0 +1,191 @@
+"""Image capture: the agent reads a local disk and uploads it as a new image.
+
+Owns :func:`capture` (the service function behind ``provisiond image capture
+<resource> --disk /dev/sda --name N`` and the API), the ``image.capture`` job
+handler and :func:`store_chunk`, the server side of each uploaded chunk.
+
+Flow: a sparse volume of the disk's size (from the agent's inventory) is
+created on a storage; the agent command ``capture`` reads the disk chunk by
+chunk (:mod:`provisiond.chunks` format, 4 MiB), skips zero chunks, and PUTs
+every other chunk (zstd when that helps) with its sha256 to
+``/agent/v1/stream/<cmd>/chunk/<index>``; the server decompresses, checks
+length and sha256 (422 otherwise: the agent retries that chunk) and writes it
+at its offset. At the end the agent reports ``chunks=K list=<sha256 of its
+"index sha256" lines>``; the server scans the new volume once, builds the
+manifest and compares the same digest, so a chunk lost or written twice
+wrongly fails the job. Then the Image (with its manifest) exists.
+
+Consistency: the disk is read while the machine runs the agent (nothing has
+the disk mounted), which gives a consistent image. Capturing a disk that
+something is writing to at the same time is *not* consistent (chunks are
+read at different moments) — that is documented, not prevented.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+
+from sqlalchemy import select
+
+from provisiond import chunks, events
+from provisiond.context import Context
+from provisiond.db import Database
+from provisiond.errors import Conflict, Invalid
+from provisiond.jobrunner import JobFailed
+from provisiond.lifecycle import JobState as JS
+from provisiond.localdeploy import (
+    DEFAULT_TIMEOUT,
+    cancel_command,
+    encode_arg,
+    job_log,
+    open_command,
+    start_command,
+    wait_command,
+)
+from provisiond.model import Image, Job, Resource, Storage, Volume
+from provisiond.resources import AGENT_STATES
+from provisiond.storages import StorageManager
+from storage.backends import StorageError
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,100}$")
+
+
+class ChecksumError(Invalid):
+    status = 422
+
+
+def disk_size(inventory: dict, disk: str) -> int | None:
+    name = disk.removeprefix("/dev/")
+    for d in (inventory or {}).get("disks", []) or []:
+        if d.get("name") == name and d.get("size_bytes"):
+            return int(d["size_bytes"])
+    return None
+
+
+def capture(
+    session, res: Resource, disk: str, name: str, storage: str | None = None, actor: str = "cli"
+) -> Job:
+    """Queue an ``image.capture`` job (the daemon's job runner does the work)."""
+    if not _NAME.match(name):
+        raise Invalid(f"image name {name!r}: letters, digits and . _ + - only", field="name")
+    if session.scalars(select(Image.id).where(Image.name == name)).first():
+        raise Conflict(f"image '{name}' already exists; pick another name", field="name")
+    if res.state not in AGENT_STATES or not res.agent_token_hash:
+        raise Conflict(f"resource {res.display_name} is {res.state} and runs no agent")
+    if not disk.startswith("/dev/") or disk_size(res.inventory, disk) is None:
+        known = [d.get("name") for d in (res.inventory or {}).get("disks", []) or []]
+        raise Invalid(
+            f"disk {disk!r}: not in the inventory of {res.display_name} "
+            f"(known: {', '.join(f'/dev/{k}' for k in known) or 'none'})",
+            field="disk",
+        )
+    job = Job(
+        kind="image.capture",
+        state=JS.QUEUED,
+        resource_id=res.id,
+        params={"disk": disk, "name": name, "storage": storage},
+    )
+    session.add(job)
+    session.flush()
+    events.record(session, actor, "image.capture", name, f"{res.display_name}:{disk}")
+    return job
+
+
+def list_digest(m: chunks.Manifest) -> str:
+    return hashlib.sha256("".join(f"{c.index} {c.sha256}\n" for c in m.chunks).encode()).hexdigest()
+
+
+def store_chunk(
+    db: Database, resource_id: int, cmd_id: int, index: int, digest: str, enc: str, body: bytes
+) -> None:
+    with db.sessions() as s:
+        cmd = open_command(s, resource_id, cmd_id, "capture")
+        path, size = cmd.params["path"], int(cmd.params["size"])
+    try:
+        length = chunks.chunk_length(size, chunks.CHUNK_SIZE, index)
+    except chunks.ManifestError as exc:
+        raise Invalid(str(exc), field="index")
+    if enc == chunks.ZSTD:
+        import zstandard
+
+        try:
+            body = zstandard.ZstdDecompressor().decompress(body, max_output_size=length)
+        except zstandard.ZstdError as exc:
+            raise ChecksumError(f"chunk {index}: zstd: {exc}")
+    if len(body) != length or chunks.sha256(body) != digest:
+        raise ChecksumError(f"chunk {index}: length or sha256 does not match")
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.pwrite(fd, body, index * chunks.CHUNK_SIZE)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class CaptureJob:
+    def __init__(self, ctx: Context, manager: StorageManager) -> None:
+        self.ctx, self.manager = ctx, manager
+
+    def run(self, job_id: int) -> str:
+        db = self.ctx.db
+        with db.sessions() as s:
+            job = s.get(Job, job_id)
+            p, res = dict(job.params), s.get(Resource, job.resource_id)
+            size, res_id, res_name = disk_size(res.inventory, p["disk"]), res.id, res.display_name
+        settings = self.manager.settings(p.get("storage"))
+        backend = self.manager.backend(settings.name)
+        vol_name = f"image-{p['name']}"
+        try:
+            vol = backend.create(vol_name, size)
+        except StorageError as exc:
+            raise JobFailed(f"cannot create volume {vol_name}: {exc}")
+        with db.session() as s:
+            s.get(Job, job_id).params = {**p, "volume": vol_name}
+            s.get(Job, job_id).bytes_total = size
+        arg = encode_arg(disk=p["disk"], size=size, retries=5, timeout=30)
+        cmd_id = start_command(self.ctx, job_id, res_id, "capture", arg, path=vol.path, size=size)
+        job_log(db, job_id, f"asked the agent of {res_name} to upload {p['disk']} ({size} bytes)")
+        last = wait_command(self.ctx, job_id, cmd_id, DEFAULT_TIMEOUT)
+        job_log(db, job_id, f"agent: {last}")
+        with open(vol.path, "rb") as fh:
+            m = chunks.scan(fh, size)
+        want = dict(kv.split("=", 1) for kv in last.split() if "=" in kv)
+        if want.get("list") != list_digest(m) or int(want.get("chunks", -1)) != len(m.chunks):
+            raise JobFailed(
+                f"captured volume does not match what the agent read "
+                f"({len(m.chunks)} chunks on the server, agent said {last!r})"
+            )
+        with db.session() as s:
+            self.manager.sync_rows(s)
+            s.flush()
+            st = s.scalars(select(Storage).where(Storage.name == settings.name)).one()
+            row = Volume(storage_id=st.id, name=vol_name, path=vol.path, size=size)
+            s.add(row)
+            s.flush()
+            img = Image(
+                name=p["name"],
+                format="raw",
+                size=size,
+                sha256=m.sha256,
+                volume_id=row.id,
+                manifest=m.to_json(),
+                state="ready",
+            )
+            s.add(img)
+            s.flush()
+            job = s.get(Job, job_id)
+            job.image_id, job.bytes_done = img.id, size
+            events.record(s, "daemon", "image.captured", img.name, f"{res_name}:{p['disk']}")
+        return f"image {p['name']}: {size} bytes, {len(m.chunks)} data chunks, sha256 {m.sha256}"
+
+    def fail(self, job_id: int, reason: str) -> None:
+        cancel_command(self.ctx.db, job_id, reason)
+        with self.ctx.db.sessions() as s:
+            p = dict(s.get(Job, job_id).params)
+        if p.get("volume"):
+            try:
+                self.manager.backend(p.get("storage")).delete(p["volume"])
+            except (StorageError, OSError):
+                pass
