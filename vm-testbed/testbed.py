@@ -353,13 +353,14 @@ dns = ["{self.address}"]
         kernel: str = "",
         initrd: str = "",
         append: str = "",
+        reboot: bool = False,
     ) -> Vm:
         """Start a TCG QEMU machine on a new tap of br0 (see :class:`vm.VmSpec`)."""
         vm_dir = self.workdir / "vms"
         vm_dir.mkdir(parents=True, exist_ok=True)
         spec = VmSpec(name=name, mac=mac, tap=self.add_tap(), nic=nic, mem=mem, smp=smp,
                       disks=tuple(disks), disk_if=disk_if, boot=boot, kernel=str(kernel),
-                      initrd=str(initrd), append=append)  # fmt: skip
+                      initrd=str(initrd), append=append, reboot=reboot)  # fmt: skip
         vm = Vm(spec, vm_dir).start(self.ns_prefix)
         self.vms.append(vm)
         return vm

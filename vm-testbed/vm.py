@@ -83,12 +83,15 @@ class VmSpec:
     initrd: str = ""
     append: str = ""
     extra: tuple[str, ...] = ()
+    reboot: bool = False  # False: -no-reboot (a guest reboot ends QEMU)
 
 
 def qemu_argv(spec: VmSpec, workdir: Path) -> list[str]:
     """The QEMU command line for ``spec`` (files placed under ``workdir``)."""
     argv = [QEMU, "-name", spec.name, "-accel", "tcg", "-cpu", "max"]
-    argv += ["-m", str(spec.mem), "-smp", str(spec.smp), "-nographic", "-no-reboot"]
+    argv += ["-m", str(spec.mem), "-smp", str(spec.smp), "-nographic"]
+    if not spec.reboot:
+        argv.append("-no-reboot")
     argv += ["-pidfile", str(workdir / f"{spec.name}.pid")]
     argv += ["-netdev", f"tap,id=n0,ifname={spec.tap},script=no,downscript=no"]
     find_rom(spec.nic)  # QEMU loads it from its firmware path; an explicit
