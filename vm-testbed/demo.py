@@ -65,6 +65,8 @@ def run(tb: Testbed) -> str:
     say("starting provisiond serve inside the namespace ...")
     tb.start_provisiond(config)
     say(f"provisiond healthy at http://{tb.address}:8080 (log {tb.workdir}/provisiond.log)")
+    if resource_state(tb, MAC) is not None:  # a previous demo's machine: start afresh
+        tb.provisiond_cli("resource", "rm", MAC)
     nic = os.environ.get("DEMO_NIC", "virtio-net-pci")
     vm = tb.boot_vm("demo1", MAC, nic=nic, disks=["2G"])
     say(f"machine demo1 ({nic}, {MAC}) booting; console: {vm.log_path}")

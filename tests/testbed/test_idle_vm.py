@@ -64,6 +64,14 @@ def test_two_machines_become_idle_answer_run_and_go_offline(testbed):
     events = cli_json(tb, "event", "list")
     assert any(e["action"] == "resource.run" and "uname" in e["detail"] for e in events)
 
+    # an interactive root shell (stdin from a pipe here; a terminal works the same)
+    prov, cfg = str(tb.provisiond_bin), str(tb.workdir / "provisiond.toml")
+    login = tb.run_in_ns([prov, "--config", cfg, "login", r1["name"]], check=False, timeout=60,
+                         input="echo LOGIN-$((6*7))\nexit\n")  # fmt: skip
+    assert login.returncode == 0 and "LOGIN-42" in login.stdout, login.stdout + login.stderr
+    events = cli_json(tb, "event", "list")
+    assert any(e["action"] == "resource.login" for e in events)
+
     # DNS answers the resource's name with its address
     dig = tb.run_in_ns(["dig", f"@{tb.address}", f"{r1['name']}.lab.test", "+short"], check=False)
     assert dig.stdout.strip() == r1["ip"]
