@@ -1,6 +1,6 @@
 """TFTP benchmark: provisiond vs atftpd vs tftpd-hpa, 50 concurrent atftp clients.
 
-Owns the TFTP figures in BENCHMARKS-tftp.md. Every server runs on
+Owns the TFTP figures in BENCHMARKS.md. Every server runs on
 127.0.0.1 (a high port), one after the other in one run; clients are the
 real ``atftp`` program fetching ipxe.efi (~830 KiB) at once. The server is
 pinned to CPU 0 and the clients to CPU 1 (``taskset``) when there are two
