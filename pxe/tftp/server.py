@@ -11,7 +11,7 @@ each, and no more memory than the bounded file cache (:mod:`pxe.tftp.files`).
 Why not tftpy's server: tftpy (the project's TFTP library) grants no
 windowsize (RFC 7440), which is what makes a PXE boot file fast, and spends
 more per packet (50 lockstep clients: 1.08 s against 0.5-0.9 s here; see
-BENCHMARKS-tftp.md). So the codec and the transfer loop are written here,
+BENCHMARKS.md). So the codec and the transfer loop are written here,
 and tftpy's *client* is used in the interop tests as an independent peer.
 Windows go out as one ``sendmsg`` with UDP segmentation offload
 (``UDP_SEGMENT``, Linux 4.18+) when the kernel allows it, else one datagram

@@ -13,7 +13,7 @@ Flow: log in; the dashboard counts one idle resource; find it in the resource
 list; open the web shell and run a command; assign an image in sanboot mode
 and watch the appliance page follow its deploy job. The job reaching
 ``active`` needs a machine that really boots the iSCSI disk: that is the QEMU
-variant of this test, which needs vm-testbed (see the report in BENCHMARKS-ui.md).
+variant of this test, which needs vm-testbed (see the report in BENCHMARKS.md).
 """
 
 from __future__ import annotations
