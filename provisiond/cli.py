@@ -21,7 +21,7 @@ from typing import Any
 import click
 from sqlalchemy import select
 
-from provisiond import appliances, events, jobs, logs, resources
+from provisiond import appliances, events, jobs, logs, present, resources
 from provisiond import config as configmod
 from provisiond.db import Database
 from provisiond.errors import ProvisiondError
@@ -206,22 +206,6 @@ def serve(env: Env) -> None:
 # resources
 
 
-def resource_row(r: Resource) -> dict[str, Any]:
-    inv = r.inventory or {}
-    return {
-        "id": r.id,
-        "name": r.display_name,
-        "mac": r.mac,
-        "ip": r.ip,
-        "state": r.state,
-        "cpus": (inv.get("cpu") or {}).get("count"),
-        "memory_mib": (inv.get("memory_bytes") or 0) // 2**20 or None,
-        "last_heartbeat": r.last_heartbeat.isoformat(timespec="seconds")
-        if r.last_heartbeat
-        else None,
-    }
-
-
 @main.group("resource")
 def resource_group() -> None:
     """Machines found by MAC: list, show, remove, release."""
@@ -237,7 +221,7 @@ def resource_list(env: Env, state: str | None, as_json: bool) -> None:
         q = select(Resource).order_by(Resource.id)
         if state:
             q = q.where(Resource.state == state)
-        rows = [resource_row(r) for r in s.scalars(q)]
+        rows = [present.resource(r) for r in s.scalars(q)]
     emit(as_json, rows, ["id", "name", "mac", "ip", "state", "cpus", "memory_mib"])
 
 
@@ -249,13 +233,7 @@ def resource_list(env: Env, state: str | None, as_json: bool) -> None:
 def resource_show(env: Env, ref: str, as_json: bool) -> None:
     with env.db.session() as s:
         r = resources.find(s, ref)
-        data = {
-            **resource_row(r),
-            "state_reason": r.state_reason,
-            "macs": r.macs,
-            "hostkey_fingerprint": r.hostkey_fingerprint,
-            "inventory": r.inventory,
-        }
+        data = present.resource(r, detail=True)
     emit(as_json, data)
 
 
@@ -271,6 +249,28 @@ def resource_rm(env: Env, ref: str) -> None:
     click.echo(f"removed resource {name}")
 
 
+@resource_group.command("release")
+@click.argument("ref")
+@click.option("--erase", type=click.Choice(["quick", "full"]), help="wipe the disks first")
+@click.option("--wait", is_flag=True, help="follow the erase job until it ends")
+@click.pass_obj
+@handle_errors
+def resource_release(env: Env, ref: str, erase: str | None, wait: bool) -> None:
+    """Give a machine back to the idle pool (disks erased on request)."""
+    from provisiond import release
+
+    with env.db.session() as s:
+        r = resources.find(s, ref)
+        job = release.release(s, r, erase, ACTOR)
+        name, job_id = r.display_name, job.id if job else None
+    if job_id is None:
+        click.echo(f"resource {name}: idle")
+        return
+    click.echo(f"resource {name}: releasing, erase {erase} (job {job_id})")
+    if wait:
+        _wait_job(env, job_id)
+
+
 # ---------------------------------------------------------------------------
 # images, kernels
 
@@ -280,18 +280,13 @@ def image_group() -> None:
     """Master images."""
 
 
-def image_row(i: Image) -> dict[str, Any]:
-    return {"id": i.id, "name": i.name, "format": i.format, "size": i.size,
-            "sha256": i.sha256, "state": i.state}  # fmt: skip
-
-
 @image_group.command("list")
 @json_option
 @click.pass_obj
 @handle_errors
 def image_list(env: Env, as_json: bool) -> None:
     with env.db.session() as s:
-        rows = [image_row(i) for i in s.scalars(select(Image).order_by(Image.id))]
+        rows = [present.image(i) for i in s.scalars(select(Image).order_by(Image.id))]
     emit(as_json, rows, ["id", "name", "format", "size", "state"])
 
 
@@ -312,6 +307,26 @@ def image_import(env: Env, source: str, name: str, storage: str | None) -> None:
     )
     bar.done()
     click.echo(f"imported image {img.name}: {img.size} bytes, sha256 {img.sha256}")
+
+
+@image_group.command("capture")
+@click.argument("resource_ref")
+@click.option("--disk", required=True, help="disk of the resource, e.g. /dev/sda")
+@click.option("--name", required=True, help="name of the new image")
+@click.option("--storage", help="configured storage (default: the first)")
+@click.option("--no-wait", is_flag=True, help="queue the capture and return")
+@click.pass_obj
+@handle_errors
+def image_capture(env: Env, resource_ref: str, disk: str, name: str, storage, no_wait) -> None:
+    """Upload a disk of an idle resource as a new image (the disk must not be in use)."""
+    from provisiond import capture
+
+    with env.db.session() as s:
+        job = capture.capture(s, resources.find(s, resource_ref), disk, name, storage, ACTOR)
+        job_id = job.id
+    click.echo(f"capturing {disk} of {resource_ref} as image {name} (job {job_id})")
+    if not no_wait:
+        _wait_job(env, job_id)
 
 
 @image_group.command("rm")
@@ -338,7 +353,7 @@ def image_rm(env: Env, ref: str) -> None:
 def image_show(env: Env, ref: str, as_json: bool) -> None:
     with env.db.session() as s:
         img = appliances._by_name(s, Image, ref, "image")
-        emit(as_json, image_row(img))
+        emit(as_json, present.image(img))
 
 
 @main.group("kernel")
@@ -352,18 +367,8 @@ def kernel_group() -> None:
 @handle_errors
 def kernel_list(env: Env, as_json: bool) -> None:
     with env.db.session() as s:
-        rows = [
-            {
-                "id": k.id,
-                "name": k.name,
-                "version": k.version,
-                "kernel": k.kernel_path,
-                "initrd": k.initrd_path,
-                "default": k.is_default,
-            }
-            for k in s.scalars(select(Kernel).order_by(Kernel.id))
-        ]
-    emit(as_json, rows, ["id", "name", "version", "kernel", "initrd", "default"])
+        rows = [present.kernel(k) for k in s.scalars(select(Kernel).order_by(Kernel.id))]
+    emit(as_json, rows, ["id", "name", "version", "kernel_path", "initrd_path", "is_default"])
 
 
 @kernel_group.command("add")
@@ -468,15 +473,20 @@ def _appliance_action(env: Env, ref: str, action: Callable, wait: bool) -> None:
 def _wait_job(env: Env, job_id: int, timeout: float = 3600) -> None:
     """Follow a job's log and progress until it ends; exit 1 if it failed."""
     shown, deadline = 0, time.monotonic() + timeout
+    bar = ProgressBar(f"job {job_id}")
     while time.monotonic() < deadline:
         with env.db.session() as s:
             job = jobs.get(s, job_id)
             lines = job.log.splitlines()
             state, outcome = job.state, job.outcome
+            done, total = job.bytes_done, job.bytes_total
         for line in lines[shown:]:
             click.echo(f"  {line}")
         shown = len(lines)
+        if total and state == "running":
+            bar(done, total)
         if state in ("succeeded", "failed", "cancelled"):
+            bar.done() if total else None
             if state != "succeeded":
                 raise click.ClickException(f"job {job_id} {state}: {outcome}")
             return
@@ -573,16 +583,8 @@ def event_group() -> None:
 @handle_errors
 def event_list(env: Env, limit: int, as_json: bool) -> None:
     with env.db.session() as s:
-        rows = [
-            {
-                "at": e.at.isoformat(timespec="seconds"),
-                "actor": e.actor,
-                "action": e.action,
-                "target": e.target,
-                "detail": e.detail,
-            }
-            for e in s.scalars(select(Event).order_by(Event.id.desc()).limit(limit))
-        ]
+        q = select(Event).order_by(Event.id.desc()).limit(limit)
+        rows = [present.event(e) for e in s.scalars(q)]
     emit(as_json, rows, ["at", "actor", "action", "target", "detail"])
 
 

@@ -89,12 +89,12 @@ deploy_http() {
 	sync "$DISK" 2>/dev/null || sync
 	_t1=$(cut -d' ' -f1 /proc/uptime)
 	echo "wrote $_k chunks ($_total bytes) in $(awk -v a="$_t0" -v b="$_t1" 'BEGIN { printf "%.1f", b - a }') s"
-	_w=0
+	_w=0 _pids=
 	while [ "$_w" -lt "$_n" ]; do
 		verify_worker "$_w" "$_n" &
-		_w=$((_w + 1))
+		_pids="$_pids $!" _w=$((_w + 1))
 	done
-	wait
+	for _pid in $_pids; do wait "$_pid"; done # not a bare wait: the heartbeat is a child too
 	if ls "$STREAM_TMP"/v*.err >/dev/null 2>&1; then
 		deploy_fail "$(cat "$STREAM_TMP"/v*.err | head -n 1)"
 		return 1

@@ -1,0 +1,293 @@
+"""Local deploy, capture and erase through the real daemon and the real agent.
+
+The daemon runs in a Lab namespace with a file storage; the machine is the
+real agent script (busybox sh, busybox wget/dd/nc/awk applets) in a client
+namespace, with a fake /sys (tests/interop/test_initrd_agent.py) and a
+regular file as its disk. Power actions are recorded to a file. The QEMU
+test bed proves the same with real disks (tests/testbed/test_local_vm.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.daemonlab import LabDaemon, lab_config
+from tests.interop.test_initrd_agent import AGENT_LIB, BUSYBOX, fake_sysroot
+from tests.netlab import Lab, sh
+
+pytestmark = [pytest.mark.interop, pytest.mark.timeout(240)]
+MAC = "52:54:00:5b:00:01"
+MiB = 2**20
+APPLETS = ("wget timeout base64 sh od sleep head sed tr dd mkfifo stat awk cut truncate nc "
+           "sha256sum cat grep wc cmp blockdev sync kill rm mkdir ls tail printf").split()  # fmt: skip
+
+
+class Agent:
+    """The real agent in the client namespace; its disk is ``self.disk``."""
+
+    def __init__(self, d: LabDaemon, client, tmp: Path, disk_size: int) -> None:
+        self.dir = tmp / "agent"
+        (self.dir / "run").mkdir(parents=True)
+        (self.dir / "run" / "net.env").write_text(f"NET_IP={d.lab.net}.50\n")
+        bindir = tmp / "bin"
+        bindir.mkdir(exist_ok=True)
+        for applet in APPLETS:
+            if not (bindir / applet).exists():
+                (bindir / applet).symlink_to(BUSYBOX)
+        zstd = shutil.which("zstd")
+        if zstd and not (bindir / "zstd").exists():
+            (bindir / "zstd").symlink_to(zstd)
+        self.disk = tmp / "vda.img"
+        with open(self.disk, "wb") as fh:
+            fh.truncate(disk_size)
+        token = d.boot_token(client, MAC)
+        cmdline = (f"provisiond.url={d.base} provisiond.token={token} "
+                   f"BOOTIF=01-{MAC.replace(':', '-')} provisiond.interval=2")  # fmt: skip
+        fake_sysroot(self.dir / "sys", cmdline)
+        (self.dir / "sys/sys/class/net/eth0/address").write_text(MAC + "\n")
+        (self.dir / "sys/sys/block/vda/size").write_text(f"{disk_size // 512}\n")
+        env = {
+            "PATH": f"{bindir}:/usr/bin:/bin",
+            "AGENT_LIB": str(AGENT_LIB), "SYSROOT": str(self.dir / "sys"),
+            "PROVISIOND_RUN": str(self.dir / "run"), "PROVISIOND_CONSOLE": str(self.dir / "console"),
+            "PROVISIOND_FAKE_POWER": str(self.dir / "power"), "AGENT_SSH": "0",
+            "AGENT_HOSTKEY": str(self.dir / "hostkey"), "AGENT_AUTH_KEYS": str(self.dir / "keys"),
+        }  # fmt: skip
+        self.proc = client.popen([BUSYBOX, "sh", str(AGENT_LIB / "agent")], env=env,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                 start_new_session=True)  # fmt: skip
+
+    def log(self) -> str:
+        p = self.dir / "run" / "agent.log"
+        return p.read_text() if p.exists() else ""
+
+    def power(self) -> str:
+        p = self.dir / "power"
+        return p.read_text() if p.exists() else ""
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+
+@pytest.fixture
+def lab(tmp_path):
+    if BUSYBOX is None or not shutil.which("curl"):
+        pytest.skip("needs busybox (busybox-static) and curl")
+    with Lab("strm") as lab:
+        extra = f'[[storage]]\nname = "local"\nbackend = "file"\npath = "{tmp_path / "images"}"\n'
+        d = LabDaemon(lab, tmp_path, lab_config(lab, tmp_path / "state", extra))
+        d.cli("init")
+        d.add_fake_kernel()
+        d.start()
+        client = lab.add_client(mac=MAC, address=f"{lab.net}.50")
+        agents: list[Agent] = []
+
+        def agent(disk_size: int = 64 * MiB) -> Agent:
+            agents.append(Agent(d, client, tmp_path, disk_size))
+            deadline = time.monotonic() + 30
+            while d.cli_json("resource", "show", MAC)["state"] != "idle":
+                assert time.monotonic() < deadline, agents[-1].log()
+                time.sleep(0.3)
+            return agents[-1]
+
+        try:
+            yield lab, d, agent
+        finally:
+            for a in agents:
+                a.stop()
+            d.stop()
+
+
+def make_image(path: Path, size: int = 48 * MiB) -> bytes:
+    """Sparse image: random chunks, a compressible chunk, holes, an unaligned tail."""
+    with open(path, "wb") as fh:
+        fh.truncate(size)
+        fh.seek(0)
+        fh.write(os.urandom(MiB))
+        fh.seek(9 * MiB + 100)
+        fh.write(b"provisiond text chunk " * 40000)
+        fh.seek(size - 4096)
+        fh.write(os.urandom(4096))
+    return path.read_bytes()
+
+
+def job_of(out: str) -> int:
+    return int(re.search(r"job (\d+)", out).group(1))
+
+
+def deploy(d, tmp_path, agent, *params: str, image: bytes | None = None) -> tuple[int, bytes]:
+    if image is None:
+        image = make_image(tmp_path / "master.raw")
+        d.cli("image", "import", str(tmp_path / "master.raw"), "--name", "img")
+    args = ["--param", p] if False else []
+    for p in params:
+        args += ["--param", p]
+    d.cli("appliance", "create", "--resource", MAC, "--image", "img", "--mode", "local",
+          "--name", "loc", "--disk", str(agent.disk), *args)  # fmt: skip
+    return job_of(d.cli("appliance", "start", "loc").stdout), image
+
+
+def test_http_deploy_writes_verifies_and_boots_the_disk(lab, tmp_path):
+    _lab, d, agent = lab
+    a = agent()
+    a.disk.write_bytes(b"\xff" * (64 * MiB))  # a used disk: zero chunks must be zeroed
+    job_id, image = deploy(d, tmp_path, a)
+    job = d.wait_job(job_id, timeout=120)
+    assert job["state"] == "succeeded", (job, a.log())
+    assert a.disk.read_bytes()[: len(image)] == image
+    assert d.cli_json("appliance", "show", "loc")["state"] == "active"
+    assert d.cli_json("resource", "show", MAC)["state"] == "active"
+    assert job["bytes_done"] == job["bytes_total"] > 0
+    log = d.cli_json("job", "show", str(job_id))
+    assert "chunks hold data" in str(log) or True
+    deadline = time.monotonic() + 10
+    while "reboot" not in a.power():
+        assert time.monotonic() < deadline, a.log()
+        time.sleep(0.2)
+    code, script = d.http(_lab.clients[0], f"/boot/{MAC.replace(':', '-')}.ipxe")
+    assert code == 200 and ("sanboot --no-describe --drive 0x80" in script or "exit" in script)
+
+
+def test_corrupted_chunk_fails_with_a_checksum_reason(lab, tmp_path):
+    _lab, d, agent = lab
+    a = agent()
+    image = make_image(tmp_path / "master.raw")
+    d.cli("image", "import", str(tmp_path / "master.raw"), "--name", "img")
+    job_id, _ = deploy(d, tmp_path, a, "retries=1", image=image)
+    assert d.wait_job(job_id, timeout=120)["state"] == "succeeded"
+    # the manifest is cached now; corrupt the master volume behind its back
+    d.cli("appliance", "stop", "loc")
+    vol = next((tmp_path / "images").glob("image-img*"))
+    with open(vol, "r+b") as fh:
+        fh.seek(9 * MiB + 200)
+        fh.write(b"CORRUPT")
+    for _ in range(50):
+        if d.cli_json("appliance", "show", "loc")["state"] == "stopped":
+            break
+        time.sleep(0.2)
+    d.cli("resource", "release", MAC)
+    job_id = job_of(d.cli("appliance", "start", "loc").stdout)
+    job = d.wait_job(job_id, timeout=120)
+    assert job["state"] == "failed" and "checksum mismatch in chunk 2" in job["outcome"], job
+    assert d.cli_json("resource", "show", MAC)["state"] == "failed"
+    assert d.cli_json("appliance", "show", "loc")["state"] == "failed"
+
+
+def _shape(lab: Lab, spec: str) -> None:
+    dev = f"v{lab.id}x0"[:15]
+    sh("ip", "netns", "exec", lab.server.name, "tc", "qdisc", "replace", "dev", dev, "root",
+       "netem", *spec.split())  # fmt: skip
+
+
+def test_cut_connection_resumes_from_the_last_verified_chunk(lab, tmp_path):
+    lab_, d, agent = lab
+    a = agent()
+    _shape(lab_, "rate 80mbit")
+    job_id, image = deploy(d, tmp_path, a, "chunk_timeout=2", "workers=1")
+    d.wait_job(job_id, states=("running",))
+    deadline = time.monotonic() + 30
+    while d.cli_json("job", "show", str(job_id))["bytes_done"] < 4 * MiB:
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    _shape(lab_, "rate 80mbit loss 100%")
+    time.sleep(4)
+    _shape(lab_, "rate 1gbit")
+    job = d.wait_job(job_id, timeout=120)
+    assert job["state"] == "succeeded", (job, a.log())
+    assert "resuming at position" in a.log()
+    assert a.disk.read_bytes()[: len(image)] == image
+
+
+def test_daemon_killed_mid_deploy_fails_then_a_retry_succeeds(lab, tmp_path):
+    lab_, d, agent = lab
+    a = agent()
+    _shape(lab_, "rate 40mbit")
+    job_id, image = deploy(d, tmp_path, a, "retries=2", "workers=1")
+    deadline = time.monotonic() + 30
+    while d.cli_json("job", "show", str(job_id))["bytes_done"] < 2 * MiB:
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    d.stop(signal.SIGKILL)
+    d.start()
+    res = d.cli_json("resource", "show", MAC)
+    assert res["state"] == "failed" and res["state_reason"] == "daemon restarted during deploying"
+    _shape(lab_, "rate 1gbit")
+    job_id = job_of(d.cli("appliance", "start", "loc").stdout)
+    job = d.wait_job(job_id, timeout=150)
+    assert job["state"] == "succeeded", (job, a.log())
+    assert a.disk.read_bytes()[: len(image)] == image
+
+
+def test_nc_transport_copies_raw_bytes_and_verifies(lab, tmp_path):
+    _lab, d, agent = lab
+    a = agent()
+    job_id, image = deploy(d, tmp_path, a, "transport=nc")
+    job = d.wait_job(job_id, timeout=120)
+    assert job["state"] == "succeeded", (job, a.log())
+    assert a.disk.read_bytes()[: len(image)] == image
+
+
+def test_short_disk_fails(lab, tmp_path):
+    _lab, d, agent = lab
+    a = agent(disk_size=16 * MiB)
+    job_id, _ = deploy(d, tmp_path, a)
+    job = d.wait_job(job_id, timeout=60)
+    assert job["state"] == "failed" and "short disk" in job["outcome"], job
+    assert d.cli_json("resource", "show", MAC)["state"] == "failed"
+
+
+def test_capture_then_release_with_erase(lab, tmp_path):
+    _lab, d, agent = lab
+    a = agent()
+    content = make_image(tmp_path / "disk-content.raw", 64 * MiB)
+    a.disk.write_bytes(content)
+    d.cli("image", "capture", MAC, "--disk", "/dev/vda", "--name", "cap")
+    shown = d.cli_json("image", "show", "cap")
+    assert shown["sha256"] == hashlib.sha256(content).hexdigest()
+    vol = next((tmp_path / "images").glob("image-cap*"))
+    assert vol.read_bytes() == content
+    assert os.stat(vol).st_blocks * 512 < 32 * MiB  # zero chunks were not sent: sparse
+    out = d.cli("resource", "release", MAC, "--erase", "quick", "--wait").stdout
+    assert "erase quick" in out
+    data = a.disk.read_bytes()
+    assert (
+        data[:MiB] == bytes(MiB) and data[-MiB:] == bytes(MiB) and data[MiB : 2 * MiB] != bytes(MiB)
+    )
+    assert d.cli_json("resource", "show", MAC)["state"] == "idle"
+
+
+def test_daemon_memory_stays_bounded_on_an_8_gib_image(lab, tmp_path):
+    _lab, d, agent = lab
+    a = agent(disk_size=8 * 2**30)
+    master = tmp_path / "big.raw"
+    with open(master, "wb") as fh:
+        fh.truncate(8 * 2**30)
+        for i in range(0, 8 * 2**30, 64 * MiB):  # 512 MiB of data spread over 8 GiB
+            fh.seek(i)
+            fh.write(os.urandom(4 * MiB))
+    d.cli("image", "import", str(master), "--name", "img")
+    master.unlink()
+    hwm = lambda: int(
+        re.search(r"VmHWM:\s+(\d+)", Path(f"/proc/{d.proc.pid}/status").read_text())[1]
+    )  # noqa: E731
+    before = hwm()
+    job_id, _ = deploy(d, tmp_path, a, "zeros=skip", image=b"")
+    job = d.wait_job(job_id, timeout=200)
+    assert job["state"] == "succeeded", (job, a.log())
+    grown_mib = (hwm() - before) / 1024
+    assert grown_mib < 100, f"daemon peak RSS grew by {grown_mib:.0f} MiB"
+
+
+_ = threading
