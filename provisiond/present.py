@@ -1,7 +1,8 @@
-"""How inventory objects look to the API and the UI: plain dicts, no secrets.
+"""How inventory objects look to the CLI, the API and the UI: plain dicts, no secrets.
 
-Owns the one JSON shape of each noun, so the API, the UI and the tests agree.
-Agent token hashes and password hashes are never part of a shape.
+Owns the one JSON shape of each noun, so ``provisiond ... --json``, the API,
+the UI and the tests agree. Agent token hashes, password hashes and CHAP
+secrets are never part of a shape.
 """
 
 from __future__ import annotations
@@ -9,7 +10,10 @@ from __future__ import annotations
 from typing import Any
 
 from provisiond.model import Event, Image, Kernel, Resource, Storage
-from web.api.common import iso
+
+
+def iso(value) -> str | None:
+    return value.isoformat(timespec="seconds") if value else None
 
 
 def resource(r: Resource, detail: bool = False) -> dict[str, Any]:

@@ -36,7 +36,7 @@ def test_two_machines_become_idle_answer_run_and_go_offline(testbed):
     assert build.returncode == 0, build.stdout + build.stderr
     assert "registered kernel 'agent'" in build.stdout
     kernels = cli_json(tb, "kernel", "list")
-    assert [(k["name"], k["default"]) for k in kernels] == [("agent", True)]
+    assert [(k["name"], k["is_default"]) for k in kernels] == [("agent", True)]
 
     vm1 = tb.boot_vm("idle1", MAC1, nic="virtio-net-pci", mem=512, smp=2, disks=["96M"])
     vm2 = tb.boot_vm("idle2", MAC2, nic="e1000", mem=384)

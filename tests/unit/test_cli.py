@@ -90,12 +90,25 @@ def test_appliance_create_refuses_bad_input_and_changes_nothing(cli, db):
     assert "already belongs to appliance 'web'" in r.output
     shown = json.loads(cli("appliance", "show", "web", "--json").output)
     assert shown["params"] == {"disk": "/dev/vda"} and shown["state"] == "stopped"
-    # no deployer for the mode is registered in this process: start refuses honestly
-    r = cli("appliance", "start", "web", ok=False)
+    # a mode this build cannot deploy is refused, and nothing changes
+    with db.session() as s:
+        resources.ensure(s, "52:54:00:aa:bb:05")
+    cli("appliance", "create", "--resource", "r-525400aabb05", "--mode", "template",
+        "--name", "inst")  # fmt: skip
+    r = cli("appliance", "start", "inst", ok=False)
     assert "cannot be deployed by this build yet" in r.output
-    assert json.loads(cli("appliance", "show", "web", "--json").output)["state"] == "stopped"
-    cli("appliance", "rm", "web")
-    assert json.loads(cli("appliance", "list", "--json").output) == []
+    assert json.loads(cli("appliance", "show", "inst", "--json").output)["state"] == "stopped"
+    assert json.loads(cli("job", "list", "--json").output) == []
+    # a deployable mode queues a job for the daemon's runner
+    out = cli("appliance", "start", "web").output
+    assert "starting (job 1;" in out
+    assert json.loads(cli("resource", "show", "r-525400aabb03", "--json").output)["state"] == (
+        "deploying"
+    )
+    r = cli("appliance", "rm", "web", ok=False)
+    assert "stop it first" in r.output
+    cli("appliance", "rm", "inst")
+    assert [a["name"] for a in json.loads(cli("appliance", "list", "--json").output)] == ["web"]
 
 
 def test_restart_recovery_fails_transient_states(db):

@@ -70,7 +70,3 @@ def paginate(session: Session, query, row: Callable[[Any], dict[str, Any]]) -> d
     total = session.scalar(select(func.count()).select_from(query.order_by(None).subquery()))
     items = [row(obj) for obj in session.scalars(query.limit(limit).offset(offset))]
     return {"items": items, "total": total, "limit": limit, "offset": offset}
-
-
-def iso(value) -> str | None:
-    return value.isoformat(timespec="seconds") if value else None

@@ -17,10 +17,10 @@ from flask import jsonify
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
-from provisiond import appliances, events, jobs, resources
+from provisiond import appliances, events, jobs, present, resources
 from provisiond.errors import Conflict, Invalid, ProvisiondError
 from provisiond.model import Appliance, Image, Kernel, Resource, Storage, Volume
-from web.api import bp, present
+from web.api import bp
 from web.api.auth import actor
 from web.api.common import body, ctx, paginate, typed
 

@@ -11,12 +11,12 @@ from __future__ import annotations
 from flask import jsonify, request
 from sqlalchemy import select
 
-from provisiond import appliances, jobs, resources
+from provisiond import appliances, jobs, present, resources
 from provisiond.errors import Conflict, Invalid
 from provisiond.lifecycle import ApplianceState as AS
 from provisiond.lifecycle import JobState as JS
 from provisiond.model import Appliance, Event, Job
-from web.api import bp, present
+from web.api import bp
 from web.api.auth import actor
 from web.api.common import body, ctx, int_arg, paginate, typed
 

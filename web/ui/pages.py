@@ -13,11 +13,11 @@ from __future__ import annotations
 from flask import flash, redirect, render_template, request
 from sqlalchemy import func, select
 
-from provisiond import appliances, jobs, resources, users
+from provisiond import appliances, jobs, present, resources, users
 from provisiond.errors import ProvisiondError
 from provisiond.lifecycle import IllegalTransition
 from provisiond.model import ApiToken, Appliance, Event, Image, Job, Kernel, Resource, Storage, User
-from web.api import inventory, present, work
+from web.api import inventory, work
 from web.api.auth import actor, current, requires
 from web.api.common import ctx, int_arg
 from web.ui import bp
