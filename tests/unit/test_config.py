@@ -76,7 +76,7 @@ BAD = [
         "[agent]\nheartbeat_interval = 10\nheartbeat_timeout = 5",
         "agent.heartbeat_timeout",
         "larger than heartbeat_interval",
-    ),  # fmt: skip
+    ),
     ('[agent]\nkernel_cmdline = "a\\nb"', "agent.kernel_cmdline", "control characters"),
     ('[[subnet]]\nmode = "full"', "subnet[0].cidr", "is required"),
     ('[[subnet]]\ncidr = "10.0.0.1/24"', "subnet[0].cidr", "IPv4 network"),
@@ -85,40 +85,40 @@ BAD = [
         '[[subnet]]\ncidr = "10.0.0.0/24"\nrange = ["10.0.1.1", "10.0.1.9"]',
         "subnet[0].range",
         "inside 10.0.0.0/24",
-    ),  # fmt: skip
+    ),
     (
         '[[subnet]]\ncidr = "10.0.0.0/24"\nrange = ["10.0.0.9", "10.0.0.1"]',
         "subnet[0].range",
         "FIRST <= LAST",
-    ),  # fmt: skip
+    ),
     (
         '[[subnet]]\ncidr = "10.0.0.0/24"\nmode = "proxy"\nrange = ["10.0.0.1", "10.0.0.2"]',
         "subnet[0].range",
         "proxy mode hands out no addresses",
-    ),  # fmt: skip
+    ),
     ('[[subnet]]\ncidr = "10.0.0.0/24"\nmode = "relay"', "subnet[0].mode", "one of full, proxy"),
     (
         '[[subnet]]\ncidr = "10.0.0.0/24"\nmode = "proxy"\nrouter = "10.9.9.9"',
         "subnet[0].router",
         "inside 10.0.0.0/24",
-    ),  # fmt: skip
+    ),
     (
         '[[subnet]]\ncidr = "10.0.0.0/24"\nmode = "proxy"\ndns = "10.0.0.1"',
         "subnet[0].dns",
         "must be a list",
-    ),  # fmt: skip
+    ),
     ('[[storage]]\nname = "a b"\npath = "/x"', "storage[0].name", "letters, digits"),
     ('[[storage]]\nname = "a"', "storage[0].path", "is required"),
     (
         '[[storage]]\nname = "a"\npath = "/x"\nbackend = "zfs"',
         "storage[0].backend",
         "one of file, reflink, lvm",
-    ),  # fmt: skip
+    ),
     (
         '[[storage]]\nname = "a"\npath = "/x"\n[[storage]]\nname = "a"\npath = "/y"',
         "storage.name",
         "unique",
-    ),  # fmt: skip
+    ),
     ("subnet = 3", "subnet", "[[subnet]] tables"),
     ("this is not toml", "config", "not valid TOML"),
 ]
