@@ -11,15 +11,18 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import sqlite3
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 
+from provisiond.db import Database
+from provisiond.model import Lease
 from tests.daemonlab import PROVISIOND, LabDaemon, lab_config
 from tests.netlab import Lab
+from tests.pg import private_cluster
 
 pytestmark = pytest.mark.interop
 MAC = "52:54:00:ab:cd:01"
@@ -37,11 +40,24 @@ def _needs(*programs: str) -> None:
             pytest.skip(f"needs {p} (make test installs it with apt-get)")
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request, tmp_path):
+    """The embedded default, and PostgreSQL through the same code (a URL change)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'state' / 'provisiond.db'}"
+    else:
+        with private_cluster() as url:
+            yield url
+
+
 @pytest.fixture
-def lab_daemon(tmp_path):
+def lab_daemon(tmp_path, database_url):
     _needs("busybox", "atftp", "dig", "curl")
     with Lab("daemn") as lab:
-        d = LabDaemon(lab, tmp_path, lab_config(lab, tmp_path / "state"))
+        config = lab_config(lab, tmp_path / "state").replace(
+            "http_port = 8080", f'http_port = 8080\ndatabase_url = "{database_url}"'
+        )
+        d = LabDaemon(lab, tmp_path, config)
         d.cli("init")
         d.start()
         try:
@@ -50,7 +66,7 @@ def lab_daemon(tmp_path):
             d.stop()
 
 
-def test_pxe_client_dhcp_tftp_dns_http_through_the_daemon(lab_daemon, tmp_path):
+def test_pxe_client_dhcp_tftp_dns_http_through_the_daemon(lab_daemon, tmp_path, database_url):
     lab, cli, _proc = lab_daemon
     client = lab.add_client(mac=MAC)
     script = tmp_path / "udhcpc.sh"
@@ -67,8 +83,10 @@ def test_pxe_client_dhcp_tftp_dns_http_through_the_daemon(lab_daemon, tmp_path):
     assert boot_file == "undionly.kpxe"
 
     # the lease is durable in the database the daemon shares with the CLI
-    with sqlite3.connect(tmp_path / "state" / "provisiond.db") as conn:
-        leases = conn.execute("select ip, mac, state from lease").fetchall()
+    db = Database(database_url)
+    with db.session() as s:
+        leases = [(x.ip, x.mac, x.state) for x in s.scalars(select(Lease))]
+    db.dispose()
     assert (ip, MAC, "bound") in leases
 
     # TFTP: the boot file named in the offer, byte for byte
