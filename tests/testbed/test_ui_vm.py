@@ -1,0 +1,145 @@
+"""The operator's core workflow in headless Chromium against a real QEMU machine.
+
+provisiond runs in a test bed with a file storage and tgt; a QEMU machine
+PXE-boots to idle. Chromium (Debian's, driven by Selenium through
+chromedriver, inside the test bed's network namespace) logs in, finds the
+idle machine, runs a command in the web shell, assigns the imported image in
+``sanboot`` mode and watches the appliance become ``active`` while the
+machine SAN-boots its clone. Screenshots land in ``artifacts/ui-vm/``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from testbed import wait_until
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+from tests.testbed.diskimage import build_boot_disk  # noqa: E402
+from tests.testbed.netns_thread import in_netns  # noqa: E402
+from tests.testbed.test_ui_e2e import _skip_reasons  # noqa: E402
+
+pytestmark = [
+    pytest.mark.testbed,
+    pytest.mark.skipif(bool(_skip_reasons()), reason="; ".join(_skip_reasons())),
+    pytest.mark.timeout(600),
+]
+ART = REPO / "artifacts" / "ui-vm"
+MAC = "52:54:00:c1:00:01"
+CONTROL_PORT = 600 + os.getpid() % 300
+
+
+def shot(drv, name: str) -> None:
+    ART.mkdir(parents=True, exist_ok=True)
+    drv.save_screenshot(str(ART / f"{name}.png"))
+
+
+def until(pred, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = pred()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def chromium(profile: Path):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = "/usr/bin/chromium"
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                 "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--window-size=1280,900",
+                 f"--user-data-dir={profile}"):  # fmt: skip
+        opts.add_argument(flag)
+    drv = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=opts)
+    drv.implicitly_wait(5)
+    return drv
+
+
+def test_new_user_turns_an_idle_machine_into_an_appliance(testbed, boot_assets):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    tb = testbed
+    config = tb.provisiond_config(heartbeat_interval=2) + (
+        f"\n[iscsi]\ntgt_control_port = {CONTROL_PORT}\nboot_timeout = 240\n"
+        f'\n[[storage]]\nname = "local"\nbackend = "file"\npath = "{tb.workdir / "images"}"\n'
+    )
+    tb.write_config(config)
+    init = tb.provisiond_cli("init")
+    password = re.search(r"store it now\): (\S+)", init.stdout).group(1)
+    try:
+        tb.start_provisiond(config)
+        disk = build_boot_disk(tb.workdir / "web.raw", boot_assets.kernel, "SANBOOT-OK",
+                               "from-the-browser")  # fmt: skip
+        for args in (
+            ("kernel", "add", "agent", "--kernel", str(boot_assets.kernel),
+             "--initrd", str(boot_assets.initrd), "--default"),
+            ("image", "import", str(disk), "--name", "web"),
+        ):  # fmt: skip
+            res = tb.provisiond_cli(*args, timeout=120)
+            assert res.returncode == 0, res.stdout + res.stderr
+        vm = tb.boot_vm("ui1", MAC, reboot=True)
+        wait_until(lambda: tb.resource_state(MAC) == "idle", 120, interval=0.5)
+
+        base = f"http://{tb.address}:8080"
+        with in_netns(tb.ns):
+            drv = chromium(tb.workdir / "chromium")
+            try:
+                t0 = time.monotonic()
+                drv.get(base + "/")
+                drv.find_element(By.ID, "name").send_keys("admin")
+                drv.find_element(By.ID, "password").send_keys(password)
+                drv.find_element(By.ID, "login").click()
+                assert drv.find_element(By.ID, "count-idle").text.startswith("1")
+                shot(drv, "01-dashboard")
+                drv.get(base + "/resources?q=" + MAC)
+                row = drv.find_element(By.CSS_SELECTOR, "tr[data-resource]")
+                assert "idle" in row.text
+                row.find_element(By.TAG_NAME, "a").click()
+                shot(drv, "02-resource")
+
+                drv.find_element(By.ID, "webshell").click()
+                until(lambda: drv.find_element(By.ID, "terminal").get_attribute("data-session"),
+                      30, "the web shell")  # fmt: skip
+                drv.execute_script("window.provisiondShell.send('echo vm$((6*7)); uname -r\\r')")
+                text = until(lambda: (t := drv.execute_script(
+                    "return window.provisiondShell.text()")) and "vm42" in t and t, 30,
+                    "the command's output")  # fmt: skip
+                assert boot_assets.kernel.exists() and "6." in text.split("vm42", 1)[1]
+                shot(drv, "03-webshell")
+                drv.find_element(By.ID, "shell-close").click()
+
+                drv.get(base + "/resources?q=" + MAC)
+                drv.find_element(By.CSS_SELECTOR, "tr[data-resource] a").click()
+                drv.find_element(By.ID, "assign").click()
+                Select(drv.find_element(By.ID, "image")).select_by_value("web")
+                drv.find_element(By.ID, "mode-sanboot").click()
+                drv.find_element(By.ID, "review").click()
+                shot(drv, "04-assign-confirm")
+                drv.find_element(By.ID, "confirm").click()
+                assigned_after = time.monotonic() - t0
+                assert not drv.find_elements(By.CLASS_NAME, "error")
+                until(lambda: drv.find_element(By.ID, "appliance-state").text == "active", 240,
+                      "the appliance to become active")  # fmt: skip
+                shot(drv, "05-appliance-active")
+            finally:
+                drv.quit()
+        vm.wait_for(r"SANBOOT-OK from-the-browser", 60)
+        assert tb.resource_state(MAC) == "active"
+        # the core workflow (log in -> confirm) is quick for a person; the browser's is bounded
+        assert assigned_after < 60
+    finally:
+        tb.run_in_ns(["tgtadm", "-C", str(CONTROL_PORT), "--op", "delete", "--mode", "system"],
+                     check=False)  # fmt: skip
