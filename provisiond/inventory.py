@@ -6,8 +6,11 @@ database changes. DHCP, TFTP and DNS never wait on the database: the boot
 policy and the DNS directory answer from the current snapshot. A background
 refresher (:class:`InventoryRefresher`, a Service) polls a cheap fingerprint
 (row counts and newest ``updated_at`` per table) every ``interval`` seconds
-and reloads only when it changed; in-process writers call
-:meth:`Inventory.refresh` directly so their change is visible at once.
+and reloads only when it changed. In-process writers either call
+:meth:`Inventory.refresh` (visible at once; for rare changes such as an
+appliance starting) or :meth:`Inventory.request_refresh` (coalesced by the
+refresher; for paths that come in storms, such as boot scripts and agent
+registrations), so a boot storm costs at most one reload per wake-up.
 """
 
 from __future__ import annotations
@@ -75,6 +78,7 @@ class Inventory:
         self._snap = Snapshot.empty()
         self._lock = threading.Lock()
         self._fingerprint: tuple[Any, ...] | None = None
+        self.wake = threading.Event()  # set by request_refresh(); the refresher reloads
 
     @property
     def snapshot(self) -> Snapshot:
@@ -102,6 +106,14 @@ class Inventory:
                     Lease.updated_at,
                 )
             )
+
+    def request_refresh(self) -> None:
+        """Ask the refresher for a reload soon (coalesced: at most one per wake-up).
+
+        For request paths that may come in storms (boot scripts, agent
+        registrations): they must not each reload the whole inventory.
+        """
+        self.wake.set()
 
     def refresh_if_changed(self) -> bool:
         fp = self._fingerprint_now()
@@ -159,13 +171,16 @@ class InventoryRefresher:
 
     def __init__(self, inventory: Inventory, interval: float = 1.0) -> None:
         self._inv, self._interval = inventory, interval
-        self._wake = threading.Event()
         self._loop = LoopThread("inventory", self._step, log)
 
     def _step(self) -> None:
-        self._wake.wait(self._interval)
-        self._wake.clear()
-        if not self._loop.stopping:
+        requested = self._inv.wake.wait(self._interval)
+        self._inv.wake.clear()
+        if self._loop.stopping:
+            return
+        if requested:
+            self._inv.refresh()
+        else:
             self._inv.refresh_if_changed()
 
     def start(self) -> None:
@@ -173,5 +188,5 @@ class InventoryRefresher:
         self._loop.start()
 
     def stop(self) -> None:
-        self._wake.set()
         self._loop.stop()
+        self._inv.wake.set()

@@ -74,7 +74,7 @@ def register(resource_id: int):
         res = s.get(Resource, resource_id)
         resources.register(s, res, body)
         out = {"resource": res.display_name, "state": res.state}
-    ctx.inventory.refresh()
+    ctx.inventory.request_refresh()
     log.info("%s registered (%s)", out["resource"], out["state"])
     return jsonify({**out, "heartbeat_interval": ctx.config.agent.heartbeat_interval})
 

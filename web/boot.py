@@ -42,7 +42,7 @@ def script(mac: str) -> Response:
         with ctx.db.session() as s:
             res = resources.ensure(s, mac)
             res.agent_token_hash = hash_token(token)
-        ctx.inventory.refresh()
+        ctx.inventory.request_refresh()
         extra = (
             f"provisiond.url={ctx.config.http_base} provisiond.token={token} "
             f"BOOTIF=01-{mac.replace(':', '-')} "
