@@ -354,16 +354,21 @@ dns = ["{self.address}"]
         initrd: str = "",
         append: str = "",
         reboot: bool = False,
+        uefi: bool = False,
     ) -> Vm:
         """Start a TCG QEMU machine on a new tap of br0 (see :class:`vm.VmSpec`)."""
         vm_dir = self.workdir / "vms"
         vm_dir.mkdir(parents=True, exist_ok=True)
         spec = VmSpec(name=name, mac=mac, tap=self.add_tap(), nic=nic, mem=mem, smp=smp,
                       disks=tuple(disks), disk_if=disk_if, boot=boot, kernel=str(kernel),
-                      initrd=str(initrd), append=append, reboot=reboot)  # fmt: skip
+                      initrd=str(initrd), append=append, reboot=reboot,
+                      extra=("-bios", OVMF) if uefi else ())  # fmt: skip
         vm = Vm(spec, vm_dir).start(self.ns_prefix)
         self.vms.append(vm)
         return vm
+
+
+OVMF = "/usr/share/ovmf/OVMF.fd"  # Debian package ovmf: UEFI firmware for QEMU
 
 
 def _dnsmasq_base(run_dir: Path, name: str) -> list[str]:
