@@ -16,7 +16,7 @@
 cmd_capture() {
 	rm -rf "$STREAM_TMP" && mkdir -p "$STREAM_TMP"
 	printf '%s' "$2" | base64 -d >"$STREAM_TMP/arg" 2>/dev/null
-	DISK=$(sed -n 's/^disk=//p' "$STREAM_TMP/arg")
+	DISK=$(dev_path "$(sed -n 's/^disk=//p' "$STREAM_TMP/arg")")
 	SIZE=$(sed -n 's/^size=//p' "$STREAM_TMP/arg")
 	STREAM_RETRIES=$(sed -n 's/^retries=//p' "$STREAM_TMP/arg")
 	: "${STREAM_RETRIES:=5}"

@@ -24,7 +24,7 @@ arg_get() { sed -n "s/^$1=//p" "$2" | head -n 1; }
 cmd_deploy() {
 	rm -rf "$STREAM_TMP" && mkdir -p "$STREAM_TMP"
 	printf '%s' "$2" | base64 -d >"$STREAM_TMP/arg" 2>/dev/null
-	DISK=$(arg_get disk "$STREAM_TMP/arg")
+	DISK=$(dev_path "$(arg_get disk "$STREAM_TMP/arg")")
 	SIZE=$(arg_get size "$STREAM_TMP/arg")
 	STREAM_RETRIES=$(arg_get retries "$STREAM_TMP/arg")
 	STREAM_TIMEOUT=$(arg_get timeout "$STREAM_TMP/arg")

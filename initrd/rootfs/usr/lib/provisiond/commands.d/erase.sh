@@ -21,6 +21,10 @@ cmd_erase() {
 erase_run() { # CMD MODE DISK...
 	_cmd=$1 _m=$2
 	shift 2
+	_all=
+	for _e_d in "$@"; do _all="$_all $(dev_path "$_e_d")"; done
+	# shellcheck disable=SC2086
+	set -- $_all
 	case "$_m" in quick | full) ;; *) echo "erase failed: mode must be quick or full" && return 2 ;; esac
 	[ $# -gt 0 ] || { echo "erase failed: no disks given" && return 2; }
 	_total=0

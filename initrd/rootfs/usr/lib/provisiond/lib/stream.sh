@@ -11,6 +11,11 @@
 : "${STREAM_TMP:=$PROVISIOND_RUN/stream}"
 : "${STREAM_TIMEOUT:=30}"
 : "${STREAM_RETRIES:=5}"
+# DEVROOT (tests only, default empty) prefixes /dev/... disk names, as SYSROOT
+# does for /proc and /sys: a test's "disk" is a regular file.
+: "${DEVROOT:=}"
+
+dev_path() { echo "$DEVROOT$1"; }
 
 # sha_file FILE / sha_stdin -> lower-case hex sha256 (openssl if present: faster).
 sha_file() {
