@@ -48,7 +48,7 @@ from provisiond.jobrunner import JobFailed
 from provisiond.lifecycle import ApplianceState as AS
 from provisiond.lifecycle import JobState as JS
 from provisiond.lifecycle import ResourceState as RS
-from provisiond.model import Appliance, Image, Job, Resource
+from provisiond.model import Appliance, Image, Job, Resource, utcnow
 
 log = logs.get("local")
 SLICE = 256 * 1024  # bytes handed to the WSGI server at once (stays in its memory buffer)
@@ -127,12 +127,21 @@ def start_command(ctx: Context, job_id: int, res_id: int, kind: str, arg: str, *
 def wait_command(ctx: Context, job_id: int, cmd_id: int, timeout: float) -> str:
     """Wait for the agent's result: its output's last line, or JobFailed with it."""
     deadline = time.monotonic() + timeout
+    silent_limit = ctx.config.agent.heartbeat_timeout
     while time.monotonic() < deadline:
         with ctx.db.sessions() as s:
             cmd, parent = s.get(Job, cmd_id), s.get(Job, job_id)
             state, out = cmd.state, cmd.log
             parent_state = parent.state if parent else JS.FAILED
+            res = s.get(Resource, cmd.resource_id) if cmd.resource_id else None
+            beat = res.last_heartbeat if res else None
         last = next((ln for ln in reversed(out.splitlines()) if ln.strip()), "")
+        silent = (utcnow() - beat).total_seconds() if beat else 0.0
+        if state == JS.RUNNING and silent > silent_limit:
+            raise JobFailed(
+                f"the agent went silent for {silent:.0f} s during command {cmd_id} "
+                "(machine down, rebooted or off the network?)"
+            )
         if state == JS.SUCCEEDED:
             return last
         if state in (JS.FAILED, JS.CANCELLED):

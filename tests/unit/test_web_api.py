@@ -97,15 +97,24 @@ def test_reboot_queues_an_agent_command(api, ctx):
     assert again.status_code == 400 and again.get_json()["field"] == "state"
 
 
-@pytest.mark.parametrize("action", ["release", "erase"])
-def test_missing_service_actions_answer_501_and_change_nothing(api, ctx, action):
+def test_release_erase_and_capture_are_jobs_or_clear_refusals(api, ctx):
     api("POST", "/resources", json={"mac": "52:54:00:00:00:01"})
-    resp = api("POST", f"/resources/52:54:00:00:00:01/{action}")
-    if hasattr(resources, action):
-        pytest.skip(f"provisiond.resources.{action} exists now; covered by its own tests")
-    assert resp.status_code == 501 and "not available" in resp.get_json()["error"]
+    ref = "/resources/52:54:00:00:00:01"
+    bad = api("POST", f"{ref}/release", json={"erase": "shred"})
+    assert bad.status_code == 400 and bad.get_json()["field"] == "erase"
+    bad = api("POST", f"{ref}/capture", json={"disk": "/dev/vda"})
+    assert bad.status_code == 400 and bad.get_json()["field"] == "name"
     with ctx.db.sessions() as s:
         assert s.scalars(select(Resource)).one().state == "new"
+    # no agent runs on it (it never booted): erase and capture are refused, nothing changes
+    resp = api("POST", f"{ref}/erase", json={"mode": "quick"})
+    assert resp.status_code == 409 and "runs no agent" in resp.get_json()["error"]
+    resp = api("POST", f"{ref}/capture", json={"disk": "/dev/vda", "name": "golden"})
+    assert resp.status_code == 409, resp.get_json()
+    with ctx.db.sessions() as s:
+        assert s.scalars(select(Resource)).one().state == "new"
+    resp = api("POST", f"{ref}/release")
+    assert resp.status_code == 202 and resp.get_json() == {"status": "idle"}
 
 
 def test_kernel_and_storage_crud(api):

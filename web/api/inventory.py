@@ -2,9 +2,8 @@
 
 Owns ``/api/v1/{resources,images,kernels,storages}``. State changes call the
 service modules (:mod:`provisiond.resources`, :mod:`provisiond.jobs`,
-:mod:`provisiond.images`); actions whose service function does not exist in
-this build (resource release/erase, image capture) answer 501 with a message
-that says so, and never pretend. Kernel and storage records and resource
+:mod:`provisiond.images`, :mod:`provisiond.release`, :mod:`provisiond.capture`);
+long work answers 202 with its job. Kernel and storage records and resource
 names are plain rows edited here with an audit event each.
 """
 
@@ -17,8 +16,8 @@ from flask import jsonify
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
-from provisiond import appliances, events, jobs, present, resources
-from provisiond.errors import Conflict, Invalid, ProvisiondError
+from provisiond import appliances, capture, events, jobs, present, release, resources
+from provisiond.errors import Conflict, Invalid
 from provisiond.model import Appliance, Image, Kernel, Resource, Storage, Volume
 from web.api import bp
 from web.api.auth import actor
@@ -26,20 +25,6 @@ from web.api.common import body, ctx, paginate, typed
 
 _LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _MAC_CHARS = re.compile(r"^[0-9a-fA-F:.-]+$")
-
-
-class NotImplementedYet(ProvisiondError):
-    status = 501
-
-
-def service(module: str, name: str):
-    """The service function ``module.name`` if this build has it, else None."""
-    import importlib
-
-    try:
-        return getattr(importlib.import_module(module), name, None)
-    except ImportError:
-        return None
 
 
 def resource_query(state: str | None = None, q: str | None = None):
@@ -138,30 +123,51 @@ def resource_reboot(ref: str):
     return jsonify(out), 202
 
 
-def _resource_action(ref: str, name: str):
-    fn = service("provisiond.resources", name)
-    if fn is None:
-        raise NotImplementedYet(
-            f"resource {name} is not available in this build yet "
-            f"(provisiond.resources.{name} does not exist); nothing was changed",
-            field="action",
-        )
-    with ctx().db.session() as s:
-        result = fn(s, resources.find(s, ref), actor=actor())
-        out = jobs.as_dict(result) if result is not None and hasattr(result, "kind") else None
+def _optional_body(allowed: set[str]) -> dict[str, Any]:
+    from flask import request
+
+    return body(allowed) if request.get_data() else {}
+
+
+def _queued(job) -> tuple[Any, int]:
     ctx().inventory.refresh()
     ctx().ring()
-    return jsonify(out or {"status": "accepted"}), 202
+    return jsonify(jobs.as_dict(job) if job is not None else {"status": "idle"}), 202
 
 
 @bp.post("/resources/<ref>/release")
 def resource_release(ref: str):
-    return _resource_action(ref, "release")
+    """Back to idle; with {"erase": "quick"|"full"} an erase job first."""
+    data = _optional_body({"erase"})
+    with ctx().db.session() as s:
+        job = release.release(s, resources.find(s, ref), typed(data, "erase", str), actor())
+        return _queued(job)
 
 
 @bp.post("/resources/<ref>/erase")
 def resource_erase(ref: str):
-    return _resource_action(ref, "erase")
+    """Erase every disk ({"mode": "quick"|"full"}, default quick), then idle."""
+    data = _optional_body({"mode"})
+    with ctx().db.session() as s:
+        res = resources.find(s, ref)
+        job = release.release(s, res, typed(data, "mode", str, "quick"), actor())
+        return _queued(job)
+
+
+@bp.post("/resources/<ref>/capture")
+def resource_capture(ref: str):
+    """Capture a disk of an idle resource into a new image (a job)."""
+    data = body({"disk", "name", "storage"}, required={"disk", "name"})
+    with ctx().db.session() as s:
+        job = capture.capture(
+            s,
+            resources.find(s, ref),
+            typed(data, "disk", str),
+            typed(data, "name", str),
+            typed(data, "storage", str),
+            actor(),
+        )
+        return _queued(job)
 
 
 # ---------------------------------------------------------------- images
@@ -222,18 +228,6 @@ def image_delete(ref: str):
     from web.api import imports
 
     return imports.remove_image(ref)
-
-
-@bp.post("/images/<ref>/capture")
-def image_capture(ref: str):
-    fn = service("provisiond.images", "capture")
-    if fn is None:
-        raise NotImplementedYet(
-            "image capture is not available in this build yet (provisiond.images.capture "
-            "does not exist); nothing was changed",
-            field="action",
-        )
-    raise NotImplementedYet("image capture exists but is not wired to the API yet", "action")
 
 
 # ---------------------------------------------------------------- kernels

@@ -205,8 +205,6 @@ def image_import():
 def image_action(ref: str, action: str):
     if action == "delete":
         return _action("/images", inventory.image_delete, ref, ok="image removed")
-    if action == "capture":
-        return _action("/images", inventory.image_capture, ref)
     flash(f"unknown action {action!r}", "error")
     return redirect("/images")
 
