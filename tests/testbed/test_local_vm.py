@@ -1,0 +1,105 @@
+"""Local deployment and capture end to end: a disk captured from one VM boots another.
+
+VM1 has a bootable disk (MBR + extlinux + kernel + marker initramfs, built
+by :func:`diskimage.build_boot_disk`) but PXE-boots first, so it runs the idle
+agent; ``provisiond image capture`` uploads its ``/dev/vda`` as image
+``golden`` (size and sha256 recorded, equal to the disk file). VM2 has a
+blank disk of the same size; a ``local`` appliance of ``golden`` makes its
+agent stream the image onto ``/dev/vda``, verify it and reboot; the boot
+policy then answers with the local-disk iPXE script, SeaBIOS boots the disk
+and the marker appears on VM2's console. VM2's disk file ends up byte for
+byte equal to VM1's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from testbed import wait_until
+from vm import Vm, VmSpec
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+from tests.testbed.diskimage import build_boot_disk  # noqa: E402
+
+pytestmark = pytest.mark.testbed
+MAC1, MAC2 = "52:54:00:1c:00:01", "52:54:00:1c:00:02"
+DISK_MIB = 64
+MARKER = "LOCALBOOT-OK"
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def cli(tb, *args: str, timeout: float = 180) -> str:
+    res = tb.provisiond_cli(*args, timeout=timeout)
+    assert res.returncode == 0, f"provisiond {' '.join(args)}:\n{res.stdout}{res.stderr}"
+    return res.stdout
+
+
+def cli_json(tb, *args: str):
+    return json.loads(cli(tb, *args, "--json"))
+
+
+def boot_vm_with_disk(tb, name: str, mac: str, disk: Path) -> Vm:
+    """Like ``tb.boot_vm`` (PXE first), but with an existing raw file as its virtio disk."""
+    drive = f"file={disk},format=raw,if=virtio,cache=unsafe"
+    spec = VmSpec(name=name, mac=mac, tap=tb.add_tap(), extra=("-drive", drive))
+    vm_dir = tb.workdir / "vms"
+    vm_dir.mkdir(parents=True, exist_ok=True)
+    vm = Vm(spec, vm_dir).start(tb.ns_prefix)
+    tb.vms.append(vm)
+    return vm
+
+
+def test_capture_one_disk_and_deploy_it_to_another_machine(testbed, boot_assets):
+    tb = testbed
+    images = tb.workdir / "images"
+    config = tb.provisiond_config(heartbeat_interval=2) + (
+        f'\n[[storage]]\nname = "local"\nbackend = "file"\npath = "{images}"\n'
+    )
+    tb.start_provisiond(config)
+    cli(tb, "kernel", "add", "agent", "--kernel", str(boot_assets.kernel),
+        "--initrd", str(boot_assets.initrd), "--default")  # fmt: skip
+    disk1 = build_boot_disk(tb.workdir / "golden-src.raw", boot_assets.kernel, MARKER, "golden",
+                            DISK_MIB)  # fmt: skip
+    disk1_sha = sha(disk1)
+
+    vm1 = boot_vm_with_disk(tb, "cap1", MAC1, disk1)
+    vm2 = tb.boot_vm("dep2", MAC2, disks=[f"{DISK_MIB}M"], reboot=True)
+    disk2 = vm2.workdir / "dep2-disk0.raw"
+    for mac in (MAC1, MAC2):
+        wait_until(lambda m=mac: tb.resource_state(m) == "idle", 120, interval=0.5)
+
+    # capture VM1's disk while its agent runs (nothing has it mounted)
+    out = cli(tb, "image", "capture", MAC1, "--disk", "/dev/vda", "--name", "golden")
+    assert "capturing /dev/vda" in out, out
+    img = cli_json(tb, "image", "show", "golden")
+    assert (img["size"], img["sha256"], img["state"]) == (DISK_MIB * 2**20, disk1_sha, "ready")
+    assert sha(images / "image-golden.img") == disk1_sha
+    capture = [j for j in cli_json(tb, "job", "list") if j["kind"] == "image.capture"]
+    assert [j["state"] for j in capture] == ["succeeded"], capture
+    assert sha(disk1) == disk1_sha  # capture only reads
+    assert tb.resource_state(MAC1) == "idle"
+    vm1.kill()
+
+    # deploy it onto VM2's blank disk; the agent reboots VM2 into its disk
+    cli(tb, "appliance", "create", "--resource", MAC2, "--image", "golden", "--mode", "local",
+        "--disk", "/dev/vda", "--name", "gold2")  # fmt: skip
+    out = cli(tb, "appliance", "start", "gold2", "--wait", timeout=240)
+    assert "verified" in out, out
+    vm2.wait_for(rf"{MARKER} golden", 120)
+    console = vm2.console_text()
+    assert "PROVISIOND-AGENT-UP" in console or "IDLE-AGENT-UP" in console, console[-2000:]
+    app = cli_json(tb, "appliance", "show", "gold2")
+    assert app["state"] == "active", app
+    assert tb.resource_state(MAC2) == "active"
+    deploy = [j for j in cli_json(tb, "job", "list") if j["kind"] == "appliance.start"]
+    assert [j["state"] for j in deploy] == ["succeeded"], deploy
+    assert sha(disk2) == disk1_sha
