@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -58,7 +59,21 @@ def boot_vm_with_disk(tb, name: str, mac: str, disk: Path) -> Vm:
     return vm
 
 
+def in_order(vm: Vm, patterns: list[str]) -> bool:
+    """Whether console lines match ``patterns`` one after another (others in between)."""
+    todo = iter(patterns)
+    want = next(todo)
+    for _, text in vm.console_lines():
+        if re.search(want, text):
+            want = next(todo, None)
+            if want is None:
+                return True
+    return False
+
+
 def test_capture_one_disk_and_deploy_it_to_another_machine(testbed, boot_assets):
+    if not boot_assets.real_agent:
+        pytest.skip("capture and local deploy need the real agent (initrd/build.sh failed)")
     tb = testbed
     images = tb.workdir / "images"
     config = tb.provisiond_config(heartbeat_interval=2) + (
@@ -95,8 +110,10 @@ def test_capture_one_disk_and_deploy_it_to_another_machine(testbed, boot_assets)
     out = cli(tb, "appliance", "start", "gold2", "--wait", timeout=240)
     assert "verified" in out, out
     vm2.wait_for(rf"{MARKER} golden", 120)
-    console = vm2.console_text()
-    assert "PROVISIOND-AGENT-UP" in console or "IDLE-AGENT-UP" in console, console[-2000:]
+    # the agent rebooted; iPXE got the local-disk script; SeaBIOS booted the disk
+    assert in_order(vm2, [r"AGENT-UP", r"deploy exited 0", r"AGENT-REBOOT|reboot: Restarting",
+                          r"booting from the local disk", r"Booting from SAN device 0x80",
+                          r"SYSLINUX", rf"{MARKER} golden"]), vm2.tail(40)  # fmt: skip
     app = cli_json(tb, "appliance", "show", "gold2")
     assert app["state"] == "active", app
     assert tb.resource_state(MAC2) == "active"
