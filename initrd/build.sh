@@ -26,7 +26,7 @@ EPOCH=${SOURCE_DATE_EPOCH:-0}
 MODROOT=${MODROOT:-/lib/modules}
 BOOTDIR=${BOOTDIR:-/boot}
 BUSYBOX=${BUSYBOX:-/bin/busybox}
-EXTRA_BINS=${EXTRA_BINS:-"/usr/sbin/dropbear /usr/bin/dropbearkey /usr/bin/zstd"}
+EXTRA_BINS=${EXTRA_BINS:-"/usr/sbin/dropbear /usr/bin/dropbearkey /usr/bin/zstd /usr/bin/openssl"}
 
 say() { printf 'initrd: %s\n' "$*"; }
 die() { printf 'initrd: error: %s\n' "$*" >&2; exit 1; }

@@ -1,0 +1,332 @@
+"""Local deploy benchmark: provisiond's HTTP chunked transport vs ``dd | nc`` vs ``curl | dd``.
+
+Owns the "Streaming: local deploy (bench/stream)" figures in BENCHMARKS.md.
+Everything runs in private network namespaces (tests/netlab.py Lab): the real
+daemon (tests/daemonlab.py) in the server namespace, the real agent script
+(busybox sh) in a client namespace, joined by one veth through the server's
+bridge. The agent's PATH holds only what the initrd holds: every busybox
+applet plus the basenames of ``EXTRA_BINS`` of initrd/build.sh (so the agent
+uses ``openssl`` only if the initrd ships it). Its "disk" is a sparse file
+(DEVROOT maps /dev/vda to it), recreated empty before and deleted after each
+leg.
+
+Images: ``sparse`` = ``--big-gib`` GiB (default 8) with 25 % random data (runs
+of 64 MiB every 256 MiB, the rest holes); ``full`` = ``--full-gib`` GiB
+(default 2) of random data. Legs, per image and link (unlimited, then tbf
+1 Gbit/s on the server end of the client's veth — the kernel has no netem):
+
+* ``provisiond``: ``appliance start`` → job succeeded (wall time includes the
+  command delivery, every chunk's sha256, O_DIRECT writes, the read-back
+  verification; the manifest is computed beforehand — once per image — and
+  shown separately);
+* ``dd|nc``: ``socat`` sends the raw image, the client runs busybox
+  ``nc SERVER PORT | dd of=DISK bs=1M conv=fsync`` (fsync: the same
+  durability as the agent's O_DIRECT writes; no verification);
+* ``curl|dd``: busybox httpd serves the image, ``curl URL | dd ... conv=fsync``.
+
+    .venv/bin/python bench/stream/bench.py [--big-gib 8] [--full-gib 2] [--no-shaped]
+
+Prints wall time, effective throughput (image size / wall time) and the ratio
+provisiond / ``dd|nc`` per scenario. Goals: >= 3x on the sparse image,
+>= 0.9x on the full one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+from provisiond.db import Database  # noqa: E402
+from provisiond.localdeploy import ensure_manifest  # noqa: E402
+from provisiond.model import Image, Job  # noqa: E402
+from tests.daemonlab import LabDaemon, lab_config  # noqa: E402
+from tests.interop.test_initrd_agent import AGENT_LIB, BUSYBOX, fake_sysroot  # noqa: E402
+from tests.netlab import Lab, sh  # noqa: E402
+
+MAC = "52:54:00:5b:00:77"
+MiB, GiB = 2**20, 2**30
+LEG_TIMEOUT = 240.0
+PORT = 9000
+
+
+def initrd_bins() -> list[str]:
+    """EXTRA_BINS of initrd/build.sh (its default value)."""
+    text = (REPO / "initrd" / "build.sh").read_text()
+    m = re.search(r'EXTRA_BINS=\$\{EXTRA_BINS:-"([^"]*)"\}', text)
+    return m.group(1).split() if m else []
+
+
+def make_bindir(bindir: Path) -> None:
+    bindir.mkdir(parents=True, exist_ok=True)
+    for applet in subprocess.run(
+        [BUSYBOX, "--list"], capture_output=True, text=True
+    ).stdout.split():
+        (bindir / applet).symlink_to(BUSYBOX)
+    for b in initrd_bins():
+        if os.access(b, os.X_OK):
+            (bindir / Path(b).name).unlink(missing_ok=True)
+            (bindir / Path(b).name).symlink_to(b)
+
+
+def make_image(path: Path, size: int, fill: float) -> None:
+    """``fill`` = 1: all random; else runs of 64 MiB random data every 64 MiB / fill."""
+    run = 64 * MiB if fill < 1 else size
+    stride = int(run / fill)
+    with open(path, "wb") as fh:
+        fh.truncate(size)
+        for start in range(0, size, stride):
+            fh.seek(start)
+            left = min(run, size - start)
+            while left > 0:
+                n = min(16 * MiB, left)
+                fh.write(os.urandom(n))
+                left -= n
+
+
+class Agent:
+    """The real agent script in the client namespace, disk = a sparse file."""
+
+    def __init__(self, d: LabDaemon, client, work: Path, disk_size: int) -> None:
+        self.dir, self.disk = work / "agent", work / "devroot" / "dev" / "vda"
+        (self.dir / "run").mkdir(parents=True, exist_ok=True)
+        (self.dir / "run" / "net.env").write_text(f"NET_IP={d.lab.net}.50\n")
+        self.disk.parent.mkdir(parents=True, exist_ok=True)
+        self.blank_disk(disk_size)
+        bindir = work / "bin"
+        if not bindir.exists():
+            make_bindir(bindir)
+        token = d.boot_token(client, MAC)
+        cmdline = (f"provisiond.url={d.base} provisiond.token={token} "
+                   f"BOOTIF=01-{MAC.replace(':', '-')} provisiond.interval=2")  # fmt: skip
+        fake_sysroot(self.dir / "sys", cmdline)
+        (self.dir / "sys/sys/class/net/eth0/address").write_text(MAC + "\n")
+        (self.dir / "sys/sys/block/vda/size").write_text(f"{disk_size // 512}\n")
+        env = {
+            "PATH": str(bindir), "AGENT_LIB": str(AGENT_LIB), "SYSROOT": str(self.dir / "sys"),
+            "PROVISIOND_RUN": str(self.dir / "run"),
+            "PROVISIOND_CONSOLE": str(self.dir / "console"),
+            "PROVISIOND_FAKE_POWER": str(self.dir / "power"), "AGENT_SSH": "0",
+            "DEVROOT": str(work / "devroot"),
+            "AGENT_HOSTKEY": str(self.dir / "hostkey"), "AGENT_AUTH_KEYS": str(self.dir / "keys"),
+        }  # fmt: skip
+        self.proc = client.popen([BUSYBOX, "sh", str(AGENT_LIB / "agent")], env=env,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                 start_new_session=True)  # fmt: skip
+
+    def blank_disk(self, size: int) -> None:
+        self.disk.unlink(missing_ok=True)
+        with open(self.disk, "wb") as fh:
+            fh.truncate(size)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, 9)
+            self.proc.wait(10)
+
+
+class Bench:
+    def __init__(self, lab: Lab, work: Path, args) -> None:
+        self.lab, self.work, self.args = lab, work, args
+        extra = f'[[storage]]\nname = "local"\nbackend = "file"\npath = "{work / "images"}"\n'
+        self.d = LabDaemon(lab, work, lab_config(lab, work / "state", extra))
+        self.d.cli("init")
+        self.d.add_fake_kernel()
+        self.d.start()
+        self.client = lab.add_client(mac=MAC, address=f"{lab.net}.50")
+        self.db = Database(f"sqlite:///{next((work / 'state').glob('*.db'))}")
+        self.agent: Agent | None = None
+        self.rows: list[tuple] = []
+
+    def wait_state(self, want: str, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while self.d.cli_json("resource", "show", MAC)["state"] != want:
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"resource not {want}: {self.d.cli_json('resource', 'show', MAC)}"
+                )
+            time.sleep(0.5)
+
+    def import_image(self, name: str, size: int, fill: float) -> tuple[Path, int]:
+        src = self.work / f"{name}.src"
+        t0 = time.monotonic()
+        make_image(src, size, fill)
+        self.d.cli("image", "import", str(src), "--name", name)
+        src.unlink()
+        with self.db.sessions() as s:
+            img = next(i for i in s.query(Image).all() if i.name == name)
+            image_id, vol = img.id, Path(img.volume.path)
+        t1 = time.monotonic()
+        m = ensure_manifest(self.db, image_id)
+        t2 = time.monotonic()
+        print(f"image {name}: {size / GiB:.0f} GiB, {m.data_bytes / GiB:.2f} GiB in "
+              f"{len(m.chunks)} non-zero chunks; created+imported in {t1 - t0:.1f} s, "
+              f"manifest computed once in {t2 - t1:.1f} s", flush=True)  # fmt: skip
+        return vol, image_id
+
+    # --- legs -------------------------------------------------------------------
+
+    def leg_provisiond(self, name: str, size: int) -> tuple[float, str]:
+        if self.agent is None:
+            self.agent = Agent(self.d, self.client, self.work, size)
+        self.agent.blank_disk(size)
+        self.wait_state("idle")
+        self.d.cli("appliance", "create", "--resource", MAC, "--image", name, "--mode", "local",
+                   "--name", "loc", "--disk", "/dev/vda",
+                   "--param", f"workers={self.args.workers}")  # fmt: skip
+        t0 = time.monotonic()
+        out = self.d.cli("appliance", "start", "loc").stdout
+        job_id = int(re.search(r"job (\d+)", out).group(1))
+        state, detail = self.wait_job(job_id)
+        wall = time.monotonic() - t0
+        self.d.cli("appliance", "stop", "loc", "--wait")
+        self.d.cli("appliance", "rm", "loc", check=False)
+        self.d.cli("resource", "release", MAC)
+        if state != "succeeded":
+            raise RuntimeError(f"provisiond deploy {state}: {detail}")
+        return wall, detail
+
+    def wait_job(self, job_id: int) -> tuple[str, str]:
+        deadline = time.monotonic() + LEG_TIMEOUT
+        while time.monotonic() < deadline:
+            with self.db.sessions() as s:
+                job = s.get(Job, job_id)
+                state, params = job.state, dict(job.params or {})
+                if state in ("succeeded", "failed"):
+                    cmd = s.get(Job, params.get("command")) if params.get("command") else None
+                    wrote = re.search(r"wrote .* in [0-9.]+ s", cmd.log if cmd else "")
+                    return state, wrote.group(0) if wrote else (job.outcome or "")
+            time.sleep(0.1)
+        raise RuntimeError(f"provisiond job {job_id} did not end within {LEG_TIMEOUT:.0f} s")
+
+    def leg_pipe(self, server_cmd: list[str], fetch: str, size: int) -> tuple[float, str]:
+        disk = self.work / "devroot" / "dev" / "vda"
+        disk.unlink(missing_ok=True)
+        disk.parent.mkdir(parents=True, exist_ok=True)
+        with open(disk, "wb") as fh:
+            fh.truncate(size)
+        srv = self.lab.server.popen(server_cmd, stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.DEVNULL)  # fmt: skip
+        try:
+            time.sleep(0.5)
+            t0 = time.monotonic()
+            dd = f"{BUSYBOX} dd of={disk} bs=1M iflag=fullblock conv=notrunc,fsync"
+            res = self.client.run(
+                [BUSYBOX, "sh", "-c", f"{fetch} | {dd}"],
+                timeout=LEG_TIMEOUT, check=False,
+            )  # fmt: skip
+            wall = time.monotonic() - t0
+        finally:
+            srv.kill()
+            srv.wait()
+        want = f"{size // MiB}+0 records out"
+        if res.returncode != 0 or want not in res.stderr:
+            raise RuntimeError(f"pipe: rc {res.returncode}, wanted {want!r}: {res.stderr}")
+        return wall, want
+
+    def leg_ddnc(self, vol: Path, size: int) -> tuple[float, str]:
+        srv = ["socat", "-u", f"OPEN:{vol},rdonly", f"TCP-LISTEN:{PORT},reuseaddr"]
+        return self.leg_pipe(srv, f"{BUSYBOX} nc {self.lab.server_ip} {PORT} </dev/null", size)
+
+    def leg_curl(self, vol: Path, size: int) -> tuple[float, str]:
+        www = self.work / "www"
+        www.mkdir(exist_ok=True)
+        (www / "image.raw").unlink(missing_ok=True)
+        os.link(vol, www / "image.raw")
+        srv = [BUSYBOX, "httpd", "-f", "-p", f"{self.lab.server_ip}:{PORT}", "-h", str(www)]
+        url = f"http://{self.lab.server_ip}:{PORT}/image.raw"
+        try:
+            return self.leg_pipe(srv, f"curl -sS --fail {url}", size)
+        finally:
+            (www / "image.raw").unlink()
+
+    # --- scenarios ----------------------------------------------------------------
+
+    def shape(self, rate: str | None) -> str:
+        dev = f"v{self.lab.id}x0"[:15]
+        ns = ["ip", "netns", "exec", self.lab.server.name, "tc", "qdisc"]
+        if rate is None:
+            sh(*ns, "del", "dev", dev, "root", check=False)
+            return "veth, unlimited"
+        sh(*ns, "replace", "dev", dev, "root", "tbf", "rate", rate, "burst", "256kb",
+           "latency", "50ms")  # fmt: skip
+        shown = sh(*ns, "show", "dev", dev).stdout.strip()
+        if "tbf" not in shown:
+            raise RuntimeError(f"tbf not applied: {shown}")
+        return f"veth, tbf {rate}"
+
+    def scenario(self, label: str, name: str, vol: Path, size: int, link: str) -> None:
+        legs = {"provisiond": lambda: self.leg_provisiond(name, size),
+                "dd|nc": lambda: self.leg_ddnc(vol, size),
+                "curl|dd": lambda: self.leg_curl(vol, size)}  # fmt: skip
+        walls = {}
+        for leg, run in legs.items():
+            try:
+                wall, detail = run()
+            finally:
+                (self.work / "devroot" / "dev" / "vda").unlink(missing_ok=True)
+            walls[leg] = wall
+            print(f"  {label:24} {link:20} {leg:11} {wall:7.1f} s "
+                  f"{size / wall / MiB:7.0f} MiB/s   ({detail})", flush=True)  # fmt: skip
+        ratio = walls["dd|nc"] / walls["provisiond"]
+        print(f"  -> provisiond / dd|nc = {ratio:.2f}x   (load: {os.getloadavg()[0]:.2f})",
+              flush=True)  # fmt: skip
+        self.rows.append((label, link, walls, ratio))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--big-gib", type=int, default=8)
+    ap.add_argument("--full-gib", type=int, default=2)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--no-shaped", action="store_true", help="skip the 1 Gbit/s legs")
+    args = ap.parse_args()
+    for tool in ("socat", "curl", "tc"):
+        if not shutil.which(tool) or not BUSYBOX:
+            sys.exit(f"needs {tool} and busybox")
+    print(f"uptime: {subprocess.run(['uptime'], capture_output=True, text=True).stdout.strip()}")
+    print(f"agent extra binaries (initrd EXTRA_BINS): {' '.join(initrd_bins())}")
+    work = Path(tempfile.mkdtemp(prefix="bench-stream-", dir="/var/tmp"))
+    t_start = time.monotonic()
+    try:
+        with Lab("bstrm") as lab:
+            b = Bench(lab, work, args)
+            try:
+                images = [("sparse", args.big_gib * GiB, 0.25), ("full", args.full_gib * GiB, 1.0)]
+                for name, size, fill in [i for i in images if i[1] > 0]:
+                    vol, _ = b.import_image(name, size, fill)
+                    label = f"{size // GiB} GiB, {int(fill * 100)}% random"
+                    for rate in [None] + ([] if args.no_shaped else ["1gbit"]):
+                        b.scenario(label, name, vol, size, b.shape(rate))
+                    b.shape(None)
+                    b.d.cli("image", "rm", name, check=False)
+                    vol.unlink(missing_ok=True)
+            finally:
+                if b.agent:
+                    b.agent.stop()
+                b.db.dispose()
+                b.d.stop()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print(
+        f"\ntotal {time.monotonic() - t_start:.0f} s; "
+        f"{subprocess.run(['uptime'], capture_output=True, text=True).stdout.strip()}"
+    )
+    print(f"{'scenario':24} {'link':20} {'provisiond':>10} {'dd|nc':>8} {'curl|dd':>8} ratio")
+    for label, link, w, ratio in b.rows:
+        print(f"{label:24} {link:20} {w['provisiond']:9.1f}s {w['dd|nc']:7.1f}s "
+              f"{w['curl|dd']:7.1f}s {ratio:.2f}x")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
