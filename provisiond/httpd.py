@@ -15,6 +15,8 @@ from waitress.server import create_server
 from provisiond import logs
 
 log = logs.get("http")
+OUTBUF_HIGH = 2 * 2**20  # waitress default 16 MiB: per-connection buffer before the app waits
+OUTBUF_OVERFLOW = 4 * 2**20  # waitress default 1 MiB: beyond it the buffer spills to a temp file
 
 
 class HttpService:
@@ -33,6 +35,10 @@ class HttpService:
                 port=self._port,
                 threads=self._threads,
                 channel_timeout=120,
+                # Streamed bodies (chunk streams) stay in memory: the app blocks at
+                # 2 MiB buffered per connection, below the 4 MiB spill-to-tempfile mark.
+                outbuf_high_watermark=OUTBUF_HIGH,
+                outbuf_overflow=OUTBUF_OVERFLOW,
                 ident="provisiond",
                 clear_untrusted_proxy_headers=True,
             )

@@ -178,9 +178,15 @@ stream_worker() {
 verify_worker() {
 	awk -v w="$1" -v n="$2" 'NR > 1 && (NR - 2) % n == w { print $1, $2 }' \
 		"$STREAM_TMP/manifest" | while read -r _v_idx _v_sha; do
-		# shellcheck disable=SC2086
-		_v_got=$(dd if="$DISK" bs="$CHUNK" skip="$_v_idx" count=1 $IFLAG 2>/dev/null |
-			head -c "$(chunk_len "$_v_idx")" | sha_stdin)
+		_v_len=$(chunk_len "$_v_idx")
+		if [ "$_v_len" = "$CHUNK" ]; then # a whole chunk: no head -c copy in the pipe
+			# shellcheck disable=SC2086
+			_v_got=$(dd if="$DISK" bs="$CHUNK" skip="$_v_idx" count=1 $IFLAG 2>/dev/null | sha_stdin)
+		else
+			# shellcheck disable=SC2086
+			_v_got=$(dd if="$DISK" bs="$CHUNK" skip="$_v_idx" count=1 $IFLAG 2>/dev/null |
+				head -c "$_v_len" | sha_stdin)
+		fi
 		if [ "$_v_got" != "$_v_sha" ]; then
 			echo "read-back of chunk $_v_idx differs from the manifest" >"$STREAM_TMP/v$1.err"
 			return 1
