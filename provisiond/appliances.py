@@ -167,6 +167,24 @@ def fail(session: Session, app: Appliance, reason: str) -> None:
         resources.set_state(session, res, RS.FAILED, reason)
 
 
+def stopped(session: Session, app: Appliance, reason: str) -> None:
+    """stopping -> stopped; its machine is released (active) or failed (mid-deploy)."""
+    set_state(session, app, AS.STOPPED, reason)
+    res = app.resource
+    if res.state in (RS.ACTIVE, RS.DEPLOYING):
+        target = RS.RELEASING if res.state == RS.ACTIVE else RS.FAILED
+        resources.set_state(session, res, target, f"appliance {app.name} stopped")
+
+
+def fail_job(db, job_id: int, reason: str) -> None:
+    """A deployer's ``fail`` hook: the job's appliance (and machine) -> failed."""
+    with db.session() as s:
+        job = s.get(Job, job_id)
+        app = s.get(Appliance, job.appliance_id) if job and job.appliance_id else None
+        if app is not None:
+            fail(s, app, reason)
+
+
 def remove(
     session: Session,
     app: Appliance,

@@ -45,9 +45,7 @@ from provisiond.context import Context
 from provisiond.db import Database
 from provisiond.errors import Invalid, NotFound
 from provisiond.jobrunner import JobFailed
-from provisiond.lifecycle import ApplianceState as AS
 from provisiond.lifecycle import JobState as JS
-from provisiond.lifecycle import ResourceState as RS
 from provisiond.model import Appliance, Image, Job, Resource, utcnow
 
 log = logs.get("local")
@@ -332,10 +330,7 @@ class LocalStart:
 
     def fail(self, job_id: int, reason: str) -> None:
         cancel_command(self.ctx.db, job_id, reason)
-        with self.ctx.db.session() as s:
-            app = s.get(Appliance, s.get(Job, job_id).appliance_id)
-            if app is not None:
-                appliances.fail(s, app, reason)
+        appliances.fail_job(self.ctx.db, job_id, reason)
         self.ctx.inventory.refresh()
 
 
@@ -345,17 +340,10 @@ class LocalStop:
 
     def run(self, job_id: int) -> str:
         with self.ctx.db.session() as s:
-            app = s.get(Appliance, s.get(Job, job_id).appliance_id)
-            appliances.set_state(s, app, AS.STOPPED, "local disk left as it is")
-            res = app.resource
-            if res.state in (RS.ACTIVE, RS.DEPLOYING):
-                target = RS.RELEASING if res.state == RS.ACTIVE else RS.FAILED
-                resources.set_state(s, res, target, f"appliance {app.name} stopped")
+            appliances.stopped(s, s.get(Appliance, s.get(Job, job_id).appliance_id),
+                               "local disk left as it is")  # fmt: skip
         self.ctx.inventory.refresh()
         return "stopped: the disk keeps its contents; power-cycle the machine into PXE to reuse it"
 
     def fail(self, job_id: int, reason: str) -> None:
-        with self.ctx.db.session() as s:
-            app = s.get(Appliance, s.get(Job, job_id).appliance_id)
-            if app is not None:
-                appliances.fail(s, app, reason)
+        appliances.fail_job(self.ctx.db, job_id, reason)

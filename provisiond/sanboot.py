@@ -20,12 +20,11 @@ from __future__ import annotations
 
 import time
 
-from provisiond import appliances, jobs, logs, resources
+from provisiond import appliances, jobs, logs
 from provisiond.config import Config
 from provisiond.context import Context
 from provisiond.jobrunner import JobFailed
 from provisiond.lifecycle import ApplianceState as AS
-from provisiond.lifecycle import ResourceState as RS
 from provisiond.model import Appliance, Job, Volume
 from provisiond.storages import StorageManager, StorageService
 from storage.backends import StorageError
@@ -136,10 +135,7 @@ class SanbootStart:
         )
 
     def fail(self, job_id: int, reason: str) -> None:
-        with self.ctx.db.session() as s:
-            app = s.get(Appliance, s.get(Job, job_id).appliance_id)
-            if app is not None:
-                appliances.fail(s, app, reason)
+        appliances.fail_job(self.ctx.db, job_id, reason)
         self.ctx.inventory.refresh()
 
 
@@ -157,17 +153,10 @@ class SanbootStop:
             except StorageError as exc:
                 raise JobFailed(f"unexport of {target} failed: {exc}")
         with self.ctx.db.session() as s:
-            app = s.get(Appliance, s.get(Job, job_id).appliance_id)
-            appliances.set_state(s, app, AS.STOPPED, "export removed")
-            res = app.resource
-            if res.state in (RS.ACTIVE, RS.DEPLOYING):
-                target_state = RS.RELEASING if res.state == RS.ACTIVE else RS.FAILED
-                resources.set_state(s, res, target_state, f"appliance {app.name} stopped")
+            appliances.stopped(s, s.get(Appliance, s.get(Job, job_id).appliance_id),
+                               "export removed")  # fmt: skip
         self.ctx.inventory.refresh()
         return f"stopped: {target or 'nothing'} unexported"
 
     def fail(self, job_id: int, reason: str) -> None:
-        with self.ctx.db.session() as s:
-            app = s.get(Appliance, s.get(Job, job_id).appliance_id)
-            if app is not None:
-                appliances.fail(s, app, reason)
+        appliances.fail_job(self.ctx.db, job_id, reason)

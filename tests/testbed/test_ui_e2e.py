@@ -22,7 +22,6 @@ import json
 import re
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -31,6 +30,7 @@ from provisiond.db import Database
 from provisiond.model import Image, Kernel
 from tests.conftest import write_config
 from tests.interop.test_daemon import Daemon
+from tests.testbed.ui_flow import assign, chromium, login, open_resource, shell_run, shot
 
 REPO = Path(__file__).resolve().parents[2]
 ART = REPO / "artifacts" / "ui"
@@ -100,18 +100,7 @@ def daemon(tmp_path):
 
 @pytest.fixture
 def browser(tmp_path):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = "/usr/bin/chromium"
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                 "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--window-size=1280,900",
-                 f"--user-data-dir={tmp_path / 'chromium'}"):  # fmt: skip
-        opts.add_argument(flag)
-    drv = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=opts)
-    drv.implicitly_wait(5)
+    drv = chromium(tmp_path / "chromium")
     yield drv
     drv.quit()
 
@@ -126,24 +115,8 @@ def _register(d: Daemon, hostkey: str) -> None:
     assert status == 200 and json.loads(body)["state"] == "idle", body
 
 
-def _shot(drv, name: str) -> None:
-    ART.mkdir(parents=True, exist_ok=True)
-    drv.save_screenshot(str(ART / f"{name}.png"))
-
-
-def _wait(pred, timeout=20.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def test_login_shell_and_assign_in_chromium(daemon, sshd, browser):
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import Select
 
     home, hostkey = sshd
     (home / ".ssh" / "authorized_keys").write_text(
@@ -155,50 +128,28 @@ def test_login_shell_and_assign_in_chromium(daemon, sshd, browser):
 
     drv.get(base + "/resources")
     assert "/login" in drv.current_url
-    drv.find_element(By.ID, "name").send_keys("admin")
-    drv.find_element(By.ID, "password").send_keys("wrong password")
-    drv.find_element(By.ID, "login").click()
+    login(drv, "admin", "wrong password")
     assert "Wrong user name or password" in drv.find_element(By.CLASS_NAME, "error").text
-    drv.find_element(By.ID, "name").clear()
-    drv.find_element(By.ID, "name").send_keys("admin")
-    drv.find_element(By.ID, "password").send_keys(daemon.password)
-    drv.find_element(By.ID, "login").click()
+    login(drv, "admin", daemon.password)
     assert drv.current_url.endswith("/resources")
     drv.get(base + "/")
     assert drv.find_element(By.ID, "count-idle").text.startswith("1")
-    _shot(drv, "01-dashboard")
+    shot(drv, ART, "01-dashboard")
 
-    drv.get(base + "/resources?q=" + MAC)
-    row = drv.find_element(By.CSS_SELECTOR, "tr[data-resource]")
-    assert "idle" in row.text and SSH_IP in row.text
-    row.find_element(By.TAG_NAME, "a").click()
-    _shot(drv, "02-resource")
-
-    drv.find_element(By.ID, "webshell").click()
-    _wait(lambda: drv.find_element(By.ID, "terminal").get_attribute("data-session"),
-          what="the web shell to connect")  # fmt: skip
-    drv.execute_script("window.provisiondShell.send('echo web$((6*7))shell; hostname\\r')")
-    text = _wait(lambda: (t := drv.execute_script("return window.provisiondShell.text()"))
-                 and "web42shell" in t and t, what="the command's output")  # fmt: skip
+    row = open_resource(drv, base, MAC)
+    assert "idle" in row and SSH_IP in row
+    shot(drv, ART, "02-resource")
+    text = shell_run(drv, "echo web$((6*7))shell; hostname", "web42shell")
     assert "web42shell" in text
-    _shot(drv, "03-webshell")
+    shot(drv, ART, "03-webshell")
     drv.find_element(By.ID, "shell-close").click()
 
-    drv.get(base + "/resources?q=" + MAC)
-    drv.find_element(By.CSS_SELECTOR, "tr[data-resource] a").click()
-    drv.find_element(By.ID, "assign").click()
-    Select(drv.find_element(By.ID, "image")).select_by_value("debian-12")
-    drv.find_element(By.ID, "mode-sanboot").click()
-    drv.find_element(By.ID, "review").click()
-    _shot(drv, "04-assign-confirm")
-    drv.find_element(By.ID, "confirm").click()
-    errors = drv.find_elements(By.CLASS_NAME, "error")
-    assert not errors, [e.text for e in errors]
-    assert "/appliances/" in drv.current_url
+    open_resource(drv, base, MAC)
+    assign(drv, "debian-12", "sanboot", lambda: shot(drv, ART, "04-assign-confirm"))
     state = drv.find_element(By.ID, "appliance-state").text
     assert state in ("starting", "active", "failed")
     assert drv.find_elements(By.CSS_SELECTOR, "tr.job")
-    _shot(drv, "05-appliance")
+    shot(drv, ART, "05-appliance")
 
     status, _ = daemon.request("GET", "/api/v1/events?q=webshell&limit=10")
     assert status == 401  # the API needs a token or a session

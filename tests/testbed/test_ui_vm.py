@@ -25,6 +25,15 @@ sys.path.insert(0, str(REPO))
 from tests.testbed.diskimage import build_boot_disk  # noqa: E402
 from tests.testbed.netns_thread import in_netns  # noqa: E402
 from tests.testbed.test_ui_e2e import _skip_reasons  # noqa: E402
+from tests.testbed.ui_flow import (  # noqa: E402
+    assign,
+    chromium,
+    login,
+    open_resource,
+    shell_run,
+    shot,
+    wait,
+)
 
 pytestmark = [
     pytest.mark.testbed,
@@ -36,40 +45,8 @@ MAC = "52:54:00:c1:00:01"
 CONTROL_PORT = 600 + os.getpid() % 300
 
 
-def shot(drv, name: str) -> None:
-    ART.mkdir(parents=True, exist_ok=True)
-    drv.save_screenshot(str(ART / f"{name}.png"))
-
-
-def until(pred, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
-def chromium(profile: Path):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = "/usr/bin/chromium"
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                 "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--window-size=1280,900",
-                 f"--user-data-dir={profile}"):  # fmt: skip
-        opts.add_argument(flag)
-    drv = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=opts)
-    drv.implicitly_wait(5)
-    return drv
-
-
 def test_new_user_turns_an_idle_machine_into_an_appliance(testbed, boot_assets):
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import Select
 
     tb = testbed
     config = tb.provisiond_config(heartbeat_interval=2) + (
@@ -99,41 +76,22 @@ def test_new_user_turns_an_idle_machine_into_an_appliance(testbed, boot_assets):
             try:
                 t0 = time.monotonic()
                 drv.get(base + "/")
-                drv.find_element(By.ID, "name").send_keys("admin")
-                drv.find_element(By.ID, "password").send_keys(password)
-                drv.find_element(By.ID, "login").click()
+                login(drv, "admin", password)
                 assert drv.find_element(By.ID, "count-idle").text.startswith("1")
-                shot(drv, "01-dashboard")
-                drv.get(base + "/resources?q=" + MAC)
-                row = drv.find_element(By.CSS_SELECTOR, "tr[data-resource]")
-                assert "idle" in row.text
-                row.find_element(By.TAG_NAME, "a").click()
-                shot(drv, "02-resource")
-
-                drv.find_element(By.ID, "webshell").click()
-                until(lambda: drv.find_element(By.ID, "terminal").get_attribute("data-session"),
-                      30, "the web shell")  # fmt: skip
-                drv.execute_script("window.provisiondShell.send('echo vm$((6*7)); uname -r\\r')")
-                text = until(lambda: (t := drv.execute_script(
-                    "return window.provisiondShell.text()")) and "vm42" in t and t, 30,
-                    "the command's output")  # fmt: skip
-                assert boot_assets.kernel.exists() and "6." in text.split("vm42", 1)[1]
-                shot(drv, "03-webshell")
+                shot(drv, ART, "01-dashboard")
+                assert "idle" in open_resource(drv, base, MAC)
+                shot(drv, ART, "02-resource")
+                text = shell_run(drv, "uname -r; echo vm$((6*7))", "vm42")
+                assert "-amd64" in text.split("vm42", 1)[0]  # uname's answer came first
+                shot(drv, ART, "03-webshell")
                 drv.find_element(By.ID, "shell-close").click()
 
-                drv.get(base + "/resources?q=" + MAC)
-                drv.find_element(By.CSS_SELECTOR, "tr[data-resource] a").click()
-                drv.find_element(By.ID, "assign").click()
-                Select(drv.find_element(By.ID, "image")).select_by_value("web")
-                drv.find_element(By.ID, "mode-sanboot").click()
-                drv.find_element(By.ID, "review").click()
-                shot(drv, "04-assign-confirm")
-                drv.find_element(By.ID, "confirm").click()
+                open_resource(drv, base, MAC)
+                assign(drv, "web", "sanboot", lambda: shot(drv, ART, "04-assign-confirm"))
                 assigned_after = time.monotonic() - t0
-                assert not drv.find_elements(By.CLASS_NAME, "error")
-                until(lambda: drv.find_element(By.ID, "appliance-state").text == "active", 240,
-                      "the appliance to become active")  # fmt: skip
-                shot(drv, "05-appliance-active")
+                wait(lambda: drv.find_element(By.ID, "appliance-state").text == "active", 240,
+                     "the appliance to become active")  # fmt: skip
+                shot(drv, ART, "05-appliance-active")
             finally:
                 drv.quit()
         vm.wait_for(r"SANBOOT-OK from-the-browser", 60)
