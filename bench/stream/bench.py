@@ -176,9 +176,10 @@ class Bench:
     # --- legs -------------------------------------------------------------------
 
     def leg_provisiond(self, name: str, size: int) -> tuple[float, str]:
-        if self.agent is None:
-            self.agent = Agent(self.d, self.client, self.work, size)
-        self.agent.blank_disk(size)
+        if self.agent is not None:  # it "rebooted" after its last deploy: boot a fresh one
+            self.agent.stop()
+            shutil.rmtree(self.work / "agent", ignore_errors=True)
+        self.agent = Agent(self.d, self.client, self.work, size)
         self.wait_state("idle")
         self.d.cli("appliance", "create", "--resource", MAC, "--image", name, "--mode", "local",
                    "--name", "loc", "--disk", "/dev/vda",
@@ -217,7 +218,7 @@ class Bench:
         srv = self.lab.server.popen(server_cmd, stdout=subprocess.DEVNULL,
                                     stderr=subprocess.DEVNULL)  # fmt: skip
         try:
-            time.sleep(0.5)
+            self.wait_listen(srv)
             t0 = time.monotonic()
             dd = f"{BUSYBOX} dd of={disk} bs=1M iflag=fullblock conv=notrunc,fsync"
             res = self.client.run(
@@ -232,6 +233,17 @@ class Bench:
         if res.returncode != 0 or want not in res.stderr:
             raise RuntimeError(f"pipe: rc {res.returncode}, wanted {want!r}: {res.stderr}")
         return wall, want
+
+    def wait_listen(self, srv: subprocess.Popen, timeout: float = 15) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            ss = self.lab.server.run(["ss", "-Hltn", f"sport = :{PORT}"], check=False).stdout
+            if ss.strip():
+                return
+            if srv.poll() is not None:
+                break
+            time.sleep(0.1)
+        raise RuntimeError(f"the {PORT} server did not listen (exit {srv.poll()})")
 
     def leg_ddnc(self, vol: Path, size: int) -> tuple[float, str]:
         srv = ["socat", "-u", f"OPEN:{vol},rdonly", f"TCP-LISTEN:{PORT},reuseaddr"]
