@@ -47,7 +47,7 @@ parse_args() {
   [ -d "$MODROOT/$KVER" ] || die "no modules for kernel $KVER in $MODROOT/$KVER"
   [ -f "$BOOTDIR/vmlinuz-$KVER" ] || die "no kernel image $BOOTDIR/vmlinuz-$KVER"
   [ -x "$BUSYBOX" ] || die "$BUSYBOX missing (apt-get install busybox-static)"
-  for b in $EXTRA_BINS; do [ -x "$b" ] || die "$b missing (apt-get install dropbear-bin zstd)"; done
+  for b in $EXTRA_BINS; do [ -x "$b" ] || die "$b missing (apt-get install dropbear-bin zstd openssl)"; done
 }
 
 # --- staging tree ------------------------------------------------------------

@@ -298,7 +298,7 @@ class LocalStart:
             size=m.size,
             sha256=m.sha256,
             port=sender and sender.port,
-            workers=params.get("workers", 2),
+            workers=params.get("workers", 4),
             zeros=params.get("zeros", "write"),
             retries=params.get("retries", 5),
             timeout=params.get("chunk_timeout", 30),

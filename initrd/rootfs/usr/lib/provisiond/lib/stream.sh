@@ -130,6 +130,9 @@ read_frames() {
 		# shellcheck disable=SC2086
 		dd if="$_f_raw" of="$DISK" bs="$CHUNK" seek="$_f_idx" count=1 $OFLAG 2>/dev/null ||
 			{ S_ERR="write of chunk $_f_idx to $DISK failed" && return 5; }
+		# read back what is now on the disk (O_DIRECT where the disk allows it) while
+		# the next chunk is still on the wire: verification overlaps the transfer
+		verify_chunk "$_f_idx" "$_f_want" || { S_ERR=$V_ERR && return 5; }
 		S_DONE=$((S_DONE + $(file_size "$_f_raw")))
 		echo "$S_DONE" >"$STREAM_TMP/done.$1"
 		S_POS=$((S_POS + S_STEP))
@@ -174,24 +177,21 @@ stream_worker() {
 	return 0
 }
 
-# verify_worker W N -> read back the chunks at manifest positions W, W+N, ...
-verify_worker() {
-	awk -v w="$1" -v n="$2" 'NR > 1 && (NR - 2) % n == w { print $1, $2 }' \
-		"$STREAM_TMP/manifest" | while read -r _v_idx _v_sha; do
-		_v_len=$(chunk_len "$_v_idx")
-		if [ "$_v_len" = "$CHUNK" ]; then # a whole chunk: no head -c copy in the pipe
-			# shellcheck disable=SC2086
-			_v_got=$(dd if="$DISK" bs="$CHUNK" skip="$_v_idx" count=1 $IFLAG 2>/dev/null | sha_stdin)
-		else
-			# shellcheck disable=SC2086
-			_v_got=$(dd if="$DISK" bs="$CHUNK" skip="$_v_idx" count=1 $IFLAG 2>/dev/null |
-				head -c "$_v_len" | sha_stdin)
-		fi
-		if [ "$_v_got" != "$_v_sha" ]; then
-			echo "read-back of chunk $_v_idx differs from the manifest" >"$STREAM_TMP/v$1.err"
-			return 1
-		fi
-	done
+# verify_chunk INDEX SHA -> 0 when the disk holds chunk INDEX with that sha256
+# (read back with $IFLAG: O_DIRECT where supported); sets V_ERR otherwise.
+verify_chunk() {
+	_v_len=$(chunk_len "$1")
+	if [ "$_v_len" = "$CHUNK" ]; then # a whole chunk: no head -c copy in the pipe
+		# shellcheck disable=SC2086
+		_v_got=$(dd if="$DISK" bs="$CHUNK" skip="$1" count=1 $IFLAG 2>/dev/null | sha_stdin)
+	else
+		# shellcheck disable=SC2086
+		_v_got=$(dd if="$DISK" bs="$CHUNK" skip="$1" count=1 $IFLAG 2>/dev/null |
+			head -c "$_v_len" | sha_stdin)
+	fi
+	[ "$_v_got" = "$2" ] && return 0
+	V_ERR="read-back of chunk $1 differs from the manifest (disk has sha256 $_v_got)"
+	return 1
 }
 
 chunk_len() { # INDEX -> bytes of that chunk in an image of $SIZE bytes
