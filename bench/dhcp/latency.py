@@ -231,12 +231,6 @@ class Client:
 
 
 # -- harness: labs, servers, one client run per (rate, server) --------------------
-def server_cmd(name: str, lab, work: Path) -> list[str]:
-    import run as dhcprun  # bench/dhcp/run.py: the same server configurations
-
-    return {"provisiond": dhcprun.provisiond, "kea": dhcprun.kea}[name](lab, work)
-
-
 def cpu_s(pid: int) -> float:
     """User + system CPU seconds of a process, all threads (proc(5) fields 14, 15)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -247,17 +241,10 @@ def run_one(lab, client, name: str, rate: int, args, tmp: Path) -> dict:
     work = tmp / f"{name}-{rate}"
     work.mkdir()
     prio = CLIENT_PRIO if args.server_rt else []
-    cmd = ["taskset", "-c", SERVER_CPU, *prio, *server_cmd(name, lab, work)]
-    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "KEA_PIDFILE_DIR": str(work),
-           "KEA_LOCKFILE_DIR": "none", "PYTHONPATH": str(REPO)}  # fmt: skip
-    out = subprocess.PIPE if name == "provisiond" else subprocess.DEVNULL
-    with open(work / "server.err", "w") as err:
-        srv = lab.server.popen(cmd, cwd=REPO, env=env, stdout=out, text=True, stderr=err)
+    import run as dhcprun  # bench/dhcp/run.py: the same servers, started the same way
+
+    srv = dhcprun.start_server(lab, name, work, tuple(prio))
     try:
-        if name == "provisiond":
-            assert srv.stdout.readline().strip() == "READY", (work / "server.err").read_text()
-        else:
-            time.sleep(1.0)
         before, cpu0 = os.getloadavg(), cpu_s(srv.pid)
         r = client.run(
             ["taskset", "-c", CLIENT_CPU, *CLIENT_PRIO, sys.executable, __file__, "--client",

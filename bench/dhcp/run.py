@@ -98,10 +98,9 @@ def parse(out: str, period: float) -> dict:
     }
 
 
-def run_one(lab: Lab, client, name: str, rate: int, period: int, tmp: Path) -> dict:
-    work = tmp / f"{name}-{rate}"
-    work.mkdir()
-    cmd = ["taskset", "-c", SERVER_CPU, *SERVERS[name](lab, work)]
+def start_server(lab: Lab, name: str, work: Path, prio: tuple[str, ...] = ()):
+    """Start server ``name`` on the lab bridge, pinned to SERVER_CPU; returns once ready."""
+    cmd = ["taskset", "-c", SERVER_CPU, *prio, *SERVERS[name](lab, work)]
     env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "KEA_PIDFILE_DIR": str(work),
            "KEA_LOCKFILE_DIR": "none", "PYTHONPATH": str(REPO)}  # fmt: skip
     out = subprocess.PIPE if name == "provisiond" else subprocess.DEVNULL
@@ -112,6 +111,17 @@ def run_one(lab: Lab, client, name: str, rate: int, period: int, tmp: Path) -> d
             assert srv.stdout.readline().strip() == "READY", (work / "server.err").read_text()
         else:
             time.sleep(1.0)
+    except BaseException:
+        srv.kill()
+        raise
+    return srv
+
+
+def run_one(lab: Lab, client, name: str, rate: int, period: int, tmp: Path) -> dict:
+    work = tmp / f"{name}-{rate}"
+    work.mkdir()
+    srv = start_server(lab, name, work)
+    try:
         r = client.run(
             ["taskset", "-c", CLIENT_CPU, "perfdhcp", "-4", "-l", f"{lab.net}.2",
              "-r", str(rate), "-R", "10000", "-p", str(period), "-W", "200000", lab.server_ip],
