@@ -34,6 +34,8 @@ sys.path.insert(0, str(REPO / "vm-testbed"))
 from testbed import Testbed, wait_until  # noqa: E402
 from vm import VmError  # noqa: E402
 
+from provisiond.logs import redact  # noqa: E402
+
 BOOT_TIMEOUT = 180
 DEFAULT_CMDLINE = "console=ttyS0,115200 quiet loglevel=3"
 GOALS = {"provisiond/anchor": 1.05, "provisiond/direct": 1.4}
@@ -207,7 +209,8 @@ def main() -> int:
             except Exception as exc:  # the leg is optional until the daemon is complete
                 notes.append(f"provisiond leg not available: {str(exc).strip()[:600]}")
         cmdline = cmdline or DEFAULT_CMDLINE
-        notes.append(f"kernel cmdline (anchor/direct): {with_url(cmdline, '<anchor>', '<mac>')}")
+        shown = redact(with_url(cmdline, "<anchor>", "<mac>"))  # the per-boot token stays out
+        notes.append(f"kernel cmdline (anchor/direct): {shown}")
         results.update(anchor_legs(tb, agent_files(tb, workdir), cmdline, args.runs, log))
     print("\n".join(log))
     out = report(results, notes)
