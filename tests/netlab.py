@@ -27,9 +27,9 @@ _counter = itertools.count(1)
 
 def require_root_netns() -> None:
     if os.geteuid() != 0:
-        pytest.skip("needs root to create network namespaces (ip netns add)")
+        pytest.skip(reason="needs root to create network namespaces (ip netns add)")
     if not shutil.which("ip"):
-        pytest.skip("needs iproute2's ip command (apt-get install iproute2)")
+        pytest.skip(reason="needs iproute2's ip command (apt-get install iproute2)")
 
 
 def sh(*args: str, check: bool = True, **kw) -> subprocess.CompletedProcess:

@@ -29,13 +29,13 @@ def _bindir() -> Path | None:
 def private_cluster(dbname: str = "provisiond") -> Iterator[str]:
     bindir = _bindir()
     if bindir is None:
-        pytest.skip("PostgreSQL server not installed (apt-get install postgresql)")
+        pytest.skip(reason="PostgreSQL server not installed (apt-get install postgresql)")
     try:
         import psycopg  # noqa: F401
     except ImportError:
-        pytest.skip("psycopg not installed (pip install 'psycopg[binary]')")
+        pytest.skip(reason="psycopg not installed (pip install 'psycopg[binary]')")
     if os.geteuid() != 0 or not shutil.which("runuser"):
-        pytest.skip("needs root and runuser to run PostgreSQL as its own user")
+        pytest.skip(reason="needs root and runuser to run PostgreSQL as its own user")
     # pytest's tmp dirs are 0700 root: the cluster lives in a directory of its own
     base = Path(tempfile.mkdtemp(prefix="provisiond-pg-"))
     data, sock = base / "data", base / "sock"

@@ -37,7 +37,7 @@ echo "LEASE ip=$ip router=$router dns=$dns boot_file=$boot_file siaddr=$siaddr"
 def _needs(*programs: str) -> None:
     for p in programs:
         if not shutil.which(p):
-            pytest.skip(f"needs {p} (make test installs it with apt-get)")
+            pytest.skip(reason=f"needs {p} (make test installs it with apt-get)")
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -224,7 +224,7 @@ class AgentRun:
 @pytest.fixture
 def run_agent(tmp_path: Path) -> Iterator[Callable[[str], AgentRun]]:
     if BUSYBOX is None or DROPBEARKEY is None:
-        pytest.skip("needs busybox (busybox-static) and dropbearkey (dropbear-bin) on PATH")
+        pytest.skip(reason="needs busybox (busybox-static) and dropbearkey (dropbear-bin) on PATH")
     runs: list[AgentRun] = []
     bindir = tmp_path / "bin"
     bindir.mkdir()

@@ -41,13 +41,13 @@ def require_inputs() -> str:
     kver = newest_kernel()
     if kver is None:
         pytest.skip(
-            "no kernel in /lib/modules with /boot/vmlinuz (apt-get install linux-image-amd64)"
+            reason="no kernel in /lib/modules with /boot/vmlinuz (apt-get install linux-image-amd64)"
         )
     for tool in ("cpio", "depmod", "modprobe", "dropbear", "dropbearkey", "zstd"):
         if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists():
-            pytest.skip(f"{tool} missing (apt-get install cpio kmod dropbear-bin zstd)")
+            pytest.skip(reason=f"{tool} missing (apt-get install cpio kmod dropbear-bin zstd)")
     if not Path("/bin/busybox").exists():
-        pytest.skip("/bin/busybox missing (apt-get install busybox-static)")
+        pytest.skip(reason="/bin/busybox missing (apt-get install busybox-static)")
     return kver
 
 

@@ -44,9 +44,9 @@ def free_port() -> int:
 def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
     kver = newest_kernel()
     if QEMU is None:
-        pytest.skip("qemu-system-x86_64 not installed (apt-get install qemu-system-x86)")
+        pytest.skip(reason="qemu-system-x86_64 not installed (apt-get install qemu-system-x86)")
     if kver is None:
-        pytest.skip("no kernel with modules in /lib/modules and /boot (linux-image-amd64)")
+        pytest.skip(reason="no kernel with modules in /lib/modules and /boot (linux-image-amd64)")
     out = tmp_path_factory.mktemp("initrd")
     subprocess.run([str(BUILD_SH), "--kernel", kver, "--out", str(out)], check=True)
     return out

@@ -29,7 +29,7 @@ INITIATOR = "iqn.2025-01.test.provisiond:init01"
 def san(tmp_path):
     for tool in ("tgtd", "tgtadm", "iscsi-ls", "iscsi-readcapacity16", "nsenter"):
         if not shutil.which(tool):
-            pytest.skip(f"needs {tool} (apt-get install tgt libiscsi-bin util-linux)")
+            pytest.skip(reason=f"needs {tool} (apt-get install tgt libiscsi-bin util-linux)")
     with Lab("iscsi") as lab:
         cl = lab.add_client()
         cl.run(["ip", "addr", "add", f"{lab.net}.2/24", "dev", "eth0"])

@@ -29,7 +29,7 @@ CONTROL_PORT = 700 + os.getpid() % 200
 def _needs(*programs: str) -> None:
     for p in programs:
         if not shutil.which(p):
-            pytest.skip(f"needs {p} (make test installs it with apt-get)")
+            pytest.skip(reason=f"needs {p} (make test installs it with apt-get)")
 
 
 def iscsi_ls(client, portal: str, initiator: str, user: str = "", secret: str = "") -> str:

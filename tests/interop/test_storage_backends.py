@@ -30,9 +30,9 @@ def sh(*argv: str) -> str:
 @pytest.fixture
 def btrfs(tmp_path):
     if os.geteuid() != 0:
-        pytest.skip("needs root for losetup + mount of a btrfs loop file")
+        pytest.skip(reason="needs root for losetup + mount of a btrfs loop file")
     if not shutil.which("mkfs.btrfs"):
-        pytest.skip("needs mkfs.btrfs (apt-get install btrfs-progs)")
+        pytest.skip(reason="needs mkfs.btrfs (apt-get install btrfs-progs)")
     img, mnt = tmp_path / "btrfs.img", tmp_path / "mnt"
     mnt.mkdir()
     with open(img, "wb") as f:
@@ -90,7 +90,7 @@ def test_reflink_check_refuses_non_reflink_fs(tmp_path):
     fs = subprocess.run(["findmnt", "-n", "-o", "FSTYPE", "-T", str(tmp_path)],
                         capture_output=True, text=True).stdout.strip()  # fmt: skip
     if fs in ("btrfs", "xfs"):
-        pytest.skip(f"tmp_path is on {fs}, which supports reflink")
+        pytest.skip(reason=f"tmp_path is on {fs}, which supports reflink")
     with pytest.raises(BackendUnavailable, match=f"is on {fs}, which cannot reflink"):
         ReflinkBackend(tmp_path).check()
 
@@ -112,7 +112,7 @@ def test_file_backend_full_copy_with_progress(btrfs):
 
 def test_qemu_img_import_of_qcow2(tmp_path):
     if not shutil.which("qemu-img"):
-        pytest.skip("needs qemu-img (apt-get install qemu-utils)")
+        pytest.skip(reason="needs qemu-img (apt-get install qemu-utils)")
     raw = tmp_path / "src.raw"
     with open(raw, "wb") as f:
         f.truncate(64 * MiB)

@@ -23,7 +23,7 @@ def test_lvm_create_clone_delete():
     try:
         lvm.check()
     except BackendUnavailable as e:
-        pytest.skip(str(e))
+        pytest.skip(reason=str(e))
     golden = lvm.create("pvtest-golden", 64 * MiB)
     try:
         clone = lvm.clone("pvtest-golden", "pvtest-clone")
@@ -40,7 +40,7 @@ def test_lio_export_roundtrip(tmp_path):
     try:
         lio.check()
     except ExporterUnavailable as e:
-        pytest.skip(str(e))
+        pytest.skip(reason=str(e))
     img = tmp_path / "lio.img"
     img.write_bytes(bytes(MiB))
     iqn = "iqn.2025-01.test.provisiond:lio-roundtrip"

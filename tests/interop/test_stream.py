@@ -87,7 +87,7 @@ class Agent:
 @pytest.fixture
 def lab(tmp_path):
     if BUSYBOX is None or not shutil.which("curl"):
-        pytest.skip("needs busybox (busybox-static) and curl")
+        pytest.skip(reason="needs busybox (busybox-static) and curl")
     with Lab("strm") as lab:
         extra = f'[[storage]]\nname = "local"\nbackend = "file"\npath = "{tmp_path / "images"}"\n'
         d = LabDaemon(lab, tmp_path, lab_config(lab, tmp_path / "state", extra))

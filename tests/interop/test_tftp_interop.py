@@ -32,7 +32,7 @@ def sha(path: Path) -> str:
 def assets(tmp_path_factory) -> Path:
     for name in ("undionly.kpxe", "ipxe.efi"):
         if not (IPXE / name).exists():
-            pytest.skip(f"needs {IPXE / name} (apt-get install ipxe)")
+            pytest.skip(reason=f"needs {IPXE / name} (apt-get install ipxe)")
     base = tmp_path_factory.mktemp("tftp")
     root = base / "boot"
     (root / "efi").mkdir(parents=True)
@@ -56,7 +56,7 @@ def server(assets):
 
 def need(program: str) -> None:
     if not shutil.which(program):
-        pytest.skip(f"needs {program} (apt-get install atftp tftp-hpa)")
+        pytest.skip(reason=f"needs {program} (apt-get install atftp tftp-hpa)")
 
 
 def atftp(server, remote: str, local: Path, *opts: str, trace: bool = False):
@@ -119,7 +119,7 @@ def test_windowed_fetch_uses_segmentation_offload(server, tmp_path):
     r = atftp(server, "ipxe.efi", tmp_path / "out", "windowsize 16")
     assert r.returncode == 0, r.stderr
     if not server.gso:
-        pytest.skip("this kernel refused UDP_SEGMENT; the fallback path served the file")
+        pytest.skip(reason="this kernel refused UDP_SEGMENT; the fallback path served the file")
 
 
 def test_tftp_hpa_fetch(server, assets, tmp_path):

@@ -52,7 +52,7 @@ def skip_reason() -> str | None:
 def testbed_ready() -> None:
     reason = skip_reason()
     if reason:
-        pytest.skip(f"QEMU test bed unavailable: {reason}")
+        pytest.skip(reason=f"QEMU test bed unavailable: {reason}")
 
 
 @dataclass(frozen=True)

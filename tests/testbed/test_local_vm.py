@@ -73,7 +73,7 @@ def in_order(vm: Vm, patterns: list[str]) -> bool:
 
 def test_capture_one_disk_and_deploy_it_to_another_machine(testbed, boot_assets):
     if not boot_assets.real_agent:
-        pytest.skip("capture and local deploy need the real agent (initrd/build.sh failed)")
+        pytest.skip(reason="capture and local deploy need the real agent (initrd/build.sh failed)")
     tb = testbed
     images = tb.workdir / "images"
     config = tb.provisiond_config(heartbeat_interval=2) + (
