@@ -41,7 +41,8 @@ def require_inputs() -> str:
     kver = newest_kernel()
     if kver is None:
         pytest.skip(
-            reason="no kernel in /lib/modules with /boot/vmlinuz (apt-get install linux-image-amd64)"
+            reason="no kernel in /lib/modules with /boot/vmlinuz "
+            "(apt-get install linux-image-amd64)"
         )
     for tool in ("cpio", "depmod", "modprobe", "dropbear", "dropbearkey", "zstd"):
         if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists():
