@@ -50,32 +50,14 @@ from provisiond.db import Database  # noqa: E402
 from provisiond.localdeploy import ensure_manifest  # noqa: E402
 from provisiond.model import Image, Job  # noqa: E402
 from tests.daemonlab import LabDaemon, lab_config  # noqa: E402
-from tests.interop.test_initrd_agent import AGENT_LIB, BUSYBOX, fake_sysroot  # noqa: E402
+from tests.hostagent import HostAgent, initrd_bins  # noqa: E402
+from tests.interop.test_initrd_agent import BUSYBOX  # noqa: E402
 from tests.netlab import Lab, sh  # noqa: E402
 
 MAC = "52:54:00:5b:00:77"
 MiB, GiB = 2**20, 2**30
 LEG_TIMEOUT = 240.0
 PORT = 9000
-
-
-def initrd_bins() -> list[str]:
-    """EXTRA_BINS of initrd/build.sh (its default value)."""
-    text = (REPO / "initrd" / "build.sh").read_text()
-    m = re.search(r'EXTRA_BINS=\$\{EXTRA_BINS:-"([^"]*)"\}', text)
-    return m.group(1).split() if m else []
-
-
-def make_bindir(bindir: Path) -> None:
-    bindir.mkdir(parents=True, exist_ok=True)
-    for applet in subprocess.run(
-        [BUSYBOX, "--list"], capture_output=True, text=True
-    ).stdout.split():
-        (bindir / applet).symlink_to(BUSYBOX)
-    for b in initrd_bins():
-        if os.access(b, os.X_OK):
-            (bindir / Path(b).name).unlink(missing_ok=True)
-            (bindir / Path(b).name).symlink_to(b)
 
 
 def make_image(path: Path, size: int, fill: float) -> None:
@@ -93,47 +75,6 @@ def make_image(path: Path, size: int, fill: float) -> None:
                 left -= n
 
 
-class Agent:
-    """The real agent script in the client namespace, disk = a sparse file."""
-
-    def __init__(self, d: LabDaemon, client, work: Path, disk_size: int) -> None:
-        self.dir, self.disk = work / "agent", work / "devroot" / "dev" / "vda"
-        (self.dir / "run").mkdir(parents=True, exist_ok=True)
-        (self.dir / "run" / "net.env").write_text(f"NET_IP={d.lab.net}.50\n")
-        self.disk.parent.mkdir(parents=True, exist_ok=True)
-        self.blank_disk(disk_size)
-        bindir = work / "bin"
-        if not bindir.exists():
-            make_bindir(bindir)
-        token = d.boot_token(client, MAC)
-        cmdline = (f"provisiond.url={d.base} provisiond.token={token} "
-                   f"BOOTIF=01-{MAC.replace(':', '-')} provisiond.interval=2")  # fmt: skip
-        fake_sysroot(self.dir / "sys", cmdline)
-        (self.dir / "sys/sys/class/net/eth0/address").write_text(MAC + "\n")
-        (self.dir / "sys/sys/block/vda/size").write_text(f"{disk_size // 512}\n")
-        env = {
-            "PATH": str(bindir), "AGENT_LIB": str(AGENT_LIB), "SYSROOT": str(self.dir / "sys"),
-            "PROVISIOND_RUN": str(self.dir / "run"),
-            "PROVISIOND_CONSOLE": str(self.dir / "console"),
-            "PROVISIOND_FAKE_POWER": str(self.dir / "power"), "AGENT_SSH": "0",
-            "DEVROOT": str(work / "devroot"),
-            "AGENT_HOSTKEY": str(self.dir / "hostkey"), "AGENT_AUTH_KEYS": str(self.dir / "keys"),
-        }  # fmt: skip
-        self.proc = client.popen([BUSYBOX, "sh", str(AGENT_LIB / "agent")], env=env,
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                 start_new_session=True)  # fmt: skip
-
-    def blank_disk(self, size: int) -> None:
-        self.disk.unlink(missing_ok=True)
-        with open(self.disk, "wb") as fh:
-            fh.truncate(size)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, 9)
-            self.proc.wait(10)
-
-
 class Bench:
     def __init__(self, lab: Lab, work: Path, args) -> None:
         self.lab, self.work, self.args = lab, work, args
@@ -144,7 +85,7 @@ class Bench:
         self.d.start()
         self.client = lab.add_client(mac=MAC, address=f"{lab.net}.50")
         self.db = Database(f"sqlite:///{next((work / 'state').glob('*.db'))}")
-        self.agent: Agent | None = None
+        self.agent: HostAgent | None = None
         self.rows: list[tuple] = []
 
     def wait_state(self, want: str, timeout: float = 30) -> None:
@@ -179,7 +120,7 @@ class Bench:
         if self.agent is not None:  # it "rebooted" after its last deploy: boot a fresh one
             self.agent.stop()
             shutil.rmtree(self.work / "agent", ignore_errors=True)
-        self.agent = Agent(self.d, self.client, self.work, size)
+        self.agent = HostAgent(self.d, self.client, self.work, MAC, size)
         self.wait_state("idle")
         self.d.cli("appliance", "create", "--resource", MAC, "--image", name, "--mode", "local",
                    "--name", "loc", "--disk", "/dev/vda",

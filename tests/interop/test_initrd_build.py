@@ -37,13 +37,13 @@ def _version_key(v: str) -> list[int]:
     return [int(p) for p in v.replace("-", ".").split(".") if p.isdigit()]
 
 
+NO_KERNEL = "no kernel in /lib/modules with /boot/vmlinuz (apt-get install linux-image-amd64)"
+
+
 def require_inputs() -> str:
     kver = newest_kernel()
     if kver is None:
-        pytest.skip(
-            reason="no kernel in /lib/modules with /boot/vmlinuz "
-            "(apt-get install linux-image-amd64)"
-        )
+        pytest.skip(reason=NO_KERNEL)
     for tool in ("cpio", "depmod", "modprobe", "dropbear", "dropbearkey", "zstd"):
         if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists():
             pytest.skip(reason=f"{tool} missing (apt-get install cpio kmod dropbear-bin zstd)")

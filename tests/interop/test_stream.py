@@ -14,74 +14,19 @@ import os
 import re
 import shutil
 import signal
-import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
 from tests.daemonlab import LabDaemon, lab_config
-from tests.interop.test_initrd_agent import AGENT_LIB, BUSYBOX, fake_sysroot
+from tests.hostagent import HostAgent
+from tests.interop.test_initrd_agent import BUSYBOX
 from tests.netlab import Lab, sh
 
 pytestmark = [pytest.mark.interop, pytest.mark.timeout(240)]
 MAC = "52:54:00:5b:00:01"
 MiB = 2**20
-APPLETS = ["wget", "timeout", "base64", "sh", "od", "sleep", "head", "sed", "tr", "dd", "mkfifo",
-           "stat", "awk", "cut", "truncate", "nc", "sha256sum", "cat", "grep", "wc", "cmp",
-           "blockdev", "sync", "kill", "rm", "mkdir", "ls", "tail", "printf"]  # fmt: skip
-
-
-class Agent:
-    """The real agent in the client namespace; its disk is ``self.disk``."""
-
-    def __init__(self, d: LabDaemon, client, tmp: Path, disk_size: int) -> None:
-        self.dir = tmp / "agent"
-        (self.dir / "run").mkdir(parents=True, exist_ok=True)
-        (self.dir / "run" / "net.env").write_text(f"NET_IP={d.lab.net}.50\n")
-        bindir = tmp / "bin"
-        bindir.mkdir(exist_ok=True)
-        for applet in APPLETS:
-            if not (bindir / applet).exists():
-                (bindir / applet).symlink_to(BUSYBOX)
-        zstd = shutil.which("zstd")
-        if zstd and not (bindir / "zstd").exists():
-            (bindir / "zstd").symlink_to(zstd)
-        (tmp / "devroot" / "dev").mkdir(parents=True, exist_ok=True)
-        self.disk = tmp / "devroot" / "dev" / "vda"
-        with open(self.disk, "wb") as fh:
-            fh.truncate(disk_size)
-        token = d.boot_token(client, MAC)
-        cmdline = (f"provisiond.url={d.base} provisiond.token={token} "
-                   f"BOOTIF=01-{MAC.replace(':', '-')} provisiond.interval=2")  # fmt: skip
-        fake_sysroot(self.dir / "sys", cmdline)
-        (self.dir / "sys/sys/class/net/eth0/address").write_text(MAC + "\n")
-        (self.dir / "sys/sys/block/vda/size").write_text(f"{disk_size // 512}\n")
-        env = {
-            "PATH": f"{bindir}:/usr/bin:/bin",
-            "AGENT_LIB": str(AGENT_LIB), "SYSROOT": str(self.dir / "sys"),
-            "PROVISIOND_RUN": str(self.dir / "run"),
-            "PROVISIOND_CONSOLE": str(self.dir / "console"),
-            "PROVISIOND_FAKE_POWER": str(self.dir / "power"), "AGENT_SSH": "0",
-            "DEVROOT": str(tmp / "devroot"),
-            "AGENT_HOSTKEY": str(self.dir / "hostkey"), "AGENT_AUTH_KEYS": str(self.dir / "keys"),
-        }  # fmt: skip
-        self.proc = client.popen([BUSYBOX, "sh", str(AGENT_LIB / "agent")], env=env,
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                 start_new_session=True)  # fmt: skip
-
-    def log(self) -> str:
-        p = self.dir / "run" / "agent.log"
-        return p.read_text() if p.exists() else ""
-
-    def power(self) -> str:
-        p = self.dir / "power"
-        return p.read_text() if p.exists() else ""
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
 
 
 @pytest.fixture
@@ -95,10 +40,10 @@ def lab(tmp_path):
         d.add_fake_kernel()
         d.start()
         client = lab.add_client(mac=MAC, address=f"{lab.net}.50")
-        agents: list[Agent] = []
+        agents: list[HostAgent] = []
 
-        def agent(disk_size: int = 64 * MiB) -> Agent:
-            agents.append(Agent(d, client, tmp_path, disk_size))
+        def agent(disk_size: int = 64 * MiB) -> HostAgent:
+            agents.append(HostAgent(d, client, tmp_path, MAC, disk_size))
             deadline = time.monotonic() + 30
             while d.cli_json("resource", "show", MAC)["state"] != "idle":
                 assert time.monotonic() < deadline, agents[-1].log()
