@@ -210,18 +210,3 @@ def remove(
         job.appliance_id = None
     events.record(session, actor, "appliance.removed", app.name, detail)
     session.delete(app)
-
-
-def as_dict(app: Appliance) -> dict[str, Any]:
-    return {
-        "id": app.id,
-        "name": app.name,
-        "resource": app.resource.display_name if app.resource else None,
-        "image": app.image.name if app.image else None,
-        "kernel": app.kernel.name if app.kernel else None,
-        "mode": app.mode,
-        "state": app.state,
-        "state_reason": app.state_reason,
-        "ha": app.ha,
-        "params": {k: v for k, v in (app.params or {}).items() if "secret" not in k},
-    }

@@ -9,8 +9,6 @@ long poll, finished by the agent's result.
 
 from __future__ import annotations
 
-from typing import Any
-
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -83,23 +81,3 @@ def complete_command(
     job.params = {**job.params, "exit_code": exit_code}
     transition(job, JS.SUCCEEDED if exit_code == 0 else JS.FAILED, f"exit code {exit_code}")
     return job
-
-
-def as_dict(job: Job) -> dict[str, Any]:
-    return {
-        "id": job.id,
-        "kind": job.kind,
-        "state": job.state,
-        "resource_id": job.resource_id,
-        "appliance_id": job.appliance_id,
-        "bytes_done": job.bytes_done,
-        "bytes_total": job.bytes_total,
-        "percent": round(job.percent, 1),
-        "rate": job.rate,
-        "eta_seconds": job.eta_seconds,
-        "outcome": job.outcome,
-        "params": job.params,
-        "created_at": job.created_at.isoformat() if job.created_at else None,
-        "started_at": job.started_at.isoformat() if job.started_at else None,
-        "finished_at": job.finished_at.isoformat() if job.finished_at else None,
-    }

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from provisiond.model import Event, Image, Kernel, Resource, Storage
+from provisiond.model import Appliance, Event, Image, Job, Kernel, Resource, Storage
 
 
 def iso(value) -> str | None:
@@ -86,4 +86,39 @@ def event(e: Event) -> dict[str, Any]:
         "action": e.action,
         "target": e.target,
         "detail": e.detail,
+    }
+
+
+def job(job: Job) -> dict[str, Any]:
+    return {
+        "id": job.id,
+        "kind": job.kind,
+        "state": job.state,
+        "resource_id": job.resource_id,
+        "appliance_id": job.appliance_id,
+        "bytes_done": job.bytes_done,
+        "bytes_total": job.bytes_total,
+        "percent": round(job.percent, 1),
+        "rate": job.rate,
+        "eta_seconds": job.eta_seconds,
+        "outcome": job.outcome,
+        "params": job.params,
+        "created_at": job.created_at.isoformat() if job.created_at else None,
+        "started_at": job.started_at.isoformat() if job.started_at else None,
+        "finished_at": job.finished_at.isoformat() if job.finished_at else None,
+    }
+
+
+def appliance(app: Appliance) -> dict[str, Any]:
+    return {
+        "id": app.id,
+        "name": app.name,
+        "resource": app.resource.display_name if app.resource else None,
+        "image": app.image.name if app.image else None,
+        "kernel": app.kernel.name if app.kernel else None,
+        "mode": app.mode,
+        "state": app.state,
+        "state_reason": app.state_reason,
+        "ha": app.ha,
+        "params": {k: v for k, v in (app.params or {}).items() if "secret" not in k},
     }

@@ -117,7 +117,7 @@ def job_list(env: Env, state: str | None, as_json: bool) -> None:
         q = select(Job).order_by(Job.id.desc()).limit(200)
         if state:
             q = q.where(Job.state == state)
-        rows = [jobs.as_dict(j) for j in s.scalars(q)]
+        rows = [present.job(j) for j in s.scalars(q)]
     emit(as_json, rows, ["id", "kind", "state", "resource_id", "percent", "outcome"])
 
 
@@ -129,7 +129,7 @@ def job_list(env: Env, state: str | None, as_json: bool) -> None:
 def job_show(env: Env, job_id: int, as_json: bool) -> None:
     with env.db.session() as s:
         job = jobs.get(s, job_id)
-        data = {**jobs.as_dict(job), "log": job.log}
+        data = {**present.job(job), "log": job.log}
     emit(as_json, data)
 
 

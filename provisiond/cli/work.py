@@ -7,7 +7,7 @@ from collections.abc import Callable
 import click
 from sqlalchemy import select
 
-from provisiond import appliances, resources
+from provisiond import appliances, present, resources
 from provisiond.cli.base import (
     ACTOR,
     Env,
@@ -35,7 +35,7 @@ def appliance_group() -> None:
 @handle_errors
 def appliance_list(env: Env, as_json: bool) -> None:
     with env.db.session() as s:
-        rows = [appliances.as_dict(a) for a in s.scalars(select(Appliance).order_by(Appliance.id))]
+        rows = [present.appliance(a) for a in s.scalars(select(Appliance).order_by(Appliance.id))]
     emit(as_json, rows, ["id", "name", "resource", "image", "mode", "state"])
 
 
@@ -46,7 +46,7 @@ def appliance_list(env: Env, as_json: bool) -> None:
 @handle_errors
 def appliance_show(env: Env, ref: str, as_json: bool) -> None:
     with env.db.session() as s:
-        emit(as_json, appliances.as_dict(appliances.find(s, ref)))
+        emit(as_json, present.appliance(appliances.find(s, ref)))
 
 
 def _params(pairs: tuple[str, ...]) -> dict[str, str]:
@@ -88,7 +88,7 @@ def appliance_create(env: Env, name, resource_ref, image, kernel, mode, params, 
             ha=ha,
             actor=ACTOR,
         )
-        data = appliances.as_dict(app)
+        data = present.appliance(app)
     emit(as_json, data) if as_json else click.echo(f"created appliance {data['name']}")
 
 

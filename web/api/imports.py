@@ -17,7 +17,7 @@ import time
 from flask import jsonify
 from sqlalchemy import select
 
-from provisiond import jobs, logs
+from provisiond import logs, present
 from provisiond.errors import Invalid
 from provisiond.model import Job
 from web.api.auth import actor
@@ -76,7 +76,7 @@ def start_import(data: dict | None = None, who: str | None = None):
     while time.monotonic() < deadline:
         job = _find_job(name, since)
         if job is not None:
-            return jsonify(jobs.as_dict(job)), 202
+            return jsonify(present.job(job)), 202
         if not thread.is_alive():
             break
         time.sleep(0.05)
@@ -84,7 +84,7 @@ def start_import(data: dict | None = None, who: str | None = None):
     if failure:
         raise failure[0]
     job = _find_job(name, since)
-    return jsonify(jobs.as_dict(job) if job else {"status": "importing", "name": name}), 202
+    return jsonify(present.job(job) if job else {"status": "importing", "name": name}), 202
 
 
 def remove_image(ref: str):

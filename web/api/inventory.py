@@ -118,7 +118,7 @@ def resource_delete(ref: str):
 def resource_reboot(ref: str):
     with ctx().db.session() as s:
         job = jobs.enqueue_command(s, resources.find(s, ref), "reboot", actor=actor())
-        out = jobs.as_dict(job)
+        out = present.job(job)
     ctx().ring()
     return jsonify(out), 202
 
@@ -132,7 +132,7 @@ def _optional_body(allowed: set[str]) -> dict[str, Any]:
 def _queued(job) -> tuple[Any, int]:
     ctx().inventory.refresh()
     ctx().ring()
-    return jsonify(jobs.as_dict(job) if job is not None else {"status": "idle"}), 202
+    return jsonify(present.job(job) if job is not None else {"status": "idle"}), 202
 
 
 @bp.post("/resources/<ref>/release")

@@ -32,7 +32,7 @@ def appliance_list():
     if request.args.get("q"):
         query = query.where(Appliance.name.like(f"%{request.args['q']}%"))
     with ctx().db.sessions() as s:
-        return jsonify(paginate(s, query, appliances.as_dict))
+        return jsonify(paginate(s, query, present.appliance))
 
 
 def create_appliance(data: dict, who: str) -> dict:
@@ -53,7 +53,7 @@ def create_appliance(data: dict, who: str) -> dict:
         )
         if typed(data, "start", bool, False):
             appliances.start(s, app, who)
-        out = appliances.as_dict(app)
+        out = present.appliance(app)
     ctx().inventory.refresh()
     ctx().ring()
     return out
@@ -69,9 +69,9 @@ def appliance_create():
 def appliance_show(ref: str):
     with ctx().db.sessions() as s:
         app = appliances.find(s, ref)
-        out = appliances.as_dict(app)
+        out = present.appliance(app)
         out["jobs"] = [
-            jobs.as_dict(j)
+            present.job(j)
             for j in s.scalars(
                 select(Job).where(Job.appliance_id == app.id).order_by(Job.id.desc()).limit(20)
             )
@@ -94,7 +94,7 @@ def appliance_update(ref: str):
         from provisiond import events
 
         events.record(s, actor(), "appliance.updated", app.name, ", ".join(sorted(data)))
-        return jsonify(appliances.as_dict(app))
+        return jsonify(present.appliance(app))
 
 
 @bp.delete("/appliances/<ref>")
@@ -109,7 +109,7 @@ def _appliance_action(ref: str, action) -> tuple:
     with ctx().db.session() as s:
         app = appliances.find(s, ref)
         action(s, app, actor())
-        out = appliances.as_dict(app)
+        out = present.appliance(app)
     ctx().inventory.refresh()
     ctx().ring()
     return jsonify(out), 202
@@ -142,14 +142,14 @@ def job_query():
 @bp.get("/jobs")
 def job_list():
     with ctx().db.sessions() as s:
-        return jsonify(paginate(s, job_query(), jobs.as_dict))
+        return jsonify(paginate(s, job_query(), present.job))
 
 
 @bp.get("/jobs/<int:job_id>")
 def job_show(job_id: int):
     with ctx().db.sessions() as s:
         job = jobs.get(s, job_id)
-        return jsonify({**jobs.as_dict(job), "log": job.log})
+        return jsonify({**present.job(job), "log": job.log})
 
 
 @bp.post("/jobs/<int:job_id>/cancel")
@@ -164,7 +164,7 @@ def job_cancel(job_id: int):
         from provisiond import events
 
         events.record(s, actor(), "job.cancelled", f"job {job_id}", job.kind)
-        return jsonify(jobs.as_dict(job))
+        return jsonify(present.job(job))
 
 
 # ---------------------------------------------------------------- events

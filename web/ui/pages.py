@@ -63,7 +63,7 @@ def dashboard():
             "dashboard.html",
             counts=counts,
             app_counts=app_counts,
-            jobs=[jobs.as_dict(j) for j in running],
+            jobs=[present.job(j) for j in running],
             events=[present.event(e) for e in recent],
         )
 
@@ -104,9 +104,9 @@ def resource_show(rid: int):
         return render_template(
             "resource.html",
             r=present.resource(res, detail=True),
-            appliance=appliances.as_dict(app) if app else None,
+            appliance=present.appliance(app) if app else None,
             history=[present.event(e) for e in history],
-            jobs=[jobs.as_dict(j) for j in res_jobs],
+            jobs=[present.job(j) for j in res_jobs],
             can_shell=res.state == "idle" and bool(res.ip and res.hostkey),
         )
 
@@ -135,7 +135,7 @@ def appliance_list():
     with ctx().db.sessions() as s:
         rows, pager = _page(s, select(Appliance).order_by(Appliance.id))
         return render_template(
-            "appliances.html", rows=[appliances.as_dict(a) for a in rows], pg=pager
+            "appliances.html", rows=[present.appliance(a) for a in rows], pg=pager
         )
 
 
@@ -148,9 +148,9 @@ def appliance_show(ref: str):
         ).all()
         return render_template(
             "appliance.html",
-            a=appliances.as_dict(app),
+            a=present.appliance(app),
             resource_id=app.resource_id,
-            jobs=[jobs.as_dict(j) for j in app_jobs],
+            jobs=[present.job(j) for j in app_jobs],
         )
 
 
@@ -230,14 +230,14 @@ def storage_list():
 def job_list():
     with ctx().db.sessions() as s:
         rows, pager = _page(s, work.job_query())
-        return render_template("jobs.html", rows=[jobs.as_dict(j) for j in rows], pg=pager)
+        return render_template("jobs.html", rows=[present.job(j) for j in rows], pg=pager)
 
 
 @bp.get("/jobs/<int:job_id>")
 def job_show(job_id: int):
     with ctx().db.sessions() as s:
         job = jobs.get(s, job_id)
-        return render_template("job.html", j={**jobs.as_dict(job), "log": job.log})
+        return render_template("job.html", j={**present.job(job), "log": job.log})
 
 
 @bp.post("/jobs/<int:job_id>/cancel")
