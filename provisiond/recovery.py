@@ -33,9 +33,10 @@ failed one of that very job, with the same image and manifest, and no later
 job was queued for it), the deploy is *adopted*: appliance ``failed ->
 starting -> active`` and resource ``failed -> deploying -> active``, every
 step an audited transition of the existing tables, so the machine boots its
-written disk instead of sitting in ``failed``. Otherwise the failure stays
-and the resource's reason says what the agent reported and why it was not
-adopted.
+written disk instead of sitting in ``failed``. Otherwise the failure stays;
+for a command that succeeded the resource's reason also says what the agent
+reported and why it was not adopted. (A late failure, typically the agent's
+stream answered 410 after the restart, only adds the event.)
 """
 
 from __future__ import annotations
@@ -136,7 +137,7 @@ def late_result(session: Session, res: Resource, cmd: Job, exit_code: int, last:
         detail = f"{said}; adopted: appliance {app.name} and {res.display_name} are active"
     else:
         detail = f"{said}; state kept: {why_not}"
-        if res.state == RS.FAILED:
+        if exit_code == 0 and res.state == RS.FAILED:  # a finished machine says why it is failed
             res.state_reason = f"{res.state_reason}; then the {detail}"[:4000]
     events.record(session, "agent", "agent.late_result", res.display_name, detail)
     return detail
