@@ -126,9 +126,8 @@ def late_result(session: Session, res: Resource, cmd: Job, exit_code: int, last:
     said = f"agent reported command {cmd.id} ({kind}) exited {exit_code} after the daemon " + (
         f"had failed it ({cmd.outcome})" + (f": {last}" if last else "")
     )
-    why_not = _not_adoptable(session, res, cmd, exit_code)
-    if why_not is None:
-        app = _appliance_of(session, cmd)
+    app, why_not = _adoptable(session, res, cmd, exit_code)
+    if app is not None:
         reason = f"deploy finished by the agent after the daemon had failed it: {last or 'ok'}"
         appliances.set_state(session, app, AS.STARTING, reason, actor="agent")
         resources.set_state(session, res, RS.DEPLOYING, reason, actor="agent")
@@ -143,34 +142,35 @@ def late_result(session: Session, res: Resource, cmd: Job, exit_code: int, last:
     return detail
 
 
-def _appliance_of(session: Session, cmd: Job) -> Appliance | None:
-    parent = session.get(Job, (cmd.params or {}).get("parent") or 0)
-    return session.get(Appliance, parent.appliance_id) if parent and parent.appliance_id else None
-
-
-def _not_adoptable(session: Session, res: Resource, cmd: Job, exit_code: int) -> str | None:
-    """None when the late result is a whole, verified deploy nothing has overtaken."""
+def _adoptable(
+    session: Session, res: Resource, cmd: Job, exit_code: int
+) -> tuple[Appliance | None, str]:
+    """(the appliance, "") when the late result is a whole, verified deploy that nothing
+    has overtaken since; else (None, why not)."""
     if cmd.kind != "agent.deploy" or exit_code != 0:
-        return "only a successful deploy can be adopted"
+        return None, "only a successful deploy can be adopted"
     parent = session.get(Job, (cmd.params or {}).get("parent") or 0)
     if parent is None or parent.kind != "appliance.start" or parent.appliance_id is None:
-        return "the command belongs to no appliance start"
+        return None, "the command belongs to no appliance start"
     if not (parent.params or {}).get("orphaned"):
-        return f"job {parent.id} failed for its own reason ({parent.outcome})"
+        return None, f"job {parent.id} failed for its own reason ({parent.outcome})"
     app = session.get(Appliance, parent.appliance_id)
     if app is None or app.resource_id != res.id:
-        return "the appliance was removed or moved to another machine"
+        return None, "the appliance was removed or moved to another machine"
     if app.state != AS.FAILED or res.state != RS.FAILED:
-        return f"appliance {app.name} is {app.state} and {res.display_name} {res.state} by now"
+        return (
+            None,
+            f"appliance {app.name} is {app.state} and {res.display_name} {res.state} by now",
+        )
     newest = session.scalar(select(func.max(Job.id)).where(Job.appliance_id == app.id))
     if newest != parent.id:
-        return f"appliance {app.name} has a newer job ({newest})"
+        return None, f"appliance {app.name} has a newer job ({newest})"
     img = session.get(Image, app.image_id) if app.image_id else None
+    if img is None or img.id != cmd.params.get("image_id") or not img.manifest:
+        return None, "the appliance's image changed since the deploy began"
     sent = dict(
         line.split("=", 1) for line in (cmd.params or {}).get("arg", "").splitlines() if "=" in line
     )
-    if img is None or img.id != cmd.params.get("image_id") or not img.manifest:
-        return "the appliance's image changed since the deploy began"
     if Manifest.from_json(img.manifest).sha256 != sent.get("sha256"):
-        return f"image {img.name} changed since the deploy began"
-    return None
+        return None, f"image {img.name} changed since the deploy began"
+    return app, ""

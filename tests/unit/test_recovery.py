@@ -225,3 +225,33 @@ def test_late_result_that_cannot_be_adopted_is_recorded_and_explained(db, code, 
         else:  # a late failure only adds the event
             assert res.state_reason == "daemon restarted during deploying"
     assert len(events) == 1 and why in events[0] and f"exited {code}" in events[0]
+
+
+def test_commands_are_owned_by_who_queued_them_or_who_handed_them_out(db):
+    with db.session() as s:
+        res = resources.ensure(s, "52:54:00:00:00:09")
+        by_cli = jobs.enqueue_command(s, res, "run", arg="true")
+        by_daemon = jobs.enqueue_command(s, res, "reboot")
+        by_daemon.owner = "r2"
+        assert by_cli.owner is None
+        assert jobs.next_command(s, res, ME) is by_cli and by_cli.owner == ME
+        assert jobs.next_command(s, res, ME) is by_daemon and by_daemon.owner == "r2"
+
+
+def test_migration_0002_goes_down_and_up_again(db):
+    from alembic import command
+    from alembic.config import Config as AlembicConfig
+    from sqlalchemy import inspect
+
+    from provisiond.db import MIGRATIONS
+
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg.attributes["engine"] = db.engine
+    command.downgrade(cfg, "0001")
+    assert "instance" not in inspect(db.engine).get_table_names()
+    assert "owner" not in {c["name"] for c in inspect(db.engine).get_columns("job")}
+    db.migrate()
+    assert "instance" in inspect(db.engine).get_table_names()
+    for table in ("resource", "appliance", "job"):
+        assert "owner" in {c["name"] for c in inspect(db.engine).get_columns(table)}
