@@ -75,6 +75,20 @@ def _states(states) -> list[str]:
     return [str(s) for s in states]
 
 
+_OBJECTS = (
+    (Appliance, lifecycle.TRANSIENT_APPLIANCE),
+    (Resource, lifecycle.TRANSIENT_RESOURCE),
+)
+
+
+def _fail(session: Session, obj: Appliance | Resource, reason: str) -> Failed:
+    if isinstance(obj, Appliance):
+        appliances.set_state(session, obj, AS.FAILED, reason)
+        return Failed("appliance", obj.name, reason)
+    resources.set_state(session, obj, RS.FAILED, reason)
+    return Failed("resource", obj.display_name, reason)
+
+
 def recover(session: Session, me: str, now: dt.datetime | None = None) -> list[Failed]:
     """Fail what is orphaned (see the module's table); returns what was failed."""
     now = now or utcnow()
@@ -93,24 +107,14 @@ def recover(session: Session, me: str, now: dt.datetime | None = None) -> list[F
         job.state, job.outcome, job.finished_at = JS.FAILED, reason, now
         job.params = {**(job.params or {}), "orphaned": True}
         failed.append(Failed("job", f"{job.kind} {job.id}", reason))
-    for app in session.scalars(
-        select(Appliance).where(Appliance.state.in_(_states(lifecycle.TRANSIENT_APPLIANCE)))
-    ):
-        if app.owner is None and app.id in waiting_apps:
-            continue
-        reason = orphan_reason(app.owner, app.state, me, alive)
-        if reason is not None:
-            appliances.set_state(session, app, AS.FAILED, reason)
-            failed.append(Failed("appliance", app.name, reason))
-    for res in session.scalars(
-        select(Resource).where(Resource.state.in_(_states(lifecycle.TRANSIENT_RESOURCE)))
-    ):
-        if res.owner is None and res.id in waiting_res:
-            continue
-        reason = orphan_reason(res.owner, res.state, me, alive)
-        if reason is not None:
-            resources.set_state(session, res, RS.FAILED, reason)
-            failed.append(Failed("resource", res.display_name, reason))
+    waiting = {Appliance: waiting_apps, Resource: waiting_res}
+    for model, states in _OBJECTS:
+        for obj in session.scalars(select(model).where(model.state.in_(_states(states)))):
+            if obj.owner is None and obj.id in waiting[model]:
+                continue
+            reason = orphan_reason(obj.owner, obj.state, me, alive)
+            if reason is not None:
+                failed.append(_fail(session, obj, reason))
     return failed
 
 
