@@ -66,8 +66,15 @@ def _lock_files(config: Config) -> list[Path]:
 
 
 def _flock(path: Path) -> int:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise OSError(
+            exc.errno,
+            f"cannot open the lock file {path} ({exc.strerror}); "
+            "state_dir must be writable by the user that runs provisiond",
+        ) from exc
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

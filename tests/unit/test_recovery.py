@@ -140,6 +140,12 @@ def test_second_lock_on_the_same_state_is_refused_and_touches_nothing(tmp_path):
     instance.InstanceLock.acquire(cfg).release()  # free again once released
 
 
+def test_an_unusable_state_dir_says_so():
+    cfg = configmod.parse('state_dir = "/proc/provisiond-none"')
+    with pytest.raises(OSError, match="state_dir must be writable"):
+        instance.InstanceLock.acquire(cfg)
+
+
 def test_a_sqlite_file_outside_state_dir_is_locked_too(tmp_path):
     a = configmod.parse(f'state_dir = "{tmp_path / "a"}"\n'
                         f'database_url = "sqlite:///{tmp_path / "db" / "x.db"}"')  # fmt: skip
