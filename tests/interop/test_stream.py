@@ -230,9 +230,9 @@ def test_daemon_killed_mid_deploy_fails_then_a_retry_succeeds(lab, tmp_path):
 def test_second_serve_during_a_deploy_is_refused_and_the_deploy_completes(lab, tmp_path):
     lab_, d, agent = lab
     a = agent()
-    _shape(lab_, "8mbit")
+    _shape(lab_, "2mbit")  # ~50 s for the image's data: still in flight after the checks below
     job_id, image = deploy(d, tmp_path, a, "workers=1")
-    _wait_bytes(d, job_id, 2 * MiB, a)
+    _wait_bytes(d, job_id, MiB, a)
     t0 = time.monotonic()
     second = d.serve_again()
     took = time.monotonic() - t0
