@@ -2,11 +2,11 @@
 
 Owns claiming queued jobs (``queued -> running`` by a conditional UPDATE, so
 two runners never take the same job; the claim stamps the runner's instance
-as ``owner`` on the job, its appliance and its resource), running their handler in a bounded
-worker pool, and recording the outcome. A handler that raises leaves the job
-``failed`` with the exception's message as the reason and calls the
-handler's ``fail`` hook so the objects it touched (appliance, resource) are
-failed too — never silently left half-done. The CLI, the API and the UI only
+as ``owner`` on the job, its appliance and its resource), running their
+handler in a bounded worker pool, and recording the outcome. A handler that
+raises leaves the job ``failed`` with the exception's message as the reason
+and calls the handler's ``fail`` hook so the objects it touched (appliance,
+resource) are failed too — never silently left half-done. The CLI, the API and the UI only
 enqueue; this is the one place long work runs.
 """
 
