@@ -2,10 +2,14 @@
 
 Owns building the daemon from a :class:`provisiond.config.Config` — database,
 inventory, boot policy, Flask app and every enabled service — and running it
-until SIGTERM/SIGINT. Start-up order: migrate the database, fail what a
-previous run left in a transient state, install boot assets, then start the
-services (inventory first, so the hot paths never see an empty world).
-Services stop in reverse order; the whole stop is bounded (< 5 s).
+until SIGTERM/SIGINT. Start-up order: take the instance lock (before anything
+touches the database: a second ``serve`` on the same state exits here and
+changes nothing), migrate the database, write this instance's lease, fail
+what is orphaned (this instance's leftovers and work of instances whose
+lease expired; :mod:`provisiond.recovery`), install boot assets, then start
+the services (lease keeper first, then inventory, so the hot paths never
+see an empty world). Services stop in reverse order; the whole stop is
+bounded (< 5 s); the lease ends and the lock is released last.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import signal
 import threading
 from collections.abc import Iterator
 
-from provisiond import assets, logs, resources
+from provisiond import assets, instance, logs, recovery
 from provisiond.capture import CaptureJob
 from provisiond.config import Config
 from provisiond.context import Context
@@ -66,23 +70,37 @@ class Daemon:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.ctx = build_context(config)
+        self.lock: instance.InstanceLock | None = None
         self.services: list[Service] = []
         self._started: list[Service] = []
 
     def prepare(self) -> None:
+        """Lock, migrate, lease, recover. Raises AlreadyRunning before any database access."""
+        self.lock = instance.InstanceLock.acquire(self.config)
         self.ctx.db.migrate()
         with self.ctx.db.session() as s:
-            failed = resources.recover_after_restart(s)
+            instance.register(s, self.config)
+            failed = recovery.recover(s, self.config.instance)
         if failed:
-            log.warning("%d objects were caught mid-work by a restart and are now failed", failed)
+            log.warning("%d objects were caught mid-work and are now failed", len(failed))
+            for reason in sorted({f.reason for f in failed}):
+                names = ", ".join(f"{f.kind} {f.name}" for f in failed if f.reason == reason)
+                log.warning("%s: %s", reason, names)
         assets.install_ipxe(self.config.boot_assets_dir)
 
     def start(self) -> None:
         from web import create_app
 
-        self.prepare()
+        try:
+            self.prepare()
+        except BaseException:
+            self._unlock()
+            raise
         ctx = self.ctx
-        self.services = [InventoryRefresher(ctx.inventory)]
+        self.services = [
+            instance.LeaseKeeper(self.config, ctx.db, self.lock),
+            InventoryRefresher(ctx.inventory),
+        ]
         if self.config.services.http:
             self.services.append(
                 HttpService(create_app(ctx), str(self.config.address), self.config.http_port)
@@ -100,6 +118,7 @@ class Daemon:
             JobRunner(
                 ctx.db,
                 {"appliance.start": appliance_jobs, "appliance.stop": stop_jobs, **other_jobs},
+                owner=self.config.instance,
             ),
             Scheduler(self.config, ctx.db, ctx.inventory),
         ]
@@ -121,6 +140,12 @@ class Daemon:
             except Exception:
                 log.exception("%s did not stop cleanly", svc.name)
         self.ctx.db.dispose()
+        self._unlock()
+
+    def _unlock(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
 
 
 def serve(config: Config) -> int:
@@ -136,6 +161,9 @@ def serve(config: Config) -> int:
     daemon = Daemon(config)
     try:
         daemon.start()
+    except instance.AlreadyRunning as exc:
+        log.error("%s", exc)
+        return 1
     except Exception as exc:
         log.error("start-up failed: %s", exc)
         return 1

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
+import socket
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,7 +86,30 @@ class IscsiConfig:
 
 
 @dataclass(frozen=True)
+class LeaseConfig:
+    """How this instance proves it is alive to the others on one database."""
+
+    heartbeat_interval: int = 10  # seconds between renewals of the instance's lease
+    expiry: int = 3  # missed heartbeats after which the lease (and its work) is given up
+
+    @property
+    def seconds(self) -> int:
+        return self.heartbeat_interval * self.expiry
+
+
+#: an instance (rack) identity: what a lock, a lease and an owner column hold
+INSTANCE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+
+
+def default_instance() -> str:
+    """The host name's first label when it is a valid identity, else "default"."""
+    name = socket.gethostname().split(".")[0]
+    return name if INSTANCE_NAME.match(name) else "default"
+
+
+@dataclass(frozen=True)
 class Config:
+    instance: str = "default"
     interface: str = ""
     address: ipaddress.IPv4Address = ipaddress.IPv4Address("127.0.0.1")
     http_port: int = 8080
@@ -97,6 +122,7 @@ class Config:
     dns: DnsConfig = field(default_factory=DnsConfig)
     agent: AgentConfig = field(default_factory=AgentConfig)
     iscsi: IscsiConfig = field(default_factory=IscsiConfig)
+    lease: LeaseConfig = field(default_factory=LeaseConfig)
     subnets: tuple[SubnetConfig, ...] = ()
     storages: tuple[StorageConfig, ...] = ()
     source: str = "<defaults>"
@@ -205,8 +231,9 @@ class _Table:
 
 
 _TOP = {
-    "interface", "address", "http_port", "state_dir", "boot_assets_dir", "templates_dir",
-    "database_url", "log_level", "services", "dns", "agent", "iscsi", "subnet", "storage",
+    "instance", "lease", "interface", "address", "http_port", "state_dir", "boot_assets_dir",
+    "templates_dir", "database_url", "log_level", "services", "dns", "agent", "iscsi",
+    "subnet", "storage",
 }  # fmt: skip
 
 
@@ -227,7 +254,13 @@ def _build(raw: dict[str, Any], source: str) -> Config:
     for name in names:
         if names.count(name) > 1:
             raise ConfigError("storage.name", name, "storage names must be unique")
+    instance = top.str("instance", "") or default_instance()
+    if not INSTANCE_NAME.match(instance):
+        raise ConfigError(
+            "instance", instance, "must be 1-63 letters, digits, '.', '-' or '_' (e.g. \"r1\")"
+        )
     return Config(
+        instance=instance,
         interface=top.str("interface", ""),
         address=address,
         http_port=top.port("http_port", 8080),
@@ -240,6 +273,7 @@ def _build(raw: dict[str, Any], source: str) -> Config:
         dns=dns,
         agent=_agent(raw.get("agent", {})),
         iscsi=_iscsi(raw.get("iscsi", {}), dns.domain),
+        lease=_lease(raw.get("lease", {})),
         subnets=subnets,
         storages=storages,
         source=source,
@@ -292,6 +326,15 @@ def _agent(raw: dict[str, Any]) -> AgentConfig:
     if any(ord(c) < 32 for c in cmdline):
         raise ConfigError("agent.kernel_cmdline", cmdline, "must not contain control characters")
     return AgentConfig(interval, timeout, cmdline)
+
+
+def _lease(raw: dict[str, Any]) -> LeaseConfig:
+    t = _Table(raw, "lease", {"heartbeat_interval", "expiry"})
+    d = LeaseConfig()
+    return LeaseConfig(
+        heartbeat_interval=t.int("heartbeat_interval", d.heartbeat_interval, 1, 3600),
+        expiry=t.int("expiry", d.expiry, 2, 100),
+    )
 
 
 def _iscsi(raw: dict[str, Any], domain: str) -> IscsiConfig:

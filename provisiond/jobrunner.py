@@ -1,11 +1,12 @@
 """The job runner: executes queued jobs inside the daemon.
 
 Owns claiming queued jobs (``queued -> running`` by a conditional UPDATE, so
-two runners never take the same job), running their handler in a bounded
-worker pool, and recording the outcome. A handler that raises leaves the job
-``failed`` with the exception's message as the reason and calls the
-handler's ``fail`` hook so the objects it touched (appliance, resource) are
-failed too — never silently left half-done. The CLI, the API and the UI only
+two runners never take the same job; the claim stamps the runner's instance
+as ``owner`` on the job, its appliance and its resource), running their
+handler in a bounded worker pool, and recording the outcome. A handler that
+raises leaves the job ``failed`` with the exception's message as the reason
+and calls the handler's ``fail`` hook so the objects it touched (appliance,
+resource) are failed too — never silently left half-done. The CLI, the API and the UI only
 enqueue; this is the one place long work runs.
 """
 
@@ -20,7 +21,7 @@ from sqlalchemy import select, update
 from provisiond import jobs, logs
 from provisiond.db import Database
 from provisiond.lifecycle import JobState as JS
-from provisiond.model import Job, utcnow
+from provisiond.model import Appliance, Job, Resource, utcnow
 from provisiond.service import LoopThread
 
 log = logs.get("jobs")
@@ -44,9 +45,14 @@ class JobRunner:
     name = "jobs"
 
     def __init__(
-        self, db: Database, handlers: dict[str, Handler], workers: int = 4, interval=0.3
+        self,
+        db: Database,
+        handlers: dict[str, Handler],
+        workers: int = 4,
+        interval=0.3,
+        owner: str | None = None,
     ) -> None:
-        self.db, self.handlers, self.interval = db, handlers, interval
+        self.db, self.handlers, self.interval, self.owner = db, handlers, interval, owner
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="job")
         self._wake = threading.Event()
         self._loop = LoopThread("jobs", self._step, log)
@@ -76,11 +82,19 @@ class JobRunner:
                 won = s.execute(
                     update(Job)
                     .where(Job.id == job_id, Job.state == JS.QUEUED)
-                    .values(state=JS.RUNNING, started_at=utcnow())
+                    .values(state=JS.RUNNING, started_at=utcnow(), owner=self.owner)
                 ).rowcount
                 if won:
                     claimed.append(job_id)
+                    self._own_objects(s, job_id)
         return claimed
+
+    def _own_objects(self, s, job_id: int) -> None:
+        """The claimed job's appliance and resource are this instance's work now."""
+        job = s.get(Job, job_id)
+        for model, obj_id in ((Appliance, job.appliance_id), (Resource, job.resource_id)):
+            if obj_id is not None:
+                s.execute(update(model).where(model.id == obj_id).values(owner=self.owner))
 
     def execute(self, job_id: int) -> None:
         with self.db.sessions() as s:
@@ -126,8 +140,6 @@ class ByMode:
         self.db, self.by_mode = db, by_mode
 
     def _handler(self, job_id: int) -> Handler:
-        from provisiond.model import Appliance
-
         with self.db.sessions() as s:
             job = s.get(Job, job_id)
             app = s.get(Appliance, job.appliance_id) if job.appliance_id else None

@@ -4,7 +4,11 @@ Owns :class:`provisiond.model.Job` rows. Every state change goes through
 :func:`transition` (the job transition table). Commands for an idle agent
 (``run``, ``reboot``, ``poweroff``; deploy/capture/erase later) are jobs of
 kind ``agent.<command>``: queued by the CLI/API, handed to the agent by its
-long poll, finished by the agent's result.
+long poll, finished by the agent's result. A command is owned by the
+instance that queued it for its own job, or else by the one whose agent API
+handed it out. A result for a command the daemon had already failed is
+recorded, not refused (:func:`provisiond.recovery.late_result` decides what
+it changes).
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from provisiond import events, lifecycle
+from provisiond import events, lifecycle, recovery
 from provisiond.errors import Invalid, NotFound
 from provisiond.lifecycle import JobState as JS
 from provisiond.model import Job, Resource, utcnow
@@ -57,8 +61,12 @@ def enqueue_command(
     return job
 
 
-def next_command(session: Session, res: Resource) -> Job | None:
-    """Hand the oldest queued command of ``res`` to its agent (queued -> running)."""
+def next_command(session: Session, res: Resource, owner: str | None = None) -> Job | None:
+    """Hand the oldest queued command of ``res`` to its agent (queued -> running).
+
+    ``owner`` is the instance whose agent API hands it out; it owns the command
+    from now on unless the instance that queued it already does.
+    """
     job = session.scalars(
         select(Job)
         .where(Job.resource_id == res.id, Job.state == JS.QUEUED, Job.kind.like("agent.%"))
@@ -66,6 +74,7 @@ def next_command(session: Session, res: Resource) -> Job | None:
     ).first()
     if job is not None:
         transition(job, JS.RUNNING)
+        job.owner = job.owner or owner
     return job
 
 
@@ -75,9 +84,16 @@ def complete_command(
     job = session.get(Job, job_id)
     if job is None or job.resource_id != res.id:
         raise NotFound(f"command {job_id} is not a command of {res.display_name}")
+    text = output.decode("utf-8", "replace")
+    if job.state == JS.FAILED:  # the daemon gave up first (restart, timeout): record it
+        append_log(job, f"late result, exit code {exit_code}:\n{text}")
+        job.params = {**job.params, "late_exit_code": exit_code}
+        last = next((ln for ln in reversed(text.splitlines()) if ln.strip()), "")
+        recovery.late_result(session, res, job, exit_code, last.strip())
+        return job
     if job.state != JS.RUNNING:
         raise Invalid(f"command {job_id} is {job.state}, not running")
-    append_log(job, output.decode("utf-8", "replace"))
+    append_log(job, text)
     job.params = {**job.params, "exit_code": exit_code}
     transition(job, JS.SUCCEEDED if exit_code == 0 else JS.FAILED, f"exit code {exit_code}")
     return job

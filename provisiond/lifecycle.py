@@ -4,8 +4,9 @@ This module is the only place that says which state may follow which.
 Everything that changes a state calls :func:`check` (or the ``transition``
 helpers in :mod:`provisiond.services`), so an illegal move raises
 :class:`IllegalTransition` naming both states. ``TRANSIENT`` lists the states
-a daemon restart must not silently resume: on start-up they become ``failed``
-with the reason ``daemon restarted during <state>``.
+a daemon restart must not silently resume: on start-up the instance's own
+(and those of instances whose lease expired) become ``failed`` with the
+reason ``daemon restarted during <state>`` (:mod:`provisiond.recovery`).
 """
 
 from __future__ import annotations

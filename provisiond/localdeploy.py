@@ -115,6 +115,7 @@ def start_command(ctx: Context, job_id: int, res_id: int, kind: str, arg: str, *
         res = s.get(Resource, res_id)
         cmd = jobs.enqueue_command(s, res, kind, arg=arg, actor="daemon")
         cmd.params = {**cmd.params, "parent": job_id, **params}
+        cmd.owner = ctx.config.instance  # this instance waits for it (wait_command)
         parent = s.get(Job, job_id)
         parent.params = {**(parent.params or {}), "command": cmd.id}
         cmd_id = cmd.id

@@ -1,10 +1,13 @@
 """The data model: SQLAlchemy 2 tables of the inventory.
 
 Owns the persistent nouns (openQRM's vocabulary): Resource, Image, Kernel,
-Storage, Volume, Template, Appliance, plus Lease, Job, Event, User and
-ApiToken. No behaviour beyond small derived properties lives here; state
-changes go through :mod:`provisiond.lifecycle`. The schema is created by the
-Alembic migrations in ``provisiond/migrations``.
+Storage, Volume, Template, Appliance, plus Lease, Job, Event, User,
+ApiToken and Instance (a daemon sharing the database, with its lease).
+``owner`` on Resource, Appliance and Job names the instance that runs their
+transient work (:mod:`provisiond.recovery` decides what is orphaned). No
+behaviour beyond small derived properties lives here; state changes go
+through :mod:`provisiond.lifecycle`. The schema is created by the Alembic
+migrations in ``provisiond/migrations``.
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ class Resource(Base):
     hostkey_fingerprint: Mapped[str | None] = mapped_column(String(128))
     agent_token_hash: Mapped[str | None] = mapped_column(String(64), index=True)
     last_heartbeat: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    owner: Mapped[str | None] = mapped_column(String(63), index=True)  # instance of its work
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
 
@@ -129,6 +133,7 @@ class Appliance(Base):
     ha: Mapped[bool] = mapped_column(Boolean, default=False)
     state: Mapped[str] = mapped_column(String(16), index=True, default="stopped")
     state_reason: Mapped[str] = mapped_column(Text, default="")
+    owner: Mapped[str | None] = mapped_column(String(63), index=True)  # instance of its work
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
     resource: Mapped[Resource] = relationship()
@@ -162,6 +167,7 @@ class Job(Base):
     rate: Mapped[float] = mapped_column(default=0.0)  # bytes per second
     log: Mapped[str] = mapped_column(Text, default="")
     outcome: Mapped[str] = mapped_column(Text, default="")
+    owner: Mapped[str | None] = mapped_column(String(63), index=True)  # instance running it
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     started_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
     finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
@@ -175,6 +181,25 @@ class Job(Base):
         if not self.rate or not self.bytes_total:
             return None
         return max(0.0, (self.bytes_total - self.bytes_done) / self.rate)
+
+
+class Instance(Base):
+    """A daemon on this database (one per rack): who it is and how long its lease holds.
+
+    The instance renews ``heartbeat_at`` and ``expires_at`` every
+    ``lease.heartbeat_interval`` seconds; work owned by an instance whose
+    ``expires_at`` has passed is orphaned. ``expires_at`` is stored (not
+    derived from this daemon's configuration) so instances with different
+    settings judge each other by the lease each one promised.
+    """
+
+    __tablename__ = "instance"
+    id: Mapped[str] = mapped_column(String(63), primary_key=True)
+    pid: Mapped[int] = mapped_column(default=0)
+    host: Mapped[str] = mapped_column(String(255), default="")
+    started_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    heartbeat_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    expires_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, index=True)
 
 
 class Event(Base):

@@ -102,6 +102,7 @@ def job(job: Job) -> dict[str, Any]:
         "rate": job.rate,
         "eta_seconds": job.eta_seconds,
         "outcome": job.outcome,
+        "owner": job.owner,  # the instance (rack) that runs or ran it
         "params": job.params,
         "created_at": job.created_at.isoformat() if job.created_at else None,
         "started_at": job.started_at.isoformat() if job.started_at else None,

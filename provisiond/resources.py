@@ -154,33 +154,6 @@ def mark_stale_offline(session: Session, timeout_s: int) -> list[Resource]:
     return list(stale)
 
 
-def recover_after_restart(session: Session) -> int:
-    """Fail everything caught in a transient state (never resume half-done work)."""
-    n = 0
-    for res in session.scalars(
-        select(Resource).where(Resource.state.in_([str(s) for s in lifecycle.TRANSIENT_RESOURCE]))
-    ):
-        set_state(session, res, RS.FAILED, lifecycle.restart_reason(res.state))
-        n += 1
-    for app in session.scalars(
-        select(Appliance).where(
-            Appliance.state.in_([str(s) for s in lifecycle.TRANSIENT_APPLIANCE])
-        )
-    ):
-        reason = lifecycle.restart_reason(app.state)
-        lifecycle.check(app.state, lifecycle.ApplianceState.FAILED)
-        app.state, app.state_reason = lifecycle.ApplianceState.FAILED, reason
-        events.record(session, "daemon", "appliance.state", app.name, f"-> failed: {reason}")
-        n += 1
-    for job in session.scalars(
-        select(Job).where(Job.state.in_([str(s) for s in lifecycle.TRANSIENT_JOB]))
-    ):
-        job.outcome = lifecycle.restart_reason(job.state)
-        job.state, job.finished_at = lifecycle.JobState.FAILED, utcnow()
-        n += 1
-    return n
-
-
 def delete(session: Session, res: Resource, actor: str) -> None:
     if session.scalars(select(Appliance.id).where(Appliance.resource_id == res.id)).first():
         raise Conflict(

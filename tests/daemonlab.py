@@ -75,6 +75,11 @@ class LabDaemon:
             time.sleep(0.1)
         raise AssertionError("daemon did not start:\n" + self.log.read_text())
 
+    def serve_again(self, timeout: float = 60) -> subprocess.CompletedProcess:
+        """A second ``serve`` of this config beside the running one; returns once it exits."""
+        return self.lab.server.run([PROVISIOND, "--config", str(self.cfg), "serve"],
+                                   check=False, timeout=timeout)  # fmt: skip
+
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(sig)

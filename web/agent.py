@@ -107,7 +107,7 @@ def commands(resource_id: int):
         with ctx.db.session() as s:
             res = s.get(Resource, resource_id)
             res.last_heartbeat = resources.utcnow()
-            job = jobs.next_command(s, res)
+            job = jobs.next_command(s, res, owner=ctx.config.instance)
             if job is not None:
                 lines = [f"id={job.id}", f"kind={job.kind.removeprefix('agent.')}"]
                 arg = job.params.get("arg", "")

@@ -137,18 +137,60 @@ def _shape(lab: Lab, rate: str) -> None:
        "tbf", "rate", rate, "burst", "256k", "latency", "100ms")  # fmt: skip
 
 
-def _kill_streams(d: LabDaemon) -> int:
-    """Kill the agent's chunk-stream downloads (busybox wget), as a cut link would."""
-    n = 0
+def _pids(match) -> list[int]:
+    """Processes whose command line (arguments joined by NUL) satisfies ``match``."""
+    found = []
     for proc in Path("/proc").glob("[0-9]*"):
         try:
             cmd = (proc / "cmdline").read_bytes().decode(errors="replace")
         except OSError:
             continue
-        if cmd.startswith("wget") and f"{d.base}/agent/v1/stream/" in cmd and "chunks" in cmd:
-            os.kill(int(proc.name), signal.SIGKILL)
-            n += 1
-    return n
+        if match(cmd):
+            found.append(int(proc.name))
+    return found
+
+
+def _openers(path: Path, mode: int) -> list[int]:
+    """Processes that have ``path`` open with access ``mode`` (os.O_RDONLY / os.O_WRONLY).
+
+    busybox runs dd without exec, so its command line cannot tell which dd it is.
+    """
+    found = []
+    for fd in Path("/proc").glob("[0-9]*/fd/*"):
+        try:
+            if os.readlink(fd) != str(path):
+                continue
+            info = (fd.parent.parent / "fdinfo" / fd.name).read_text()
+        except OSError:
+            continue
+        if int(re.search(r"flags:\s+(\d+)", info)[1], 8) & os.O_ACCMODE == mode:
+            found.append(int(fd.parent.parent.name))
+    return found
+
+
+def _wait_openers(path: Path, mode: int, a: HostAgent, timeout: float = 150) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while not (pids := _openers(path, mode)):
+        assert time.monotonic() < deadline, a.log()
+        time.sleep(0.02)
+    return pids
+
+
+def _kill_streams(d: LabDaemon) -> int:
+    """Kill the agent's chunk-stream downloads (busybox wget), as a cut link would."""
+    pids = _pids(
+        lambda c: c.startswith("wget") and f"{d.base}/agent/v1/stream/" in c and "chunks" in c
+    )
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    return len(pids)
+
+
+def _wait_bytes(d: LabDaemon, job_id: int, at_least: int, a: HostAgent) -> None:
+    deadline = time.monotonic() + 60
+    while d.cli_json("job", "show", str(job_id))["bytes_done"] < at_least:
+        assert time.monotonic() < deadline, a.log()
+        time.sleep(0.2)
 
 
 def test_cut_connection_resumes_from_the_last_verified_chunk(lab, tmp_path):
@@ -173,10 +215,7 @@ def test_daemon_killed_mid_deploy_fails_then_a_retry_succeeds(lab, tmp_path):
     a = agent()
     _shape(lab_, "8mbit")
     job_id, image = deploy(d, tmp_path, a, "retries=2", "workers=1")
-    deadline = time.monotonic() + 30
-    while d.cli_json("job", "show", str(job_id))["bytes_done"] < 2 * MiB:
-        assert time.monotonic() < deadline
-        time.sleep(0.2)
+    _wait_bytes(d, job_id, 2 * MiB, a)
     d.stop(signal.SIGKILL)
     d.start()
     res = d.cli_json("resource", "show", MAC)
@@ -186,6 +225,97 @@ def test_daemon_killed_mid_deploy_fails_then_a_retry_succeeds(lab, tmp_path):
     job = d.wait_job(job_id, timeout=150)
     assert job["state"] == "succeeded", (job, a.log())
     assert a.disk.read_bytes()[: len(image)] == image
+
+
+def test_second_serve_during_a_deploy_is_refused_and_the_deploy_completes(lab, tmp_path):
+    lab_, d, agent = lab
+    a = agent()
+    _shape(lab_, "2mbit")  # ~50 s for the image's data: still in flight after the checks below
+    job_id, image = deploy(d, tmp_path, a, "workers=1")
+    _wait_bytes(d, job_id, MiB, a)
+    t0 = time.monotonic()
+    second = d.serve_again()
+    took = time.monotonic() - t0
+    assert second.returncode != 0, second
+    assert f"provisiond is already running with this state (pid {d.proc.pid})" in second.stderr
+    assert took < 20, f"the refused serve took {took:.1f} s"
+    # it changed nothing: the lock still names the running daemon, the work is still in flight
+    assert (tmp_path / "state" / "provisiond.lock").read_text() == f"{d.proc.pid}\n"
+    assert d.cli_json("resource", "show", MAC)["state"] == "deploying"
+    assert d.cli_json("job", "show", str(job_id))["state"] == "running"
+    _shape(lab_, "1gbit")
+    job = d.wait_job(job_id, timeout=150)
+    assert job["state"] == "succeeded", (job, a.log())
+    assert a.disk.read_bytes()[: len(image)] == image
+    assert d.cli_json("appliance", "show", "loc")["state"] == "active"
+    assert d.cli_json("resource", "show", MAC)["state"] == "active"
+    details = [e["detail"] for e in d.cli_json("event", "list", "--limit", "500")]
+    assert not [x for x in details if "restarted" in x or "failed" in x], details
+    assert "result refused" not in a.log(), a.log()
+
+
+def _sha256(path: Path, size: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while size > 0:
+            block = fh.read(min(size, 4 * MiB))
+            h.update(block)
+            size -= len(block)
+    return h.hexdigest()
+
+
+def test_result_after_a_restart_is_recorded_and_the_verified_deploy_adopted(lab, tmp_path):
+    """The agent finishes a deploy the restarted daemon had failed: the machine is not stuck."""
+    _lab, d, agent = lab
+    size = 384 * MiB
+    a = agent(disk_size=size + 16 * MiB)
+    master = tmp_path / "big.raw"
+    with open(master, "wb") as fh:
+        fh.truncate(size)
+        fh.write(os.urandom(4 * MiB))
+        fh.seek(size - 4096)
+        fh.write(os.urandom(4096))
+    want = _sha256(master, size)
+    d.cli("image", "import", str(master), "--name", "img")
+    job_id, _ = deploy(d, tmp_path, a, "transport=nc", image=b"")
+    # the agent reads the written disk back to verify it: hold it there (a slow disk) ...
+    # (first the raw copy writes it: the O_DIRECT probe before that also reads it)
+    _wait_openers(a.disk, os.O_WRONLY, a)
+    readback = _wait_openers(a.disk, os.O_RDONLY, a)
+    for pid in readback:
+        os.kill(pid, signal.SIGSTOP)
+    try:  # ... while the daemon is killed and restarted: recovery fails the deploy
+        d.stop(signal.SIGKILL)
+        d.start()
+        job = d.cli_json("job", "show", str(job_id))
+        assert (job["state"], job["outcome"]) == ("failed", "daemon restarted during running")
+        res = d.cli_json("resource", "show", MAC)
+        assert (res["state"], res["state_reason"]) == (
+            "failed",
+            "daemon restarted during deploying",
+        )
+    finally:
+        for pid in readback:
+            os.kill(pid, signal.SIGCONT)
+    # the agent verifies, reports exit 0 to the new daemon, and reboots into its disk
+    deadline = time.monotonic() + 120
+    while d.cli_json("appliance", "show", "loc")["state"] != "active":
+        assert time.monotonic() < deadline, a.log()
+        time.sleep(0.3)
+    res = d.cli_json("resource", "show", MAC)
+    assert res["state"] == "active" and "sha256 verified" in res["state_reason"], res
+    late = [e for e in d.cli_json("event", "list", "--limit", "100")
+            if e["action"] == "agent.late_result"]  # fmt: skip
+    assert len(late) == 1 and "exited 0" in late[0]["detail"] and "adopted" in late[0]["detail"]
+    assert d.cli_json("job", "show", str(job_id))["state"] == "failed"  # history is kept
+    assert "result refused" not in a.log(), a.log()
+    deadline = time.monotonic() + 30
+    while "reboot" not in a.power():
+        assert time.monotonic() < deadline, a.log()
+        time.sleep(0.2)
+    code, script = d.http(_lab.clients[0], f"/boot/{MAC.replace(':', '-')}.ipxe")
+    assert code == 200 and "sanboot --no-describe --drive 0x80" in script, script
+    assert _sha256(a.disk, size) == want
 
 
 def test_nc_transport_copies_raw_bytes_and_verifies(lab, tmp_path):

@@ -12,7 +12,7 @@ from provisiond import config as configmod
 from provisiond import resources
 from provisiond.cli import main
 from provisiond.db import Database
-from provisiond.model import Image, Job, Resource
+from provisiond.model import Image
 
 
 @pytest.fixture
@@ -109,21 +109,6 @@ def test_appliance_create_refuses_bad_input_and_changes_nothing(cli, db):
     assert "stop it first" in r.output
     cli("appliance", "rm", "inst")
     assert [a["name"] for a in json.loads(cli("appliance", "list", "--json").output)] == ["web"]
-
-
-def test_restart_recovery_fails_transient_states(db):
-    with db.session() as s:
-        r = resources.ensure(s, "52:54:00:aa:bb:04")
-        r.state = "deploying"
-        s.add(Job(kind="deploy", state="running", resource_id=r.id))
-    with db.session() as s:
-        assert resources.recover_after_restart(s) == 2
-    with db.session() as s:
-        r = s.query(Resource).one()
-        assert (r.state, r.state_reason) == ("failed", "daemon restarted during deploying")
-        job = s.query(Job).one()
-        assert (job.state, job.outcome) == ("failed", "daemon restarted during running")
-        resources.set_state(s, r, resources.RS.DEPLOYING, "retry")  # can be retried
 
 
 def test_config_check(cli, config_file, tmp_path):

@@ -52,6 +52,20 @@ def test_good_file_parses_into_typed_values():
 def test_defaults_need_no_file_content():
     c = cfg.parse("")
     assert c.http_port == 8080 and c.subnets == () and c.services.dhcp
+    assert c.instance == cfg.default_instance() and cfg.INSTANCE_NAME.match(c.instance)
+    assert (c.lease.heartbeat_interval, c.lease.expiry, c.lease.seconds) == (10, 3, 30)
+
+
+def test_instance_identity_and_lease():
+    c = cfg.parse('instance = "r1"\n[lease]\nheartbeat_interval = 2\nexpiry = 5')
+    assert c.instance == "r1" and c.lease.seconds == 10
+
+
+def test_default_instance_is_the_host_name_or_default(monkeypatch):
+    monkeypatch.setattr(cfg.socket, "gethostname", lambda: "rack-7.lab.example")
+    assert cfg.default_instance() == "rack-7"
+    monkeypatch.setattr(cfg.socket, "gethostname", lambda: "")
+    assert cfg.default_instance() == "default"
 
 
 def test_config_is_frozen():
@@ -120,6 +134,13 @@ BAD = [
         "unique",
     ),
     ("subnet = 3", "subnet", "[[subnet]] tables"),
+    ('instance = "rack 1"', "instance", "letters, digits"),
+    ('instance = "-r1"', "instance", "letters, digits"),
+    (f'instance = "{"r" * 64}"', "instance", "1-63"),
+    ("instance = 1", "instance", "must be a string"),
+    ("[lease]\nheartbeat_interval = 0", "lease.heartbeat_interval", "integer from 1 to 3600"),
+    ("[lease]\nexpiry = 1", "lease.expiry", "integer from 2 to 100"),
+    ("[lease]\nttl = 9", "lease.ttl", "unknown key"),
     ("this is not toml", "config", "not valid TOML"),
 ]
 
