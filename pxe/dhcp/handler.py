@@ -15,7 +15,7 @@ boot client, checked against iPXE ``src/net/udp/dhcp.c`` and dnsmasq's
 option 60 ``PXEClient`` (``HTTPClient`` for UEFI HTTP boot), option 54, no
 yiaddr, siaddr = next-server = us, the boot file in ``file`` and option 67,
 and option 43 PXE_DISCOVERY_CONTROL = 8 (PXE spec 2.1 section 2.2.5: use
-the boot file, no boot-server discovery). iPXE only keeps an address-less
+the boot file, no boot-server discovery) for BIOS PXE ROMs and iPXE. iPXE only keeps an address-less
 offer that has option 60 ``PXEClient``, and uses it without a port 4011
 REQUEST only when siaddr *and* a file name are set (``dhcp_has_pxeopts``);
 its 4011 REQUEST accepts only answers from source port 4011 with the same
@@ -42,6 +42,19 @@ NOWHERE = ("", 0)  # Reply.dest of a reply that only carries lease rows
 KIND = {c.OFFER: "offered", c.ACK: "acked", c.NAK: "nak"}
 IPXE_OPTS = {Opt.IPXE_ENCAP: bytes((c.IPXE_NO_PXEDHCP, 1, 1))}  # 175 { 176 = 1 }
 PXE_VENDOR_OPTS = {Opt.VENDOR_SPECIFIC: c.encode_suboptions({6: b"\x08"})}  # use file, no menu
+
+
+def _pxe_vendor_options(fw: Firmware, arch: Architecture, bf: BootFile, proxy: bool) -> bool:
+    """Option 43 (PXE_DISCOVERY_CONTROL = 8: use the file, no boot-server menu)?
+
+    Full mode: BIOS PXE ROMs and every TFTP boot file. Proxy mode: BIOS PXE
+    ROMs and iPXE, not UEFI PXE: like dnsmasq, an answer without option 43
+    is a "BINL" proxy offer to EDK2, which then asks again on port 4011 (a
+    PXE 1.0 offer with option 43 it would take as it is; both boot).
+    """
+    if proxy:
+        return fw is Firmware.IPXE or fw is Firmware.PXE_BIOS
+    return bf.vendor_class == bootfile.PXE_CLIENT and (arch is Architecture.BIOS or bf.tftp)
 
 
 @dataclass(frozen=True)
@@ -138,7 +151,7 @@ class Handler:
         opts[Opt.BOOTFILE] = bf.name.encode()
         if fw is Firmware.IPXE and not proxy:
             opts.update(IPXE_OPTS)
-        elif vendor == bootfile.PXE_CLIENT and (proxy or arch is Architecture.BIOS or bf.tftp):
+        elif _pxe_vendor_options(fw, arch, bf, proxy):
             opts.update(PXE_VENDOR_OPTS)
         return encode_options(opts)[:-1]
 

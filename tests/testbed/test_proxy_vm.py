@@ -8,7 +8,8 @@ on ``<subnet>.1`` with ``mode = "proxy"``. Two machines boot at once:
   from the site's server and the script URL from provisiond's proxy offer;
 * UEFI: OVMF with the NIC's option ROM removed, so OVMF's own PXE stack
   (EDK2, vendor class ``PXEClient:Arch:00007``) takes provisiond's proxy
-  answer, loads ``ipxe.efi`` by TFTP, and that iPXE asks again.
+  offer, asks again on port 4011 (the answer has no option 43, a "BINL"
+  offer to EDK2), loads ``ipxe.efi`` by TFTP, and that iPXE asks again.
 
 Both reach idle, ``provisiond run`` works on both, then the BIOS machine
 SAN-boots an appliance, still in proxy mode. A packet capture on the bridge
@@ -31,7 +32,7 @@ from testbed import OVMF, Testbed, wait_until
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from pxe.dhcp.codec import Opt, decode  # noqa: E402
+from pxe.dhcp.codec import ACK, REQUEST, Opt, decode  # noqa: E402
 from tests.testbed.conftest import unique_ns  # noqa: E402
 from tests.testbed.diskimage import build_boot_disk  # noqa: E402
 from tests.testbed.test_sanboot_vm import btrfs_storage, cli  # noqa: E402
@@ -58,8 +59,8 @@ class Bed:
     def site(self) -> str:
         return self.tb.site_address
 
-    def replies(self, mac: str) -> list[tuple[dict, object]]:
-        """(wire row, decoded BOOTREPLY) for every DHCP answer to ``mac`` so far."""
+    def packets(self, mac: str, op: int) -> list[tuple[dict, object]]:
+        """(wire row, decoded message) for every BOOTREQUEST (1) / BOOTREPLY (2) of ``mac``."""
         out = []
         for line in self.capture.read_text().splitlines():
             row = json.loads(line)
@@ -67,9 +68,15 @@ class Bed:
                 p = decode(bytes.fromhex(row["bootp"]))
             except ValueError:
                 continue
-            if p.op == 2 and p.chaddr == mac:
+            if p.op == op and p.chaddr == mac:
                 out.append((row, p))
         return out
+
+    def replies(self, mac: str) -> list[tuple[dict, object]]:
+        return self.packets(mac, 2)
+
+    def requests(self, mac: str) -> list[dict]:
+        return [row for row, p in self.packets(mac, 1) if p.message_type == REQUEST]
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +118,7 @@ def assert_proxy_answer(row: dict, p, bed: Bed) -> None:
     assert p.ip_opt(Opt.SERVER_ID) == bed.ours, where
     assert (p.yiaddr, p.siaddr) == ("0.0.0.0", bed.ours), where
     assert p.file and Opt.LEASE_TIME not in p.options, where
-    assert row["sport"] == (4011 if row["dport"] != 68 or p.message_type == 5 else 67), where
+    assert row["sport"] == (4011 if p.message_type == ACK else 67), where  # ACK: port 4011 only
 
 
 def test_bios_and_uefi_machines_boot_to_idle_beside_the_site_dhcp_server(bed):
@@ -129,6 +136,10 @@ def test_bios_and_uefi_machines_boot_to_idle_beside_the_site_dhcp_server(bed):
             assert_proxy_answer(row, p, bed)
     console = bed.vms[BIOS].console_text()
     assert f"Filename: http://{bed.ours}:8080/boot/{BIOS.replace(':', '-')}.ipxe" in console
+    # EDK2 takes the answer without option 43 as a "BINL" offer and asks on port 4011
+    asked = [row for row in bed.requests(UEFI) if row["dport"] == 4011]
+    acked = [(row, p) for row, p in bed.replies(UEFI) if p.message_type == ACK]
+    assert asked and acked and acked[0][0]["dst"] == asked[0]["src"], (asked, acked)
     uefi = bed.vms[UEFI].console_text()
     assert "NBP filename is ipxe.efi" in uefi and f"Server IP address is {bed.ours}" in uefi
     assert f"Filename: http://{bed.ours}:8080/boot/{UEFI.replace(':', '-')}.ipxe" in uefi
