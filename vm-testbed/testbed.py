@@ -172,14 +172,7 @@ class Testbed:
         sh(["ip", "-n", self.ns, "link", "set", "site0", "master", "br0", "up"])
         sh(["ip", "-n", site, "addr", "add", f"{self.site_address}/24", "dev", "eth0"])
         sh(["ip", "-n", site, "link", "set", "eth0", "up"])
-        lo, hi = dhcp_range
-        dhcp = [
-            f"--dhcp-range={x}.{lo},{x}.{hi},255.255.255.0,1h",
-            "--dhcp-authoritative",
-            "--no-ping",  # no ICMP probe before an OFFER (~3 s per new client)
-            "--log-dhcp",
-        ]
-        argv = [*_dnsmasq_base(self.run_dir, "site-dhcp", "eth0"), *dhcp]
+        argv = [*_dnsmasq_base(self.run_dir, "site-dhcp", "eth0"), *_addresses(x, dhcp_range)]
         self.start_daemon("site-dhcp", argv, ns=site)
         return self.site_address
 
@@ -362,12 +355,8 @@ cidr = "{x}.0/24"
         (http_dir / "boot.ipxe").write_text(script)
         (tftp_dir / "undionly.kpxe").write_bytes(UNDIONLY.read_bytes())
         url = f"http://{self.address}:{http_port}"
-        lo, hi = dhcp_range
         dhcp = [
-            f"--dhcp-range={self.subnet}.{lo},{self.subnet}.{hi},255.255.255.0,1h",
-            "--dhcp-authoritative",
-            "--no-ping",  # no ICMP probe before an OFFER (~3 s per new client)
-            "--log-dhcp",
+            *_addresses(self.subnet, dhcp_range),
             "--enable-tftp", f"--tftp-root={tftp_dir}",
             "--dhcp-match=set:ipxe,175",
             "--dhcp-userclass=set:ipxe,iPXE",
@@ -433,6 +422,17 @@ def _dnsmasq_base(run_dir: Path, name: str, interface: str = "br0") -> list[str]
         f"--pid-file={run_dir / name}.dnsmasq-pid", f"--log-facility={run_dir / name}.log",
         f"--dhcp-leasefile={run_dir / name}.leases",
     ]  # fmt: skip
+
+
+def _addresses(subnet: str, dhcp_range: tuple[int, int]) -> list[str]:
+    """dnsmasq-base flags that hand out ``<subnet>.lo``-``.hi`` quickly (1 h leases)."""
+    lo, hi = dhcp_range
+    return [
+        f"--dhcp-range={subnet}.{lo},{subnet}.{hi},255.255.255.0,1h",
+        "--dhcp-authoritative",
+        "--no-ping",  # no ICMP probe before an OFFER (~3 s per new client)
+        "--log-dhcp",
+    ]
 
 
 # -- CLI -------------------------------------------------------------------
