@@ -138,8 +138,10 @@ def test_bios_and_uefi_machines_boot_to_idle_beside_the_site_dhcp_server(bed):
     assert f"Filename: http://{bed.ours}:8080/boot/{BIOS.replace(':', '-')}.ipxe" in console
     # EDK2 takes the answer without option 43 as a "BINL" offer and asks on port 4011
     asked = [row for row in bed.requests(UEFI) if row["dport"] == 4011]
-    acked = [(row, p) for row, p in bed.replies(UEFI) if p.message_type == ACK]
-    assert asked and acked and acked[0][0]["dst"] == asked[0]["src"], (asked, acked)
+    acked = [
+        row for row, p in bed.replies(UEFI) if p.message_type == ACK and row["src"] == bed.ours
+    ]
+    assert asked and acked and acked[0]["dst"] == asked[0]["src"], (asked, acked)
     uefi = bed.vms[UEFI].console_text()
     assert "NBP filename is ipxe.efi" in uefi and f"Server IP address is {bed.ours}" in uefi
     assert f"Filename: http://{bed.ours}:8080/boot/{UEFI.replace(':', '-')}.ipxe" in uefi
