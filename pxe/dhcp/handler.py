@@ -15,12 +15,12 @@ boot client, checked against iPXE ``src/net/udp/dhcp.c`` and dnsmasq's
 option 60 ``PXEClient`` (``HTTPClient`` for UEFI HTTP boot), option 54, no
 yiaddr, siaddr = next-server = us, the boot file in ``file`` and option 67,
 and option 43 PXE_DISCOVERY_CONTROL = 8 (PXE spec 2.1 section 2.2.5: use
-the boot file, no boot-server discovery) for BIOS PXE ROMs and iPXE. iPXE only keeps an address-less
-offer that has option 60 ``PXEClient``, and uses it without a port 4011
-REQUEST only when siaddr *and* a file name are set (``dhcp_has_pxeopts``);
-its 4011 REQUEST accepts only answers from source port 4011 with the same
-server-id and those same fields. Option 175 is left out: iPXE reads
-no-pxedhcp only from the offer that carries an address.
+the boot file, no boot-server discovery) for BIOS PXE ROMs and iPXE. iPXE
+only keeps an address-less offer that has option 60 ``PXEClient``, and uses
+it without a port 4011 REQUEST only when siaddr *and* a file name are set
+(``dhcp_has_pxeopts``); its 4011 REQUEST accepts only answers from source
+port 4011 with the same server-id and those same fields. Option 175 is left
+out: iPXE reads no-pxedhcp only from the offer that carries an address.
 """
 
 from __future__ import annotations
