@@ -3,16 +3,20 @@
 Owns everything one test bed creates and its guaranteed teardown: the
 namespace ``<ns>`` with bridge ``br0`` (``<subnet>.1/24`` and ``fd77::1/64``),
 tap devices, the IPv6 router-advertisement daemon, provisiond, the anchor
-path's dnsmasq + HTTP server, QEMU machines (by pidfile), and loop devices or
-mounts left under the work directory. Nothing touches a real interface.
+path's dnsmasq + HTTP server, the site's own DHCP server (namespace
+``<ns>site`` on ``<subnet>.2``, a veth into ``br0``: for proxyDHCP, where
+the client must see two servers on two addresses), QEMU machines (by
+pidfile), and loop devices or mounts left under the work directory. Nothing
+touches a real interface.
 
     with Testbed(Path("/tmp/tb")) as tb:
         tb.start_provisiond(config_text)            # or tb.start_anchor(assets, script)
+        tb.start_site_dhcp()                        # proxy mode: the site's DHCP server
         vm = tb.boot_vm("vm1", "52:54:00:00:00:01")
         vm.wait_for(r"IDLE-AGENT-UP", timeout=60)
 
 CLI for humans and ``make demo`` (``--ns``, ``--workdir``, ``--subnet``):
-``testbed.py up``, ``testbed.py down`` (also cleans a crashed run by name),
+``testbed.py up [--site-dhcp]``, ``testbed.py down`` (also cleans a crashed run by name),
 ``testbed.py boot NAME --mac M [--nic e1000] [--kernel K --initrd I --append A]``.
 
 Stdlib only; import with ``vm-testbed/`` on ``sys.path``.
@@ -98,6 +102,8 @@ class Testbed:
         self.venv = Path(venv) if venv else REPO / ".venv"
         self.run_dir = self.workdir / "run"
         self.vms: list[Vm] = []
+        self.site_ns = f"{ns_name}site"  # the site's DHCP server (start_site_dhcp)
+        self.site_address = f"{subnet}.2"
 
     # -- life cycle ------------------------------------------------------
 
@@ -114,6 +120,7 @@ class Testbed:
 
     def up(self) -> Testbed:
         """Create the namespace (after cleaning leftovers of a crashed run) + RA daemon."""
+        cleanup(self.site_ns, self.workdir)
         cleanup(self.ns, self.workdir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         try:
@@ -129,7 +136,7 @@ class Testbed:
         for vm in self.vms:
             vm.kill()
         self.vms.clear()
-        return cleanup(self.ns, self.workdir)
+        return cleanup(self.site_ns, self.workdir) + cleanup(self.ns, self.workdir)
 
     def _create_network(self) -> None:
         ns = self.ns
@@ -149,6 +156,33 @@ class Testbed:
         ra = ["--enable-ra", "--dhcp-range=::,constructor:br0,ra-only"]
         self.start_daemon("ra", [*_dnsmasq_base(self.run_dir, "ra"), *ra])
 
+    def start_site_dhcp(self, dhcp_range: tuple[int, int] = (100, 200)) -> str:
+        """The site's DHCP server: dnsmasq-base, addresses only, on its own address.
+
+        Runs in namespace ``<ns>site`` on ``<subnet>.2`` (a veth plugged into
+        ``br0``), hands out ``<subnet>.lo``-``.hi`` and nothing for booting: no
+        boot file, next-server, option 43/60/175. provisiond in proxy mode
+        adds the boot information. Returns the server's address.
+        """
+        site, x = self.site_ns, self.subnet
+        sh(["ip", "netns", "add", site])
+        sh(["ip", "-n", site, "link", "set", "lo", "up"])
+        sh(["ip", "-n", site, "link", "add", "eth0", "type", "veth", "peer", "name", "site0",
+            "netns", self.ns])  # fmt: skip
+        sh(["ip", "-n", self.ns, "link", "set", "site0", "master", "br0", "up"])
+        sh(["ip", "-n", site, "addr", "add", f"{self.site_address}/24", "dev", "eth0"])
+        sh(["ip", "-n", site, "link", "set", "eth0", "up"])
+        argv = [*_dnsmasq_base(self.run_dir, "site-dhcp", "eth0"), *_addresses(x, dhcp_range)]
+        self.start_daemon("site-dhcp", argv, ns=site)
+        return self.site_address
+
+    def start_dhcp_capture(self) -> Path:
+        """Log every DHCP datagram on br0 (ports 67/68/4011) to ``run/dhcp.jsonl``."""
+        out = self.run_dir / "dhcp.jsonl"
+        self.start_daemon("dhcp-capture", [sys.executable, str(HERE / "dhcp_capture.py"), "br0",
+                                           str(out)])  # fmt: skip
+        return out
+
     def add_tap(self) -> str:
         """A new tap device plugged into br0 (first free tapN)."""
         existing = sh(["ip", "-n", self.ns, "-o", "link", "show"]).stdout
@@ -166,12 +200,15 @@ class Testbed:
         """Run ``argv`` inside the namespace; CompletedProcess with text output."""
         return sh(self.ns_prefix + argv, check=check, timeout=timeout, **kw)
 
-    def start_daemon(self, name: str, argv: list[str], log: Path | None = None) -> subprocess.Popen:
+    def start_daemon(
+        self, name: str, argv: list[str], log: Path | None = None, ns: str = ""
+    ) -> subprocess.Popen:
         """Start ``argv`` in the namespace (own session), pidfile ``run/<name>.pid``."""
         log = log or self.run_dir / f"{name}.log"
+        prefix = ["nsenter", f"--net=/run/netns/{ns}"] if ns else self.ns_prefix
         with open(log, "ab") as out:
             proc = subprocess.Popen(
-                self.ns_prefix + argv,
+                prefix + argv,
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -212,9 +249,20 @@ class Testbed:
         cfg.write_text(config_text)
         return cfg
 
-    def provisiond_config(self, http_port: int = 8080, heartbeat_interval: int = 10) -> str:
-        """A full-mode provisiond config for this test bed (state under workdir)."""
+    def provisiond_config(
+        self, http_port: int = 8080, heartbeat_interval: int = 10, mode: str = "full"
+    ) -> str:
+        """A provisiond config for this test bed (state under workdir).
+
+        ``mode = "proxy"``: proxyDHCP only (no range); pair with :meth:`start_site_dhcp`.
+        """
         x = self.subnet
+        subnet = (
+            f'mode = "full"\nrange = ["{x}.100", "{x}.200"]\n'
+            f'router = "{self.address}"\ndns = ["{self.address}"]\n'
+            if mode == "full"
+            else f'mode = "{mode}"\n'
+        )
         return f"""\
 interface = "br0"
 address = "{self.address}"
@@ -237,11 +285,7 @@ heartbeat_timeout = {max(60, heartbeat_interval * 6)}
 
 [[subnet]]
 cidr = "{x}.0/24"
-mode = "full"
-range = ["{x}.100", "{x}.200"]
-router = "{self.address}"
-dns = ["{self.address}"]
-"""
+{subnet}"""
 
     def resource_state(self, mac: str) -> str | None:
         """The resource's state in provisiond's SQLite database (None = unknown)."""
@@ -311,12 +355,8 @@ dns = ["{self.address}"]
         (http_dir / "boot.ipxe").write_text(script)
         (tftp_dir / "undionly.kpxe").write_bytes(UNDIONLY.read_bytes())
         url = f"http://{self.address}:{http_port}"
-        lo, hi = dhcp_range
         dhcp = [
-            f"--dhcp-range={self.subnet}.{lo},{self.subnet}.{hi},255.255.255.0,1h",
-            "--dhcp-authoritative",
-            "--no-ping",  # no ICMP probe before an OFFER (~3 s per new client)
-            "--log-dhcp",
+            *_addresses(self.subnet, dhcp_range),
             "--enable-tftp", f"--tftp-root={tftp_dir}",
             "--dhcp-match=set:ipxe,175",
             "--dhcp-userclass=set:ipxe,iPXE",
@@ -355,14 +395,17 @@ dns = ["{self.address}"]
         append: str = "",
         reboot: bool = False,
         uefi: bool = False,
+        nic_rom: bool = True,
+        fw_cfg: tuple[str, ...] = (),
     ) -> Vm:
         """Start a TCG QEMU machine on a new tap of br0 (see :class:`vm.VmSpec`)."""
         vm_dir = self.workdir / "vms"
         vm_dir.mkdir(parents=True, exist_ok=True)
         spec = VmSpec(name=name, mac=mac, tap=self.add_tap(), nic=nic, mem=mem, smp=smp,
                       disks=tuple(disks), disk_if=disk_if, boot=boot, kernel=str(kernel),
-                      initrd=str(initrd), append=append, reboot=reboot,
-                      extra=("-bios", OVMF) if uefi else ())  # fmt: skip
+                      initrd=str(initrd), append=append, reboot=reboot, nic_rom=nic_rom,
+                      extra=(*(("-bios", OVMF) if uefi else ()),
+                             *(a for f in fw_cfg for a in ("-fw_cfg", f))))  # fmt: skip
         vm = Vm(spec, vm_dir).start(self.ns_prefix)
         self.vms.append(vm)
         return vm
@@ -371,14 +414,25 @@ dns = ["{self.address}"]
 OVMF = "/usr/share/ovmf/OVMF.fd"  # Debian package ovmf: UEFI firmware for QEMU
 
 
-def _dnsmasq_base(run_dir: Path, name: str) -> list[str]:
-    """dnsmasq-base flags shared by our instances: foreground, br0 only, no DNS."""
+def _dnsmasq_base(run_dir: Path, name: str, interface: str = "br0") -> list[str]:
+    """dnsmasq-base flags shared by our instances: foreground, one interface, no DNS."""
     return [
         "dnsmasq", "--keep-in-foreground", "--conf-file=/dev/null", "--port=0",
-        "--interface=br0", "--bind-interfaces", "--except-interface=lo", "--user=root",
+        f"--interface={interface}", "--bind-interfaces", "--except-interface=lo", "--user=root",
         f"--pid-file={run_dir / name}.dnsmasq-pid", f"--log-facility={run_dir / name}.log",
         f"--dhcp-leasefile={run_dir / name}.leases",
     ]  # fmt: skip
+
+
+def _addresses(subnet: str, dhcp_range: tuple[int, int]) -> list[str]:
+    """dnsmasq-base flags that hand out ``<subnet>.lo``-``.hi`` quickly (1 h leases)."""
+    lo, hi = dhcp_range
+    return [
+        f"--dhcp-range={subnet}.{lo},{subnet}.{hi},255.255.255.0,1h",
+        "--dhcp-authoritative",
+        "--no-ping",  # no ICMP probe before an OFFER (~3 s per new client)
+        "--log-dhcp",
+    ]
 
 
 # -- CLI -------------------------------------------------------------------
@@ -390,7 +444,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workdir", default="")
     ap.add_argument("--subnet", default="10.77.0")
     sub = ap.add_subparsers(dest="cmd", required=True)
-    sub.add_parser("up", help="create namespace, bridge and RA daemon; leave them running")
+    up = sub.add_parser("up", help="create namespace, bridge and RA daemon; leave them running")
+    up.add_argument(
+        "--site-dhcp",
+        action="store_true",
+        help="also run the site's DHCP server (addresses only) on <subnet>.2",
+    )
     sub.add_parser("down", help="tear down (also leftovers of a crashed run)")
     b = sub.add_parser("boot", help="boot a machine in a test bed made by 'up'")
     b.add_argument("name")
@@ -407,6 +466,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "up":
         tb.up()
         print(f"testbed {tb.ns} up: br0 {tb.address}/24, workdir {tb.workdir}")
+        if args.site_dhcp:
+            print(f"site DHCP server (addresses only): {tb.start_site_dhcp()} in {tb.site_ns}")
     elif args.cmd == "down":
         print("\n".join(tb.down()) or "nothing to remove")
     elif args.cmd == "boot":

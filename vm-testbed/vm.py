@@ -84,6 +84,7 @@ class VmSpec:
     append: str = ""
     extra: tuple[str, ...] = ()
     reboot: bool = False  # False: -no-reboot (a guest reboot ends QEMU)
+    nic_rom: bool = True  # False: romfile= (UEFI then uses its own PXE / HTTP boot stack)
 
 
 def qemu_argv(spec: VmSpec, workdir: Path) -> list[str]:
@@ -96,7 +97,8 @@ def qemu_argv(spec: VmSpec, workdir: Path) -> list[str]:
     argv += ["-netdev", f"tap,id=n0,ifname={spec.tap},script=no,downscript=no"]
     find_rom(spec.nic)  # QEMU loads it from its firmware path; an explicit
     # romfile= (even the same file) makes SeaBIOS skip the NIC's boot entry here
-    argv += ["-device", f"{spec.nic},netdev=n0,mac={spec.mac}"]
+    rom = "" if spec.nic_rom else ",romfile="
+    argv += ["-device", f"{spec.nic},netdev=n0,mac={spec.mac}{rom}"]
     for i, _size in enumerate(spec.disks):
         path = workdir / f"{spec.name}-disk{i}.raw"
         argv += ["-drive", f"file={path},format=raw,if={spec.disk_if},cache=unsafe"]

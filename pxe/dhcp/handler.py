@@ -8,6 +8,19 @@ after the lease rows in ``Reply.durable`` have committed.
 
 Replies are built from per-subnet byte templates prepared once, so the hot
 path does one ``struct.pack`` and a few concatenations.
+
+A proxyDHCP answer (port 67 OFFER, port 4011 ACK) is one shape for every
+boot client, checked against iPXE ``src/net/udp/dhcp.c`` and dnsmasq's
+``--dhcp-range=...,proxy`` answers (tests/interop/test_dhcp_proxy_diff.py):
+option 60 ``PXEClient`` (``HTTPClient`` for UEFI HTTP boot), option 54, no
+yiaddr, siaddr = next-server = us, the boot file in ``file`` and option 67,
+and option 43 PXE_DISCOVERY_CONTROL = 8 (PXE spec 2.1 section 2.2.5: use
+the boot file, no boot-server discovery) for BIOS PXE ROMs and iPXE. iPXE
+only keeps an address-less offer that has option 60 ``PXEClient``, and uses
+it without a port 4011 REQUEST only when siaddr *and* a file name are set
+(``dhcp_has_pxeopts``); its 4011 REQUEST accepts only answers from source
+port 4011 with the same server-id and those same fields. Option 175 is left
+out: iPXE reads no-pxedhcp only from the offer that carries an address.
 """
 
 from __future__ import annotations
@@ -16,7 +29,7 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from provisiond.boot import Architecture, BootPolicy
+from provisiond.boot import Architecture, BootPolicy, Firmware
 from provisiond.config import Config
 from pxe.dhcp import bootfile
 from pxe.dhcp import codec as c
@@ -29,6 +42,19 @@ NOWHERE = ("", 0)  # Reply.dest of a reply that only carries lease rows
 KIND = {c.OFFER: "offered", c.ACK: "acked", c.NAK: "nak"}
 IPXE_OPTS = {Opt.IPXE_ENCAP: bytes((c.IPXE_NO_PXEDHCP, 1, 1))}  # 175 { 176 = 1 }
 PXE_VENDOR_OPTS = {Opt.VENDOR_SPECIFIC: c.encode_suboptions({6: b"\x08"})}  # use file, no menu
+
+
+def _pxe_vendor_options(fw: Firmware, arch: Architecture, bf: BootFile, proxy: bool) -> bool:
+    """Option 43 (PXE_DISCOVERY_CONTROL = 8: use the file, no boot-server menu)?
+
+    Full mode: BIOS PXE ROMs and every TFTP boot file. Proxy mode: BIOS PXE
+    ROMs and iPXE, not UEFI PXE: like dnsmasq, an answer without option 43
+    is a "BINL" proxy offer to EDK2, which then asks again on port 4011 (a
+    PXE 1.0 offer with option 43 it would take as it is; both boot).
+    """
+    if proxy:
+        return fw is Firmware.IPXE or fw is Firmware.PXE_BIOS
+    return bf.vendor_class == bootfile.PXE_CLIENT and (arch is Architecture.BIOS or bf.tftp)
 
 
 @dataclass(frozen=True)
@@ -44,7 +70,8 @@ class Boot:
     """What a boot-capable client gets besides its address."""
 
     file: BootFile
-    options: bytes  # encoded 60/66/67/43/175 (no end option)
+    options: bytes  # encoded 60/66/67/43 and, in full mode, 175 (no end option)
+    proxy: bool  # a proxyDHCP answer: siaddr is always us
 
 
 class Handler:
@@ -81,10 +108,11 @@ class Handler:
         pool = self._subnet(p)
         if pool is None:
             return self._drop("ignored_foreign_subnet")  # never NAK a network we do not own
-        boot = self._boot(p)
+        proxy = source is not None or pool.subnet.mode == "proxy"
+        boot = self._boot(p, proxy)
         if boot is False:
             return self._drop("ignored_policy")
-        if source is not None or pool.subnet.mode == "proxy":
+        if proxy:
             return self._proxy(p, mt, boot, source)
         return self._full(p, mt, pool, boot, now)
 
@@ -98,7 +126,7 @@ class Handler:
             return find(self.pools, p.giaddr)
         return self.local
 
-    def _boot(self, p: DhcpPacket) -> Boot | bool | None:
+    def _boot(self, p: DhcpPacket, proxy: bool) -> Boot | bool | None:
         """None: plain DHCP client; False: the policy says ignore it."""
         fw = bootfile.detect(p)
         if fw is None:
@@ -110,17 +138,22 @@ class Handler:
         if bf is None:
             self.count("no_boot_file")
             return None
+        return Boot(bf, self._boot_options(fw, machine.arch, bf, proxy), proxy)
+
+    def _boot_options(self, fw: Firmware, arch: Architecture, bf: BootFile, proxy: bool) -> bytes:
+        """60/66/67/43/175 for one client; see the module docstring for proxy answers."""
         opts: dict[int, bytes] = {}
-        if bf.vendor_class:
-            opts[Opt.VENDOR_CLASS] = bf.vendor_class.encode()
+        vendor = bf.vendor_class or (bootfile.PXE_CLIENT if proxy else "")
+        if vendor:
+            opts[Opt.VENDOR_CLASS] = vendor.encode()
         if bf.tftp:
             opts[Opt.TFTP_SERVER] = self.address.encode()
         opts[Opt.BOOTFILE] = bf.name.encode()
-        if fw is bootfile.Firmware.IPXE:
+        if fw is Firmware.IPXE and not proxy:
             opts.update(IPXE_OPTS)
-        elif machine.arch is Architecture.BIOS or bf.tftp:
+        elif _pxe_vendor_options(fw, arch, bf, proxy):
             opts.update(PXE_VENDOR_OPTS)
-        return Boot(bf, encode_options(opts)[:-1])
+        return encode_options(opts)[:-1]
 
     # -- full mode (RFC 2131 section 4.3) ---------------------------------
     def _full(self, p: DhcpPacket, mt: int, pool: Pool, boot: Boot | None, now: float):
@@ -210,7 +243,7 @@ class Handler:
         siaddr, file = ZERO_IP, b""
         if boot is not None:
             opts += boot.options
-            if boot.file.tftp:
+            if boot.file.tftp or boot.proxy:  # iPXE keeps a proxy answer only with siaddr
                 siaddr = self.address
             if len(boot.file.name) < 128:
                 file = boot.file.name.encode()

@@ -3,7 +3,10 @@
 dnsmasq (DHCP only, ``--port=0``, no boot options) runs in its own namespace on
 the lab bridge; provisiond runs in the server namespace with a proxy-mode
 subnet. A scapy-crafted PXE DISCOVER from a client namespace must draw both
-offers; then a REQUEST to port 4011 must draw provisiond's ACK.
+offers; then a REQUEST to port 4011 must draw provisiond's ACK from port 4011.
+Real clients against the same set-up: tests/testbed/test_proxy_vm.py (iPXE
+ROM, OVMF's PXE); the answers diffed against dnsmasq's proxy mode:
+tests/interop/test_dhcp_proxy_diff.py.
 """
 
 from __future__ import annotations
@@ -44,7 +47,8 @@ for p in sniff.results:
     o = opts(p)
     offers.append({"yiaddr": p[BOOTP].yiaddr, "server_id": o.get("server_id"),
                    "file": p[BOOTP].file.rstrip(b"\0").decode(),
-                   "vendor": (o.get("vendor_class_id") or b"").decode()})
+                   "vendor": (o.get("vendor_class_id") or b"").decode(),
+                   "siaddr": p[BOOTP].siaddr})
 print(json.dumps(offers), flush=True)
 mine = [o for o in offers if o["yiaddr"] != "0.0.0.0"]
 if not mine:
@@ -92,8 +96,9 @@ def test_proxy_dhcp_beside_dnsmasq(tmp_path):
         assert set(by_server) == {f"{lab.net}.2", lab.server_ip}, offers
         theirs, ours = by_server[f"{lab.net}.2"], by_server[lab.server_ip]
         assert theirs["yiaddr"].startswith(f"{lab.net}.") and theirs["file"] == ""
-        assert (ours["yiaddr"], ours["file"], ours["vendor"]) == (
+        assert (ours["yiaddr"], ours["siaddr"], ours["file"], ours["vendor"]) == (
             "0.0.0.0",
+            lab.server_ip,
             "undionly.kpxe",
             "PXEClient",
         )

@@ -32,7 +32,7 @@ def pxe(kind: str, arch: int, vendor: str = "PXEClient", extra: list = (), **kw)
     )
 
 
-def ipxe(kind: str = "discover", **kw) -> bytes:
+def ipxe(kind: str = "discover", extra: list = (), **kw) -> bytes:
     return bootp(
         [
             ("message-type", kind),
@@ -41,6 +41,7 @@ def ipxe(kind: str = "discover", **kw) -> bytes:
             ("pxe_client_architecture", b"\x00\x07"),
             ("vendor_class_id", b"PXEClient:Arch:00007:UNDI:003010"),
             ("hostname", b"node-7"),
+            *extra,
         ],
         **kw,
     )

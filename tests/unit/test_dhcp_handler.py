@@ -189,6 +189,66 @@ def test_proxy_offer_has_no_address_and_ack_on_4011():
     assert decode(ack.data).yiaddr == "0.0.0.0" and not ack.durable
 
 
+PROXY_CLIENTS = [
+    ("proxy_pxe_bios", lambda kind, **kw: pk.pxe(kind, 0, **kw), "undionly.kpxe", "PXEClient"),
+    ("proxy_pxe_uefi", lambda kind, **kw: pk.pxe(kind, 7, **kw), "ipxe.efi", "PXEClient"),
+    (
+        "proxy_ipxe",
+        lambda kind, **kw: pk.ipxe(kind, **kw),
+        "http://10.9.0.1:8080/boot/52-54-00-12-34-56.ipxe",
+        "PXEClient",
+    ),
+    (
+        "proxy_uefi_http",
+        lambda kind, **kw: pk.pxe(kind, 16, vendor="HTTPClient", **kw),
+        "http://10.9.0.1:8080/assets/ipxe.efi",
+        "HTTPClient",
+    ),
+]
+
+
+@pytest.mark.parametrize("name, make_request, file, vendor", PROXY_CLIENTS)
+def test_every_proxy_answer_is_a_proxydhcp_offer(name, make_request, file, vendor):
+    """Port 67 OFFER and port 4011 ACK: what iPXE's dhcp_has_pxeopts() and PXE 2.1 need."""
+    only_proxy = (subnet("10.9.0.0/24", mode="proxy"),)
+    h, stats, _ = make(subnets=only_proxy)
+    offer = run(h, make_request("discover"))
+    client = ("10.9.0.57", 68)
+    ack = run(h, make_request("request", ciaddr=client[0]), source=client)
+    assert (offer.dest, ack.dest) == (("255.255.255.255", 68), client)
+    for reply, kind in ((offer, OFFER), (ack, ACK)):
+        p = decode(reply.data)
+        assert reply.kind == kind and not reply.durable
+        assert p.text_opt(Opt.VENDOR_CLASS) == vendor  # iPXE: no 60 PXEClient, no proxy offer
+        assert p.ip_opt(Opt.SERVER_ID) == "10.9.0.1"
+        assert (p.yiaddr, p.siaddr, p.file, p.text_opt(Opt.BOOTFILE)) == (
+            "0.0.0.0", "10.9.0.1", file, file,
+        )  # fmt: skip
+        assert Opt.LEASE_TIME not in p.options and Opt.IPXE_ENCAP not in p.options
+        pxe_vendor = {6: b"\x08"} if name in ("proxy_pxe_bios", "proxy_ipxe") else {}
+        assert p.suboptions(Opt.VENDOR_SPECIFIC) == pxe_vendor  # use the file, no menu
+    check_golden(name, dump(decode(offer.data)))
+    assert (stats["offered"], stats["acked"], stats["nak"]) == (1, 1, 0)
+
+
+def test_proxy_ignores_port_67_request_and_4011_discover():
+    """The site's server owns port 67 REQUESTs; a DISCOVER to 4011 is not PXE 2.1."""
+    only_proxy = (subnet("10.9.0.0/24", mode="proxy"),)
+    h, stats, _ = make(subnets=only_proxy)
+    req = [("requested_addr", "10.9.0.57"), ("server_id", "10.9.0.2")]
+    assert run(h, pk.ipxe("request", extra=req)) is None
+    assert run(h, pk.ipxe("discover"), source=("10.9.0.57", 68)) is None
+    assert stats["ignored_proxy_message"] == 2 and stats["nak"] == 0
+
+
+def test_full_mode_ipxe_keeps_no_pxedhcp_and_no_vendor_class():
+    """Full mode: 175.176 = 1 ends iPXE's ProxyDHCP wait; no option 60 (nothing to gain)."""
+    h, _, _ = make()
+    p = decode(run(h, pk.ipxe()).data)
+    assert Opt.VENDOR_CLASS not in p.options and p.siaddr == "0.0.0.0"
+    assert p.suboptions(Opt.IPXE_ENCAP) == {176: b"\x01"}
+
+
 def test_proxy_mode_ignores_plain_clients_and_never_naks():
     only_proxy = (subnet("10.30.0.0/24", mode="proxy"),)
     h, stats, _ = make(subnets=only_proxy, address="10.30.0.1")
