@@ -92,7 +92,8 @@ class LeaseStore:
         dialect = self._writer.dialect
         self._sql = upsert_sql(dialect)
         # how the dialect stores a DateTime (SQLite: ISO text; psycopg: the datetime itself)
-        self._stamp = Lease.__table__.c.expires_at.type.bind_processor(dialect) or (lambda v: v)
+        kind = Lease.__table__.c.expires_at.type.dialect_impl(dialect)
+        self._stamp = kind.bind_processor(dialect) or (lambda v: v)
         self._conn = None  # the writer's DBAPI connection (a pool checkout), made on demand
         self._thread: threading.Thread | None = None
 
