@@ -4,14 +4,17 @@ Owns binding (UDP 0.0.0.0:dhcp_port with SO_BINDTODEVICE and SO_BROADCAST;
 proxyDHCP on address:proxy_port when a subnet is in proxy mode), the serve
 loops, the statistics and the rate-limited warnings.
 
-One serve step: block for a datagram (SO_RCVTIMEO, one syscall), then drain
-whatever else is queued (MSG_DONTWAIT) up to ``DRAIN`` requests; decode and
-answer each, sending replies that need no lease row (OFFERs) at once; then
-commit the lease rows of the whole batch in one transaction
-(``LeaseStore.write``) and only then send the batch's ACKs. Everything runs
-on the serve thread: no hand-off to a writer thread, so no condition
+One serve step: block for a datagram (SO_RCVTIMEO, one syscall); once a
+request has produced lease rows, drain whatever else is queued
+(MSG_DONTWAIT) up to ``DRAIN`` requests. Each request is decoded and
+answered; replies that need no lease row (OFFERs) leave at once. Then the
+lease rows of the whole batch commit in one transaction
+(``LeaseStore.write``), and only then do the batch's ACKs leave. Everything
+runs on the serve thread: no hand-off to a writer thread, so no condition
 variable, GIL switch or futex call per ACK, and the batch (hence the group
-commit) grows by itself with the offered rate.
+commit) grows by itself with the offered rate. The price: while another
+writer holds SQLite's write lock, this loop waits for it (OFFERs too), up to
+the busy timeout.
 
     DhcpService(config, policy, db).start()   # returns once listening
 """
@@ -189,8 +192,8 @@ class DhcpService:
                             acks.append(reply)
                     elif reply.data:
                         self._sendto(sock, reply)
-                if n == DRAIN:
-                    break
+                if not rows or n == DRAIN:
+                    break  # drain only to group-commit lease rows (saves a recv per OFFER)
                 try:
                     data, src = sock.recvfrom(4096, socket.MSG_DONTWAIT)
                 except OSError:  # nothing more queued (EAGAIN)
