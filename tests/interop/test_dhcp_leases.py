@@ -29,7 +29,7 @@ from tests.pg import private_cluster
 
 pytestmark = pytest.mark.interop
 T = 1_800_000_000.25  # a lease expiry with a fractional second
-EXPIRES = dt.datetime(2027, 1, 15, 8, 0, 0, 250000)  # T in UTC, naive like the model
+EXPIRES = dt.datetime(2027, 1, 15, 8, 0, 1)  # T rounded up, in UTC, naive like the model
 KILL_OTHERS = (
     "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
     " WHERE pid <> pg_backend_pid() AND datname = current_database()"
@@ -75,7 +75,7 @@ def test_written_rows_read_back_through_sqlalchemy(db, store):
         "10.5.0.10": ("52:54:00:00:00:01", "bound", "n1", EXPIRES),
         "10.5.0.11": ("52:54:00:00:00:02", "bound", "", EXPIRES),
     }
-    assert [r.expires for r in store.load_leases(0)] == [T, T]
+    assert [r.expires for r in store.load_leases(0)] == [T + 0.75, T + 0.75]  # never earlier
     assert (store.batches, store.rows_written, store.failures) == (1, 2, 0)
 
 
@@ -85,7 +85,7 @@ def test_sqlite_datetime_text_is_sqlalchemys_own(tmp_path):
     d.migrate()
     with d.session() as s:
         s.add(Lease(ip="10.5.0.9", mac="m", subnet="n", state="bound", hostname="",
-                    expires_at=EXPIRES.replace(microsecond=0)))  # fmt: skip
+                    expires_at=dt.datetime(2027, 1, 15, 8, 0, 0)))  # fmt: skip
     store = LeaseStore(d, LOG)
     try:
         assert store.write([row("10.5.0.10", expires=T - 0.25)])  # whole second
