@@ -35,7 +35,7 @@ from provisiond.service import LoopThread
 from pxe.dhcp.codec import DhcpDecodeError, decode
 from pxe.dhcp.handler import Handler, Reply
 from pxe.dhcp.leases import LeaseStore
-from pxe.dhcp.pool import Pool, pools_for
+from pxe.dhcp.pool import LeaseRow, Pool, pools_for
 
 log = logs.get("dhcp")
 WARN_EVERY = 60.0  # seconds between repeated warnings of one kind
@@ -168,7 +168,7 @@ class DhcpService:
         except OSError:  # the receive timeout (EAGAIN), or the socket closed at stop
             return
         stats, handle, now = self.stats, self.handler.handle, time.time()
-        rows: list = []
+        rows: list[LeaseRow] = []
         acks: list[Reply] = []
         with self._lock:
             data, src = first

@@ -5,15 +5,18 @@ what it writes is what SQLAlchemy reads (same DateTime storage), that a
 batch is one transaction (a bad row fails the whole batch, nothing half
 written), that the writer recovers after a failure or a lost connection, and
 that the serve loop sends an ACK only after its lease row committed (busybox
-udhcpc against ``python -m pxe.dhcp`` while the test holds SQLite's write lock).
+udhcpc against ``python -m pxe.dhcp`` while the test holds SQLite's write lock),
+and that REQUESTs queued meanwhile commit as one group.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import sqlite3
 import subprocess
+import sys
 import time
 
 import pytest
@@ -23,7 +26,13 @@ from provisiond.db import Database
 from provisiond.model import Lease
 from pxe.dhcp.leases import LeaseStore
 from pxe.dhcp.pool import LeaseRow
-from tests.interop.test_dhcp_udhcpc import MAC1, Server, script, write_config  # noqa: F401
+from tests.interop.test_dhcp_udhcpc import (  # noqa: F401
+    MAC1,
+    REPO,
+    Server,
+    script,
+    write_config,
+)
 from tests.netlab import Lab
 from tests.pg import private_cluster
 
@@ -163,3 +172,57 @@ def test_ack_leaves_only_after_its_lease_row_committed(tmp_path, script):  # noq
         stats = server.stop()
         assert stats["acked"] >= 1 and stats["offered"] >= 1
         assert bound_after < 10, "the ACK did not follow the commit promptly"
+
+
+# A relay agent in the client namespace (RFC 2131 section 4.1: giaddr = its own
+# address, server port to server port): sends N REQUESTs for free addresses at
+# once, then counts the ACKs that come back within the timeout.
+RELAY = """
+import json, socket, sys, time
+from pxe.dhcp.codec import ACK, REQUEST, DhcpPacket, Opt, decode, encode
+server, giaddr, net, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((giaddr, 67))
+for i in range(n):
+    s.sendto(encode(DhcpPacket(op=1, xid=1000 + i, chaddr=f"52:54:00:bb:00:{i:02x}", hops=1,
+        giaddr=giaddr, options={Opt.MESSAGE_TYPE: bytes((REQUEST,)),
+        Opt.REQUESTED_IP: socket.inet_aton(f"{net}.{110 + i}"),
+        Opt.SERVER_ID: socket.inet_aton(server)})), (server, 67))
+s.settimeout(15)
+acks = set()
+try:
+    while len(acks) < n:
+        p = decode(s.recv(2048))
+        if p.message_type == ACK:
+            acks.add(p.xid)
+except TimeoutError:
+    pass
+print(json.dumps(sorted(acks)))
+"""
+
+
+def test_requests_queued_behind_a_commit_go_into_one_group(tmp_path):
+    """The first REQUEST's commit waits on the held lock; the 9 behind it commit together."""
+    with Lab("dhcpg") as lab:
+        client = lab.add_client(address=f"{lab.net}.2")
+        server = Server(lab, write_config(tmp_path, lab))
+        lock = sqlite3.connect(tmp_path / "p.db", isolation_level=None)
+        lock.execute("BEGIN IMMEDIATE")
+        relay = client.popen(
+            [sys.executable, "-c", RELAY, lab.server_ip, f"{lab.net}.2", lab.net, "10"],
+            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            time.sleep(2.0)  # all 10 REQUESTs are in the server's socket or handled by now
+            lock.execute("COMMIT")
+            out, err = relay.communicate(timeout=30)
+        finally:
+            lock.close()
+            if relay.poll() is None:
+                relay.kill()
+        assert json.loads(out) == list(range(1000, 1010)), err
+        stats = server.stop()
+        assert stats["acked"] == 10
+        assert stats["lease_batches"] == 2, stats  # 1 row, then the 9 queued behind it
+        with sqlite3.connect(tmp_path / "p.db") as c:
+            assert c.execute("SELECT count(*) FROM lease WHERE state = 'bound'").fetchone() == (10,)
