@@ -8,15 +8,23 @@ For each server and each offered rate, perfdhcp runs for a fixed period;
 we report ACKs per second (DORA/s), drops and delays, the best rate with
 drops <= 2.5 %, and provisiond/Kea.
 
-    sudo .venv/bin/python bench/dhcp/run.py [--period 5] [--rates 1000,2000,...]
+    sudo .venv/bin/python bench/dhcp/run.py [--period 5] [--rates 1000,2000,...] [--runs 3]
+
+Each server's CPU time (utime + stime of all its threads, /proc/PID/stat) is
+read before and after each perfdhcp run; CPU us per DORA = that / ACKs.
+With ``--runs N`` the whole sweep repeats N times (rates and servers
+interleaved, the server order alternating per round) and the medians of the
+per-round figures are reported.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -117,18 +125,45 @@ def start_server(lab: Lab, name: str, work: Path, prio: tuple[str, ...] = ()):
     return srv
 
 
-def run_one(lab: Lab, client, name: str, rate: int, period: int, tmp: Path) -> dict:
-    work = tmp / f"{name}-{rate}"
-    work.mkdir()
+def cpu_s(pid: int) -> tuple[float, float]:
+    """User and system CPU seconds of a process, all threads (proc(5) fields 14, 15)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
+
+
+def run_one(
+    lab: Lab, client, name: str, rate: int, period: int, work: Path, profile: Path | None = None
+) -> dict:
+    work.mkdir(parents=True)
     srv = start_server(lab, name, work)
+    spy = None
     try:
+        if profile is not None and name == "provisiond":  # py-spy samples from outside
+            out = profile / f"{work.name}.txt"
+            spy = subprocess.Popen(
+                [str(Path(sys.executable).parent / "py-spy"), "record", "-p", str(srv.pid),
+                 "-r", "250", "-f", "raw", "--threads", "-d", str(period + 1), "-o", str(out)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )  # fmt: skip
+            time.sleep(0.5)
+        cpu0 = cpu_s(srv.pid)
         r = client.run(
             ["taskset", "-c", CLIENT_CPU, "perfdhcp", "-4", "-l", f"{lab.net}.2",
              "-r", str(rate), "-R", "10000", "-p", str(period), "-W", "200000", lab.server_ip],
             check=False, timeout=period + 30,
         )  # fmt: skip
-        return parse(r.stdout + r.stderr, period)
+        user, system = (b - a for a, b in zip(cpu0, cpu_s(srv.pid), strict=True))
+        cpu = user + system
+        res = parse(r.stdout + r.stderr, period)
+        if "acks" in res:
+            res["cpu_s"] = round(cpu, 3)
+            res["cpu_user_sys_s"] = [round(user, 3), round(system, 3)]
+            res["cpu_us_per_dora"] = round(1e6 * cpu / max(1, res["acks"]))
+        return res
     finally:
+        if spy is not None:
+            spy.wait(timeout=period + 30)
         srv.terminate()
         try:
             srv.communicate(timeout=5)
@@ -141,44 +176,94 @@ def best(results: list[dict]) -> dict | None:
     return max(ok, key=lambda r: r["dora_s"]) if ok else None
 
 
+def median(xs: list[float]) -> float:
+    return statistics.median(xs) if xs else float("nan")
+
+
+def uptime() -> str:
+    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+
+
+def one_round(lab: Lab, client, names, rates, period, tmp: Path, rnd: int, profile) -> dict:
+    """Every rate, every server (interleaved per rate); the order alternates per round."""
+    results: dict[str, list[dict]] = {n: [] for n in names}
+    order = names if rnd % 2 == 0 else names[::-1]
+    for rate in rates:  # interleaved, so load from elsewhere hits every server alike
+        for name in order:
+            if results[name] and results[name][-1].get("drops_pct", 100) > 20:
+                continue  # far past saturation; stop this server
+            work = tmp / f"r{rnd}-{name}-{rate}"
+            r = run_one(lab, client, name, rate, period, work, profile)
+            r["rate"] = rate
+            results[name].append(r)
+            print(f"run {rnd + 1} {name:10s} rate {rate:5d}: {json.dumps(r)}", flush=True)
+    return results
+
+
+def cpu_ratios(res: dict[str, list[dict]]) -> dict[int, float]:
+    """provisiond/Kea CPU us per DORA at each rate both served with <= 2.5 % drops."""
+    by_rate = {n: {r["rate"]: r for r in rs if "cpu_us_per_dora" in r} for n, rs in res.items()}
+    out = {}
+    for rate, p in by_rate.get("provisiond", {}).items():
+        k = by_rate.get("kea", {}).get(rate)
+        if k and max(p["drops_pct"], k["drops_pct"]) <= MAX_DROPS and k["cpu_us_per_dora"]:
+            out[rate] = p["cpu_us_per_dora"] / k["cpu_us_per_dora"]
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--period", type=int, default=5)
     ap.add_argument("--rates", default="1000,2000,3000,4000,5000,6000,7000,8000")
     ap.add_argument("--servers", default="provisiond,kea,dnsmasq")
+    ap.add_argument("--runs", type=int, default=1, help="interleaved rounds; medians reported")
+    ap.add_argument("--json", help="write every result here")
+    ap.add_argument("--py-spy", type=Path, help="record provisiond with py-spy into this dir")
     args = ap.parse_args()
     rates = [int(r) for r in args.rates.split(",")]
     for tool in ("perfdhcp", "taskset"):
         if not shutil.which(tool):
             sys.exit(f"needs {tool}")
-    summary: dict[str, dict] = {}
+    rounds: list[dict[str, list[dict]]] = []
+    print(f"start: {uptime()}", flush=True)
     with tempfile.TemporaryDirectory() as t, Lab("bench") as lab:
         client = lab.add_client()
         sh("ip", "-n", client.name, "addr", "add", f"{lab.net}.2/24", "dev", "eth0")
         names = [n for n in args.servers.split(",") if n != "kea" or shutil.which("kea-dhcp4")]
-        results: dict[str, list[dict]] = {n: [] for n in names}
-        for rate in rates:  # interleaved, so load from elsewhere hits every server alike
-            for name in names:
-                if results[name] and results[name][-1].get("drops_pct", 100) > 20:
-                    continue  # far past saturation; stop this server
-                r = run_one(lab, client, name, rate, args.period, Path(t))
-                r["rate"] = rate
-                results[name].append(r)
-                print(f"{name:10s} rate {rate:5d}: {json.dumps(r)}", flush=True)
-        for name in names:
-            summary[name] = {"best": best(results[name]), "at_1000": results[name][0]}
-    print("\nSUMMARY (best rate with drops <= 2.5 %):")
-    for name, s in summary.items():
-        b = s["best"]
-        drops = b["drops_pct"] if b else "-"
-        print(
-            f"  {name:10s} {b['dora_s'] if b else 0:6d} DORA/s  drops {drops}%"
-            f"  at 1000/s avg/max ACK delay {s['at_1000'].get('avg_ms')} / "
-            f"{s['at_1000'].get('max_ms')} ms"
-        )
-    p, k = summary.get("provisiond", {}).get("best"), summary.get("kea", {}).get("best")
-    if p and k:
-        print(f"  provisiond/kea = {p['dora_s'] / k['dora_s']:.2f}x")
+        for rnd in range(args.runs):
+            rounds.append(
+                one_round(lab, client, names, rates, args.period, Path(t), rnd, args.py_spy)
+            )
+            print(f"after run {rnd + 1}: {uptime()}", flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(rounds, indent=1))
+    print("\nSUMMARY (best rate with drops <= 2.5 %; CPU us per DORA at each rate):")
+    for name in names:
+        bests = [best(r[name]) for r in rounds]
+        dora = [b["dora_s"] if b else 0 for b in bests]
+        print(f"  {name:10s} best DORA/s per run {dora}, median {median(dora):.0f}")
+        for rate in rates:
+            us = [x["cpu_us_per_dora"] for r in rounds for x in r[name]
+                  if x["rate"] == rate and "cpu_us_per_dora" in x]  # fmt: skip
+            if us:
+                print(f"  {'':10s} {rate:5d}/s: CPU us/DORA per run {us}, median {median(us):.0f}")
+    if "provisiond" in names and "kea" in names:
+        ratios, undefined = [], []
+        for n, r in enumerate(rounds, 1):
+            p, k = best(r["provisiond"]), best(r["kea"])
+            if p and k:
+                ratios.append(p["dora_s"] / k["dora_s"])
+            else:  # a server had no rate with <= 2.5 % drops in that run
+                undefined.append(n)
+        note = f" (undefined in runs {undefined}: no rate <= 2.5 % drops)" if undefined else ""
+        print(f"  provisiond/kea DORA/s per run {[round(x, 2) for x in ratios]}, "
+              f"median {median(ratios):.2f}x{note}")  # fmt: skip
+        per_rate = [cpu_ratios(r) for r in rounds]
+        for rate in rates:
+            xs = [c[rate] for c in per_rate if rate in c]
+            if xs:
+                print(f"  provisiond/kea CPU per DORA at {rate:5d}/s: per run "
+                      f"{[round(x, 2) for x in xs]}, median {median(xs):.2f}x")  # fmt: skip
     return 0
 
 

@@ -188,7 +188,16 @@ def _parse_options(buf: bytes, start: int, end: int, into: dict[int, bytes], whe
 
 
 def _cstr(raw: bytes) -> str:
+    if not raw[0]:
+        return ""  # the usual empty sname/file field
     return raw.split(b"\x00", 1)[0].decode("latin-1")
+
+
+_ZERO4 = bytes(4)
+
+
+def _ntoa(raw: bytes) -> str:
+    return ZERO_IP if raw == _ZERO4 else socket.inet_ntoa(raw)
 
 
 def decode(buf: bytes) -> DhcpPacket:
@@ -222,10 +231,10 @@ def decode(buf: bytes) -> DhcpPacket:
         xid=xid,
         secs=secs,
         flags=flags,
-        ciaddr=socket.inet_ntoa(ci),
-        yiaddr=socket.inet_ntoa(yi),
-        siaddr=socket.inet_ntoa(si),
-        giaddr=socket.inet_ntoa(gi),
+        ciaddr=_ntoa(ci),
+        yiaddr=_ntoa(yi),
+        siaddr=_ntoa(si),
+        giaddr=_ntoa(gi),
         chaddr=ch[:hlen].hex(":"),
         sname="" if overload and overload[0] & 2 else _cstr(sname),
         file="" if overload and overload[0] & 1 else _cstr(file),
