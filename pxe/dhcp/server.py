@@ -75,9 +75,7 @@ class DhcpService:
             raise DhcpStartError("dhcp: config 'interface' is empty; set the NIC to serve on")
         if not cfg.subnets:
             raise DhcpStartError("dhcp: no [[subnet]] configured; nothing to serve")
-        self.pools = pools_for(cfg.subnets, str(cfg.address))
-        self._load()
-        self.handler = Handler(cfg, self.policy, self.pools, self._count, self.client_port)
+        self.prepare()
         try:
             main = self._bind("0.0.0.0", cfg.services.dhcp_port)
             self._loops.append(LoopThread("dhcp", lambda: self._serve(main, False), log))
@@ -96,6 +94,13 @@ class DhcpService:
             cfg.services.dhcp_port,
             sum(len(p.by_ip) for p in self.pools),
         )
+
+    def prepare(self) -> None:
+        """Pools, leases from the database and the handler: all but the sockets."""
+        cfg = self.config
+        self.pools = pools_for(cfg.subnets, str(cfg.address))
+        self._load()
+        self.handler = Handler(cfg, self.policy, self.pools, self._count, self.client_port)
 
     def stop(self) -> None:
         for loop in self._loops:
@@ -149,22 +154,25 @@ class DhcpService:
             data, src = sock.recvfrom(4096)
         except (TimeoutError, OSError):
             return
+        reply = self.handle_datagram(data, src, proxy)
+        if reply is not None:
+            self._send(sock, reply)
+
+    def handle_datagram(self, data: bytes, src: tuple[str, int], proxy: bool) -> Reply | None:
+        """Count, decode and decide one datagram (no socket: the fuzzers call it too).
+
+        Malformed input (:class:`DhcpDecodeError`, also when an encapsulated
+        option is read late by the handler) is counted and dropped: None.
+        """
         self.stats["received"] += 1
         try:
             packet = decode(data)
+            with self._lock:
+                return self.handler.handle(packet, time.time(), src if proxy else None)
         except DhcpDecodeError as exc:
             self.stats["dropped_malformed"] += 1
             self.warn.warning("malformed", "dhcp: dropped malformed packet from %s: %s", src, exc)
-            return
-        try:
-            with self._lock:
-                reply = self.handler.handle(packet, time.time(), src if proxy else None)
-        except DhcpDecodeError as exc:  # a malformed encapsulated option read late
-            self.stats["dropped_malformed"] += 1
-            self.warn.warning("malformed", "dhcp: dropped malformed packet from %s: %s", src, exc)
-            return
-        if reply is not None:
-            self._send(sock, reply)
+            return None
 
     def _send(self, sock: socket.socket, reply: Reply) -> None:
         if reply.durable:

@@ -221,7 +221,7 @@ class DnsService:
             data, peer = udp.recvfrom(65535)
         except OSError:
             return
-        self._serve(data, peer, lambda reply: udp.sendto(reply, peer), tcp=False)
+        self.handle(data, peer, lambda reply: udp.sendto(reply, peer), tcp=False)
 
     def _on_accept(self) -> None:
         try:
@@ -249,7 +249,7 @@ class DnsService:
                 if data is None:
                     return
                 send = lambda reply: conn.sendall(struct.pack("!H", len(reply)) + reply)  # noqa: E731
-                self._serve(data, peer, send, tcp=True)
+                self.handle(data, peer, send, tcp=True)
         except OSError:
             pass
         finally:
@@ -260,7 +260,8 @@ class DnsService:
 
     # -- serve pipeline -----------------------------------------------------
 
-    def _serve(self, data: bytes, peer, send: Send, tcp: bool) -> None:
+    def handle(self, data: bytes, peer, send: Send, tcp: bool) -> None:
+        """The pipeline for one message from ``peer`` (no socket: ``send`` delivers)."""
         self._count("queries")
         check = check_query(data)
         if check.verdict is Verdict.DROP:
