@@ -57,8 +57,13 @@ class Proc:
 
 
 @pytest.fixture
-def net(tmp_path):
-    """Server, upstream, insider and outsider namespaces; DNS with an upstream."""
+def net(tmp_path, request):
+    """Server, upstream, insider and outsider namespaces; DNS with an upstream.
+
+    ``@pytest.mark.parametrize("net", ["KEY = VALUE"], indirect=True)`` adds
+    lines to the ``[dns]`` table.
+    """
+    dns_extra = getattr(request, "param", "")
     with Lab("dnsab") as lab:
         upstream_ns = lab.add_client(address=f"{lab.net}.53")
         insider = lab.add_client(address=f"{lab.net}.10")
@@ -69,7 +74,7 @@ def net(tmp_path):
         cfg.write_text(
             f'address = "{lab.server_ip}"\nstate_dir = "{tmp_path}"\nlog_level = "debug"\n'
             f"[services]\ndns_port = 53\n"
-            f'[dns]\ndomain = "lab.test"\nupstream = "{lab.net}.53"\n'
+            f'[dns]\ndomain = "lab.test"\nupstream = "{lab.net}.53"\n{dns_extra}\n'
             f'[[subnet]]\ncidr = "{lab.cidr}"\nmode = "proxy"\n'
         )
         upstream = Proc(upstream_ns, ["tests.dns_upstream", f"{lab.net}.53", "53"],
@@ -172,3 +177,17 @@ def test_rate_limit_per_client_prefix_with_slip(net):
     assert stats["rate_limited"] == 400 - got["full"]
     assert stats["slipped"] == got["tc"]
     assert abs(stats["rate_limited"] - 2 * stats["slipped"]) <= 1
+
+
+@pytest.mark.parametrize("net", [f'allow = ["{OUTSIDER}"]'], indirect=True)
+def test_allow_list_opens_forwarding_to_more_clients(net):
+    out = dig(net, "outsider", "+tcp", "example.com", "TXT")
+    assert "status: NOERROR" in out and "ANSWER: 40" in out, out
+    assert net["dns"].stop()["forward_denied"] == 0
+
+
+@pytest.mark.parametrize("net", ["rate_limit = 0"], indirect=True)
+def test_rate_limit_zero_turns_it_off(net):
+    got = burst(net, "insider", 200, 0.001)
+    assert got == {"full": 200, "tc": 0}, got
+    assert net["dns"].stop()["rate_limited"] == 0
