@@ -174,8 +174,9 @@ def test_rate_limit_per_client_prefix_with_slip(net):
     # a legitimate client meets TC and retries over TCP, which is never limited
     assert dig(net, "insider", "+tcp", "+short", "web1.lab.test").strip().endswith(".51")
     stats = net["dns"].stop()
-    assert stats["rate_limited"] == 400 - got["full"]
-    assert stats["slipped"] == got["tc"]
+    udp_queries = stats["queries"] - 1  # the dig over TCP was one (a loaded kernel may drop some)
+    assert stats["answered"] - 1 == got["full"] and stats["slipped"] == got["tc"]
+    assert stats["rate_limited"] == udp_queries - got["full"]
     assert abs(stats["rate_limited"] - 2 * stats["slipped"]) <= 1
 
 
