@@ -8,15 +8,13 @@ on SIGTERM/SIGINT. The daemon proper is wired in ``provisiond/app.py``.
 
 from __future__ import annotations
 
-import json
-import signal
 import sys
-import threading
 from pathlib import Path
 
 from provisiond import config as config_mod
 from provisiond import logs
 from provisiond.directory import StaticDirectory
+from provisiond.service import run_until_signal
 from pxe.dns.server import DnsService
 
 
@@ -25,14 +23,7 @@ def main(argv: list[str]) -> int:
     logs.setup(cfg.log_level)
     entries = dict(pair.split("=", 1) for pair in argv[1:])
     service = DnsService(cfg, StaticDirectory(entries))
-    service.start()
-    print("READY", flush=True)
-    done = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: done.set())
-    done.wait()
-    service.stop()
-    print(json.dumps(service.stats, sort_keys=True), flush=True)
+    run_until_signal(service, lambda: service.stats)
     return 0
 
 
