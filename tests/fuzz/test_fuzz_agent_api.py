@@ -16,6 +16,7 @@ The contract, for any body:
 
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import pytest
@@ -33,6 +34,7 @@ from tests.fuzz.tally import budget, tried
 from tests.unit.web_fixtures import login
 from web import create_app
 
+REGISTER_SCHEMA = importlib.util.find_spec("provisiond.hardware") is not None
 MAC = "52:54:00:fa:22:01"
 TOKEN = "fuzz-agent-token-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -162,6 +164,12 @@ BODIES = st.one_of(
 @example(("json", {"mac": MAC, "hostkey": HOSTKEY, "inventory": {"memory_bytes": [None]}}))
 @example(("json", {"mac": MAC, "hostkey": HOSTKEY, "inventory": {"memory_bytes": "lots"}}))
 @example(("json", {"mac": MAC, "hostkey": HOSTKEY, "inventory": {"cpu": [1]}}))
+# found by the long run: a TypeError in resources._nic_macs (500). The fix is the register
+# schema of issue 11 finding 5 (provisiond/hardware.py, another branch): until it is there
+# this example must fail exactly so; once it is there it must pass.
+@example(("json", {"mac": MAC, "hostkey": HOSTKEY, "inventory": {"nics": 1}})).xfail(
+    condition=not REGISTER_SCHEMA, raises=TypeError, reason="no register schema yet"
+)
 @budget(80)
 def test_register_any_body_is_2xx_or_4xx_and_4xx_changes_nothing(world, body):
     tried("agent.register")
