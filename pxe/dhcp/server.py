@@ -154,25 +154,22 @@ class DhcpService:
             data, src = sock.recvfrom(4096)
         except (TimeoutError, OSError):
             return
-        reply = self.handle_datagram(data, src, proxy)
-        if reply is not None:
-            self._send(sock, reply)
-
-    def handle_datagram(self, data: bytes, src: tuple[str, int], proxy: bool) -> Reply | None:
-        """Count, decode and decide one datagram (no socket: the fuzzers call it too).
-
-        Malformed input (:class:`DhcpDecodeError`, also when an encapsulated
-        option is read late by the handler) is counted and dropped: None.
-        """
         self.stats["received"] += 1
         try:
             packet = decode(data)
-            with self._lock:
-                return self.handler.handle(packet, time.time(), src if proxy else None)
         except DhcpDecodeError as exc:
             self.stats["dropped_malformed"] += 1
             self.warn.warning("malformed", "dhcp: dropped malformed packet from %s: %s", src, exc)
-            return None
+            return
+        try:
+            with self._lock:
+                reply = self.handler.handle(packet, time.time(), src if proxy else None)
+        except DhcpDecodeError as exc:  # a malformed encapsulated option read late
+            self.stats["dropped_malformed"] += 1
+            self.warn.warning("malformed", "dhcp: dropped malformed packet from %s: %s", src, exc)
+            return
+        if reply is not None:
+            self._send(sock, reply)
 
     def _send(self, sock: socket.socket, reply: Reply) -> None:
         if reply.durable:
