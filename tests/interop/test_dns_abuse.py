@@ -85,7 +85,7 @@ def net(tmp_path, request):
         try:
             yield net
         finally:
-            net["dns_stats"] = dns.stop()
+            dns.stop()
             upstream.stop()
 
 
