@@ -99,7 +99,7 @@ class Manifest:
                 str(data.get("sha256", "")),
                 int(data.get("format", FORMAT)),
             )
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:  # inf: OverflowError
             raise ManifestError(f"manifest is malformed: {exc}") from None
         validate(m)
         return m
@@ -231,17 +231,43 @@ def select(m: Manifest, start: int = 0, step: int = 1) -> list[ChunkEntry]:
 
 
 def parse_frames(data: bytes) -> Iterator[tuple[int, str, str, bytes]]:
-    """Decode a whole framed stream (tests and tools): (index, enc, sha256, payload)."""
-    pos = 0
+    """Decode a whole framed stream (tests and tools): (index, enc, sha256, payload).
+
+    Strict: anything but ``C <index> <enc> <length> <sha256>`` headers with
+    exactly ``length`` payload bytes, ended by ``E <count>`` with the right
+    count and nothing after it, raises :class:`ManifestError` (and nothing else).
+    """
+    pos, count = 0, 0
     while pos < len(data):
-        nl = data.index(b"\n", pos)
-        parts = data[pos:nl].decode().split()
+        nl = data.find(b"\n", pos)
+        if nl < 0:
+            raise ManifestError(f"frame header at byte {pos} has no newline (stream cut short?)")
+        header = data[pos:nl]
+        parts = header.split(b" ")
         pos = nl + 1
-        if parts[0] == "E":
+        if parts[0] == b"E" and len(parts) == 2:
+            if _decimal(parts[1], "end frame count") != count:
+                raise ManifestError(f"end frame says {parts[1]!r} chunks, the stream had {count}")
+            if pos != len(data):
+                raise ManifestError(f"{len(data) - pos} bytes after the end frame")
             return
-        if parts[0] != "C" or len(parts) != 5:
-            raise ManifestError(f"bad frame header {parts!r}")
-        length = int(parts[3])
-        yield int(parts[1]), parts[2], parts[4], data[pos : pos + length]
+        if parts[0] != b"C" or len(parts) != 5 or parts[2] not in (b"r", b"z"):
+            raise ManifestError(f"bad frame header {header[:80]!r}")
+        index, length = _decimal(parts[1], "chunk index"), _decimal(parts[3], "frame length")
+        if len(parts[4]) != 64 or not parts[4].isalnum():
+            raise ManifestError(f"chunk {index}: bad sha256 {parts[4][:80]!r}")
+        if pos + length > len(data):
+            raise ManifestError(
+                f"chunk {index}: {length} payload bytes announced, stream cut short"
+            )
+        yield index, parts[2].decode(), parts[4].decode(), data[pos : pos + length]
         pos += length
+        count += 1
     raise ManifestError("stream ended without its end frame")
+
+
+def _decimal(field: bytes, what: str) -> int:
+    """ASCII digits only (``bytes.isdigit``), at most 19 of them."""
+    if not field.isdigit() or len(field) > 19:
+        raise ManifestError(f"{what} {field[:40]!r} is not a decimal number")
+    return int(field)

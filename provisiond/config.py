@@ -68,6 +68,11 @@ class DnsConfig:
     domain: str = "provisiond.lan"
     upstream: str = ""  # "ip" or "ip:port"; empty = REFUSED for foreign names
     ttl: int = 60
+    # forwarding is for the [[subnet]] CIDRs, loopback and these networks only
+    allow: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    rate_limit: int = 50  # UDP responses per second per client /24 (RRL); 0 = off
+    rate_limit_slip: int = 2  # every Nth limited response is sent truncated; 0 = drop all
+    max_udp_size: int = 1232  # largest UDP reply, whatever EDNS offers (DNS Flag Day 2020)
 
 
 @dataclass(frozen=True)
@@ -296,7 +301,11 @@ def _services(raw: dict[str, Any]) -> ServicesConfig:
 
 
 def _dns(raw: dict[str, Any]) -> DnsConfig:
-    t = _Table(raw, "dns", {"domain", "upstream", "ttl"})
+    t = _Table(
+        raw,
+        "dns",
+        {"domain", "upstream", "ttl", "allow", "rate_limit", "rate_limit_slip", "max_udp_size"},
+    )
     domain = t.str("domain", DnsConfig.domain).strip(".").lower()
     if not domain or any(not label or len(label) > 63 for label in domain.split(".")):
         raise ConfigError("dns.domain", domain, "must be a DNS name like lab.example")
@@ -309,7 +318,26 @@ def _dns(raw: dict[str, Any]) -> DnsConfig:
                 raise ValueError
         except ValueError:
             raise ConfigError("dns.upstream", upstream, "must be IP or IP:PORT, e.g. 10.0.0.53")
-    return DnsConfig(domain=domain, upstream=upstream, ttl=t.int("ttl", 60, 0, 86400))
+    return DnsConfig(
+        domain=domain,
+        upstream=upstream,
+        ttl=t.int("ttl", 60, 0, 86400),
+        allow=_networks(t, "allow"),
+        rate_limit=t.int("rate_limit", DnsConfig.rate_limit, 0, 100_000),
+        rate_limit_slip=t.int("rate_limit_slip", DnsConfig.rate_limit_slip, 0, 10),
+        max_udp_size=t.int("max_udp_size", DnsConfig.max_udp_size, 512, 4096),
+    )
+
+
+def _networks(t: _Table, key: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    value = t.raw.get(key, [])
+    fix = 'must be a list of networks or addresses, like ["10.1.0.0/16", "192.0.2.7"]'
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(t.key(key), value, fix)
+    try:
+        return tuple(ipaddress.ip_network(v, strict=True) for v in value)
+    except ValueError as exc:
+        raise ConfigError(t.key(key), value, f"{fix} ({exc})")
 
 
 def _agent(raw: dict[str, Any]) -> AgentConfig:

@@ -208,7 +208,12 @@ def frames(path: str, m: chunks.Manifest, start: int, step: int) -> Iterator[byt
     yield chunks.end_frame(sent)
 
 
+MAX_BYTES = 2**63 - 1  # the BIGINT columns' range
+
+
 def report_progress(db: Database, resource_id: int, cmd_id: int, done: int, total: int) -> None:
+    if not (-MAX_BYTES <= done <= MAX_BYTES and -MAX_BYTES <= total <= MAX_BYTES):
+        raise Invalid(f"progress {done} {total} is out of range (bytes, below 2**63)", field="body")
     with db.session() as s:
         cmd = s.get(Job, cmd_id)
         if cmd is None or cmd.resource_id != resource_id:

@@ -4,12 +4,15 @@ Every subsystem the daemon runs (DHCP, TFTP, DNS, HTTP, scheduler, storage
 reconciler) is a small object satisfying :class:`Service`. ``start`` returns
 once the service is listening (so errors such as "address in use" surface at
 start-up); ``stop`` returns within a couple of seconds. :class:`LoopThread`
-is the shared helper for services that run a receive loop in a thread.
+is the shared helper for services that run a receive loop in a thread;
+:func:`run_until_signal` runs one service alone (``python -m pxe.dhcp``...).
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import signal
 import threading
 from collections.abc import Callable
 from typing import Protocol
@@ -54,3 +57,18 @@ class LoopThread:
         self._stop.set()
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
             self._thread.join(timeout)
+
+
+def run_until_signal(service: Service, stats: Callable[[], dict]) -> None:
+    """Start ``service``, print READY, stop on SIGTERM/SIGINT and print ``stats()`` as JSON.
+
+    The protocol of the standalone runs that interop tests and benchmarks start.
+    """
+    service.start()
+    print("READY", flush=True)
+    done = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: done.set())
+    done.wait()
+    service.stop()
+    print(json.dumps(stats(), sort_keys=True), flush=True)

@@ -9,16 +9,14 @@ the statistics as JSON on SIGTERM/SIGINT. The daemon proper is wired in
 
 from __future__ import annotations
 
-import json
-import signal
 import sys
-import threading
 from pathlib import Path
 
 from provisiond import config as config_mod
 from provisiond import logs
 from provisiond.boot import BootAction, BootSpec, Machine
 from provisiond.db import Database
+from provisiond.service import run_until_signal
 from pxe.dhcp.server import DhcpService
 
 
@@ -33,15 +31,7 @@ def main(argv: list[str]) -> int:
     db = Database(cfg.database_url)
     db.migrate()
     service = DhcpService(cfg, BootEveryone(), db)
-    service.start()
-    print("READY", flush=True)
-    done = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: done.set())
-    done.wait()
-    service.stop()
-    stats = dict(service.stats, lease_batches=service.store.batches)
-    print(json.dumps(stats, sort_keys=True), flush=True)
+    run_until_signal(service, lambda: dict(service.stats, lease_batches=service.store.batches))
     return 0
 
 

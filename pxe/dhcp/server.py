@@ -88,9 +88,7 @@ class DhcpService:
             raise DhcpStartError("dhcp: config 'interface' is empty; set the NIC to serve on")
         if not cfg.subnets:
             raise DhcpStartError("dhcp: no [[subnet]] configured; nothing to serve")
-        self.pools = pools_for(cfg.subnets, str(cfg.address))
-        self._load()
-        self.handler = Handler(cfg, self.policy, self.pools, self._count, self.client_port)
+        self.prepare()
         try:
             main = self._bind("0.0.0.0", cfg.services.dhcp_port)
             self._loops.append(LoopThread("dhcp", lambda: self._serve(main, False), log))
@@ -109,6 +107,13 @@ class DhcpService:
             cfg.services.dhcp_port,
             sum(len(p.by_ip) for p in self.pools),
         )
+
+    def prepare(self) -> None:
+        """Pools, leases from the database and the handler: all but the sockets."""
+        cfg = self.config
+        self.pools = pools_for(cfg.subnets, str(cfg.address))
+        self._load()
+        self.handler = Handler(cfg, self.policy, self.pools, self._count, self.client_port)
 
     def stop(self) -> None:
         for loop in self._loops:

@@ -8,10 +8,19 @@ short-lived thread (at most ``max_tcp``; RFC 7766 section 6.2.3 idle timeout);
 forwarded UDP queries run in a pool of ``forward_workers`` threads with at
 most ``max_pending`` waiting, so a slow upstream never blocks other queries.
 
+Abuse controls (:mod:`pxe.dns.clients`): forwarding only for clients in
+the configured subnets, ``[dns] allow`` and loopback; UDP replies capped at
+the client's EDNS size (512 without EDNS, never above ``max_udp_size``) and
+cut to header + question with TC=1 beyond it; response-rate limiting per
+client prefix on UDP, checked before any work is done for the query.
+
 ``stats`` keys: queries (messages received), answered (NOERROR from our
 zone, with or without data), nxdomain, refused, notimp, forwarded,
 servfail (upstream failed, timed out, or too many pending), formerr,
-dropped_malformed (too short to answer, or QR=1), tcp_rejected.
+dropped_malformed (too short to answer, or QR=1), tcp_rejected,
+forward_denied (REFUSED: the client may not use the upstream), truncated
+(UDP reply cut to fit the client's size), rate_limited (not answered in full
+because of the rate limit), slipped (of those, sent truncated).
 """
 
 from __future__ import annotations
@@ -31,10 +40,18 @@ from provisiond.config import Config
 from provisiond.directory import NameDirectory
 from provisiond.service import LoopThread
 from pxe.dns import upstream as up
+from pxe.dns.clients import Action, ClientFilter, RateLimit, ResponseRateLimiter
 from pxe.dns.resolver import Outcome, Zone, resolve
-from pxe.dns.wire import RCODE_FORMERR, RCODE_SERVFAIL, Verdict, check_query, error_reply
+from pxe.dns.wire import (
+    RCODE_FORMERR,
+    RCODE_SERVFAIL,
+    Verdict,
+    check_query,
+    error_reply,
+    truncate,
+    udp_limit,
+)
 
-UDP_LIMIT = 512  # RFC 1035 section 4.2.1; larger answers get TC=1
 STAT_KEYS = [
     "queries",
     "answered",
@@ -46,6 +63,10 @@ STAT_KEYS = [
     "formerr",
     "dropped_malformed",
     "tcp_rejected",
+    "forward_denied",
+    "truncated",
+    "rate_limited",
+    "slipped",
 ]
 _OUTCOME_STAT = {
     Outcome.ANSWER: "answered",
@@ -99,6 +120,10 @@ class DnsService:
         self._zone = Zone(config.dns.domain, config.dns.ttl, str(config.address))
         self._directory = directory
         self._upstream = up.parse_upstream(config.dns.upstream)
+        self._clients = ClientFilter([*(s.cidr for s in config.subnets), *config.dns.allow])
+        limit = RateLimit(config.dns.rate_limit, config.dns.rate_limit_slip)
+        self._rrl = ResponseRateLimiter(limit)
+        self._max_udp = config.dns.max_udp_size
         self._bind = (str(config.address), config.services.dns_port)
         self._forward_timeout, self._forward_workers = forward_timeout, forward_workers
         self._max_pending, self._tcp_idle = max_pending, tcp_idle
@@ -196,7 +221,7 @@ class DnsService:
             data, peer = udp.recvfrom(65535)
         except OSError:
             return
-        self._serve(data, peer, lambda reply: udp.sendto(reply, peer), tcp=False)
+        self.handle(data, peer, lambda reply: udp.sendto(reply, peer), tcp=False)
 
     def _on_accept(self) -> None:
         try:
@@ -224,7 +249,7 @@ class DnsService:
                 if data is None:
                     return
                 send = lambda reply: conn.sendall(struct.pack("!H", len(reply)) + reply)  # noqa: E731
-                self._serve(data, peer, send, tcp=True)
+                self.handle(data, peer, send, tcp=True)
         except OSError:
             pass
         finally:
@@ -235,26 +260,55 @@ class DnsService:
 
     # -- serve pipeline -----------------------------------------------------
 
-    def _serve(self, data: bytes, peer, send: Send, tcp: bool) -> None:
+    def handle(self, data: bytes, peer, send: Send, tcp: bool) -> None:
+        """The pipeline for one message from ``peer`` (no socket: ``send`` delivers)."""
         self._count("queries")
         check = check_query(data)
         if check.verdict is Verdict.DROP:
             self._count("dropped_malformed")
             self._bad.warning("drop", "dns: dropped message from %s: %s", peer[0], check.reason)
             return
+        if not tcp:
+            if not self._admit(data, peer, send):
+                return
+            send = self._capped(send, udp_limit(data, self._max_udp))
         query = self._parse(data, check, peer, send)
         if query is None:
             return
-        decision = resolve(query, self._zone, self._directory, self._upstream is not None)
+        may_forward = self._upstream is not None and self._clients.allows(peer[0])
+        decision = resolve(query, self._zone, self._directory, may_forward)
         if decision.outcome is Outcome.FORWARD:
             self._count("forwarded")
             self._forward(data, query, send, tcp)
             return
         self._count(_OUTCOME_STAT[decision.outcome])
-        reply = decision.reply.pack()
-        if not tcp and len(reply) > UDP_LIMIT:
-            reply = decision.reply.truncate().pack()
-        _send(send, reply, self._log)
+        if decision.outcome is Outcome.REFUSED and self._upstream is not None:
+            self._count("forward_denied")
+            self._bad.warning("acl", "dns: %s may not use the upstream (REFUSED)", peer[0])
+        _send(send, decision.reply.pack(), self._log)
+
+    def _admit(self, data: bytes, peer, send: Send) -> bool:
+        """Response-rate limit (UDP only: TCP sources cannot be spoofed)."""
+        action = self._rrl.check(peer[0])
+        if action is Action.SEND:
+            return True
+        self._count("rate_limited")
+        self._bad.warning("rrl", "dns: rate limit for %s's prefix: %s", peer[0], action.value)
+        if action is Action.SLIP:
+            self._count("slipped")
+            _send(send, truncate(data, 0), self._log)
+        return False
+
+    def _capped(self, send: Send, limit: int) -> Send:
+        """``send`` for UDP: a reply over ``limit`` octets goes out truncated (TC=1)."""
+
+        def capped(reply: bytes) -> None:
+            if len(reply) > limit:
+                self._count("truncated")
+                reply = truncate(reply, limit)
+            send(reply)
+
+        return capped
 
     def _parse(self, data: bytes, check, peer, send: Send) -> DNSRecord | None:
         reason = check.reason

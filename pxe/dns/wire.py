@@ -7,7 +7,10 @@ and name length limits (section 2.3.4: labels <= 63 octets, names <= 255),
 and the verdict the server acts on: OK, FORMERR (the header is readable, so
 the client gets an answer) or DROP (nothing sensible to answer, e.g. too
 short, or a response with QR=1 that must never be answered, lest two servers
-ping-pong). It also builds header-only error replies.
+ping-pong). It also builds header-only error replies, reads the EDNS(0)
+UDP payload size a query offers (RFC 6891 section 6.2.3) and cuts a message
+that does not fit a UDP reply down to header + question with TC=1
+(RFC 1035 section 4.2.1, RFC 2181 section 9, RFC 6891 section 7).
 
 dnslib's own name decoder recurses on every pointer and only catches a
 pointer that points at itself: a two-pointer cycle ends in RecursionError,
@@ -28,6 +31,9 @@ RCODE_FORMERR = 1
 RCODE_SERVFAIL = 2
 RCODE_NOTIMP = 4
 RCODE_REFUSED = 5
+TYPE_OPT = 41  # RFC 6891 section 6.1.1
+MIN_UDP = 512  # RFC 1035 section 4.2.1: the size every client accepts
+FLAG_QR, FLAG_TC = 0x8000, 0x0200
 
 
 class WireError(ValueError):
@@ -160,3 +166,93 @@ def error_reply(header: Header, rcode: int) -> bytes:
     """Header-only reply: same ID, QR=1, opcode and RD copied (RFC 1035 4.1.1)."""
     flags = 0x8000 | (header.flags & 0x7900) | (rcode & 0xF)
     return struct.pack("!6H", header.id, flags, 0, 0, 0, 0)
+
+
+def _find_opt(data: bytes, header: Header) -> tuple[int, int] | None:
+    """(start, end) of the first OPT RR in the additional section, or None."""
+    offset = HEADER_LEN
+    for _ in range(header.qdcount):
+        offset = _skip_question(data, offset)
+    for _ in range(header.ancount + header.nscount):
+        offset = _skip_rr(data, offset)
+    for _ in range(header.arcount):
+        start = offset
+        _, name_end = read_name(data, offset)
+        offset = _skip_rr(data, offset)
+        if struct.unpack_from("!H", data, name_end)[0] == TYPE_OPT:
+            return start, offset
+    return None
+
+
+def edns_payload(data: bytes) -> int | None:
+    """The UDP payload size a message's OPT RR offers (its CLASS field), or None.
+
+    None when there is no OPT RR or the message cannot be walked (RFC 6891
+    section 6.2.3: without OPT the requestor gets at most 512 octets).
+    """
+    header = Header.parse(data)
+    try:
+        found = _find_opt(data, header) if header is not None else None
+    except WireError:
+        return None
+    if found is None:
+        return None
+    _, name_end = read_name(data, found[0])
+    return struct.unpack_from("!H", data, name_end + 2)[0]
+
+
+def udp_limit(query: bytes, ceiling: int) -> int:
+    """Largest UDP reply for ``query``: its EDNS size, at least 512, at most ``ceiling``.
+
+    RFC 6891 section 6.2.5: sizes below 512 are treated as 512. ``ceiling`` is
+    the server's own limit (1232 by default: the DNS Flag Day 2020 value that
+    avoids IP fragmentation).
+    """
+    offered = edns_payload(query) or MIN_UDP
+    return max(MIN_UDP, min(offered, ceiling))
+
+
+def truncate(message: bytes, limit: int) -> bytes:
+    """``message`` if it fits in ``limit`` octets, else header + question with TC=1.
+
+    The copy keeps ID and flags (QR and TC set), re-encodes the first
+    question without compression, and for a response keeps its OPT RR with
+    the options dropped (RFC 6891 section 7), so the client learns the
+    EDNS state and retries over TCP (RFC 7766 section 5). ``limit`` 0 always
+    truncates: the "slip" reply of response-rate limiting.
+    """
+    if len(message) <= limit:
+        return message
+    header = Header.parse(message)
+    if header is None:
+        raise WireError(f"{len(message)} octets, shorter than the DNS header")
+    question = _question_bytes(message, header)
+    opt = _opt_without_options(message, header) if header.qr else b""
+    flags = header.flags | FLAG_QR | FLAG_TC
+    head = struct.pack("!6H", header.id, flags, int(bool(question)), 0, 0, int(bool(opt)))
+    return head + question + opt
+
+
+def _question_bytes(message: bytes, header: Header) -> bytes:
+    if header.qdcount == 0:
+        return b""
+    try:
+        labels, offset = read_name(message, HEADER_LEN)
+    except WireError:
+        return b""
+    if offset + 4 > len(message):
+        return b""
+    name = b"".join(bytes([len(label)]) + label for label in labels) + b"\0"
+    return name + message[offset : offset + 4]
+
+
+def _opt_without_options(message: bytes, header: Header) -> bytes:
+    try:
+        found = _find_opt(message, header)
+    except WireError:
+        return b""
+    if found is None:
+        return b""
+    _, name_end = read_name(message, found[0])
+    payload, ttl = struct.unpack_from("!HI", message, name_end + 2)
+    return b"\0" + struct.pack("!HHIH", TYPE_OPT, payload, ttl, 0)

@@ -16,6 +16,9 @@ state_dir = "/srv/pd"
 [dns]
 domain = "Lab.Test."
 upstream = "10.0.0.53:5353"
+allow = ["10.9.0.0/16", "192.0.2.7", "fd00::/8"]
+rate_limit = 20
+rate_limit_slip = 0
 [agent]
 heartbeat_interval = 5
 heartbeat_timeout = 30
@@ -42,6 +45,8 @@ def test_good_file_parses_into_typed_values():
     assert str(c.boot_assets_dir) == "/srv/pd/boot"
     assert c.database_url == "sqlite:////srv/pd/provisiond.db"
     assert c.dns.domain == "lab.test" and c.dns.upstream == "10.0.0.53:5353"
+    assert [str(n) for n in c.dns.allow] == ["10.9.0.0/16", "192.0.2.7/32", "fd00::/8"]
+    assert (c.dns.rate_limit, c.dns.rate_limit_slip, c.dns.max_udp_size) == (20, 0, 1232)
     assert c.agent.heartbeat_timeout == 30
     full, proxy = c.subnets
     assert full.mode == "full" and str(full.range_start) == "10.77.0.100"
@@ -86,6 +91,12 @@ BAD = [
     ("[services]\ntftp_port = 70000", "services.tftp_port", "1 to 65535"),
     ('[dns]\ndomain = ""', "dns.domain", "DNS name"),
     ('[dns]\nupstream = "resolver"', "dns.upstream", "IP or IP:PORT"),
+    ('[dns]\nallow = "10.0.0.0/8"', "dns.allow", "must be a list of networks"),
+    ('[dns]\nallow = ["10.0.0.1/8"]', "dns.allow", "has host bits set"),
+    ('[dns]\nallow = ["lab"]', "dns.allow", "does not appear to be an IPv4 or IPv6"),
+    ("[dns]\nrate_limit = -1", "dns.rate_limit", "integer from 0 to 100000"),
+    ("[dns]\nrate_limit_slip = 11", "dns.rate_limit_slip", "integer from 0 to 10"),
+    ("[dns]\nmax_udp_size = 100", "dns.max_udp_size", "integer from 512 to 4096"),
     (
         "[agent]\nheartbeat_interval = 10\nheartbeat_timeout = 5",
         "agent.heartbeat_timeout",

@@ -7,7 +7,17 @@ import struct
 import pytest
 from dnslib import DNSRecord
 
-from pxe.dns.wire import Header, Verdict, WireError, check_query, error_reply, read_name
+from pxe.dns.wire import (
+    Header,
+    Verdict,
+    WireError,
+    check_query,
+    edns_payload,
+    error_reply,
+    read_name,
+    truncate,
+    udp_limit,
+)
 
 
 def header(qd: int = 1, flags: int = 0x0100, an: int = 0, ns: int = 0, ar: int = 0) -> bytes:
@@ -103,3 +113,69 @@ def test_error_reply(opcode_rd, rcode):
     assert reply.rcode == rcode
     assert reply.flags & 0x7900 == opcode_rd
     assert (reply.qdcount, reply.ancount, reply.nscount, reply.arcount) == (0, 0, 0, 0)
+
+
+def opt(payload: int, rdata: bytes = b"") -> bytes:
+    """RFC 6891 section 6.1.2: root name, TYPE 41, CLASS = UDP payload size."""
+    return b"\x00\x00\x29" + struct.pack("!HIH", payload, 0, len(rdata)) + rdata
+
+
+EDNS = header(ar=1) + GOOD[12:] + opt(4096)
+
+
+@pytest.mark.parametrize(
+    ("packet", "payload", "limit"),
+    [
+        (GOOD, None, 512),
+        (EDNS, 4096, 1232),  # never above the server's ceiling
+        (header(ar=1) + GOOD[12:] + opt(800), 800, 800),
+        (header(ar=1) + GOOD[12:] + opt(100), 100, 512),  # RFC 6891 6.2.5: < 512 is 512
+        (header(ar=1) + GOOD[12:] + b"\x00\x00\x29", None, 512),  # malformed: no EDNS
+        (b"", None, 512),
+    ],
+)
+def test_edns_payload_and_udp_limit(packet, payload, limit):
+    assert edns_payload(packet) == payload
+    assert udp_limit(packet, 1232) == limit
+
+
+def big_reply(with_opt: bool) -> bytes:
+    """A response of 40 A records (compressed owner names) and maybe an OPT RR with options."""
+    answers = b"".join(
+        b"\xc0\x0c\x00\x01\x00\x01" + struct.pack("!IH", 60, 4) + bytes([10, 0, 0, i])
+        for i in range(40)
+    )
+    tail = opt(4096, b"\x00\x0a\x00\x08cookie!!") if with_opt else b""
+    hdr = struct.pack("!6H", 0x1234, 0x8180, 1, 40, 0, int(with_opt))
+    return hdr + GOOD[12:] + answers + tail
+
+
+def test_truncate_keeps_a_message_that_fits():
+    reply = big_reply(False)
+    assert truncate(reply, len(reply)) is reply
+
+
+@pytest.mark.parametrize("with_opt", [False, True])
+def test_truncate_cuts_to_header_question_and_bare_opt(with_opt):
+    cut = truncate(big_reply(with_opt), 512)
+    record = DNSRecord.parse(cut)
+    assert record.header.id == 0x1234 and record.header.tc and record.header.qr
+    assert record.header.ra and record.header.rd  # flags kept
+    assert str(record.q.qname) == "web1.lab.test." and not record.rr
+    if with_opt:
+        (o,) = record.ar
+        assert (o.rtype, o.rclass, o.rdata) == (41, 4096, [])  # options dropped
+        assert len(cut) == len(GOOD) + 11
+    else:
+        assert cut == struct.pack("!6H", 0x1234, 0x8380, 1, 0, 0, 0) + GOOD[12:]
+
+
+def test_truncate_zero_is_the_slip_reply_for_a_query():
+    cut = truncate(EDNS, 0)
+    assert cut == struct.pack("!6H", 0x1234, 0x8300, 1, 0, 0, 0) + GOOD[12:]  # no OPT echoed
+
+
+def test_truncate_without_readable_question_is_header_only():
+    assert truncate(header() + b"\xc0", 0) == struct.pack("!6H", 0x1234, 0x8300, 0, 0, 0, 0)
+    with pytest.raises(WireError):
+        truncate(b"\x12\x34", 0)
