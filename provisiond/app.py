@@ -27,6 +27,7 @@ from provisiond.policy import DatabasePolicy
 from provisiond.release import EraseJob
 from provisiond.sanboot import SanbootStart, SanbootStop
 from provisiond.scheduler import Scheduler
+from provisiond.security import private_state
 from provisiond.service import Service
 from provisiond.storages import StorageManager, StorageService
 from pxe.http.ipxe import IpxeRenderer
@@ -70,6 +71,7 @@ class Daemon:
         self._started: list[Service] = []
 
     def prepare(self) -> None:
+        private_state(self.config.state_dir, self.config.sqlite_path)
         self.ctx.db.migrate()
         with self.ctx.db.session() as s:
             failed = resources.recover_after_restart(s)

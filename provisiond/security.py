@@ -3,7 +3,8 @@
 Owns every primitive that touches a secret, so that none is hand-rolled
 elsewhere. Passwords use scrypt (stdlib); tokens are 32 random bytes shown
 once and stored as their SHA-256; the SSH key is Ed25519 written 0600
-atomically (never overwritten if present).
+atomically (never overwritten if present); ``state_dir`` is 0700 and the
+SQLite database 0600 (:func:`private_state`).
 """
 
 from __future__ import annotations
@@ -63,6 +64,35 @@ def write_private(path: Path, data: bytes, mode: int = 0o600) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def private_state(state_dir: Path, db_file: Path | None) -> None:
+    """``state_dir`` 0700 and an on-disk SQLite database (and its WAL files) 0600.
+
+    The database holds password hashes, agent and CHAP secrets; the state
+    folder holds the SSH key and the session-signing secret.
+    """
+    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    state_dir.chmod(0o700)
+    if db_file is None:
+        return
+    private_file(db_file)
+    for suffix in ("-wal", "-shm", "-journal"):
+        extra = Path(str(db_file) + suffix)
+        if extra.exists():
+            private_file(extra)
+
+
+def private_file(path: Path) -> None:
+    """Create ``path`` empty with mode 0600 unless present; narrow it to 0600 if present
+    (when this process owns it: another user's CLI only reads)."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        os.fchmod(fd, 0o600)
+        os.close(fd)
+    elif path.stat().st_mode & 0o077 and path.stat().st_uid == os.geteuid():
+        path.chmod(0o600)
 
 
 def ensure_ssh_keypair(path: Path, comment: str = "provisiond") -> bool:

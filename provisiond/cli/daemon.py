@@ -49,11 +49,16 @@ def config_check(env: Env, path: str | None) -> None:
 def init(env: Env) -> None:
     """Create the state directory, database, admin user and SSH key (safe to re-run)."""
     from provisiond import assets
-    from provisiond.security import ensure_ssh_keypair, hash_password, new_password
+    from provisiond.security import (
+        ensure_ssh_keypair,
+        hash_password,
+        new_password,
+        private_state,
+    )
     from provisiond.storages import StorageManager
 
     cfg = env.config
-    cfg.state_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
+    private_state(cfg.state_dir, cfg.sqlite_path)
     cfg.boot_assets_dir.mkdir(parents=True, exist_ok=True)
     env.db.migrate()
     with env.db.session() as s:
