@@ -4,10 +4,14 @@ Owns every change to :class:`provisiond.model.User` and
 :class:`provisiond.model.ApiToken`, and the answer to "who is this?" for a
 password or a bearer token. Passwords and tokens go through
 :mod:`provisiond.security` (scrypt, SHA-256 of 32 random bytes); a token is
-shown once, at creation. :class:`LoginThrottle` slows repeated failures down
-(per user name and per client address, pure and clock-injectable): after
-``free`` failures each further attempt must wait twice as long as the last,
-up to ``cap`` seconds; a success clears the name's record.
+shown once, at creation. A browser session is a :class:`WebSession` row
+(the cookie holds its secret): log-out deletes it, and a password or role
+change deletes every session of that user, so a saved cookie dies with them.
+:class:`LoginThrottle` slows repeated failures down (pure and
+clock-injectable); an attempt is counted when it is admitted, under one lock,
+so parallel guesses cannot all pass the check; the client address is the
+first key, the user name a second one with a larger allowance, so one
+address cannot lock the right user out everywhere.
 
 Roles are ordered: ``viewer`` (reads) < ``operator`` (changes the inventory)
 < ``admin`` (also manages users and everyone's tokens).
@@ -15,6 +19,7 @@ Roles are ordered: ``viewer`` (reads) < ``operator`` (changes the inventory)
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 import threading
 import time
@@ -22,12 +27,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy import delete as sql_delete
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from provisiond import events
 from provisiond.errors import Conflict, Invalid, NotFound
-from provisiond.model import ApiToken, User
+from provisiond.model import ApiToken, User, WebSession, utcnow
 from provisiond.security import hash_password, hash_token, new_token, verify_password
 
 ROLES = ("viewer", "operator", "admin")
@@ -103,9 +109,11 @@ def update(
             _keep_one_admin(session, user)
         user.role = role
         events.record(session, actor, "user.role", user.name, f"role {role}")
+        end_sessions(session, user.id)
     if password is not None:
         user.password_hash = hash_password(_check_password(password))
         events.record(session, actor, "user.password", user.name, "password changed")
+        end_sessions(session, user.id)
     return user
 
 
@@ -120,6 +128,7 @@ def delete(session: Session, user: User, actor: str) -> None:
         _keep_one_admin(session, user)
     for tok in session.scalars(select(ApiToken).where(ApiToken.user_id == user.id)):
         session.delete(tok)
+    end_sessions(session, user.id)
     events.record(session, actor, "user.removed", user.name, "")
     session.delete(user)
 
@@ -136,6 +145,35 @@ def authenticate_password(session: Session, name: str, password: str) -> Princip
 def principal_for_user(session: Session, user_id: int, via: str = "session") -> Principal | None:
     user = session.get(User, user_id)
     return Principal(user.id, user.name, user.role, via) if user else None
+
+
+def open_session(session: Session, user_id: int, lifetime: dt.timedelta) -> str:
+    """A new browser session for ``user_id``; returns its secret (for the cookie)."""
+    now = utcnow()
+    session.execute(sql_delete(WebSession).where(WebSession.expires_at <= now))
+    secret = new_token()
+    session.add(WebSession(user_id=user_id, token_hash=hash_token(secret), created_at=now,
+                           expires_at=now + lifetime))  # fmt: skip
+    return secret
+
+
+def principal_for_session(session: Session, secret: str) -> Principal | None:
+    """The user of a live, unexpired session; None once it was ended or expired."""
+    row = session.execute(
+        select(User.id, User.name, User.role)
+        .join(WebSession, WebSession.user_id == User.id)
+        .where(WebSession.token_hash == hash_token(secret), WebSession.expires_at > utcnow())
+    ).first()
+    return Principal(row.id, row.name, row.role, "session") if row else None
+
+
+def close_session(session: Session, secret: str) -> None:
+    session.execute(sql_delete(WebSession).where(WebSession.token_hash == hash_token(secret)))
+
+
+def end_sessions(session: Session, user_id: int) -> None:
+    """End every browser session of ``user_id`` (password or role changed, user removed)."""
+    session.execute(sql_delete(WebSession).where(WebSession.user_id == user_id))
 
 
 def authenticate_token(session: Session, token: str) -> Principal | None:

@@ -168,12 +168,14 @@ def test_repeated_failures_are_slowed_down(app, ctx):
         assert len(fails) == 3
 
 
-def test_role_change_applies_to_the_next_request(app, ctx):
+def test_role_change_ends_the_session_and_applies_at_the_next_login(app, ctx):
     client = app.test_client()
     login(client, "operator")
     assert client.get("/users").status_code == 403
     with ctx.db.session() as s:
         users.update(s, users.find(s, "operator"), "test", role="admin")
+    assert client.get("/users").status_code == 302  # issue 11 finding 6: session ended
+    login(client, "operator")
     assert client.get("/users").status_code == 200
 
 

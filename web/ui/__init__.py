@@ -3,7 +3,8 @@
 Owns the ``ui`` blueprint: log-in/log-out here, the pages in
 :mod:`web.ui.pages`, the assign workflow in :mod:`web.ui.assign` and the web
 shell in :mod:`web.ui.shell`. Log-in verifies the scrypt hash through
-:mod:`provisiond.users`, rotates the session (new CSRF token) and slows
+:mod:`provisiond.users`, opens a server-side session (new CSRF token; log-out
+deletes it) and slows
 repeated failures down per user name and per client address
 (:class:`provisiond.users.LoginThrottle`, answered 429 with the wait).
 Every log-in, failure and log-out is an Event.
@@ -54,9 +55,13 @@ def login():
         msg = "Wrong user name or password."
         return render_template("login.html", next=nxt, name=name, errors={"password": msg}), 401
     throttle.succeeded(keys[0])
+    with ctx().db.session() as s:
+        sid = users.open_session(
+            s, principal.user_id, current_app.config["PERMANENT_SESSION_LIFETIME"]
+        )
     session.clear()
     session.permanent = True
-    session["uid"] = principal.user_id
+    session["sid"] = sid
     csrf_token()
     return redirect(_safe_next(nxt))
 
@@ -67,6 +72,8 @@ def logout():
 
     with ctx().db.session() as s:
         events.record(s, f"web:{current().name}", "user.logout", current().name, "")
+        if isinstance(session.get("sid"), str):
+            users.close_session(s, session["sid"])
     session.clear()
     return redirect("/login")
 
