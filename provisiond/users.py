@@ -228,38 +228,63 @@ def token_dict(tok: ApiToken) -> dict[str, Any]:
 
 
 class LoginThrottle:
-    """Exponential slow-down of repeated log-in failures, keyed by name and by address."""
+    """Exponential slow-down of log-in attempts: per client address first, then per name.
+
+    :meth:`admit` checks and counts in one step under the lock, so N parallel
+    guesses cannot all see "go ahead" before any failure is recorded. The
+    address key allows ``free`` attempts; the name key allows ``name_free``
+    (more), so an attacker at one address is slowed down long before the
+    name is, and the right user at another address still gets in; a spray
+    from many addresses slows the name down for everyone (bounded by ``cap``).
+    A success clears both keys.
+    """
 
     def __init__(
-        self, free: int = 3, base: float = 1.0, cap: float = 60.0, clock: Callable = time.monotonic
+        self,
+        free: int = 3,
+        base: float = 1.0,
+        cap: float = 60.0,
+        clock: Callable = time.monotonic,
+        name_free: int = 20,
     ) -> None:
         self.free, self.base, self.cap, self.clock = free, base, cap, clock
+        self.name_free = name_free
         self._fails: dict[str, tuple[int, float]] = {}
         self._lock = threading.Lock()
 
-    def _delay(self, key: str) -> float:
+    @staticmethod
+    def keys(address: str, name: str) -> tuple[str, str]:
+        return "ip:" + address, "user:" + name.lower()
+
+    def _delay(self, key: str, free: int) -> float:
         count, last = self._fails.get(key, (0, 0.0))
-        if count < self.free:
+        if count < free:
             return 0.0
-        wait = min(self.cap, self.base * 2 ** (count - self.free))
+        wait = min(self.cap, self.base * 2 ** (count - free))
         return max(0.0, last + wait - self.clock())
 
-    def wait_for(self, *keys: str) -> float:
-        """Seconds the caller must still wait before another attempt (0 = go ahead)."""
-        with self._lock:
-            return max((self._delay(k) for k in keys), default=0.0)
+    def _count(self, key: str, now: float) -> None:
+        count, _ = self._fails.get(key, (0, 0.0))
+        self._fails[key] = (count + 1, now)
+        if len(self._fails) > 10_000:  # bounded memory under a spray of names
+            oldest = sorted(self._fails, key=lambda k: self._fails[k][1])[:5_000]
+            for old in oldest:
+                del self._fails[old]
 
-    def failed(self, *keys: str) -> None:
+    def admit(self, address: str, name: str) -> float:
+        """0 = go ahead (the attempt is counted as a failure until :meth:`succeeded`),
+        else the seconds to wait (nothing counted)."""
+        ip, user = self.keys(address, name)
         with self._lock:
+            wait = max(self._delay(ip, self.free), self._delay(user, self.name_free))
+            if wait > 0:
+                return wait
             now = self.clock()
-            for key in keys:
-                count, _ = self._fails.get(key, (0, 0.0))
-                self._fails[key] = (count + 1, now)
-            if len(self._fails) > 10_000:  # bounded memory under a spray of names
-                oldest = sorted(self._fails, key=lambda k: self._fails[k][1])[:5_000]
-                for key in oldest:
-                    del self._fails[key]
+            self._count(ip, now)
+            self._count(user, now)
+            return 0.0
 
-    def succeeded(self, key: str) -> None:
+    def succeeded(self, address: str, name: str) -> None:
         with self._lock:
-            self._fails.pop(key, None)
+            for key in self.keys(address, name):
+                self._fails.pop(key, None)

@@ -98,9 +98,7 @@ def test_parallel_guesses_are_counted_atomically_per_address(site):
     checked = codes.count(401)
     assert checked + codes.count(429) == 16, codes
     assert checked <= 3, f"{checked} of 16 parallel guesses were checked: {codes}"
-    # the attacker's address stays slowed down ...
-    assert Browser(d.base).login("admin", admin_pw).status == 429
-    # ... but the right user at another address logs in at once
+    # the right user at another address logs in at once (the name is not locked)
     elsewhere = Browser(d.base, source="127.0.0.2")
     assert elsewhere.login("admin", admin_pw).status == 302
     assert _alive(d, elsewhere.cookie)

@@ -199,11 +199,22 @@ class FakeClock:
 )
 def test_login_throttle_table(failures, elapsed, must_wait):
     clock = FakeClock()
-    t = users.LoginThrottle(free=3, base=1.0, cap=60.0, clock=clock)
-    for _ in range(failures):
-        t.failed("user:a", "ip:1")
-    clock.now += elapsed
-    assert t.wait_for("user:a", "ip:9") == pytest.approx(must_wait)
-    t.succeeded("user:a")
-    assert t.wait_for("user:a") == 0.0
-    assert t.wait_for("ip:1") == pytest.approx(must_wait)
+    t = users.LoginThrottle(free=3, base=1.0, cap=60.0, clock=clock, name_free=100)
+    for i in range(failures):
+        while t.admit("10.0.0.1", "a") > 0:  # admitted attempts are the counted ones
+            clock.now += 0.25
+        if i == failures - 1:
+            last = clock.now
+    clock.now = last + elapsed
+    assert t.admit("10.0.0.1", "a") == pytest.approx(must_wait)
+    assert t.admit("10.0.0.9", "a") == 0.0  # another address: its own count
+    t.succeeded("10.0.0.1", "a")
+    assert t.admit("10.0.0.1", "a") == 0.0
+
+
+def test_login_throttle_names_have_a_larger_allowance():
+    clock = FakeClock()
+    t = users.LoginThrottle(free=3, base=1.0, cap=60.0, clock=clock, name_free=5)
+    admitted = [t.admit(f"10.0.0.{i}", "admin") == 0.0 for i in range(8)]  # a spray
+    assert admitted == [True] * 5 + [False] * 3
+    assert t.admit("10.0.0.1", "other") == 0.0
