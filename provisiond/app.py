@@ -19,7 +19,7 @@ from provisiond.capture import CaptureJob
 from provisiond.config import Config
 from provisiond.context import Context
 from provisiond.db import Database
-from provisiond.httpd import HttpService
+from provisiond.httpd import HttpService, HttpsService
 from provisiond.inventory import Inventory, InventoryRefresher
 from provisiond.jobrunner import ByMode, JobRunner
 from provisiond.localdeploy import LocalStart, LocalStop
@@ -27,7 +27,7 @@ from provisiond.policy import DatabasePolicy
 from provisiond.release import EraseJob
 from provisiond.sanboot import SanbootStart, SanbootStop
 from provisiond.scheduler import Scheduler
-from provisiond.security import private_state
+from provisiond.security import check_tls_pair, private_state
 from provisiond.service import Service
 from provisiond.storages import StorageManager, StorageService
 from pxe.http.ipxe import IpxeRenderer
@@ -63,6 +63,15 @@ def _protocol_services(ctx: Context) -> Iterator[Service]:
         yield DnsService(cfg, ctx.inventory)
 
 
+def _https(cfg: Config, app) -> HttpsService:
+    try:
+        check_tls_pair(cfg.tls_cert_path, cfg.tls_key_path)
+    except ValueError as exc:
+        raise RuntimeError(f"https: {exc}")
+    return HttpsService(app, str(cfg.address), cfg.http.https_port,
+                        str(cfg.tls_cert_path), str(cfg.tls_key_path))  # fmt: skip
+
+
 class Daemon:
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -86,9 +95,10 @@ class Daemon:
         ctx = self.ctx
         self.services = [InventoryRefresher(ctx.inventory)]
         if self.config.services.http:
-            self.services.append(
-                HttpService(create_app(ctx), str(self.config.address), self.config.http_port)
-            )
+            app = create_app(ctx)
+            self.services.append(HttpService(app, str(self.config.address), self.config.http_port))
+            if self.config.http.tls:
+                self.services.append(_https(self.config, app))
         self.services.extend(_protocol_services(ctx))
         manager = StorageManager(self.config)
         storage = StorageService(self.config, ctx.db, manager)
