@@ -236,7 +236,9 @@ class LoginThrottle:
     (more), so an attacker at one address is slowed down long before the
     name is, and the right user at another address still gets in; a spray
     from many addresses slows the name down for everyone (bounded by ``cap``).
-    A success clears both keys.
+    A success clears the name's count and takes back only its own attempt from
+    the address's (logging in to one's own account between guesses does not
+    reset the address); a record idle for ``forget`` seconds is dropped.
     """
 
     def __init__(
@@ -246,9 +248,10 @@ class LoginThrottle:
         cap: float = 60.0,
         clock: Callable = time.monotonic,
         name_free: int = 20,
+        forget: float = 900.0,
     ) -> None:
         self.free, self.base, self.cap, self.clock = free, base, cap, clock
-        self.name_free = name_free
+        self.name_free, self.forget = name_free, forget
         self._fails: dict[str, tuple[int, float]] = {}
         self._lock = threading.Lock()
 
@@ -256,15 +259,22 @@ class LoginThrottle:
     def keys(address: str, name: str) -> tuple[str, str]:
         return "ip:" + address, "user:" + name.lower()
 
-    def _delay(self, key: str, free: int) -> float:
+    def _get(self, key: str, now: float) -> tuple[int, float]:
         count, last = self._fails.get(key, (0, 0.0))
+        if count and now - last > self.forget:
+            del self._fails[key]
+            return 0, 0.0
+        return count, last
+
+    def _delay(self, key: str, free: int) -> float:
+        count, last = self._get(key, self.clock())
         if count < free:
             return 0.0
         wait = min(self.cap, self.base * 2 ** (count - free))
         return max(0.0, last + wait - self.clock())
 
     def _count(self, key: str, now: float) -> None:
-        count, _ = self._fails.get(key, (0, 0.0))
+        count, _ = self._get(key, now)
         self._fails[key] = (count + 1, now)
         if len(self._fails) > 10_000:  # bounded memory under a spray of names
             oldest = sorted(self._fails, key=lambda k: self._fails[k][1])[:5_000]
@@ -285,6 +295,11 @@ class LoginThrottle:
             return 0.0
 
     def succeeded(self, address: str, name: str) -> None:
+        ip, user = self.keys(address, name)
         with self._lock:
-            for key in self.keys(address, name):
-                self._fails.pop(key, None)
+            self._fails.pop(user, None)
+            count, last = self._fails.get(ip, (0, 0.0))
+            if count > 1:
+                self._fails[ip] = (count - 1, last)
+            else:
+                self._fails.pop(ip, None)

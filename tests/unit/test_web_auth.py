@@ -208,8 +208,20 @@ def test_login_throttle_table(failures, elapsed, must_wait):
     clock.now = last + elapsed
     assert t.admit("10.0.0.1", "a") == pytest.approx(must_wait)
     assert t.admit("10.0.0.9", "a") == 0.0  # another address: its own count
-    t.succeeded("10.0.0.1", "a")
+    t.succeeded("10.0.0.9", "a")
+    clock.now += 900.1  # an idle record is forgotten
     assert t.admit("10.0.0.1", "a") == 0.0
+
+
+def test_login_throttle_own_success_does_not_reset_the_address():
+    clock = FakeClock()
+    t = users.LoginThrottle(free=3, base=1.0, cap=60.0, clock=clock, name_free=100)
+    for _ in range(10):  # guess, guess, then log in to one's own account, again and again
+        for name in ("admin", "admin", "mallory"):
+            if t.admit("10.0.0.1", name) == 0.0 and name == "mallory":
+                t.succeeded("10.0.0.1", name)
+        clock.now += 0.5
+    assert t.admit("10.0.0.1", "admin") > 0.0
 
 
 def test_login_throttle_names_have_a_larger_allowance():
