@@ -102,3 +102,22 @@ class Browser:
 
     def api(self, method: str, path: str, body=None) -> Reply:
         return self.request(method, "/api/v1" + path, body=body)
+
+
+def admin_password(init_stdout: str) -> str:
+    """The admin password ``provisiond init`` prints once."""
+    return re.search(r"admin password .*: (\S+)", init_stdout).group(1)
+
+
+def init_and_start(daemon) -> str:
+    """``provisiond init`` then ``serve`` for a tests' Daemon; returns the admin password."""
+    out = daemon.cli("init")
+    assert out.returncode == 0, out.stdout + out.stderr
+    daemon.start()
+    return admin_password(out.stdout)
+
+
+def kill(daemon) -> None:
+    if daemon.proc and daemon.proc.poll() is None:
+        daemon.proc.kill()
+        daemon.proc.wait()

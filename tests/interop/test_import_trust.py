@@ -27,7 +27,7 @@ import pytest
 
 from tests.conftest import free_port
 from tests.interop.test_daemon import Daemon
-from tests.webclient import Browser
+from tests.webclient import Browser, init_and_start, kill
 
 pytestmark = pytest.mark.interop
 SECRET = "hunter2-url-password"
@@ -79,16 +79,11 @@ def web(tmp_path):
     (tmp_path / "imports").mkdir()
     (tmp_path / "imports" / "disk.raw").write_bytes(os.urandom(4096) + b"\0" * 4096)
     d = Daemon(_config(tmp_path, free_port()))
-    out = d.cli("init")
-    assert out.returncode == 0, out.stderr
-    password = re.search(r"admin password .*: (\S+)", out.stdout).group(1)
-    d.start()
+    password = init_and_start(d)
     b = Browser(d.base)
     assert b.login("admin", password).status == 302
     yield d, b, tmp_path
-    if d.proc and d.proc.poll() is None:
-        d.proc.kill()
-        d.proc.wait()
+    kill(d)
 
 
 @pytest.fixture
@@ -184,9 +179,7 @@ def test_own_database_is_refused_and_data_survives_kill9(tmp_path):
         'state_dir = ', f'database_url = "sqlite:///{db}"\nstate_dir = ', 1)  # fmt: skip
     d.cfg_path.write_text(text)
     d = Daemon(d.cfg_path)
-    out = d.cli("init")
-    password = re.search(r"admin password .*: (\S+)", out.stdout).group(1)
-    d.start()
+    password = init_and_start(d)
     try:
         b = Browser(d.base)
         assert b.login("admin", password).status == 302
@@ -205,9 +198,7 @@ def test_own_database_is_refused_and_data_survives_kill9(tmp_path):
         assert Browser(d.base).login("later", "long enough pw").status == 302
         assert _images(d) == []
     finally:
-        if d.proc and d.proc.poll() is None:
-            d.proc.kill()
-            d.proc.wait()
+        kill(d)
 
 
 def test_internal_urls_are_refused(web, www):

@@ -17,7 +17,7 @@ import pytest
 
 from tests.conftest import free_port, write_config
 from tests.interop.test_daemon import Daemon
-from tests.webclient import Browser
+from tests.webclient import Browser, init_and_start, kill
 
 pytestmark = pytest.mark.interop
 PW = "operator password 1"
@@ -26,10 +26,7 @@ PW = "operator password 1"
 @pytest.fixture
 def site(tmp_path):
     d = Daemon(write_config(tmp_path, http_port=free_port()))
-    out = d.cli("init")
-    assert out.returncode == 0, out.stderr
-    password = re.search(r"admin password .*: (\S+)", out.stdout).group(1)
-    d.start()
+    password = init_and_start(d)
     admin = Browser(d.base)
     assert admin.login("admin", password).status == 302
     assert (
@@ -37,9 +34,7 @@ def site(tmp_path):
         == 201
     )
     yield d, admin, password
-    if d.proc and d.proc.poll() is None:
-        d.proc.kill()
-        d.proc.wait()
+    kill(d)
 
 
 def _alive(d: Daemon, cookie: str) -> bool:

@@ -9,7 +9,6 @@ carries CSP, X-Frame-Options and X-Content-Type-Options.
 
 from __future__ import annotations
 
-import re
 import ssl
 import stat
 import subprocess
@@ -20,7 +19,7 @@ import pytest
 
 from tests.conftest import free_port
 from tests.interop.test_daemon import Daemon
-from tests.webclient import Browser
+from tests.webclient import Browser, admin_password, kill
 
 pytestmark = pytest.mark.interop
 
@@ -59,9 +58,7 @@ def tls_daemon(tmp_path):
     https_port = free_port()
     d, out = _started(_config(tmp_path, free_port(), https_port))
     yield d, out, https_port, tmp_path
-    if d.proc and d.proc.poll() is None:
-        d.proc.kill()
-        d.proc.wait()
+    kill(d)
 
 
 def _ui_headers_ok(reply) -> None:
@@ -76,7 +73,7 @@ def test_init_makes_a_certificate_and_the_ui_is_https_only(tls_daemon):
     cert, key = tmp / "state" / "tls" / "cert.pem", tmp / "state" / "tls" / "key.pem"
     assert cert.exists() and stat.S_IMODE(key.stat().st_mode) == 0o600
     assert "fingerprint" in out and str(cert) in out
-    password = re.search(r"admin password .*: (\S+)", out).group(1)
+    password = admin_password(out)
 
     https = Browser(f"https://127.0.0.1:{https_port}", cafile=str(cert))
     page = https.get("/login")
@@ -131,8 +128,7 @@ def test_configured_certificate_is_used_and_checked(tmp_path):
             Browser(f"https://127.0.0.1:{https_port}", cafile=str(cert)).get("/login").status == 200
         )
     finally:
-        d.proc.kill()
-        d.proc.wait()
+        kill(d)
     # a key that does not match the certificate: init says so, and so does serve
     other = certs / "other.key"
     subprocess.run(["openssl", "genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256",
@@ -154,5 +150,4 @@ def test_plain_ui_carries_the_security_headers(tmp_path):
         _ui_headers_ok(page)
         assert "Strict-Transport-Security" not in page.headers  # only over HTTPS
     finally:
-        d.proc.kill()
-        d.proc.wait()
+        kill(d)
