@@ -3,7 +3,8 @@
 Owns the rule, so the CLI, the API and the UI apply the same one:
 
 - a server path is imported only when its real path (symlinks and ``..``
-  resolved) is a regular file inside one of ``[images] import_dirs``, is not
+  resolved) is a regular file with one link (a hard link could be any file
+  of that file system) inside one of ``[images] import_dirs``, is not
   under ``state_dir`` (the SSH key, the session secret, the database) and is
   not the daemon's own database, wherever that lives;
 - a URL is ``http`` or ``https`` only, and every address it resolves or
@@ -85,6 +86,11 @@ def check_file(config: Config, source: str) -> str:
         raise Invalid(f"{source}: {exc.strerror}", field="source")
     if not stat.S_ISREG(st.st_mode):
         raise Invalid(f"{source} is not a regular file", field="source")
+    if st.st_nlink > 1:  # a hard link can be any file of that file system, e.g. /etc/shadow
+        raise Invalid(
+            f"{source} has {st.st_nlink} hard links; copy it into the folder instead",
+            field="source",
+        )
     return real
 
 

@@ -136,6 +136,7 @@ def test_host_files_and_state_files_are_refused(web):
     (links / "secret").symlink_to(state / "web-secret")
     (links / "fifo").parent.mkdir(exist_ok=True)
     os.mkfifo(links / "fifo")
+    os.link(state / "web-secret", links / "hardlink")  # same file system as state_dir
     attacks = {
         "shadow": "/etc/shadow",
         "sshkey": str(state / "ssh" / "id_ed25519"),
@@ -146,6 +147,7 @@ def test_host_files_and_state_files_are_refused(web):
         "via-link-secret": str(links / "secret"),
         "dotdot": str(links / ".." / "state" / "web-secret"),
         "fifo": str(links / "fifo"),
+        "hardlink": str(links / "hardlink"),
         "dir": str(links),
         "relative": "disk.raw",
     }
