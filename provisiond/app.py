@@ -23,7 +23,7 @@ from provisiond.capture import CaptureJob
 from provisiond.config import Config
 from provisiond.context import Context
 from provisiond.db import Database
-from provisiond.httpd import HttpService
+from provisiond.httpd import HttpService, HttpsService
 from provisiond.inventory import Inventory, InventoryRefresher
 from provisiond.jobrunner import ByMode, JobRunner
 from provisiond.localdeploy import LocalStart, LocalStop
@@ -31,6 +31,7 @@ from provisiond.policy import DatabasePolicy
 from provisiond.release import EraseJob
 from provisiond.sanboot import SanbootStart, SanbootStop
 from provisiond.scheduler import Scheduler
+from provisiond.security import check_tls_pair, private_state
 from provisiond.service import Service
 from provisiond.storages import StorageManager, StorageService
 from pxe.http.ipxe import IpxeRenderer
@@ -66,6 +67,15 @@ def _protocol_services(ctx: Context) -> Iterator[Service]:
         yield DnsService(cfg, ctx.inventory)
 
 
+def _https(cfg: Config, app) -> HttpsService:
+    try:
+        check_tls_pair(cfg.tls_cert_path, cfg.tls_key_path)
+    except ValueError as exc:
+        raise RuntimeError(f"https: {exc}")
+    return HttpsService(app, str(cfg.address), cfg.http.https_port,
+                        str(cfg.tls_cert_path), str(cfg.tls_key_path))  # fmt: skip
+
+
 class Daemon:
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -77,6 +87,7 @@ class Daemon:
     def prepare(self) -> None:
         """Lock, migrate, lease, recover. Raises AlreadyRunning before any database access."""
         self.lock = instance.InstanceLock.acquire(self.config)
+        private_state(self.config.state_dir, self.config.sqlite_path)
         self.ctx.db.migrate()
         with self.ctx.db.session() as s:
             instance.register(s, self.config)
@@ -102,9 +113,10 @@ class Daemon:
             InventoryRefresher(ctx.inventory),
         ]
         if self.config.services.http:
-            self.services.append(
-                HttpService(create_app(ctx), str(self.config.address), self.config.http_port)
-            )
+            app = create_app(ctx)
+            self.services.append(HttpService(app, str(self.config.address), self.config.http_port))
+            if self.config.http.tls:
+                self.services.append(_https(self.config, app))
         self.services.extend(_protocol_services(ctx))
         manager = StorageManager(self.config)
         storage = StorageService(self.config, ctx.db, manager)

@@ -110,6 +110,22 @@ def default_instance() -> str:
     """The host name's first label when it is a valid identity, else "default"."""
     name = socket.gethostname().split(".")[0]
     return name if INSTANCE_NAME.match(name) else "default"
+class ImagesConfig:
+    """Where image imports may read from (issue 11: no host files, no internal URLs)."""
+
+    import_dirs: tuple[Path, ...] = ()  # server folders whose regular files may be imported
+    # networks an import URL may reach although loopback, link-local or the server's own
+    allow_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+
+
+@dataclass(frozen=True)
+class HttpConfig:
+    """HTTPS for the UI and API; the boot path (iPXE, agent) stays on plain ``http_port``."""
+
+    tls: bool = False
+    https_port: int = 8443
+    tls_cert: Path | None = None  # None: <state_dir>/tls/cert.pem made by `provisiond init`
+    tls_key: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -128,6 +144,8 @@ class Config:
     agent: AgentConfig = field(default_factory=AgentConfig)
     iscsi: IscsiConfig = field(default_factory=IscsiConfig)
     lease: LeaseConfig = field(default_factory=LeaseConfig)
+    images: ImagesConfig = field(default_factory=ImagesConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
     subnets: tuple[SubnetConfig, ...] = ()
     storages: tuple[StorageConfig, ...] = ()
     source: str = "<defaults>"
@@ -137,8 +155,31 @@ class Config:
         return f"http://{self.address}:{self.http_port}"
 
     @property
+    def ui_base(self) -> str:
+        """Where operators reach the UI and API: HTTPS when ``[http] tls`` is on."""
+        if self.http.tls:
+            return f"https://{self.address}:{self.http.https_port}"
+        return self.http_base
+
+    @property
     def ssh_key_path(self) -> Path:
         return self.state_dir / "ssh" / "id_ed25519"
+
+    @property
+    def tls_cert_path(self) -> Path:
+        return self.http.tls_cert or self.state_dir / "tls" / "cert.pem"
+
+    @property
+    def tls_key_path(self) -> Path:
+        return self.http.tls_key or self.state_dir / "tls" / "key.pem"
+
+    @property
+    def sqlite_path(self) -> Path | None:
+        """The database file when the database is SQLite on disk, else None."""
+        if not self.database_url.startswith("sqlite:///"):
+            return None
+        path = self.database_url[len("sqlite:///") :]
+        return Path(path) if path and path != ":memory:" else None
 
 
 def resolve_path(flag: str | None) -> Path:
@@ -238,7 +279,7 @@ class _Table:
 _TOP = {
     "instance", "lease", "interface", "address", "http_port", "state_dir", "boot_assets_dir",
     "templates_dir", "database_url", "log_level", "services", "dns", "agent", "iscsi",
-    "subnet", "storage",
+    "subnet", "storage", "images", "http",
 }  # fmt: skip
 
 
@@ -264,6 +305,9 @@ def _build(raw: dict[str, Any], source: str) -> Config:
         raise ConfigError(
             "instance", instance, "must be 1-63 letters, digits, '.', '-' or '_' (e.g. \"r1\")"
         )
+    http = _http(raw.get("http", {}))
+    if http.tls and http.https_port == top.port("http_port", 8080):
+        raise ConfigError("http.https_port", http.https_port, "must differ from http_port")
     return Config(
         instance=instance,
         interface=top.str("interface", ""),
@@ -279,6 +323,8 @@ def _build(raw: dict[str, Any], source: str) -> Config:
         agent=_agent(raw.get("agent", {})),
         iscsi=_iscsi(raw.get("iscsi", {}), dns.domain),
         lease=_lease(raw.get("lease", {})),
+        images=_images(raw.get("images", {}), state_dir),
+        http=http,
         subnets=subnets,
         storages=storages,
         source=source,
@@ -338,6 +384,50 @@ def _networks(t: _Table, key: str) -> tuple[ipaddress.IPv4Network | ipaddress.IP
         return tuple(ipaddress.ip_network(v, strict=True) for v in value)
     except ValueError as exc:
         raise ConfigError(t.key(key), value, f"{fix} ({exc})")
+
+
+def _images(raw: dict[str, Any], state_dir: Path) -> ImagesConfig:
+    t = _Table(raw, "images", {"import_dirs", "allow_networks"})
+    dirs = raw.get("import_dirs", [])
+    if not isinstance(dirs, list) or not all(isinstance(d, str) and d for d in dirs):
+        raise ConfigError("images.import_dirs", dirs, 'must be a list like ["/srv/images"]')
+    paths = tuple(Path(d) for d in dirs)
+    for p in paths:
+        if not p.is_absolute():
+            raise ConfigError("images.import_dirs", str(p), "every folder must be an absolute path")
+        if p == state_dir or state_dir in p.parents:
+            raise ConfigError(
+                "images.import_dirs", str(p), f"must not be inside state_dir ({state_dir})"
+            )
+    nets = raw.get("allow_networks", [])
+    if not isinstance(nets, list):
+        raise ConfigError(t.key("allow_networks"), nets, 'must be a list like ["10.0.0.5/32"]')
+    try:
+        allow = tuple(ipaddress.ip_network(n, strict=True) for n in nets)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(t.key("allow_networks"), nets, f"every entry must be a network ({exc})")
+    return ImagesConfig(import_dirs=paths, allow_networks=allow)
+
+
+def _http(raw: dict[str, Any]) -> HttpConfig:
+    t = _Table(raw, "http", {"tls", "https_port", "tls_cert", "tls_key"})
+    cert, key = t.str("tls_cert", ""), t.str("tls_key", "")
+    if bool(cert) != bool(key):
+        raise ConfigError(
+            "http.tls_cert" if not cert else "http.tls_key",
+            "",
+            "set both tls_cert and tls_key, or neither (then `provisiond init` makes a "
+            "self-signed pair)",
+        )
+    for key_name, value in (("tls_cert", cert), ("tls_key", key)):
+        if value and not Path(value).is_absolute():
+            raise ConfigError(t.key(key_name), value, "must be an absolute path")
+    return HttpConfig(
+        tls=t.bool("tls", False),
+        https_port=t.port("https_port", 8443),
+        tls_cert=Path(cert) if cert else None,
+        tls_key=Path(key) if key else None,
+    )
 
 
 def _agent(raw: dict[str, Any]) -> AgentConfig:

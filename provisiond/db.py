@@ -2,7 +2,7 @@
 
 Owns the one place that knows about the database URL. SQLite (the embedded
 default) runs in WAL mode with a busy timeout; PostgreSQL works through the
-same code with a URL change. The schema is managed by Alembic
+same code with a URL change. A SQLite file is created 0600. The schema is managed by Alembic
 (``provisiond/migrations``); :meth:`Database.migrate` upgrades to head.
 """
 
@@ -17,6 +17,8 @@ from alembic.config import Config as AlembicConfig
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
+
+from provisiond.security import private_file
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 BUSY_TIMEOUT_MS = 10_000
@@ -35,7 +37,7 @@ def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            private_file(Path(path))  # SQLite's -wal/-shm files inherit its 0600
         engine = create_engine(
             url, connect_args={"check_same_thread": False, "timeout": BUSY_TIMEOUT_MS / 1000}
         )

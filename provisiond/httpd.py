@@ -1,6 +1,7 @@
-"""The embedded HTTP server: waitress (a production WSGI server) in a thread.
+"""The embedded HTTP servers: waitress for plain HTTP, cheroot for HTTPS, each in a thread.
 
-Owns listening on ``address:http_port`` and serving the Flask app. Files are
+Owns listening on ``address:http_port`` (and ``[http] https_port`` when TLS
+is on, :class:`HttpsService`) and serving the Flask app. Files are
 streamed through ``wsgi.file_wrapper`` with bounded memory whatever their
 size. Agent long polls hold a worker thread each, so the pool is sized for
 them (``threads``).
@@ -63,6 +64,65 @@ class HttpService:
             return
         self._server.task_dispatcher.shutdown(cancel_pending=True, timeout=2)
         self._server.close()
+        if self._thread:
+            self._thread.join(2)
+        self._server = None
+
+
+class HttpsService:
+    """The UI and API over TLS: cheroot (CherryPy's production WSGI server) in a thread.
+
+    waitress speaks no TLS, and a stdlib SSL socket handed to its non-blocking
+    loop would stall on SSLWantRead; cheroot has a built-in TLS adapter, a
+    thread pool and a bounded stop. The boot path (iPXE, the agent's long
+    polls, image streams) stays on :class:`HttpService`: iPXE has no trusted
+    CA for a self-signed certificate.
+    """
+
+    name = "https"
+
+    def __init__(self, app, host: str, port: int, cert: str, key: str, threads: int = 16) -> None:
+        self._app, self._host, self._port = app, host, port
+        self._cert, self._key, self._threads = cert, key, threads
+        self._server = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        import ssl
+
+        from cheroot import wsgi
+        from cheroot.ssl.builtin import BuiltinSSLAdapter
+
+        server = wsgi.Server(
+            (self._host, self._port), self._app, numthreads=self._threads,
+            max=self._threads * 3, server_name="provisiond", timeout=120,
+        )  # fmt: skip
+        server.version = "provisiond"
+        adapter = BuiltinSSLAdapter(self._cert, self._key)
+        adapter.context.minimum_version = ssl.TLSVersion.TLSv1_2
+        server.ssl_adapter = adapter
+        try:
+            server.prepare()
+        except OSError as exc:
+            raise RuntimeError(
+                f"https: cannot listen on {self._host}:{self._port} ({exc}); change "
+                "[http] https_port or address in the config, or stop what uses the port"
+            )
+        self._server = server
+        self._thread = threading.Thread(target=self._run, name="https", daemon=True)
+        self._thread.start()
+        log.info("listening on https://%s:%d (UI and API)", self._host, self._port)
+
+    def _run(self) -> None:
+        try:
+            self._server.serve()
+        except Exception:  # pragma: no cover - logged, the daemon goes on with plain HTTP
+            log.exception("https loop ended")
+
+    def stop(self) -> None:
+        if self._server is None:
+            return
+        self._server.stop()
         if self._thread:
             self._thread.join(2)
         self._server = None

@@ -3,7 +3,10 @@
 Owns the Image and master Volume rows. ``import_from`` streams a raw or
 qcow2 file (or an http(s) URL) into a new volume of a configured storage
 with progress, records the sha256 and size, and tracks the work as a Job so
-the UI and API see it. Removing an image that still has clones is refused
+the UI and API see it. What may be imported (import folders, no internal
+URLs) is :mod:`provisiond.importpolicy`'s rule, checked before the job
+starts; a URL's password never reaches the job, the events or an error
+message (:func:`storage.fetch.redact_url`). Removing an image that still has clones is refused
 with a message naming them.
 """
 
@@ -16,13 +19,14 @@ from collections.abc import Callable
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from provisiond import events, jobs
+from provisiond import events, importpolicy, jobs
 from provisiond.db import Database
 from provisiond.errors import Conflict, Invalid, NotFound
 from provisiond.lifecycle import JobState as JS
 from provisiond.model import Appliance, Image, Job, Storage, Volume, utcnow
 from provisiond.storages import StorageManager
 from storage.backends import StorageError
+from storage.fetch import redact_url
 from storage.images import import_image
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,100}$")
@@ -72,12 +76,15 @@ def import_from(
     if not _NAME.match(name):
         raise Invalid(f"image name {name!r}: letters, digits and . _ + - only", field="name")
     settings = manager.settings(storage)
+    config = manager.config
+    path, url_check = importpolicy.checked_source(config, source)
+    shown = redact_url(source)
     with db.session() as s:
         if s.scalars(select(Image.id).where(Image.name == name)).first():
             raise Conflict(f"image '{name}' already exists; pick another name", field="name")
         manager.sync_rows(s)
         job = Job(kind="image.import", state=JS.RUNNING, started_at=utcnow(),
-                  params={"source": source, "name": name})  # fmt: skip
+                  params={"source": shown, "name": name})  # fmt: skip
         s.add(job)
         s.flush()
         job_id = job.id
@@ -85,10 +92,10 @@ def import_from(
     backend = manager.backend(settings.name, progress=progress)
     volume_name = f"image-{name}"
     try:
-        result = import_image(backend, volume_name, source, progress=progress)
+        result = import_image(backend, volume_name, path, progress=progress, url_check=url_check)
     except (StorageError, OSError) as exc:
-        _finish(db, job_id, JS.FAILED, f"import of {source} failed: {exc}")
-        raise Invalid(f"import of {source} failed: {exc}", field="source")
+        _finish(db, job_id, JS.FAILED, f"import of {shown} failed: {exc}")
+        raise Invalid(f"import of {shown} failed: {exc}", field="source")
     with db.session() as s:
         st = s.scalars(select(Storage).where(Storage.name == settings.name)).one()
         vol = Volume(storage_id=st.id, name=volume_name, path=result.volume.path,
@@ -103,7 +110,7 @@ def import_from(
         job.image_id = img.id
         job.bytes_done = job.bytes_total = result.size
         jobs.transition(job, JS.SUCCEEDED, f"imported {result.size} bytes, sha256 {result.sha256}")
-        events.record(s, actor, "image.imported", name, f"{source} sha256 {result.sha256}")
+        events.record(s, actor, "image.imported", name, f"{shown} sha256 {result.sha256}")
     return img
 
 

@@ -221,6 +221,22 @@ class User(Base):
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
 
 
+class WebSession(Base):
+    """A logged-in browser: the cookie carries the secret, the row its SHA-256.
+
+    Deleting the row ends the session (log-out; every row of a user on a
+    password or role change)."""
+
+    __tablename__ = "web_session"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(
+        ForeignKey("user_account.id", ondelete="CASCADE"), index=True
+    )
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    expires_at: Mapped[dt.datetime] = mapped_column(DateTime)
+
+
 class ApiToken(Base):
     __tablename__ = "api_token"
     id: Mapped[int] = mapped_column(primary_key=True)

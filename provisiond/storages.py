@@ -83,7 +83,8 @@ class StorageManager:
         """Create the directories of file and reflink storages (``provisiond init``)."""
         for st in self.config.storages:
             if st.backend in ("file", "reflink"):
-                Path(st.path).mkdir(parents=True, exist_ok=True)
+                Path(st.path).mkdir(parents=True, exist_ok=True, mode=0o700)
+                Path(st.path).chmod(0o700)
 
     def sync_rows(self, session: Session) -> None:
         """Make a Storage row for each configured storage (names are the link)."""

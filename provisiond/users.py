@@ -4,10 +4,14 @@ Owns every change to :class:`provisiond.model.User` and
 :class:`provisiond.model.ApiToken`, and the answer to "who is this?" for a
 password or a bearer token. Passwords and tokens go through
 :mod:`provisiond.security` (scrypt, SHA-256 of 32 random bytes); a token is
-shown once, at creation. :class:`LoginThrottle` slows repeated failures down
-(per user name and per client address, pure and clock-injectable): after
-``free`` failures each further attempt must wait twice as long as the last,
-up to ``cap`` seconds; a success clears the name's record.
+shown once, at creation. A browser session is a :class:`WebSession` row
+(the cookie holds its secret): log-out deletes it, and a password or role
+change deletes every session of that user, so a saved cookie dies with them.
+:class:`LoginThrottle` slows repeated failures down (pure and
+clock-injectable); an attempt is counted when it is admitted, under one lock,
+so parallel guesses cannot all pass the check; the client address is the
+first key, the user name a second one with a larger allowance, so one
+address cannot lock the right user out everywhere.
 
 Roles are ordered: ``viewer`` (reads) < ``operator`` (changes the inventory)
 < ``admin`` (also manages users and everyone's tokens).
@@ -15,6 +19,7 @@ Roles are ordered: ``viewer`` (reads) < ``operator`` (changes the inventory)
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 import threading
 import time
@@ -22,12 +27,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy import delete as sql_delete
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from provisiond import events
 from provisiond.errors import Conflict, Invalid, NotFound
-from provisiond.model import ApiToken, User
+from provisiond.model import ApiToken, User, WebSession, utcnow
 from provisiond.security import hash_password, hash_token, new_token, verify_password
 
 ROLES = ("viewer", "operator", "admin")
@@ -103,9 +109,11 @@ def update(
             _keep_one_admin(session, user)
         user.role = role
         events.record(session, actor, "user.role", user.name, f"role {role}")
+        end_sessions(session, user.id)
     if password is not None:
         user.password_hash = hash_password(_check_password(password))
         events.record(session, actor, "user.password", user.name, "password changed")
+        end_sessions(session, user.id)
     return user
 
 
@@ -120,6 +128,7 @@ def delete(session: Session, user: User, actor: str) -> None:
         _keep_one_admin(session, user)
     for tok in session.scalars(select(ApiToken).where(ApiToken.user_id == user.id)):
         session.delete(tok)
+    end_sessions(session, user.id)
     events.record(session, actor, "user.removed", user.name, "")
     session.delete(user)
 
@@ -136,6 +145,35 @@ def authenticate_password(session: Session, name: str, password: str) -> Princip
 def principal_for_user(session: Session, user_id: int, via: str = "session") -> Principal | None:
     user = session.get(User, user_id)
     return Principal(user.id, user.name, user.role, via) if user else None
+
+
+def open_session(session: Session, user_id: int, lifetime: dt.timedelta) -> str:
+    """A new browser session for ``user_id``; returns its secret (for the cookie)."""
+    now = utcnow()
+    session.execute(sql_delete(WebSession).where(WebSession.expires_at <= now))
+    secret = new_token()
+    session.add(WebSession(user_id=user_id, token_hash=hash_token(secret), created_at=now,
+                           expires_at=now + lifetime))  # fmt: skip
+    return secret
+
+
+def principal_for_session(session: Session, secret: str) -> Principal | None:
+    """The user of a live, unexpired session; None once it was ended or expired."""
+    row = session.execute(
+        select(User.id, User.name, User.role)
+        .join(WebSession, WebSession.user_id == User.id)
+        .where(WebSession.token_hash == hash_token(secret), WebSession.expires_at > utcnow())
+    ).first()
+    return Principal(row.id, row.name, row.role, "session") if row else None
+
+
+def close_session(session: Session, secret: str) -> None:
+    session.execute(sql_delete(WebSession).where(WebSession.token_hash == hash_token(secret)))
+
+
+def end_sessions(session: Session, user_id: int) -> None:
+    """End every browser session of ``user_id`` (password or role changed, user removed)."""
+    session.execute(sql_delete(WebSession).where(WebSession.user_id == user_id))
 
 
 def authenticate_token(session: Session, token: str) -> Principal | None:
@@ -190,38 +228,78 @@ def token_dict(tok: ApiToken) -> dict[str, Any]:
 
 
 class LoginThrottle:
-    """Exponential slow-down of repeated log-in failures, keyed by name and by address."""
+    """Exponential slow-down of log-in attempts: per client address first, then per name.
+
+    :meth:`admit` checks and counts in one step under the lock, so N parallel
+    guesses cannot all see "go ahead" before any failure is recorded. The
+    address key allows ``free`` attempts; the name key allows ``name_free``
+    (more), so an attacker at one address is slowed down long before the
+    name is, and the right user at another address still gets in; a spray
+    from many addresses slows the name down for everyone (bounded by ``cap``).
+    A success clears the name's count and takes back only its own attempt from
+    the address's (logging in to one's own account between guesses does not
+    reset the address); a record idle for ``forget`` seconds is dropped.
+    """
 
     def __init__(
-        self, free: int = 3, base: float = 1.0, cap: float = 60.0, clock: Callable = time.monotonic
+        self,
+        free: int = 3,
+        base: float = 1.0,
+        cap: float = 60.0,
+        clock: Callable = time.monotonic,
+        name_free: int = 20,
+        forget: float = 900.0,
     ) -> None:
         self.free, self.base, self.cap, self.clock = free, base, cap, clock
+        self.name_free, self.forget = name_free, forget
         self._fails: dict[str, tuple[int, float]] = {}
         self._lock = threading.Lock()
 
-    def _delay(self, key: str) -> float:
+    @staticmethod
+    def keys(address: str, name: str) -> tuple[str, str]:
+        return "ip:" + address, "user:" + name.lower()
+
+    def _get(self, key: str, now: float) -> tuple[int, float]:
         count, last = self._fails.get(key, (0, 0.0))
-        if count < self.free:
+        if count and now - last > self.forget:
+            del self._fails[key]
+            return 0, 0.0
+        return count, last
+
+    def _delay(self, key: str, free: int) -> float:
+        count, last = self._get(key, self.clock())
+        if count < free:
             return 0.0
-        wait = min(self.cap, self.base * 2 ** (count - self.free))
+        wait = min(self.cap, self.base * 2 ** (count - free))
         return max(0.0, last + wait - self.clock())
 
-    def wait_for(self, *keys: str) -> float:
-        """Seconds the caller must still wait before another attempt (0 = go ahead)."""
-        with self._lock:
-            return max((self._delay(k) for k in keys), default=0.0)
+    def _count(self, key: str, now: float) -> None:
+        count, _ = self._get(key, now)
+        self._fails[key] = (count + 1, now)
+        if len(self._fails) > 10_000:  # bounded memory under a spray of names
+            oldest = sorted(self._fails, key=lambda k: self._fails[k][1])[:5_000]
+            for old in oldest:
+                del self._fails[old]
 
-    def failed(self, *keys: str) -> None:
+    def admit(self, address: str, name: str) -> float:
+        """0 = go ahead (the attempt is counted as a failure until :meth:`succeeded`),
+        else the seconds to wait (nothing counted)."""
+        ip, user = self.keys(address, name)
         with self._lock:
+            wait = max(self._delay(ip, self.free), self._delay(user, self.name_free))
+            if wait > 0:
+                return wait
             now = self.clock()
-            for key in keys:
-                count, _ = self._fails.get(key, (0, 0.0))
-                self._fails[key] = (count + 1, now)
-            if len(self._fails) > 10_000:  # bounded memory under a spray of names
-                oldest = sorted(self._fails, key=lambda k: self._fails[k][1])[:5_000]
-                for key in oldest:
-                    del self._fails[key]
+            self._count(ip, now)
+            self._count(user, now)
+            return 0.0
 
-    def succeeded(self, key: str) -> None:
+    def succeeded(self, address: str, name: str) -> None:
+        ip, user = self.keys(address, name)
         with self._lock:
-            self._fails.pop(key, None)
+            self._fails.pop(user, None)
+            count, last = self._fails.get(ip, (0, 0.0))
+            if count > 1:
+                self._fails[ip] = (count - 1, last)
+            else:
+                self._fails.pop(ip, None)

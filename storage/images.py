@@ -7,6 +7,13 @@ SHA-256 computed over every byte as it passes. qcow2: ``qemu-img convert -n
 qcow2 file as supplied (what a publisher's checksum covers). URLs stream in
 1 MiB chunks, hashed as they arrive; qcow2 downloads land in a temporary file
 first (qemu-img needs random access). On any failure the new volume is deleted.
+
+Trust: URLs go through :func:`storage.fetch.open_url` with the caller's
+address check (``url_check``), applied at connect time to every hop. A qcow2
+that names a backing file or an external data file is refused before it is
+read: qemu-img would follow that name to any file on the server. Which
+server paths may be imported at all is the caller's rule (provisiond checks
+its import folders); errors show URLs through :func:`redact_url`.
 """
 
 from __future__ import annotations
@@ -16,10 +23,10 @@ import hashlib
 import json
 import os
 import tempfile
-import urllib.request
 from typing import NamedTuple
 
 from storage.backends.base import Backend, StorageError, Volume
+from storage.fetch import Check, open_url, redact_url
 from storage.runner import Runner
 from storage.sparse import CHUNK, Progress, copy_fd
 
@@ -52,8 +59,19 @@ def file_sha256(path: str) -> str:
 
 
 def qcow2_virtual_size(path: str, runner: Runner) -> int:
+    """The virtual size of a self-contained qcow2; one with a backing or data file is refused."""
     res = runner.run(["qemu-img", "info", "--output=json", "-f", "qcow2", path], timeout=60)
-    return int(json.loads(res.stdout)["virtual-size"])
+    info = json.loads(res.stdout)
+    backing = info.get("backing-filename") or info.get("full-backing-filename")
+    if backing:
+        raise StorageError(
+            f"qcow2 image has a backing file ({backing}); only self-contained images can be "
+            "imported: flatten it first (qemu-img convert -O qcow2 IN OUT)"
+        )
+    data_file = (info.get("format-specific") or {}).get("data", {}).get("data-file")
+    if data_file:
+        raise StorageError(f"qcow2 image has an external data file ({data_file}); flatten it first")
+    return int(info["virtual-size"])
 
 
 def import_image(
@@ -66,18 +84,19 @@ def import_image(
     runner: Runner | None = None,
     expected_sha256: str | None = None,
     workdir: str | None = None,
+    url_check: Check | None = None,
 ) -> Imported:
     """Import ``source`` (path or http(s) URL) as new volume ``name``; see module doc."""
     runner = runner or Runner()
     if backend.get(name) is not None:
         raise StorageError(f"volume {name} already exists; delete it first to re-import")
-    if source.startswith(("http://", "https://")):
-        result = _import_url(backend, name, source, fmt, progress, runner, workdir)
+    if "://" in source:
+        result = _import_url(backend, name, source, fmt, progress, runner, workdir, url_check)
     else:
         result = _import_file(backend, name, source, fmt, progress, runner)
     if expected_sha256 and result.sha256 != expected_sha256.lower():
         backend.delete(name)
-        raise StorageError(f"sha256 mismatch for {source}: got {result.sha256}")
+        raise StorageError(f"sha256 mismatch for {redact_url(source)}: got {result.sha256}")
     return result
 
 
@@ -115,10 +134,10 @@ def _import_qcow2(backend, name, path, progress, runner, sha) -> Imported:
     return Imported(vol, vol.size, sha)
 
 
-def _import_url(backend, name, url, fmt, progress, runner, workdir) -> Imported:
+def _import_url(backend, name, url, fmt, progress, runner, workdir, check) -> Imported:
     with tempfile.NamedTemporaryFile(dir=workdir, prefix="import-", suffix=".img") as tmp:
         h = hashlib.sha256()
-        with urllib.request.urlopen(url, timeout=30) as resp:
+        with open_url(url, check or (lambda _addr: None), timeout=30) as resp:
             total = int(resp.headers.get("Content-Length") or 0)
             done = 0
             while buf := resp.read(HTTP_CHUNK):
@@ -129,7 +148,7 @@ def _import_url(backend, name, url, fmt, progress, runner, workdir) -> Imported:
                 if progress:
                     progress(done, total or done)
         if total and done != total:
-            raise StorageError(f"download of {url} short: {done} of {total} bytes")
+            raise StorageError(f"download of {redact_url(url)} short: {done} of {total} bytes")
         os.ftruncate(tmp.fileno(), done)
         return _import_file(backend, name, tmp.name, fmt, None, runner, sha=h.hexdigest())
 

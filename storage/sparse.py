@@ -101,9 +101,17 @@ def _copy_dense(src: int, dst: int, size: int, *, progress=None, hasher=None) ->
     return off
 
 
+def open_private(path: str):
+    """``path`` created or truncated for writing, mode 0600 whatever the umask (images hold
+    whole disks: only the daemon reads them)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    os.fchmod(fd, 0o600)
+    return os.fdopen(fd, "wb")
+
+
 def sparse_copy(src: str, dst: str, *, progress: Progress | None = None, hasher=None) -> int:
-    """Copy file ``src`` to a new/truncated ``dst`` sparsely; returns data bytes written."""
-    with open(src, "rb") as fs, open(dst, "wb") as fd:
+    """Copy file ``src`` to a new/truncated ``dst`` (0600) sparsely; returns data bytes written."""
+    with open(src, "rb") as fs, open_private(dst) as fd:
         size = os.fstat(fs.fileno()).st_size
         n = copy_fd(fs.fileno(), fd.fileno(), size, progress=progress, hasher=hasher)
         fd.flush()

@@ -7,15 +7,21 @@ Owns :func:`create_app`, which builds the WSGI app around a
 the boot and agent blueprints are the allow-list). JSON errors carry a message
 and the field at fault; service-layer errors map to their HTTP status. The
 session cookie is signed with a key kept in ``<state_dir>/web-secret`` (0600,
-created on first start), HttpOnly and SameSite=Lax.
+created on first start), HttpOnly and SameSite=Lax, and Secure when
+``[http] tls`` is on. Then the UI and API answer only over HTTPS
+(:func:`_https_only`: a plain-HTTP page is redirected there, anything else is
+refused), while the boot and agent blueprints and ``/healthz`` stay on
+plain HTTP for iPXE. Every answer but the boot path's carries CSP,
+X-Frame-Options and X-Content-Type-Options; HTTPS answers also HSTS.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import os
+from urllib.parse import urlsplit
 
-from flask import Flask, jsonify, render_template, request
+from flask import Flask, jsonify, redirect, render_template, request
 
 from provisiond.context import Context
 from provisiond.errors import ProvisiondError
@@ -42,6 +48,41 @@ def _error_response(message: str, status: int, field: str | None = None):
     return render_template("error.html", status=status, message=message), status
 
 
+PLAIN_BLUEPRINTS = frozenset({"boot", "agent"})  # iPXE and the initrd agent: plain HTTP
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data:; connect-src 'self'; object-src 'none'; base-uri 'self'; "
+    "form-action 'self'; frame-ancestors 'none'"
+)
+HSTS = "max-age=31536000"
+
+
+def _https_only(https_port: int):
+    """With TLS on: the UI's pages move to HTTPS, the API and forms are refused on HTTP."""
+    if request.is_secure or request.blueprint in PLAIN_BLUEPRINTS:
+        return None
+    if request.endpoint == "healthz":
+        return None
+    host = urlsplit("//" + request.host).hostname or ""
+    host = f"[{host}]" if ":" in host else host
+    target = f"https://{host}:{https_port}{request.full_path.rstrip('?')}"
+    if request.method in ("GET", "HEAD") and not request.path.startswith("/api/"):
+        return redirect(target, 308)
+    return _error_response(f"the UI and API are served over HTTPS only: use {target}", 403)
+
+
+def _security_headers(response):
+    if request.blueprint in PLAIN_BLUEPRINTS:
+        return response
+    response.headers.setdefault("Content-Security-Policy", CSP)
+    response.headers.setdefault("X-Frame-Options", "DENY")
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    response.headers.setdefault("Referrer-Policy", "same-origin")
+    if request.is_secure:
+        response.headers.setdefault("Strict-Transport-Security", HSTS)
+    return response
+
+
 def create_app(ctx: Context) -> Flask:
     app = Flask(__name__)
     app.extensions["provisiond"] = ctx
@@ -51,6 +92,7 @@ def create_app(ctx: Context) -> Flask:
         SESSION_COOKIE_NAME="provisiond_session",
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_SECURE=ctx.config.http.tls,
         PERMANENT_SESSION_LIFETIME=dt.timedelta(hours=12),
     )
 
@@ -63,7 +105,10 @@ def create_app(ctx: Context) -> Flask:
     app.register_blueprint(agent.bp)
     app.register_blueprint(api_bp)
     app.register_blueprint(ui_bp)
+    if ctx.config.http.tls:
+        app.before_request(lambda: _https_only(ctx.config.http.https_port))
     app.before_request(guard)
+    app.after_request(_security_headers)
     app.jinja_env.globals["csrf_token"] = csrf_token
 
     @app.errorhandler(ProvisiondError)

@@ -79,6 +79,7 @@ class Bench:
     def __init__(self, lab: Lab, work: Path, args) -> None:
         self.lab, self.work, self.args = lab, work, args
         extra = f'[[storage]]\nname = "local"\nbackend = "file"\npath = "{work / "images"}"\n'
+        extra += f'[images]\nimport_dirs = ["{work}"]\n'
         self.d = LabDaemon(lab, work, lab_config(lab, work / "state", extra))
         self.d.cli("init")
         self.d.add_fake_kernel()

@@ -49,11 +49,16 @@ def config_check(env: Env, path: str | None) -> None:
 def init(env: Env) -> None:
     """Create the state directory, database, admin user and SSH key (safe to re-run)."""
     from provisiond import assets
-    from provisiond.security import ensure_ssh_keypair, hash_password, new_password
+    from provisiond.security import (
+        ensure_ssh_keypair,
+        hash_password,
+        new_password,
+        private_state,
+    )
     from provisiond.storages import StorageManager
 
     cfg = env.config
-    cfg.state_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
+    private_state(cfg.state_dir, cfg.sqlite_path)
     cfg.boot_assets_dir.mkdir(parents=True, exist_ok=True)
     env.db.migrate()
     with env.db.session() as s:
@@ -71,10 +76,29 @@ def init(env: Env) -> None:
         click.echo(f"SSH key pair written: {cfg.ssh_key_path} (0600)")
     else:
         click.echo(f"SSH key pair exists: {cfg.ssh_key_path} (kept)")
+    _init_tls(cfg)
     missing = assets.install_ipxe(cfg.boot_assets_dir)
     if missing:
         click.echo(f"warning: iPXE binaries missing: {', '.join(missing)} (apt-get install ipxe)")
     click.echo(f"initialised {cfg.state_dir} (database {_safe_url(cfg.database_url)})")
+
+
+def _init_tls(cfg: configmod.Config) -> None:
+    """HTTPS for the UI/API: make a self-signed pair unless the config names one; check it."""
+    from provisiond.security import check_tls_pair, ensure_tls_pair
+
+    if not cfg.http.tls:
+        return
+    if cfg.http.tls_cert is None and ensure_tls_pair(
+        cfg.tls_cert_path, cfg.tls_key_path, str(cfg.address)
+    ):
+        click.echo(f"self-signed TLS certificate written: {cfg.tls_cert_path} (key 0600)")
+    try:
+        fingerprint = check_tls_pair(cfg.tls_cert_path, cfg.tls_key_path)
+    except ValueError as exc:
+        raise click.ClickException(str(exc))
+    click.echo(f"TLS certificate {cfg.tls_cert_path}, fingerprint {fingerprint}")
+    click.echo(f"UI and API: {cfg.ui_base}/ (boot path stays on {cfg.http_base})")
 
 
 def _safe_url(url: str) -> str:

@@ -2,7 +2,7 @@
 
 The honest fallback that works on any file system: a clone copies every data
 extent (sparse-aware, holes stay holes) and reports progress (bytes done,
-total). The origin of a clone is kept in the ``user.provisiond.origin`` xattr
+total). Volume files are 0600. The origin of a clone is kept in the ``user.provisiond.origin`` xattr
 where the file system supports user xattrs. Writes go to a hidden temporary
 file renamed into place, so a crash never leaves a half-copied volume.
 """
@@ -22,7 +22,7 @@ from storage.backends.base import (
     check_name,
     check_size,
 )
-from storage.sparse import Progress, sparse_copy
+from storage.sparse import Progress, open_private, sparse_copy
 
 SUFFIX = ".img"
 XATTR_ORIGIN = "user.provisiond.origin"
@@ -61,7 +61,7 @@ class FileBackend:
                 raise StorageError(f"volume {name} exists with size {vol.size}, not {size}")
             return vol
         tmp = self._tmp(name)
-        with open(tmp, "wb") as f:
+        with open_private(tmp) as f:
             f.truncate(size)
         os.replace(tmp, self.path(name))
         return Volume(name, self.path(name), size)

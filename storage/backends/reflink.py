@@ -16,13 +16,14 @@ import os
 
 from storage.backends.base import BackendUnavailable
 from storage.backends.file import FileBackend
+from storage.sparse import open_private
 
 FICLONE = 0x40049409
 
 
 def ficlone(src: str, dst: str) -> None:
     """Make ``dst`` (created/truncated) a copy-on-write clone of ``src``."""
-    with open(src, "rb") as fs, open(dst, "wb") as fd:
+    with open(src, "rb") as fs, open_private(dst) as fd:
         fcntl.ioctl(fd.fileno(), FICLONE, fs.fileno())
 
 

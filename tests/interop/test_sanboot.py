@@ -45,6 +45,7 @@ def san_lab(tmp_path):
     with Lab("sanbt") as lab:
         images = tmp_path / "images"
         extra = f'[[storage]]\nname = "local"\nbackend = "file"\npath = "{images}"\n'
+        extra += f'[images]\nimport_dirs = ["{tmp_path}"]\n'
         d = LabDaemon(lab, tmp_path, lab_config(lab, tmp_path / "state", extra, CONTROL_PORT))
         d.cli("init")
         d.add_fake_kernel()

@@ -35,6 +35,7 @@ def lab(tmp_path):
         pytest.skip(reason="needs busybox (busybox-static) and curl")
     with Lab("strm") as lab:
         extra = f'[[storage]]\nname = "local"\nbackend = "file"\npath = "{tmp_path / "images"}"\n'
+        extra += f'[images]\nimport_dirs = ["{tmp_path}"]\n'
         d = LabDaemon(lab, tmp_path, lab_config(lab, tmp_path / "state", extra))
         d.cli("init")
         d.add_fake_kernel()

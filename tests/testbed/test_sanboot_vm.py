@@ -56,6 +56,7 @@ def test_two_machines_san_boot_their_own_clones(testbed, boot_assets):
     config = tb.provisiond_config(heartbeat_interval=2) + (
         f"\n[iscsi]\ntgt_control_port = {CONTROL_PORT}\nboot_timeout = 240\n"
         f'\n[[storage]]\nname = "fast"\nbackend = "reflink"\npath = "{images}"\n'
+        f'\n[images]\nimport_dirs = ["{tb.workdir}"]\n'
     )
     try:
         tb.start_provisiond(config)

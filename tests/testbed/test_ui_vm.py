@@ -52,6 +52,7 @@ def test_new_user_turns_an_idle_machine_into_an_appliance(testbed, boot_assets):
     config = tb.provisiond_config(heartbeat_interval=2) + (
         f"\n[iscsi]\ntgt_control_port = {CONTROL_PORT}\nboot_timeout = 240\n"
         f'\n[[storage]]\nname = "local"\nbackend = "file"\npath = "{tb.workdir / "images"}"\n'
+        f'\n[images]\nimport_dirs = ["{tb.workdir}"]\n'
     )
     tb.write_config(config)
     init = tb.provisiond_cli("init")

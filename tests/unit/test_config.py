@@ -153,7 +153,30 @@ BAD = [
     ("[lease]\nexpiry = 1", "lease.expiry", "integer from 2 to 100"),
     ("[lease]\nttl = 9", "lease.ttl", "unknown key"),
     ("this is not toml", "config", "not valid TOML"),
+    ('[images]\nimport_dirs = "/srv"', "images.import_dirs", "must be a list"),
+    ('[images]\nimport_dirs = ["srv"]', "images.import_dirs", "absolute path"),
+    ('state_dir = "/v"\n[images]\nimport_dirs = ["/v/in"]', "images.import_dirs", "state_dir"),
+    ('[images]\nallow_networks = ["10.0.0.1/8"]', "images.allow_networks", "network"),
+    ("[images]\nfolders = []", "images.folders", "unknown key"),
+    ('[http]\ntls_cert = "/c.pem"', "http.tls_key", "set both"),
+    ('[http]\ntls_cert = "c.pem"\ntls_key = "k.pem"', "http.tls_cert", "absolute path"),
+    ("[http]\ntls = true\nhttps_port = 8080", "http.https_port", "differ from http_port"),
+    ("[http]\ntls = 1", "http.tls", "true or false"),
 ]
+
+
+def test_images_and_http_sections_parse():
+    c = cfg.parse(
+        '[images]\nimport_dirs = ["/srv/a", "/srv/b"]\n'
+        'allow_networks = ["10.0.0.5/32", "fd00::/8"]\n'
+        '[http]\ntls = true\nhttps_port = 9443\ntls_cert = "/c.pem"\ntls_key = "/k.pem"\n'
+    )
+    assert [str(p) for p in c.images.import_dirs] == ["/srv/a", "/srv/b"]
+    assert [str(n) for n in c.images.allow_networks] == ["10.0.0.5/32", "fd00::/8"]
+    assert c.ui_base == "https://127.0.0.1:9443" and str(c.tls_key_path) == "/k.pem"
+    plain = cfg.parse("")
+    assert plain.ui_base == plain.http_base and plain.images.import_dirs == ()
+    assert plain.tls_cert_path == plain.state_dir / "tls" / "cert.pem"
 
 
 @pytest.mark.parametrize(("text", "key", "fix"), BAD, ids=[b[1] + ":" + b[2] for b in BAD])

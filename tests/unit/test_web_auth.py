@@ -168,12 +168,14 @@ def test_repeated_failures_are_slowed_down(app, ctx):
         assert len(fails) == 3
 
 
-def test_role_change_applies_to_the_next_request(app, ctx):
+def test_role_change_ends_the_session_and_applies_at_the_next_login(app, ctx):
     client = app.test_client()
     login(client, "operator")
     assert client.get("/users").status_code == 403
     with ctx.db.session() as s:
         users.update(s, users.find(s, "operator"), "test", role="admin")
+    assert client.get("/users").status_code == 302  # issue 11 finding 6: session ended
+    login(client, "operator")
     assert client.get("/users").status_code == 200
 
 
@@ -197,11 +199,34 @@ class FakeClock:
 )
 def test_login_throttle_table(failures, elapsed, must_wait):
     clock = FakeClock()
-    t = users.LoginThrottle(free=3, base=1.0, cap=60.0, clock=clock)
-    for _ in range(failures):
-        t.failed("user:a", "ip:1")
-    clock.now += elapsed
-    assert t.wait_for("user:a", "ip:9") == pytest.approx(must_wait)
-    t.succeeded("user:a")
-    assert t.wait_for("user:a") == 0.0
-    assert t.wait_for("ip:1") == pytest.approx(must_wait)
+    t = users.LoginThrottle(free=3, base=1.0, cap=60.0, clock=clock, name_free=100)
+    for i in range(failures):
+        while t.admit("10.0.0.1", "a") > 0:  # admitted attempts are the counted ones
+            clock.now += 0.25
+        if i == failures - 1:
+            last = clock.now
+    clock.now = last + elapsed
+    assert t.admit("10.0.0.1", "a") == pytest.approx(must_wait)
+    assert t.admit("10.0.0.9", "a") == 0.0  # another address: its own count
+    t.succeeded("10.0.0.9", "a")
+    clock.now += 900.1  # an idle record is forgotten
+    assert t.admit("10.0.0.1", "a") == 0.0
+
+
+def test_login_throttle_own_success_does_not_reset_the_address():
+    clock = FakeClock()
+    t = users.LoginThrottle(free=3, base=1.0, cap=60.0, clock=clock, name_free=100)
+    for _ in range(10):  # guess, guess, then log in to one's own account, again and again
+        for name in ("admin", "admin", "mallory"):
+            if t.admit("10.0.0.1", name) == 0.0 and name == "mallory":
+                t.succeeded("10.0.0.1", name)
+        clock.now += 0.5
+    assert t.admit("10.0.0.1", "admin") > 0.0
+
+
+def test_login_throttle_names_have_a_larger_allowance():
+    clock = FakeClock()
+    t = users.LoginThrottle(free=3, base=1.0, cap=60.0, clock=clock, name_free=5)
+    admitted = [t.admit(f"10.0.0.{i}", "admin") == 0.0 for i in range(8)]  # a spray
+    assert admitted == [True] * 5 + [False] * 3
+    assert t.admit("10.0.0.1", "other") == 0.0

@@ -7,8 +7,9 @@ and the CSRF token. Order of checks for every request:
    files, and the ``boot`` and ``agent`` blueprints, which carry their own
    per-boot tokens) pass without a user.
 2. The principal: ``Authorization: Bearer <API token>`` on ``/api/``, else
-   the session cookie's user id (re-read from the database on every request,
-   so a role change or a deleted user takes effect at once). None: the API
+   the session cookie's secret, looked up as a server-side session row on
+   every request (:func:`provisiond.users.principal_for_session`): log-out,
+   a password or role change or a deleted user ends it at once. None: the API
    answers 401 JSON, the UI redirects to the log-in page.
 3. CSRF: every unsafe method authenticated by the session cookie (the log-in
    form included) must echo the session's token in the ``csrf_token`` form
@@ -87,8 +88,8 @@ def _load_principal() -> Principal | None:
     with db.sessions() as s:
         if token:
             return users.authenticate_token(s, token)
-        uid = session.get("uid")
-        return users.principal_for_user(s, uid) if isinstance(uid, int) else None
+        sid = session.get("sid")
+        return users.principal_for_session(s, sid) if isinstance(sid, str) else None
 
 
 def _csrf_ok() -> bool:

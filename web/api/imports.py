@@ -19,6 +19,7 @@ from sqlalchemy import select
 
 from provisiond import logs, present
 from provisiond.errors import Invalid
+from provisiond.importpolicy import redact_url
 from provisiond.model import Job
 from web.api.auth import actor
 from web.api.common import body, ctx, typed
@@ -68,7 +69,7 @@ def start_import(data: dict | None = None, who: str | None = None):
             images.import_from(c.db, manager, source, name, storage=storage, actor=who)
         except BaseException as exc:  # reported to the waiting request or logged
             failure.append(exc)
-            log.warning("image import %s from %s failed: %s", name, source, exc)
+            log.warning("image import %s from %s failed: %s", name, redact_url(source), exc)
 
     thread = threading.Thread(target=work, name=f"import-{name}", daemon=True)
     thread.start()

@@ -3,13 +3,19 @@
 Owns the ``ui`` blueprint: log-in/log-out here, the pages in
 :mod:`web.ui.pages`, the assign workflow in :mod:`web.ui.assign` and the web
 shell in :mod:`web.ui.shell`. Log-in verifies the scrypt hash through
-:mod:`provisiond.users`, rotates the session (new CSRF token) and slows
-repeated failures down per user name and per client address
-(:class:`provisiond.users.LoginThrottle`, answered 429 with the wait).
+:mod:`provisiond.users`, opens a server-side session (new CSRF token; log-out
+deletes it) and slows
+repeated failures down per client address first, then per user name
+(:class:`provisiond.users.LoginThrottle`: counted atomically when admitted,
+answered 429 with the wait). ``next=`` is followed only to a same-site path
+(:func:`safe_next`).
 Every log-in, failure and log-out is an Event.
 """
 
 from __future__ import annotations
+
+import re
+from urllib.parse import urlsplit
 
 from flask import Blueprint, current_app, redirect, render_template, request, session
 
@@ -25,10 +31,22 @@ def _setup(state) -> None:
     state.app.extensions.setdefault("login_throttle", users.LoginThrottle())
 
 
-def _safe_next(target: str | None) -> str:
-    if target and target.startswith("/") and not target.startswith("//") and "\\" not in target:
-        return target
-    return "/"
+_NEXT = re.compile(r"/(?![/\\])[\x21-\x7e]*")  # printable ASCII, not "//" or "/\\"
+
+
+def safe_next(target: str | None) -> str:
+    """``target`` if it is a same-site path, else ``/``.
+
+    Browsers drop tabs and newlines from URLs and read a backslash as ``/``, so
+    ``/<TAB>/evil.example`` would become ``//evil.example``: any byte that is not
+    printable ASCII, a backslash anywhere, or a second leading slash refuses it.
+    """
+    if not target or not _NEXT.fullmatch(target) or "\\" in target:
+        return "/"
+    parts = urlsplit(target)
+    if parts.scheme or parts.netloc:
+        return "/"
+    return target
 
 
 @bp.route("/login", methods=["GET", "POST"])
@@ -37,28 +55,31 @@ def login():
         return render_template("login.html", next=request.args.get("next", "/"), errors={})
     throttle: users.LoginThrottle = current_app.extensions["login_throttle"]
     name = request.form.get("name", "").strip()
-    keys = ("user:" + name.lower(), "ip:" + (request.remote_addr or "?"))
+    address = request.remote_addr or "?"
     nxt = request.form.get("next", "/")
-    wait = throttle.wait_for(*keys)
+    wait = throttle.admit(address, name)
     if wait > 0:
         msg = f"Too many failed attempts. Wait {int(wait) + 1} seconds, then try again."
         return render_template("login.html", next=nxt, name=name, errors={"password": msg}), 429
     with ctx().db.session() as s:
         principal = users.authenticate_password(s, name, request.form.get("password", ""))
         if principal is None:
-            events.record(s, f"web:{name[:40]}", "user.login_failed", name[:64], keys[1])
+            events.record(s, f"web:{name[:40]}", "user.login_failed", name[:64], address)
         else:
-            events.record(s, f"web:{name}", "user.login", name, keys[1])
+            events.record(s, f"web:{name}", "user.login", name, address)
     if principal is None:
-        throttle.failed(*keys)
         msg = "Wrong user name or password."
         return render_template("login.html", next=nxt, name=name, errors={"password": msg}), 401
-    throttle.succeeded(keys[0])
+    throttle.succeeded(address, name)
+    with ctx().db.session() as s:
+        sid = users.open_session(
+            s, principal.user_id, current_app.config["PERMANENT_SESSION_LIFETIME"]
+        )
     session.clear()
     session.permanent = True
-    session["uid"] = principal.user_id
+    session["sid"] = sid
     csrf_token()
-    return redirect(_safe_next(nxt))
+    return redirect(safe_next(nxt))
 
 
 @bp.post("/logout")
@@ -67,6 +88,8 @@ def logout():
 
     with ctx().db.session() as s:
         events.record(s, f"web:{current().name}", "user.logout", current().name, "")
+        if isinstance(session.get("sid"), str):
+            users.close_session(s, session["sid"])
     session.clear()
     return redirect("/login")
 

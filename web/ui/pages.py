@@ -15,6 +15,7 @@ from sqlalchemy import func, select
 
 from provisiond import appliances, jobs, present, resources, users
 from provisiond.errors import ProvisiondError
+from provisiond.importpolicy import redact_url
 from provisiond.lifecycle import IllegalTransition
 from provisiond.model import ApiToken, Appliance, Event, Image, Job, Kernel, Resource, Storage, User
 from web.api import inventory, work
@@ -192,6 +193,7 @@ def image_import():
             rows, pager = _page(s, select(Image).order_by(Image.id))
             out = [{**present.image(i), "used_by": inventory.image_used_by(s, i)} for i in rows]
         errors = {exc.field or "source": exc.message}
+        form["source"] = redact_url(form["source"])
         storages = [st.name for st in ctx().config.storages]
         return render_template(
             "images.html", rows=out, pg=pager, storages=storages, errors=errors, form=form
