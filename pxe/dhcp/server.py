@@ -6,7 +6,10 @@ loops (receive -> decode -> handle -> send), the statistics and the
 rate-limited warnings. ACKs leave only after their lease rows committed
 (``leases.LeaseStore`` sends them from its writer thread).
 
-    DhcpService(config, policy, db).start()   # returns once listening
+    DhcpService(config, policy, db, sightings=boots).start()   # returns once listening
+
+A reply to a network-boot client is reported to the ``sightings`` port
+(``pxe.dhcp.sightings``): "this MAC booted with this address now".
 """
 
 from __future__ import annotations
@@ -21,10 +24,13 @@ from provisiond.boot import BootPolicy
 from provisiond.config import Config
 from provisiond.db import Database
 from provisiond.service import LoopThread
-from pxe.dhcp.codec import DhcpDecodeError, decode
+from pxe.dhcp import bootfile
+from pxe.dhcp import codec as c
+from pxe.dhcp.codec import DhcpDecodeError, DhcpPacket, decode
 from pxe.dhcp.handler import Handler, Reply
 from pxe.dhcp.leases import LeaseStore
 from pxe.dhcp.pool import Pool, pools_for
+from pxe.dhcp.sightings import VIA_DHCP, VIA_PROXY_4011, VIA_PROXY_OFFER, BootSightings
 
 log = logs.get("dhcp")
 WARN_EVERY = 60.0  # seconds between repeated warnings of one kind
@@ -56,9 +62,16 @@ class DhcpService:
     name = "dhcp"
 
     def __init__(
-        self, config: Config, policy: BootPolicy, db: Database, *, client_port: int = 68
+        self,
+        config: Config,
+        policy: BootPolicy,
+        db: Database,
+        *,
+        client_port: int = 68,
+        sightings: BootSightings | None = None,
     ) -> None:
         self.config, self.policy, self.db = config, policy, db
+        self.sightings = sightings
         self.client_port = client_port
         self.stats: dict[str, int] = dict.fromkeys(STAT_KEYS, 0)
         self.warn = RateLimitedLog()
@@ -165,6 +178,20 @@ class DhcpService:
             return
         if reply is not None:
             self._send(sock, reply)
+            if self.sightings is not None and reply.kind in (c.ACK, c.OFFER):
+                self._sighted(packet, reply, src if proxy else None)
+
+    def _sighted(self, p: DhcpPacket, reply: Reply, source: tuple[str, int] | None) -> None:
+        """Report a boot: a full-mode ACK with an address, or a proxyDHCP answer."""
+        if bootfile.detect(p) is None:
+            return  # an operating system's DHCP client, not a machine booting
+        yiaddr = socket.inet_ntoa(reply.data[16:20])  # BOOTP header offset 16 (RFC 2131 2)
+        if source is not None:
+            self.sightings.booted(p.chaddr, source[0], VIA_PROXY_4011)
+        elif reply.kind == c.ACK and yiaddr != c.ZERO_IP:
+            self.sightings.booted(p.chaddr, yiaddr, VIA_DHCP)
+        elif reply.kind == c.OFFER and yiaddr == c.ZERO_IP:
+            self.sightings.booted(p.chaddr, None, VIA_PROXY_OFFER)
 
     def _send(self, sock: socket.socket, reply: Reply) -> None:
         if reply.durable:
