@@ -16,8 +16,14 @@ def iso(value) -> str | None:
     return value.isoformat(timespec="seconds") if value else None
 
 
+def _int(value: Any) -> int | None:
+    """A stored number, or None: rows written before the inventory schema may hold anything."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
 def resource(r: Resource, detail: bool = False) -> dict[str, Any]:
-    inv = r.inventory or {}
+    inv = r.inventory if isinstance(r.inventory, dict) else {}
+    cpu = inv.get("cpu")
     out = {
         "id": r.id,
         "name": r.display_name,
@@ -25,10 +31,8 @@ def resource(r: Resource, detail: bool = False) -> dict[str, Any]:
         "ip": r.ip,
         "state": r.state,
         "state_reason": r.state_reason,
-        "cpus": (inv.get("cpu") or {}).get("count") if isinstance(inv, dict) else None,
-        "memory_mib": ((inv.get("memory_bytes") or 0) // 2**20 or None)
-        if isinstance(inv, dict)
-        else None,
+        "cpus": _int(cpu.get("count")) if isinstance(cpu, dict) else None,
+        "memory_mib": (_int(inv.get("memory_bytes")) or 0) // 2**20 or None,
         "last_heartbeat": iso(r.last_heartbeat),
     }
     if detail:

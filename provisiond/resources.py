@@ -28,6 +28,7 @@ from sqlalchemy.orm import Session
 from provisiond import events, lifecycle
 from provisiond.boot import normalize_mac
 from provisiond.errors import Conflict, Invalid, NotFound
+from provisiond.hardware import parse_inventory
 from provisiond.lifecycle import ResourceState as RS
 from provisiond.model import Appliance, Job, Resource, utcnow
 from provisiond.security import hash_token, new_token, ssh_fingerprint
@@ -123,9 +124,7 @@ def register(
         fingerprint = ssh_fingerprint(hostkey)
     except ValueError:
         raise Invalid("register: 'hostkey' must be an 'ssh-ed25519 AAAA...' line", field="hostkey")
-    inventory = body.get("inventory")
-    if not isinstance(inventory, dict):
-        raise Invalid("register: 'inventory' must be a JSON object", field="inventory")
+    inventory = parse_inventory(body.get("inventory"))
     if res.hostkey and hostkey != res.hostkey and res.state != RS.NEW:
         return _key_changed(session, res, hostkey, fingerprint, ip, actor)
     if ip and ip != res.ip:

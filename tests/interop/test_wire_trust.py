@@ -196,3 +196,40 @@ def test_ipxe_injection_refused_at_input_and_at_render(wire):
     code, text = d.boot_script(machine, MAC, source=leased)
     assert code == 500 and "chain http://evil" not in text.split("refusing")[0], text
     assert "'||'" in text, text
+
+
+def test_unauthenticated_input_neither_breaks_pages_nor_fills_the_database(wire):
+    lab, d, machine, attacker = wire
+    # 200 boot-script requests for random MACs, as the audit sent: no resource created
+    macs = [f"52:54:01:{i // 65536:02x}:{i // 256 % 256:02x}:{i % 256:02x}" for i in range(200)]
+    urls = [a for m in macs for a in ("-o", "/dev/null", f"{d.base}/boot/{m}.ipxe")]
+    out = attacker.run(["curl", "-s", "-w", "%{http_code}\n", *urls], timeout=120).stdout.split()
+    assert out == ["403"] * 200, out[:5]
+    assert d.cli_json("resource", "list") == []
+
+    # a registration with a string where a number belongs: 400 naming the field, nothing kept
+    token = d.boot_token(machine, MAC)
+    bad = [
+        ("inventory.memory_bytes", {"memory_bytes": "<string>"}),
+        ("inventory.cpu.count", {"cpu": {"count": "many"}}),
+        ("inventory.disks", {"disks": [{"name": f"d{i}"} for i in range(5000)]}),
+        ("inventory.dmi.vendor", {"dmi": {"vendor": "x" * 5000}}),
+        ("inventory.nics[0].mac", {"nics": [{"mac": 7}]}),
+    ]
+    for field, inventory in bad:
+        body = {**_register_body(f"{lab.net}.50"), "inventory": inventory}
+        code, text = _agent(d, machine, "/agent/v1/register", token, body)
+        assert code == 400, (field, text[:300])
+        assert json.loads(text)["field"] == field, text[:300]
+    res = d.cli_json("resource", "show", MAC)
+    assert res["state"] == "new" and res["inventory"] == {}, res
+    # every page that lists resources still answers
+    api = {"Authorization": f"Bearer {_api_token(d)}"}
+    for path in ("/api/v1/resources", f"/api/v1/resources/{MAC}"):
+        code, text = d.http(attacker, path, headers=api)
+        assert code == 200, (path, text[:300])
+    # a good registration is stored as the schema's shape
+    code, text = _agent(d, machine, "/agent/v1/register", token, _register_body(f"{lab.net}.50"))
+    assert code == 200, text
+    inv = d.cli_json("resource", "show", MAC)["inventory"]
+    assert inv["cpu"]["count"] == 1 and inv["nics"][0]["mac"] == MAC
