@@ -24,13 +24,11 @@ from provisiond.boot import BootPolicy
 from provisiond.config import Config
 from provisiond.db import Database
 from provisiond.service import LoopThread
-from pxe.dhcp import bootfile
-from pxe.dhcp import codec as c
-from pxe.dhcp.codec import DhcpDecodeError, DhcpPacket, decode
+from pxe.dhcp.codec import DhcpDecodeError, decode
 from pxe.dhcp.handler import Handler, Reply
 from pxe.dhcp.leases import LeaseStore
 from pxe.dhcp.pool import Pool, pools_for
-from pxe.dhcp.sightings import VIA_DHCP, VIA_PROXY_4011, VIA_PROXY_OFFER, BootSightings
+from pxe.dhcp.sightings import BootSightings, sighting
 
 log = logs.get("dhcp")
 WARN_EVERY = 60.0  # seconds between repeated warnings of one kind
@@ -178,20 +176,11 @@ class DhcpService:
             return
         if reply is not None:
             self._send(sock, reply)
-            if self.sightings is not None and reply.kind in (c.ACK, c.OFFER):
-                self._sighted(packet, reply, src if proxy else None)
-
-    def _sighted(self, p: DhcpPacket, reply: Reply, source: tuple[str, int] | None) -> None:
-        """Report a boot: a full-mode ACK with an address, or a proxyDHCP answer."""
-        if bootfile.detect(p) is None:
-            return  # an operating system's DHCP client, not a machine booting
-        yiaddr = socket.inet_ntoa(reply.data[16:20])  # BOOTP header offset 16 (RFC 2131 2)
-        if source is not None:
-            self.sightings.booted(p.chaddr, source[0], VIA_PROXY_4011)
-        elif reply.kind == c.ACK and yiaddr != c.ZERO_IP:
-            self.sightings.booted(p.chaddr, yiaddr, VIA_DHCP)
-        elif reply.kind == c.OFFER and yiaddr == c.ZERO_IP:
-            self.sightings.booted(p.chaddr, None, VIA_PROXY_OFFER)
+            seen = self.sightings and sighting(
+                packet, reply.kind, reply.data, src if proxy else None
+            )
+            if seen:
+                self.sightings.booted(*seen)
 
     def _send(self, sock: socket.socket, reply: Reply) -> None:
         if reply.durable:

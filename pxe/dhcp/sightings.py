@@ -19,10 +19,31 @@ via                 ip
 
 from __future__ import annotations
 
+import socket
 from typing import Protocol
+
+from pxe.dhcp import bootfile
+from pxe.dhcp import codec as c
+from pxe.dhcp.codec import DhcpPacket
 
 VIA_DHCP, VIA_PROXY_4011, VIA_PROXY_OFFER = "dhcp", "proxy-4011", "proxy-offer"
 
 
 class BootSightings(Protocol):
     def booted(self, mac: str, ip: str | None, via: str) -> None: ...
+
+
+def sighting(
+    p: DhcpPacket, kind: int, data: bytes, source: tuple[str, int] | None
+) -> tuple[str, str | None, str] | None:
+    """(mac, ip, via) when the reply ``kind``/``data`` to ``p`` answers a booting machine."""
+    if kind not in (c.ACK, c.OFFER) or bootfile.detect(p) is None:
+        return None  # a full-mode offer is no boot yet; an OS's DHCP client is no boot
+    yiaddr = socket.inet_ntoa(data[16:20])  # BOOTP header offset 16 (RFC 2131 section 2)
+    if source is not None:
+        return (p.chaddr, source[0], VIA_PROXY_4011)
+    if kind == c.ACK and yiaddr != c.ZERO_IP:
+        return (p.chaddr, yiaddr, VIA_DHCP)
+    if kind == c.OFFER and yiaddr == c.ZERO_IP:
+        return (p.chaddr, None, VIA_PROXY_OFFER)
+    return None
