@@ -19,6 +19,7 @@ import threading
 from collections.abc import Iterator
 
 from provisiond import assets, instance, logs, recovery
+from provisiond.boots import BootRegistry
 from provisiond.capture import CaptureJob
 from provisiond.config import Config
 from provisiond.context import Context
@@ -48,6 +49,7 @@ def build_context(config: Config) -> Context:
         inventory=inventory,
         policy=DatabasePolicy(config, inventory),
         renderer=IpxeRenderer(config.templates_dir, config.http_base),
+        boots=BootRegistry(window=config.agent.boot_window),
     )
 
 
@@ -56,7 +58,7 @@ def _protocol_services(ctx: Context) -> Iterator[Service]:
     if cfg.services.dhcp and cfg.subnets:
         from pxe.dhcp.server import DhcpService
 
-        yield DhcpService(cfg, ctx.policy, ctx.db)
+        yield DhcpService(cfg, ctx.policy, ctx.db, sightings=ctx.boots)
     if cfg.services.tftp:
         from pxe.tftp.server import TftpService
 

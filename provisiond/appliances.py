@@ -54,6 +54,18 @@ def _by_name(session: Session, model, ref: str, what: str):
     return obj
 
 
+#: parameters the boot policy renders into an iPXE script (template installs)
+SCRIPT_PARAMS = ("kernel", "initrds", "cmdline")
+
+
+def check_params(params: dict[str, Any]) -> None:
+    """Input-time guard: what the policy renders into a script is script-safe."""
+    from provisiond.kernels import check_script_fields
+
+    script = {f"params.{k}": v for k, v in params.items() if k in SCRIPT_PARAMS}
+    check_script_fields(script, "appliance")
+
+
 def create(
     session: Session,
     *,
@@ -82,6 +94,7 @@ def create(
             f"remove it first (`provisiond appliance rm {other.name}`)",
             field="resource",
         )
+    check_params(params or {})
     img = _by_name(session, Image, image, "image") if image else None
     if mode in ("sanboot", "local") and img is None:
         raise Invalid(f"mode {mode} needs --image", field="image")
@@ -145,12 +158,17 @@ def _job(session: Session, kind: str, app: Appliance) -> Job:
     return job
 
 
-def booted(session: Session, resource_id: int) -> bool:
-    """The machine fetched its appliance boot script: starting -> active (both)."""
+def booted(session: Session, resource_id: int, evidence: str = "machine is booting") -> bool:
+    """The machine is seen running its appliance: starting -> active (both).
+
+    ``evidence`` says what was seen: for sanboot the initiator's iSCSI login
+    (never the mere fetch of a boot script, which anyone could do); for a
+    local deploy the agent's report that the image is on the disk.
+    """
     app = session.scalars(select(Appliance).where(Appliance.resource_id == resource_id)).first()
     if app is None or app.state != AS.STARTING:
         return False
-    set_state(session, app, AS.ACTIVE, "machine is booting its appliance")
+    set_state(session, app, AS.ACTIVE, evidence)
     if app.resource.state == RS.DEPLOYING:
         resources.set_state(session, app.resource, RS.ACTIVE, f"appliance {app.name}")
     return True

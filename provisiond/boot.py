@@ -52,6 +52,21 @@ class Firmware(StrEnum):
 
 
 _MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+# what would end or extend an iPXE command: control characters (newline), ';', '&&',
+# '||' (iPXE's command chaining) and '${' (its expansion); '#' words are comments
+_SCRIPT_BAD = re.compile(r"[\x00-\x1f\x7f;]|&&|\|\||\$\{")
+
+
+def script_problem(value: str) -> str | None:
+    """Why ``value`` may not be rendered into an iPXE script, or None when it may."""
+    m = _SCRIPT_BAD.search(value)
+    if m:
+        bad = m.group()
+        what = f"control characters ({bad!r})" if len(bad) == 1 and bad != ";" else repr(bad)
+        return f"must not contain {what}: it would inject an iPXE command"
+    if any(word.startswith("#") for word in value.split()):
+        return "must not contain a word starting with '#' (an iPXE comment)"
+    return None
 
 
 def normalize_mac(value: str) -> str:

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from provisiond.boot import script_problem
+
 DEFAULT_PATH = Path("/etc/provisiond/provisiond.toml")
 ENV_VAR = "PROVISIOND_CONFIG"
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -80,6 +82,11 @@ class AgentConfig:
     heartbeat_interval: int = 10
     heartbeat_timeout: int = 60
     kernel_cmdline: str = "console=tty0 console=ttyS0,115200 quiet loglevel=3"
+    # seconds after a DHCP boot during which its address may fetch the boot script
+    boot_window: int = 300
+    # "boot": the first registration of a boot pins that boot's host key (the initrd
+    # makes a new key every boot); "resource": one key for the machine's life
+    hostkey_pinning: str = "boot"
 
 
 @dataclass(frozen=True)
@@ -110,6 +117,8 @@ def default_instance() -> str:
     """The host name's first label when it is a valid identity, else "default"."""
     name = socket.gethostname().split(".")[0]
     return name if INSTANCE_NAME.match(name) else "default"
+
+
 class ImagesConfig:
     """Where image imports may read from (issue 11: no host files, no internal URLs)."""
 
@@ -431,7 +440,12 @@ def _http(raw: dict[str, Any]) -> HttpConfig:
 
 
 def _agent(raw: dict[str, Any]) -> AgentConfig:
-    t = _Table(raw, "agent", {"heartbeat_interval", "heartbeat_timeout", "kernel_cmdline"})
+    t = _Table(
+        raw,
+        "agent",
+        {"heartbeat_interval", "heartbeat_timeout", "kernel_cmdline", "boot_window",
+         "hostkey_pinning"},
+    )  # fmt: skip
     interval = t.int("heartbeat_interval", 10, 1, 3600)
     timeout = t.int("heartbeat_timeout", 60, 2, 86400)
     if timeout <= interval:
@@ -441,9 +455,16 @@ def _agent(raw: dict[str, Any]) -> AgentConfig:
             f"must be larger than heartbeat_interval ({interval})",
         )
     cmdline = t.str("kernel_cmdline", AgentConfig.kernel_cmdline)
-    if any(ord(c) < 32 for c in cmdline):
-        raise ConfigError("agent.kernel_cmdline", cmdline, "must not contain control characters")
-    return AgentConfig(interval, timeout, cmdline)
+    problem = script_problem(cmdline)
+    if problem:
+        raise ConfigError("agent.kernel_cmdline", cmdline, problem)
+    return AgentConfig(
+        interval,
+        timeout,
+        cmdline,
+        boot_window=t.int("boot_window", 300, 10, 86400),
+        hostkey_pinning=t.choice("hostkey_pinning", "boot", ("boot", "resource")),
+    )
 
 
 def _lease(raw: dict[str, Any]) -> LeaseConfig:

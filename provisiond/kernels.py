@@ -16,9 +16,10 @@ from pathlib import Path
 from sqlalchemy import select, update
 
 from provisiond import events
+from provisiond.boot import script_problem
 from provisiond.config import REPO_ROOT, Config
 from provisiond.db import Database
-from provisiond.errors import ProvisiondError
+from provisiond.errors import Invalid, ProvisiondError
 from provisiond.model import Kernel
 
 BUILD_SCRIPT = REPO_ROOT / "initrd" / "build.sh"
@@ -75,6 +76,15 @@ def build_agent(
     return k
 
 
+def check_script_fields(fields: dict[str, object], what: str = "kernel") -> None:
+    """Input-time guard for what lands in an iPXE script: Invalid naming the field."""
+    for key, value in fields.items():
+        for item in value if isinstance(value, list | tuple) else [value]:
+            problem = script_problem(str(item)) if item is not None else None
+            if problem:
+                raise Invalid(f"{what} {key} {str(item)!r} {problem}", field=key)
+
+
 def add(
     config: Config,
     db: Database,
@@ -91,8 +101,7 @@ def add(
     for f in (kernel_file, initrd_file):
         if f is not None and not f.is_file():
             raise ProvisiondError(f"kernel add: {f} is not a file")
-    if any(ord(c) < 32 for c in cmdline):
-        raise ProvisiondError("kernel add: the command line must not contain control characters")
+    check_script_fields({"cmdline": cmdline, "version": version})
     out = config.boot_assets_dir / "kernels" / name
     out.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(kernel_file, out / "vmlinuz")

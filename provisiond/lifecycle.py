@@ -22,6 +22,7 @@ class ResourceState(StrEnum):
     RELEASING = "releasing"
     FAILED = "failed"
     OFFLINE = "offline"
+    KEY_CHANGED = "key-changed"  # registered with another host key; needs accept-key
 
 
 class ApplianceState(StrEnum):
@@ -44,12 +45,14 @@ R, A, J = ResourceState, ApplianceState, JobState
 
 RESOURCE_TRANSITIONS: dict[ResourceState, frozenset[ResourceState]] = {
     R.NEW: frozenset({R.IDLE, R.DEPLOYING, R.FAILED, R.OFFLINE}),
-    R.IDLE: frozenset({R.IDLE, R.DEPLOYING, R.RELEASING, R.FAILED, R.OFFLINE}),
-    R.DEPLOYING: frozenset({R.ACTIVE, R.FAILED}),
+    R.IDLE: frozenset({R.IDLE, R.DEPLOYING, R.RELEASING, R.FAILED, R.OFFLINE, R.KEY_CHANGED}),
+    R.DEPLOYING: frozenset({R.ACTIVE, R.FAILED, R.KEY_CHANGED}),
     R.ACTIVE: frozenset({R.RELEASING, R.FAILED, R.IDLE}),
-    R.RELEASING: frozenset({R.IDLE, R.FAILED}),
-    R.FAILED: frozenset({R.IDLE, R.DEPLOYING, R.RELEASING, R.OFFLINE}),
-    R.OFFLINE: frozenset({R.IDLE, R.FAILED, R.DEPLOYING}),
+    R.RELEASING: frozenset({R.IDLE, R.FAILED, R.KEY_CHANGED}),
+    R.FAILED: frozenset({R.IDLE, R.DEPLOYING, R.RELEASING, R.OFFLINE, R.KEY_CHANGED}),
+    R.OFFLINE: frozenset({R.IDLE, R.FAILED, R.DEPLOYING, R.KEY_CHANGED}),
+    # only `resource accept-key` (-> idle) or giving up on the machine leaves it
+    R.KEY_CHANGED: frozenset({R.IDLE, R.FAILED}),
 }
 
 APPLIANCE_TRANSITIONS: dict[ApplianceState, frozenset[ApplianceState]] = {

@@ -327,7 +327,7 @@ class LocalStart:
         with db.session() as s:
             job = s.get(Job, job_id)
             job.bytes_done = job.bytes_total
-            if not appliances.booted(s, res_id):
+            if not appliances.booted(s, res_id, "image written and verified by the agent"):
                 raise JobFailed("the appliance left 'starting' while its disk was written")
         self.ctx.inventory.refresh()
         return (

@@ -50,6 +50,9 @@ class Resource(Base):
     hostkey: Mapped[str | None] = mapped_column(Text)  # "ssh-ed25519 AAAA..." pinned
     hostkey_fingerprint: Mapped[str | None] = mapped_column(String(128))
     agent_token_hash: Mapped[str | None] = mapped_column(String(64), index=True)
+    # offered by a registration with another key (state key-changed), until accept-key
+    hostkey_pending: Mapped[str | None] = mapped_column(Text)
+    ip_pending: Mapped[str | None] = mapped_column(String(45))
     last_heartbeat: Mapped[dt.datetime | None] = mapped_column(DateTime)
     owner: Mapped[str | None] = mapped_column(String(63), index=True)  # instance of its work
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)

@@ -8,9 +8,11 @@ Owns the two jobs of a sanboot appliance:
     target — LUN backed by the clone, ACL for the resource's initiator IQN
     only, CHAP with a fresh 16-character secret — store what the boot
     policy needs in the appliance's parameters, ask the idle agent to
-    reboot, and wait (``iscsi.boot_timeout``) until the machine fetches its
-    SAN boot script; the HTTP boot view then marks appliance and resource
-    ``active``.
+    reboot, and wait (``iscsi.boot_timeout``) until the exporter lists a
+    session of the resource's initiator on that target (tgt's I_T nexus,
+    LIO's ACL session): only then are appliance and resource ``active``.
+    Fetching the SAN boot script proves nothing (it is a plain HTTP GET),
+    so it changes no state.
 ``appliance.stop``
     remove the export; the appliance is ``stopped`` and the resource
     ``releasing`` until it boots into the agent again.
@@ -28,9 +30,10 @@ from provisiond.lifecycle import ApplianceState as AS
 from provisiond.model import Appliance, Job, Volume
 from provisiond.storages import StorageManager, StorageService
 from storage.backends import StorageError
-from storage.exporters import ExportSpec, new_chap_secret
+from storage.exporters import ExportSpec, IscsiSession, new_chap_secret
 
 log = logs.get("sanboot")
+LOGIN_POLL = 1.0  # seconds between reads of the target's session list
 
 
 def iqns(config: Config, appliance: str, resource: str) -> tuple[str, str]:
@@ -117,22 +120,38 @@ class SanbootStart:
             if agent_alive
             else "no agent is running: power-cycle the machine to boot the SAN target",
         )
-        return self._wait_booted(job_id, target)
+        return self._wait_login(job_id, target, initiator)
 
-    def _wait_booted(self, job_id: int, target: str) -> str:
-        deadline = time.monotonic() + self.ctx.config.iscsi.boot_timeout
+    def _wait_login(self, job_id: int, target: str, initiator: str) -> str:
+        """Poll the target's sessions (bounded by boot_timeout) for the initiator's login."""
+        timeout = self.ctx.config.iscsi.boot_timeout
+        deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             with self.ctx.db.sessions() as s:
                 app = s.get(Appliance, s.get(Job, job_id).appliance_id)
                 if app is None or app.state == AS.FAILED:
                     raise JobFailed("appliance failed or was removed while starting")
-                if app.state == AS.ACTIVE:
-                    return f"active: machine is SAN-booting {target}"
-            time.sleep(0.5)
+                res_id = app.resource_id
+            login = self._login(target, initiator)
+            if login is not None:
+                where = ", ".join(login.addresses) or "an unknown address"
+                with self.ctx.db.session() as s:
+                    appliances.booted(s, res_id, f"iSCSI login of {initiator} from {where}")
+                self.ctx.inventory.refresh()
+                return f"active: {initiator} logged in to {target} from {where}"
+            time.sleep(LOGIN_POLL)
         raise JobFailed(
-            f"the machine did not fetch its SAN boot script within "
-            f"{self.ctx.config.iscsi.boot_timeout} s (is it powered on and PXE-booting?)"
+            f"no iSCSI login of {initiator} to {target} within {timeout} s (is the machine "
+            "powered on and PXE-booting? the daemon log names refused boot scripts)"
         )
+
+    def _login(self, target: str, initiator: str) -> IscsiSession | None:
+        try:
+            sessions = self.storage.exporter.sessions(target)
+        except StorageError as exc:
+            log.warning("sessions of %s not readable: %s", target, exc)
+            return None
+        return next((x for x in sessions if x.initiator_iqn == initiator), None)
 
     def fail(self, job_id: int, reason: str) -> None:
         appliances.fail_job(self.ctx.db, job_id, reason)

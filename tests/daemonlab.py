@@ -3,7 +3,9 @@
 Owns starting the real daemon (``nsenter --net``) in a tests/netlab.py Lab
 with a config written for that lab, and the small helpers tests need: the
 CLI as a subprocess, HTTP requests from the lab's client namespace with
-curl, an agent registration through the real agent API, stop and kill -9.
+curl, a PXE boot's DHCP exchange with busybox udhcpc (the only way to a
+per-boot agent token), an agent registration through the real agent API,
+stop and kill -9.
 """
 
 from __future__ import annotations
@@ -19,6 +21,13 @@ from pathlib import Path
 from tests.netlab import Lab, Netns
 
 PROVISIOND = str(Path(sys.executable).with_name("provisiond"))
+PXE_VENDOR = "PXEClient:Arch:00000:UNDI:002001"  # what a BIOS PXE ROM sends (option 60)
+# udhcpc's script: add the leased address beside any static one, and print it
+BOOT_SCRIPT = """#!/bin/sh
+[ "$1" = bound ] || exit 0
+ip addr add "$ip/${mask:-24}" dev "$interface" 2>/dev/null
+echo "BOUND ip=$ip"
+"""
 HOSTKEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDk7nSx0ucIm2yZ0FuvAOZSnD0LNZ7v1zJ6Ju2Kb2W5X agent"
 
 
@@ -90,8 +99,11 @@ class LabDaemon:
                 self.proc.wait()
 
     def http(self, client: Netns, path: str, method: str = "GET", data: str | None = None,
-             headers: dict[str, str] | None = None) -> tuple[int, str]:  # fmt: skip
+             headers: dict[str, str] | None = None,
+             source: str | None = None) -> tuple[int, str]:  # fmt: skip
         cmd = ["curl", "-s", "-o", "-", "-w", "\n%{http_code}", "-X", method]
+        if source:
+            cmd += ["--interface", source]
         for k, v in (headers or {}).items():
             cmd += ["-H", f"{k}: {v}"]
         if data is not None:
@@ -106,8 +118,25 @@ class LabDaemon:
         k.write_bytes(b"not a kernel")
         self.cli("kernel", "add", "fake", "--kernel", str(k), "--initrd", str(k), "--default")
 
+    def dhcp_boot(self, client: Netns, vendor: str = PXE_VENDOR) -> str:
+        """A PXE ROM's DHCP exchange from ``client`` (busybox udhcpc); the leased address."""
+        script = self.workdir / "udhcpc-boot.sh"
+        script.write_text(BOOT_SCRIPT)
+        script.chmod(0o755)
+        r = client.run(["busybox", "udhcpc", "-i", "eth0", "-f", "-q", "-n", "-t", "5",
+                        "-T", "2", "-V", vendor, "-s", str(script)],
+                       check=False, timeout=60)  # fmt: skip
+        line = next((x for x in r.stdout.splitlines() if x.startswith("BOUND ip=")), "")
+        assert line, f"udhcpc got no lease: {r.stdout}{r.stderr}"
+        return line.split("=", 1)[1].strip()
+
+    def boot_script(self, client: Netns, mac: str, source: str | None = None) -> tuple[int, str]:
+        return self.http(client, f"/boot/{mac.replace(':', '-')}.ipxe", source=source)
+
     def boot_token(self, client: Netns, mac: str) -> str:
-        code, text = self.http(client, f"/boot/{mac.replace(':', '-')}.ipxe")
+        """The legitimate way: a DHCP boot, then the script from the leased address."""
+        ip = self.dhcp_boot(client)
+        code, text = self.boot_script(client, mac, source=ip)
         assert code == 200, text
         m = re.search(r"provisiond\.token=(\S+)", text)
         assert m, text

@@ -5,7 +5,8 @@ token>``; a wrong or missing token is 401 and changes nothing. The token is
 only valid while its resource is in a state that runs the agent.
 
 =====================================  ========================================
-POST /agent/v1/register                 JSON {mac, ip, hostkey, inventory}
+POST /agent/v1/register                 JSON {mac, ip, hostkey, inventory}; the
+                                        address recorded is the request's source
 POST /agent/v1/heartbeat                204
 GET  /agent/v1/authorized_keys          the server's SSH public key
 GET  /agent/v1/commands?wait=N          204, or text lines id= kind= arg=(base64)
@@ -72,7 +73,7 @@ def register(resource_id: int):
     ctx = _ctx()
     with ctx.db.session() as s:
         res = s.get(Resource, resource_id)
-        resources.register(s, res, body)
+        resources.register(s, res, body, request.remote_addr)
         out = {"resource": res.display_name, "state": res.state}
     ctx.inventory.request_refresh()
     log.info("%s registered (%s)", out["resource"], out["state"])

@@ -1,11 +1,16 @@
 """Boot endpoints: per-MAC iPXE scripts and boot assets (kernels, initrds, iPXE).
 
-``GET /boot/<mac>.ipxe`` asks the boot policy and renders the answer; for an
-agent boot it discovers the resource (state ``new``) and mints a fresh
-per-boot token whose hash is stored. ``GET /assets/<path>`` streams files
-from the boot assets directory with Range support, confined to that
-directory. Both are unauthenticated by design: they carry no secrets except
-the per-boot token, which is only ever rendered into that MAC's own script.
+``GET /boot/<mac>.ipxe`` asks the boot policy and renders the answer.
+Scripts that carry a per-boot secret — the agent token (agent and deploy
+boots) and a SAN boot's CHAP secret — go only to the machine that is
+booting: the address provisiond's DHCP gave that MAC in this boot, or the
+address of the proxyDHCP request it answered (:mod:`provisiond.boots`).
+The token is minted once per boot; any other request gets ``403`` with the
+reason, and changes nothing (no token replaced, no resource created).
+Fetching a SAN script does not make its appliance active: the sanboot job
+watches for the initiator's iSCSI login. ``GET /assets/<path>`` streams
+files from the boot assets directory with Range support, confined to that
+directory. Both are unauthenticated by design.
 """
 
 from __future__ import annotations
@@ -14,17 +19,22 @@ from pathlib import Path
 
 from flask import Blueprint, Response, abort, current_app, request, send_file
 
-from provisiond import appliances, logs, resources
-from provisiond.boot import BootAction, Firmware, Machine, normalize_mac
+from provisiond import logs, resources
+from provisiond.boot import BootAction, BootSpec, Firmware, Machine, normalize_mac
 from provisiond.context import Context
 from provisiond.security import hash_token, new_token
 
 bp = Blueprint("boot", __name__)
 log = logs.get("http")
+TOKEN_ACTIONS = (BootAction.AGENT, BootAction.DEPLOY)
 
 
 def _ctx() -> Context:
     return current_app.extensions["provisiond"]
+
+
+def _text(text: str, status: int = 200) -> Response:
+    return Response(text, status=status, mimetype="text/plain")
 
 
 @bp.get("/boot/<mac>.ipxe")
@@ -33,29 +43,62 @@ def script(mac: str) -> Response:
     try:
         mac = normalize_mac(mac)
     except ValueError:
-        return Response(f"not a MAC address: {mac!r}\n", status=400, mimetype="text/plain")
-    machine = Machine(mac=mac, firmware=Firmware.IPXE, ip=request.remote_addr)
-    spec = ctx.policy.boot_spec(machine)
+        return _text(f"not a MAC address: {mac!r}\n", 400)
+    source = request.remote_addr
+    spec = ctx.policy.boot_spec(Machine(mac=mac, firmware=Firmware.IPXE, ip=source))
     extra = ""
-    if spec is not None and spec.action in (BootAction.AGENT, BootAction.DEPLOY):
-        token = new_token()
-        with ctx.db.session() as s:
-            res = resources.ensure(s, mac)
-            res.agent_token_hash = hash_token(token)
-        ctx.inventory.request_refresh()
-        extra = (
-            f"provisiond.url={ctx.config.http_base} provisiond.token={token} "
-            f"BOOTIF=01-{mac.replace(':', '-')} "
-            f"provisiond.interval={ctx.config.agent.heartbeat_interval}"
-        )
-    if spec is not None and spec.action == BootAction.SANBOOT and spec.resource_id:
-        with ctx.db.session() as s:
-            became_active = appliances.booted(s, spec.resource_id)
-        if became_active:
-            ctx.inventory.refresh()
-    text = ctx.renderer.render(spec, mac, extra)
-    log.info("script for %s: %s", mac, spec.label if spec else "ignored")
-    return Response(text, mimetype="text/plain")
+    if spec is not None and spec.action in TOKEN_ACTIONS:
+        if not spec.kernel:  # "no agent kernel yet": no token to give, discovery only
+            if ctx.boots.boot_of(mac, source) is not None:
+                _discover(ctx, mac)
+        elif ctx.boots.claim_token(mac, source) is None:
+            return _refuse(ctx, mac, source, spec, "no agent token")
+        else:
+            extra = _mint(ctx, mac)
+    elif (
+        spec is not None
+        and spec.action == BootAction.SANBOOT
+        and ctx.boots.boot_of(mac, source) is None
+    ):
+        return _refuse(ctx, mac, source, spec, "no SAN boot script")
+    try:
+        text = ctx.renderer.render(spec, mac, extra)
+    except ValueError as exc:  # UnsafeScriptValue: a stored value older than the input checks
+        log.error("boot script for %s not rendered: %s", mac, exc)
+        return _text(f"provisiond: refusing to render the boot script for {mac}: {exc}\n", 500)
+    log.info("script for %s to %s: %s", mac, source, spec.label if spec else "ignored")
+    return _text(text)
+
+
+def _discover(ctx: Context, mac: str) -> None:
+    with ctx.db.session() as s:
+        resources.ensure(s, mac)
+    ctx.inventory.request_refresh()
+
+
+def _mint(ctx: Context, mac: str) -> str:
+    """This boot's agent token (the resource is created on first sight)."""
+    token = new_token()
+    with ctx.db.session() as s:
+        res = resources.ensure(s, mac)
+        resources.new_boot(s, res, hash_token(token), ctx.config.agent.hostkey_pinning)
+    ctx.inventory.request_refresh()
+    return (
+        f"provisiond.url={ctx.config.http_base} provisiond.token={token} "
+        f"BOOTIF=01-{mac.replace(':', '-')} "
+        f"provisiond.interval={ctx.config.agent.heartbeat_interval}"
+    )
+
+
+def _refuse(ctx: Context, mac: str, source: str | None, spec: BootSpec, what: str) -> Response:
+    why = ctx.boots.why_not(mac, source)  # logged, not an event: anyone can ask
+    log.warning("boot script for %s (%s) refused to %s: %s", mac, spec.label, source, why)
+    return _text(
+        f"provisiond: {what} for {mac} to {source}: {why}. Per-boot secrets go only to the "
+        "address provisiond's DHCP gave this MAC in this boot, once; reboot the machine "
+        "(PXE) to start a new boot.\n",
+        403,
+    )
 
 
 @bp.get("/assets/<path:relpath>")

@@ -97,11 +97,19 @@ def provisiond_leg(tb: Testbed, runs: int, log: list[str]) -> tuple[list[float],
 
 
 def served_cmdline(tb: Testbed, mac: str) -> str:
-    """The kernel arguments of provisiond's script for ``mac`` ('' if unknown)."""
-    url = f"http://{tb.address}:8080/boot/{mac.replace(':', '-')}.ipxe"
-    r = tb.run_in_ns(["curl", "-sf", "-m", "5", url], check=False)
-    m = re.search(r"^kernel\s+(?:--name\s+\S+\s+)?\S+\s+(.*)$", r.stdout, re.M)
-    return m.group(1).split(" || ")[0].strip() if m else ""  # drop "|| goto failed"
+    """The agent kernel arguments provisiond serves ``mac`` ('' if unknown).
+
+    A boot script carries a token only for the booting machine's DHCP address
+    (issue 11), so the arguments are rebuilt the operator's way: the default
+    kernel's command line and an explicitly enrolled token (``resource enroll``).
+    """
+    kernels = tb.provisiond_cli("kernel", "list", "--json")
+    enrolled = tb.provisiond_cli("resource", "enroll", mac, "--json")
+    if kernels.returncode != 0 or enrolled.returncode != 0:
+        return ""
+    default = next((k for k in json.loads(kernels.stdout) if k.get("is_default")), {})
+    args = json.loads(enrolled.stdout)["kernel_args"]
+    return " ".join(x for x in (DEFAULT_CMDLINE, default.get("cmdline") or "", args) if x)
 
 
 # -- anchor and direct legs ------------------------------------------------

@@ -64,6 +64,34 @@ def resource_rm(env: Env, ref: str) -> None:
     click.echo(f"removed resource {name}")
 
 
+@resource_group.command("accept-key")
+@click.argument("ref")
+@click.pass_obj
+@handle_errors
+def resource_accept_key(env: Env, ref: str) -> None:
+    """Trust the new host key a key-changed resource presented (like known_hosts)."""
+    with env.db.session() as s:
+        r = resources.accept_key(s, resources.find(s, ref), ACTOR)
+        name, fp = r.display_name, r.hostkey_fingerprint
+    click.echo(f"resource {name}: host key {fp} accepted; idle")
+
+
+@resource_group.command("enroll")
+@click.argument("mac")
+@json_option
+@click.pass_obj
+@handle_errors
+def resource_enroll(env: Env, mac: str, as_json: bool) -> None:
+    """Issue an agent token for MAC by hand (a machine that does not PXE-boot here)."""
+    cfg = env.config
+    with env.db.session() as s:
+        r, token = resources.enroll(s, mac, cfg.agent.hostkey_pinning, ACTOR)
+        name = r.display_name
+    args = (f"provisiond.url={cfg.http_base} provisiond.token={token} "
+            f"BOOTIF=01-{r.mac.replace(':', '-')}")  # fmt: skip
+    emit(as_json, {"resource": name, "token": token, "kernel_args": args})
+
+
 @resource_group.command("release")
 @click.argument("ref")
 @click.option("--erase", type=click.Choice(["quick", "full"]), help="wipe the disks first")

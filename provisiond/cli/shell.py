@@ -13,15 +13,11 @@ from provisiond.cli.base import (
     handle_errors,
     main,
 )
-from provisiond.errors import ProvisiondError
 
 
 def _remote_target(env: Env, ref: str) -> tuple[str, str, str]:
     with env.db.session() as s:
-        r = resources.find(s, ref)
-        if not r.ip:
-            raise ProvisiondError(f"resource {r.display_name} has no known IP address yet")
-        return r.display_name, r.ip, r.hostkey or ""
+        return resources.remote_target(resources.find(s, ref))
 
 
 @main.command()

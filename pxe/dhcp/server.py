@@ -16,7 +16,10 @@ commit) grows by itself with the offered rate. The price: while another
 writer holds SQLite's write lock, this loop waits for it (OFFERs too), up to
 the busy timeout.
 
-    DhcpService(config, policy, db).start()   # returns once listening
+    DhcpService(config, policy, db, sightings=boots).start()   # returns once listening
+
+A reply to a network-boot client is reported to the ``sightings`` port
+(``pxe.dhcp.sightings``): "this MAC booted with this address now".
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from pxe.dhcp.codec import DhcpDecodeError, decode
 from pxe.dhcp.handler import Handler, Reply
 from pxe.dhcp.leases import LeaseStore
 from pxe.dhcp.pool import LeaseRow, Pool, pools_for
+from pxe.dhcp.sightings import BootSightings, sighting
 
 log = logs.get("dhcp")
 WARN_EVERY = 60.0  # seconds between repeated warnings of one kind
@@ -69,9 +73,16 @@ class DhcpService:
     name = "dhcp"
 
     def __init__(
-        self, config: Config, policy: BootPolicy, db: Database, *, client_port: int = 68
+        self,
+        config: Config,
+        policy: BootPolicy,
+        db: Database,
+        *,
+        client_port: int = 68,
+        sightings: BootSightings | None = None,
     ) -> None:
         self.config, self.policy, self.db = config, policy, db
+        self.sightings = sightings
         self.client_port = client_port
         self.stats: dict[str, int] = dict.fromkeys(STAT_KEYS, 0)
         self.warn = RateLimitedLog()
@@ -180,7 +191,8 @@ class DhcpService:
             for n in range(1, DRAIN + 1):
                 stats["received"] += 1
                 try:
-                    reply = handle(decode(data), now, src if proxy else None)
+                    packet = decode(data)
+                    reply = handle(packet, now, src if proxy else None)
                 except DhcpDecodeError as exc:  # also a malformed option read late
                     stats["dropped_malformed"] += 1
                     self.warn.warning(
@@ -191,6 +203,11 @@ class DhcpService:
                     log.exception("dhcp: unexpected error handling a request from %s", src)
                     reply = None
                 if reply is not None:
+                    seen = self.sightings and sighting(
+                        packet, reply.kind, reply.data, src if proxy else None
+                    )
+                    if seen:  # before the reply leaves: the boot script may follow at once
+                        self.sightings.booted(*seen)
                     if reply.durable:
                         rows += reply.durable
                         if reply.data:

@@ -3,8 +3,10 @@
 Owns turning a :class:`provisiond.boot.BootSpec` into the text of an iPXE
 script (``templates/ipxe/*.ipxe.j2``, StrictUndefined). Everything that lands
 in a script is validated first: kernel arguments, paths and iSCSI names may
-not carry newlines, control characters or iPXE's own ``${`` expansion, so no
-input can inject a second command into the script.
+not carry newlines, control characters, ``;``, ``&&``, ``||``, ``#`` words
+or iPXE's own ``${`` expansion (:func:`provisiond.boot.script_problem`, the
+same rule the API and CLI apply at input time), so no input can inject a
+second command into the script.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from pathlib import Path
 
 import jinja2
 
-from provisiond.boot import BootAction, BootSpec
+from provisiond.boot import BootAction, BootSpec, script_problem
 
 _ARG = re.compile(r"^[\x21-\x7e]+$")  # printable, no spaces
 _TEMPLATES = {
@@ -30,16 +32,23 @@ class UnsafeScriptValue(ValueError):
     pass
 
 
-def safe_word(value: str, what: str) -> str:
-    if not _ARG.match(value) or "${" in value:
-        raise UnsafeScriptValue(f"{what} {value!r} has spaces, control characters or '${{'")
+def safe_text(value: str, what: str) -> str:
+    problem = script_problem(value)
+    if problem:
+        raise UnsafeScriptValue(f"{what} {value!r} {problem}")
     return value
 
 
+def safe_word(value: str, what: str) -> str:
+    if not _ARG.match(value):
+        raise UnsafeScriptValue(f"{what} {value!r} has spaces or control characters")
+    return safe_text(value, what)
+
+
 def safe_cmdline(cmdline: str) -> str:
-    if any(ord(c) < 32 or ord(c) == 127 for c in cmdline):
-        raise UnsafeScriptValue(f"kernel command line {cmdline!r} has control characters")
-    return " ".join(safe_word(w, "kernel argument") for w in cmdline.split())
+    return " ".join(
+        safe_word(w, "kernel argument") for w in safe_text(cmdline, "kernel command line").split()
+    )
 
 
 class IpxeRenderer:
@@ -85,7 +94,7 @@ class IpxeRenderer:
         return self._render(
             _TEMPLATES[spec.action],
             mac,
-            label=spec.label or str(spec.action),
+            label=safe_text(spec.label or str(spec.action), "boot label"),
             kernel_url=kernel,
             initrds=initrds,
             initrd_names=[name for _, name in initrds],

@@ -77,6 +77,14 @@ class ExportSpec:
         return (self.target_iqn, self.path, self.lun, self.initiator_iqn, self.chap_user)
 
 
+@dataclass(frozen=True)
+class IscsiSession:
+    """A logged-in initiator of one target (tgt's I_T nexus, LIO's ACL session)."""
+
+    initiator_iqn: str
+    addresses: tuple[str, ...] = ()
+
+
 @runtime_checkable
 class Exporter(Protocol):
     kind: str
@@ -86,6 +94,7 @@ class Exporter(Protocol):
     def export(self, spec: ExportSpec) -> ExportSpec: ...
     def unexport(self, target_iqn: str) -> None: ...
     def list_exports(self) -> list[ExportSpec]: ...
+    def sessions(self, target_iqn: str) -> list[IscsiSession]: ...
 
 
 def reconcile(exporter: Exporter, wanted: Iterable[ExportSpec]) -> tuple[list[str], list[str]]:

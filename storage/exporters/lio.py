@@ -19,7 +19,7 @@ import os
 import stat
 from types import ModuleType
 
-from storage.exporters.base import ExporterUnavailable, ExportSpec
+from storage.exporters.base import ExporterUnavailable, ExportSpec, IscsiSession
 
 CONFIGFS = "/sys/kernel/config/target"
 TPG_ATTRIBUTES = {
@@ -80,6 +80,20 @@ class LioExporter:
                 continue
             for tpg in target.tpgs:
                 out.extend(_tpg_specs(target.wwn, tpg))
+        return out
+
+    def sessions(self, target_iqn: str) -> list[IscsiSession]:
+        """Logged-in initiators: each node ACL's ``info`` in configfs (rtslib's session)."""
+        out = []
+        for target in self.rts.RTSRoot().targets:
+            if target.wwn != target_iqn or target.fabric_module.name != "iscsi":
+                continue
+            for tpg in target.tpgs:
+                for acl in tpg.node_acls:
+                    sess = acl.session
+                    if sess and sess.get("state") == "LOGGED_IN":
+                        addrs = tuple(c.get("address", "") for c in sess.get("connections", []))
+                        out.append(IscsiSession(acl.node_wwn, addrs))
         return out
 
     def export(self, spec: ExportSpec) -> ExportSpec:

@@ -4,7 +4,9 @@ One export = one target (tid) with LUN 1 (tgt's LUN 0 is its controller),
 an ACL by initiator name (``--op bind --mode target --initiator-name IQN``;
 never ``-I ALL``) and an incoming CHAP account bound to the target. State is
 read back by parsing ``tgtadm --lld iscsi --op show --mode target`` (format
-recorded in tests/unit/fixtures/storage/). ``control_port`` N selects tgtd's
+recorded in tests/unit/fixtures/storage/), which also lists each target's
+logged-in initiators (``I_T nexus information``: ``Initiator:`` and the
+connections' ``IP Address:``). ``control_port`` N selects tgtd's
 management socket /var/run/tgtd/socket.N (``tgtd -C N`` / ``tgtadm -C N``) so
 test daemons never collide with a system tgtd.
 
@@ -25,7 +27,7 @@ import time
 from dataclasses import dataclass, field
 
 from storage.backends.base import StorageError
-from storage.exporters.base import ExporterUnavailable, ExportSpec
+from storage.exporters.base import ExporterUnavailable, ExportSpec, IscsiSession
 from storage.runner import CommandFailed, Runner, Secret, show
 
 _TARGET = re.compile(r"^Target (\d+): (\S+)$")
@@ -38,6 +40,10 @@ class TgtTarget:
     luns: dict[int, str] = field(default_factory=dict)  # lun -> backing path (LUN >= 1)
     accounts: list[str] = field(default_factory=list)
     acls: list[str] = field(default_factory=list)
+    nexus: list[tuple[str, list[str]]] = field(default_factory=list)  # (initiator, [ip])
+
+    def sessions(self) -> list[IscsiSession]:
+        return [IscsiSession(iqn, tuple(ips)) for iqn, ips in self.nexus]
 
 
 def parse_show(text: str) -> list[TgtTarget]:
@@ -66,6 +72,10 @@ def parse_show(text: str) -> list[TgtTarget]:
             t.accounts.append(line.removesuffix(" (outgoing)"))
         elif section == "ACL information" and raw.startswith("        "):
             t.acls.append(line)
+        elif section == "I_T nexus information" and line.startswith("Initiator: "):
+            t.nexus.append((line[len("Initiator: ") :].split(" alias:")[0].strip(), []))
+        elif section == "I_T nexus information" and line.startswith("IP Address: ") and t.nexus:
+            t.nexus[-1][1].append(line[len("IP Address: ") :].strip())
     return targets
 
 
@@ -108,6 +118,9 @@ class TgtExporter:
 
     def list_exports(self) -> list[ExportSpec]:
         return [s for s in map(to_spec, self.targets()) if s is not None]
+
+    def sessions(self, target_iqn: str) -> list[IscsiSession]:
+        return [x for t in self.targets() if t.iqn == target_iqn for x in t.sessions()]
 
     def export(self, spec: ExportSpec) -> ExportSpec:
         spec = spec.with_lun(self.default_lun).validate()

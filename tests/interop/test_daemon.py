@@ -7,7 +7,6 @@ urllib, against a real SQLite file.
 from __future__ import annotations
 
 import json
-import re
 import signal
 import subprocess
 import sys
@@ -101,13 +100,11 @@ def _register_kernel(d: Daemon) -> None:
     db.dispose()
 
 
-def _boot(d: Daemon, mac: str) -> str:
-    status, body = d.get(f"/boot/{mac.replace(':', '-')}.ipxe")
-    assert status == 200
-    text = body.decode()
-    m = re.search(r"provisiond\.token=(\S+)", text)
-    assert m, text
-    return m.group(1)
+def _enroll(d: Daemon, mac: str) -> str:
+    """An agent token the operator's way (no DHCP on loopback: scripts carry no token)."""
+    out = d.cli("resource", "enroll", mac, "--json")
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)["token"]
 
 
 def test_health_stop_within_5s_and_restart_recovery(daemon):
@@ -131,7 +128,12 @@ def test_boot_script_register_commands_and_tokens(daemon):
     daemon.start()
     mac = "52:54:00:12:34:56"
     assert daemon.get("/boot/not-a-mac.ipxe")[0] == 400
-    token = _boot(daemon, mac)
+    # no DHCP boot of this MAC was seen: the script is refused, with the reason, and no
+    # resource is created
+    status, text = daemon.get(f"/boot/{mac.replace(':', '-')}.ipxe")
+    assert status == 403 and b"provisiond.token" not in text and b"has not seen" in text
+    assert json.loads(daemon.cli("resource", "list", "--json").stdout) == []
+    token = _enroll(daemon, mac)
     listed = json.loads(daemon.cli("resource", "list", "--json").stdout)
     assert [(r["mac"], r["state"]) for r in listed] == [(mac, "new")]
 
@@ -150,14 +152,15 @@ def test_boot_script_register_commands_and_tokens(daemon):
                           token)[0] == 400  # fmt: skip
     status, out = daemon.request("POST", "/agent/v1/register", body, token)
     assert status == 200 and json.loads(out)["state"] == "idle"
-    shown = json.loads(daemon.cli("resource", "show", "10.77.0.100", "--json").stdout)
+    shown = json.loads(daemon.cli("resource", "show", mac, "--json").stdout)
     assert shown["state"] == "idle" and shown["cpus"] == 2
+    assert shown["ip"] == "127.0.0.1"  # the request's source, not the claimed 10.77.0.100
     assert shown["hostkey_fingerprint"].startswith("SHA256:")
     status, key = daemon.get("/agent/v1/authorized_keys", token)
     assert status == 200 and key.startswith(b"ssh-ed25519 ")
 
-    # a new boot mints a new token; the old one stops working
-    new_token = _boot(daemon, mac)
+    # a new enrolment (as a new boot) mints a new token; the old one stops working
+    new_token = _enroll(daemon, mac)
     assert daemon.request("POST", "/agent/v1/heartbeat", b"", token)[0] == 401
     assert daemon.request("POST", "/agent/v1/heartbeat", b"", new_token)[0] == 204
 

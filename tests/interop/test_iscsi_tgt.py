@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import time
+from pathlib import Path
 
 import pytest
 
 from storage.backends import FileBackend
-from storage.exporters import ExportSpec, TgtDaemon, new_chap_secret, reconcile
+from storage.exporters import ExportSpec, IscsiSession, TgtDaemon, new_chap_secret, reconcile
 from tests.netlab import Lab
 
 pytestmark = pytest.mark.interop
@@ -95,3 +98,33 @@ def test_stop_with_live_targets_terminates_tgtd(san):
     daemon.stop()
     assert proc.poll() is not None  # exited (not left behind)
     daemon.start()  # the fixture stops it again
+
+
+def test_sessions_list_the_logged_in_initiator(san):
+    """What the sanboot job watches: tgt's I_T nexus of the initiator, with its address."""
+    if not shutil.which("iscsi-perf"):
+        pytest.skip(reason="needs iscsi-perf (apt-get install libiscsi-bin)")
+    lab, cl, daemon, fb = san
+    vol = fb.create("host01", 48 * MiB)
+    secret = new_chap_secret()
+    ex = daemon.exporter()
+    ex.export(ExportSpec(TARGET, vol.path, INITIATOR, "host01", secret))
+    assert ex.sessions(TARGET) == []
+    holder = cl.popen(["iscsi-perf", "-i", INITIATOR, url(lab, "host01", secret, f"{TARGET}/1")],
+                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 20
+        while not ex.sessions(TARGET) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if os.environ.get("RECORD_FIXTURES"):  # re-record the unit tests' fixture
+            (Path(__file__).parents[1] / "unit/fixtures/storage/tgtadm-show-session.txt"
+             ).write_text(ex._adm("--op", "show", "--mode", "target").stdout)  # fmt: skip
+        assert ex.sessions(TARGET) == [IscsiSession(INITIATOR, (f"{lab.net}.2",))]
+        assert ex.sessions(TARGET + "-other") == []
+    finally:
+        holder.kill()
+        holder.wait(10)
+    deadline = time.monotonic() + 20
+    while ex.sessions(TARGET) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert ex.sessions(TARGET) == []

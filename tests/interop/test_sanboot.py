@@ -12,6 +12,8 @@ import os
 import re
 import shutil
 import signal
+import subprocess
+import time
 
 import pytest
 
@@ -57,9 +59,18 @@ def san_lab(tmp_path):
             TgtDaemon(lab.server_ip, control_port=CONTROL_PORT).stop()  # targets + tgtd
 
 
+def hold_session(client, portal: str, initiator: str, user: str, secret: str, iqn: str, lun: int):
+    """A logged-in initiator that stays (libiscsi's iscsi-perf reads until killed)."""
+    url = f"iscsi://{user}%{secret}@{portal}/{iqn}/{lun}"
+    return client.popen(["iscsi-perf", "-i", initiator, url],
+                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+
+
 def test_sanboot_appliance_life_cycle(san_lab, tmp_path):
+    _needs("iscsi-perf")
     lab, d = san_lab
     client = lab.add_client(mac=MAC, address=f"{lab.net}.50")
+    attacker = lab.add_client(mac=OTHER_MAC, address=f"{lab.net}.66")
     master = tmp_path / "master.raw"
     with open(master, "wb") as fh:
         fh.truncate(32 * 2**20)
@@ -77,11 +88,17 @@ def test_sanboot_appliance_life_cycle(san_lab, tmp_path):
     # the agent is told to reboot (its token still works while deploying)
     deadline_job = d.wait_job(job_id, states=("running", "failed"))
     assert deadline_job["state"] == "running"
+    # someone else asks for the SAN script: refused, no secret (the audit got it here)
     code, script = 0, ""
     for _ in range(50):
-        code, script = d.http(client, f"/boot/{MAC.replace(':', '-')}.ipxe")
-        if "sanboot" in script:
+        code, script = d.boot_script(attacker, MAC)
+        if code == 403 or "sanboot" in script:
             break
+        time.sleep(0.2)
+    assert code == 403 and "password" not in script and "SAN boot script" in script, script
+    # the machine reboots: PXE DHCP, then its script from the leased address
+    leased = d.dhcp_boot(client)
+    code, script = d.boot_script(client, MAC, source=leased)
     assert code == 200 and "sanboot --keep iscsi:" in script, script
     target = re.search(r"iscsi:[\d.]+:::(\d+):(\S+)", script)
     lun, iqn = int(target.group(1)), target.group(2)
@@ -89,14 +106,25 @@ def test_sanboot_appliance_life_cycle(san_lab, tmp_path):
     user = re.search(r"set username (\S+)", script).group(1)
     secret = re.search(r"set password (\S+)", script).group(1)
     assert lun == 1 and iqn.endswith(":web1") and 12 <= len(secret) <= 16
-    job = d.wait_job(job_id)
-    assert job["state"] == "succeeded", job
-    assert d.cli_json("appliance", "show", "web1")["state"] == "active"
-    assert d.cli_json("resource", "show", MAC)["state"] == "active"
+    # fetching the script is no boot: still starting until the initiator logs in
+    time.sleep(3)
+    assert d.cli_json("appliance", "show", "web1")["state"] == "starting"
+    assert d.cli_json("resource", "show", MAC)["state"] == "deploying"
+    portal = f"{lab.server_ip}:3260"
+    holder = hold_session(client, portal, initiator, user, secret, iqn, lun)
+    try:
+        job = d.wait_job(job_id)
+        assert job["state"] == "succeeded", job
+        assert "logged in" in job["outcome"], job
+        app = d.cli_json("appliance", "show", "web1")
+        assert app["state"] == "active" and "iSCSI login" in app["state_reason"], app
+        assert d.cli_json("resource", "show", MAC)["state"] == "active"
+    finally:
+        holder.kill()
+        holder.wait(10)
     assert "chap_secret" not in d.cli_json("appliance", "show", "web1")["params"]
     assert secret not in d.log.read_text()
 
-    portal = f"{lab.server_ip}:3260"
     assert "Lun:1" in iscsi_ls(client, portal, initiator, user, secret).replace(" ", "")
     assert iqn in iscsi_ls(client, portal, initiator, user, secret)
     wrong = iscsi_ls(client, portal, initiator, user, "WrongSecret1234")

@@ -86,6 +86,10 @@ def test_two_machines_san_boot_their_own_clones(testbed, boot_assets):
         assert all(j["state"] == "succeeded" for j in job if j["kind"] == "appliance.start")
         for mac in MACS:
             assert tb.resource_state(mac) == "active"
+        # active because tgt saw the initiator log in, not because a script was fetched
+        for i in range(len(MACS)):
+            app = json.loads(cli(tb, "appliance", "show", f"san{i}", "--json"))
+            assert "iSCSI login of" in app["state_reason"], app
 
         # copy-on-write: a write inside one clone is invisible to the master and the other
         master, clone0, clone1 = (images / "image-marker-disk.img", images / "app-san0.img",

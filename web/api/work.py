@@ -88,6 +88,7 @@ def appliance_update(ref: str):
             raise Conflict(f"appliance '{app.name}' is {app.state}; stop it before editing it")
         if "params" in data:
             params = typed(data, "params", dict) or {}
+            appliances.check_params(params)
             app.params = {str(k): str(v) for k, v in params.items()}
         if "ha" in data:
             app.ha = bool(typed(data, "ha", bool))

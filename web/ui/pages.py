@@ -112,6 +112,14 @@ def resource_show(rid: int):
         )
 
 
+@bp.post("/resources/<int:rid>/accept-key")
+@requires("admin")
+def resource_accept_key(rid: int):
+    """Trust the new host key of a key-changed resource (admins only, like the API)."""
+    back = f"/resources/{rid}"
+    return _action(back, inventory.resource_accept_key, str(rid), ok="host key accepted")
+
+
 @bp.post("/resources/<int:rid>/<action>")
 def resource_action(rid: int, action: str):
     back = f"/resources/{rid}"

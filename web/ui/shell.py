@@ -52,7 +52,7 @@ def shell_open(rid: int):
             raise Invalid(f"{res.display_name} is {res.state}: the web shell is for idle resources")
         if not res.ip or not res.hostkey:
             raise Invalid(f"{res.display_name} has not registered an address and host key yet")
-        target, ip, hostkey = res.display_name, res.ip, res.hostkey
+        target, ip, hostkey = resources.remote_target(res)
     try:
         sess = manager().open(current().user_id, actor(), target, ip, hostkey)
     except remote.RemoteError as exc:

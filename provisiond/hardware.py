@@ -1,0 +1,80 @@
+"""The hardware inventory an agent reports: its schema, the only shape stored.
+
+Owns :func:`parse_inventory`, which turns the untrusted ``inventory`` of an
+agent's registration into plain data of a fixed shape (msgspec structs:
+types, string lengths, list counts and number ranges), or raises
+:class:`provisiond.errors.Invalid` naming the field (``inventory.cpu.count``)
+so the API answers 400 and nothing is stored. Unknown keys are dropped, so
+an agent newer than the daemon still registers; pages that show an
+inventory can trust its types. Field names follow ``initrd/.../inventory.sh``.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta, Struct
+
+from provisiond.errors import Invalid
+
+Text = Annotated[str, Meta(max_length=256)]
+Name = Annotated[str, Meta(max_length=64)]
+Count = Annotated[int, Meta(ge=0, le=1 << 20)]
+Bytes = Annotated[int, Meta(ge=0, le=1 << 62)]
+
+
+class Cpu(Struct):
+    model: Text = ""
+    count: Count | None = 0  # the agent's json_int says null for what it cannot read
+
+
+class Disk(Struct):
+    name: Name
+    size_bytes: Bytes | None = 0
+    model: Text = ""
+    serial: Text = ""
+    rotational: bool | None = None
+
+
+class Nic(Struct):
+    name: Name = ""
+    mac: Annotated[str, Meta(max_length=32)] = ""
+    driver: Name = ""
+    link: bool | None = None
+    speed_mbps: Annotated[int, Meta(ge=-1, le=1 << 30)] | None = None
+
+
+class Dmi(Struct):
+    vendor: Text = ""
+    product: Text = ""
+    serial: Text = ""
+    uuid: Text = ""
+
+
+class Inventory(Struct):
+    cpu: Cpu = msgspec.field(default_factory=Cpu)
+    memory_bytes: Bytes | None = 0
+    disks: Annotated[list[Disk], Meta(max_length=256)] = msgspec.field(default_factory=list)
+    nics: Annotated[list[Nic], Meta(max_length=64)] = msgspec.field(default_factory=list)
+    dmi: Dmi = msgspec.field(default_factory=Dmi)
+    firmware: Literal["bios", "uefi", ""] = ""
+    kernel: Text = ""
+
+
+_AT = re.compile(r" - at `\$(.*)`$")
+
+
+def parse_inventory(raw: Any) -> dict[str, Any]:
+    """The validated inventory as plain JSON data; Invalid naming the bad field."""
+    try:
+        inv = msgspec.convert(raw, Inventory)
+    except msgspec.ValidationError as exc:
+        msg = str(exc)
+        m = _AT.search(msg)
+        path = m.group(1).lstrip(".") if m else ""
+        field = f"inventory.{path}" if path else "inventory"
+        reason = _AT.sub("", msg)
+        raise Invalid(f"register: '{field}': {reason}", field=field)
+    return msgspec.to_builtins(inv)
