@@ -119,6 +119,7 @@ def default_instance() -> str:
     return name if INSTANCE_NAME.match(name) else "default"
 
 
+@dataclass(frozen=True)
 class ImagesConfig:
     """Where image imports may read from (issue 11: no host files, no internal URLs)."""
 

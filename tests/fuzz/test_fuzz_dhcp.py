@@ -191,14 +191,14 @@ def service(tmp_path_factory):
 
 
 class DatagramQueue:
-    """The two socket calls ``_serve`` makes, over one queued datagram and a sent list."""
+    """The socket calls ``_serve`` makes (recvfrom, with MSG_DONTWAIT when draining), over one queued datagram and a sent list."""
 
     def __init__(self, data: bytes, source: tuple[str, int]) -> None:
         self.inbox, self.sent = [(data, source)], []
 
-    def recvfrom(self, _size: int) -> tuple[bytes, tuple[str, int]]:
+    def recvfrom(self, _size: int, _flags: int = 0) -> tuple[bytes, tuple[str, int]]:
         if not self.inbox:
-            raise TimeoutError
+            raise BlockingIOError  # EAGAIN: what the real socket raises when nothing is queued
         return self.inbox.pop()
 
     def sendto(self, data: bytes, dest: tuple[str, int]) -> int:
