@@ -15,6 +15,7 @@ import threading
 from collections.abc import Iterator
 
 from provisiond import assets, logs, resources
+from provisiond.agentd import AgentServer
 from provisiond.capture import CaptureJob
 from provisiond.config import Config
 from provisiond.context import Context
@@ -84,8 +85,13 @@ class Daemon:
         ctx = self.ctx
         self.services = [InventoryRefresher(ctx.inventory)]
         if self.config.services.http:
+            from web.agent import create_agent_app
+
             self.services.append(
                 HttpService(create_app(ctx), str(self.config.address), self.config.http_port)
+            )
+            self.services.append(
+                AgentServer(ctx, create_agent_app, str(self.config.address), self.config.agent_port)
             )
         self.services.extend(_protocol_services(ctx))
         manager = StorageManager(self.config)
@@ -101,7 +107,7 @@ class Daemon:
                 ctx.db,
                 {"appliance.start": appliance_jobs, "appliance.stop": stop_jobs, **other_jobs},
             ),
-            Scheduler(self.config, ctx.db, ctx.inventory),
+            Scheduler(self.config, ctx.db, ctx.inventory, ctx.liveness),
         ]
         for svc in self.services:
             try:

@@ -88,6 +88,7 @@ class Config:
     interface: str = ""
     address: ipaddress.IPv4Address = ipaddress.IPv4Address("127.0.0.1")
     http_port: int = 8080
+    agent_port: int = 8090  # the agent channel (provisiond/agentd.py); default http_port + 10
     state_dir: Path = Path("/var/lib/provisiond")
     boot_assets_dir: Path = Path("/var/lib/provisiond/boot")
     templates_dir: Path = REPO_ROOT / "templates"
@@ -104,6 +105,11 @@ class Config:
     @property
     def http_base(self) -> str:
         return f"http://{self.address}:{self.http_port}"
+
+    @property
+    def agent_base(self) -> str:
+        """Where agents send register/heartbeat/commands (``provisiond.agent=``)."""
+        return f"http://{self.address}:{self.agent_port}"
 
     @property
     def ssh_key_path(self) -> Path:
@@ -205,8 +211,9 @@ class _Table:
 
 
 _TOP = {
-    "interface", "address", "http_port", "state_dir", "boot_assets_dir", "templates_dir",
-    "database_url", "log_level", "services", "dns", "agent", "iscsi", "subnet", "storage",
+    "interface", "address", "http_port", "agent_port", "state_dir", "boot_assets_dir",
+    "templates_dir", "database_url", "log_level", "services", "dns", "agent", "iscsi",
+    "subnet", "storage",
 }  # fmt: skip
 
 
@@ -220,6 +227,10 @@ def _build(raw: dict[str, Any], source: str) -> Config:
     if not db_url.startswith(("sqlite:", "postgresql")):
         raise ConfigError("database_url", db_url, "use sqlite:///PATH or postgresql://...")
     address = top.ip("address", "127.0.0.1")
+    http_port = top.port("http_port", 8080)
+    agent_port = top.int("agent_port", 0, 0, 65535) or min(http_port + 10, 65535)
+    if agent_port == http_port:
+        raise ConfigError("agent_port", agent_port, f"must differ from http_port ({http_port})")
     subnets = tuple(_subnet(t, f"subnet[{i}]") for i, t in enumerate(top.tables("subnet")))
     storages = tuple(_storage(t, f"storage[{i}]") for i, t in enumerate(top.tables("storage")))
     dns = _dns(raw.get("dns", {}))
@@ -230,7 +241,8 @@ def _build(raw: dict[str, Any], source: str) -> Config:
     return Config(
         interface=top.str("interface", ""),
         address=address,
-        http_port=top.port("http_port", 8080),
+        http_port=http_port,
+        agent_port=agent_port,
         state_dir=state_dir,
         boot_assets_dir=assets,
         templates_dir=Path(top.str("templates_dir", str(REPO_ROOT / "templates"))),

@@ -44,7 +44,8 @@ def script(mac: str) -> Response:
             res.agent_token_hash = hash_token(token)
         ctx.inventory.request_refresh()
         extra = (
-            f"provisiond.url={ctx.config.http_base} provisiond.token={token} "
+            f"provisiond.url={ctx.config.http_base} provisiond.agent={ctx.config.agent_base} "
+            f"provisiond.token={token} "
             f"BOOTIF=01-{mac.replace(':', '-')} "
             f"provisiond.interval={ctx.config.agent.heartbeat_interval}"
         )

@@ -1,0 +1,78 @@
+"""Liveness: the last sign of life of every agent, kept in memory, group-committed.
+
+Owns :class:`Liveness`. A heartbeat or a long poll costs a dict write, not a
+database transaction: :meth:`Liveness.flush` writes every changed
+``resources.last_heartbeat`` — and, as "now", that of every resource whose
+agent has a long poll in progress — in *one* transaction. The agent service
+(:mod:`provisiond.agentd`) flushes once a second; the scheduler flushes
+before its offline sweep, so the sweep never judges a stale row. The
+database stays the place where other processes (CLI, API, other instances)
+read liveness, at most one flush interval behind.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from typing import Any
+
+from sqlalchemy import bindparam, update
+
+from provisiond.db import Database
+from provisiond.model import Resource, utcnow
+
+
+class Liveness:
+    """Last signs of life per resource, kept in memory and group-committed."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._seen: dict[int, Any] = {}  # resource id -> datetime, not yet written
+        self._polling: Counter[int] = Counter()  # resource id -> polls in progress
+
+    def touch(self, resource_id: int) -> None:
+        with self._lock:
+            self._seen[resource_id] = utcnow()
+
+    def poll_started(self, resource_id: int) -> None:
+        with self._lock:
+            self._polling[resource_id] += 1
+            self._seen[resource_id] = utcnow()
+
+    def poll_ended(self, resource_id: int) -> None:
+        with self._lock:
+            self._polling[resource_id] -= 1
+            if self._polling[resource_id] <= 0:
+                del self._polling[resource_id]
+            self._seen[resource_id] = utcnow()
+
+    def pending(self) -> int:
+        with self._lock:
+            return len(self._seen.keys() | self._polling.keys())
+
+    def flush(self, db: Database) -> int:
+        """Write every pending ``last_heartbeat`` in one transaction; returns rows."""
+        now = utcnow()
+        with self._lock:
+            rows = dict(self._seen)
+            for rid in self._polling:
+                rows[rid] = now  # a waiting poll is a live agent
+            self._seen.clear()
+        if not rows:
+            return 0
+        stmt = (
+            update(Resource.__table__)
+            .where(Resource.__table__.c.id == bindparam("rid"))
+            .values(last_heartbeat=bindparam("beat"))
+        )
+        try:
+            with db.session() as s:
+                s.connection().execute(
+                    stmt, [{"rid": rid, "beat": beat} for rid, beat in rows.items()]
+                )
+        except Exception:
+            with self._lock:  # keep them for the next flush; newer touches win
+                for rid, beat in rows.items():
+                    self._seen.setdefault(rid, beat)
+            raise
+        return len(rows)
