@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import resource
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -141,6 +142,15 @@ class AgentChannel:
                 log.exception("heartbeat group commit failed (kept for the next one)")
 
 
+def _raise_fd_limit(want: int = 65536) -> None:
+    """Each waiting agent is a socket: lift the soft limit on open files (often 1,024)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = want if hard == resource.RLIM_INFINITY else min(want, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        log.info("open-file limit raised from %d to %d for the agent channel", soft, target)
+
+
 class AgentServer:
     """Service: the agent channel on ``host:port`` in its own thread and event loop."""
 
@@ -163,6 +173,7 @@ class AgentServer:
         self.channel: AgentChannel | None = None
 
     def start(self) -> None:
+        _raise_fd_limit()
         started: concurrent.futures.Future = concurrent.futures.Future()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(

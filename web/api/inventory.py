@@ -20,7 +20,7 @@ from provisiond import appliances, capture, events, jobs, present, release, reso
 from provisiond.errors import Conflict, Invalid
 from provisiond.model import Appliance, Image, Kernel, Resource, Storage, Volume
 from web.api import bp
-from web.api.auth import actor
+from web.api.auth import actor, requires
 from web.api.common import body, ctx, paginate, typed
 
 _LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
@@ -118,6 +118,19 @@ def resource_delete(ref: str):
 def resource_reboot(ref: str):
     with ctx().db.session() as s:
         job = jobs.enqueue_command(s, resources.find(s, ref), "reboot", actor=actor())
+        out = present.job(job)
+    ctx().ring()
+    return jsonify(out), 202
+
+
+@bp.post("/resources/<ref>/run")
+@requires("admin")
+def resource_run(ref: str):
+    """Queue a shell command for the resource's agent: {"command": "..."} -> 202 job."""
+    data = body({"command"}, {"command"})
+    command = typed(data, "command", str)
+    with ctx().db.session() as s:
+        job = jobs.enqueue_command(s, resources.find(s, ref), "run", command, actor=actor())
         out = present.job(job)
     ctx().ring()
     return jsonify(out), 202
