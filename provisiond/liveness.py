@@ -60,10 +60,13 @@ class Liveness:
             self._seen.clear()
         if not rows:
             return 0
+        table = Resource.__table__
         stmt = (
-            update(Resource.__table__)
-            .where(Resource.__table__.c.id == bindparam("rid"))
-            .values(last_heartbeat=bindparam("beat"))
+            update(table)
+            .where(table.c.id == bindparam("rid"))
+            # updated_at stays: a heartbeat is not an inventory change, and the
+            # inventory refresher reloads everything when max(updated_at) moves
+            .values(last_heartbeat=bindparam("beat"), updated_at=table.c.updated_at)
         )
         try:
             with db.session() as s:

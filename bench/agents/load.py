@@ -425,6 +425,7 @@ async def main(args: argparse.Namespace) -> dict:
     # 1. boot storm: every machine gets a lease, fetches its script and registers, all
     #    starting within --storm-window seconds
     t_storm = time.monotonic()
+    running: list[asyncio.Task] = []
 
     async def boot(a: Agent) -> None:
         await asyncio.sleep(random.random() * args.storm_window)
@@ -436,21 +437,34 @@ async def main(args: argparse.Namespace) -> dict:
                 stats.error(f"boot {exc}")
                 await asyncio.sleep(min(2**n, 30))
         await register(a, stats)
+        # a registered agent heartbeats and polls at once, as the sh agent does
+        running.append(asyncio.create_task(heartbeats(a, stats)))
+        running.append(asyncio.create_task(polls(a, stats, args.wait)))
 
-    booted = await asyncio.wait_for(
-        asyncio.gather(*(boot(a) for a in agents), return_exceptions=True), args.storm_limit
-    )
+    booting = [asyncio.create_task(boot(a)) for a in agents]
+    while not all(t.done() for t in booting) and time.monotonic() - t_storm < args.storm_limit:
+        await asyncio.sleep(1)
+        leased = sum(1 for a in agents if a.ip)
+        print(f"storm {time.monotonic() - t_storm:5.1f} s: {leased} leased, "
+              f"{sum(1 for a in agents if a.token)} booted, {len(stats.registered_at)} "
+              f"registered, errors {stats.errors}", flush=True)  # fmt: skip
+    for t in booting:
+        t.cancel()
+    booted = await asyncio.gather(*booting, return_exceptions=True)
     storm = {"window_s": args.storm_window,
-             "all_registered_s": round(time.monotonic() - t_storm, 2),
-             "failed": sum(isinstance(b, Exception) for b in booted),
+             "all_registered_s": round(max(stats.registered_at, default=t_storm) - t_storm, 2),
+             "registered": len(stats.registered_at),
+             "failed": sum(isinstance(b, BaseException) for b in booted),
              "status5xx": stats.status5xx}  # fmt: skip
+    agents = [a for a in agents if a.token]
     storm_errors = dict(stats.errors)
     stats.errors.clear()
     stats.status5xx = 0
 
-    # 2. steady state for --duration seconds
-    tasks = [asyncio.create_task(heartbeats(a, stats)) for a in agents]
-    tasks += [asyncio.create_task(polls(a, stats, args.wait)) for a in agents]
+    # 2. steady state for --duration seconds (what the storm measured is reset)
+    stats.heartbeat_ms.clear()
+    stats.polls = 0
+    tasks = running
     tasks.append(asyncio.create_task(probes(args.probe_src, http_base, args.api_token, stats)))
     if args.commands_per_s > 0:
         tasks.append(asyncio.create_task(queuer(args.probe_src, http_base, args.api_token,

@@ -163,6 +163,8 @@ def one_run(args: argparse.Namespace, n: int, work: Path) -> dict:
             result["daemon_alive"] = d.proc.poll() is None
         finally:
             d.stop()
+            if d.log.exists():  # kept for a look after the run
+                (args.results.parent / "last-daemon.log").write_bytes(d.log.read_bytes())
         return result
 
 
