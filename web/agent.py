@@ -34,6 +34,7 @@ from provisiond.lifecycle import IllegalTransition
 log = logs.get("agent")
 MAX_BODY = 4 * 1024 * 1024
 CHANNEL = web.AppKey("channel", AgentChannel)
+CALLER = web.RequestKey("caller", agentchannel.Caller)
 
 
 def _error(message: str, status: int, field: str | None = None) -> web.Response:
@@ -49,7 +50,7 @@ async def _guard(request: web.Request, handler):
     caller = await channel.run(agentchannel.authenticate, channel.ctx.db, header)
     if caller is None:
         return web.Response(text="missing or invalid agent token\n", status=401)
-    request["caller"] = caller
+    request[CALLER] = caller
     try:
         return await handler(request)
     except ProvisiondError as exc:
@@ -65,14 +66,14 @@ async def register(request: web.Request) -> web.Response:
     except ValueError:
         raise Invalid("register: body must be a JSON object", field="body")
     out = await channel.run(
-        agentchannel.register, channel.ctx, request["caller"].resource_id, body, request.remote
+        agentchannel.register, channel.ctx, request[CALLER].resource_id, body, request.remote
     )
     log.info("%s registered (%s)", out["resource"], out["state"])
     return web.json_response(out)
 
 
 async def heartbeat(request: web.Request) -> web.Response:
-    channel, caller = request.app[CHANNEL], request["caller"]
+    channel, caller = request.app[CHANNEL], request[CALLER]
     if agentchannel.heartbeat_needs_db(caller):
         await channel.run(agentchannel.heartbeat, channel.ctx, caller)
     else:
@@ -90,7 +91,7 @@ async def commands(request: web.Request) -> web.Response:
         wait = float(request.query.get("wait", 0))
     except ValueError:
         raise Invalid("wait must be a number of seconds", field="wait")
-    text = await request.app[CHANNEL].wait_command(request["caller"].resource_id, wait)
+    text = await request.app[CHANNEL].wait_command(request[CALLER].resource_id, wait)
     if text is None:
         return web.Response(status=204)
     return web.Response(text=text, content_type="text/plain")
@@ -109,7 +110,7 @@ async def command_result(request: web.Request) -> web.Response:
     output = await request.read()
     await channel.run(
         agentchannel.complete_command,
-        channel.ctx, request["caller"].resource_id, job_id, code, output,
+        channel.ctx, request[CALLER].resource_id, job_id, code, output,
     )  # fmt: skip
     return web.Response(status=204)
 
