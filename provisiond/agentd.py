@@ -99,7 +99,7 @@ class AgentChannel:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + min(max(wait, 0.0), MAX_WAIT)
         ev = self.waiters.add(resource_id)
-        self.ctx.liveness.poll_started(resource_id)
+        self.ctx.liveness.touch(resource_id)
         try:
             while True:
                 ev.clear()  # registered before the check: a wake after it is not lost
@@ -113,7 +113,7 @@ class AgentChannel:
                     return None
         finally:
             self.waiters.remove(resource_id, ev)
-            self.ctx.liveness.poll_ended(resource_id)
+            self.ctx.liveness.touch(resource_id)
 
     async def sweeper(self) -> None:
         """Wake the polls of resources that have a queued command."""

@@ -1,9 +1,10 @@
 """Liveness: the last sign of life of every agent, kept in memory, group-committed.
 
-Owns :class:`Liveness`. A heartbeat or a long poll costs a dict write, not a
-database transaction: :meth:`Liveness.flush` writes every changed
-``resources.last_heartbeat`` — and, as "now", that of every resource whose
-agent has a long poll in progress — in *one* transaction. The agent service
+Owns :class:`Liveness`. A heartbeat, or the start or end of a long poll,
+costs a dict write, not a database transaction: :meth:`Liveness.flush`
+writes every changed ``resources.last_heartbeat`` in *one* transaction. A
+poll that merely waits is not a sign of life (a machine that died mid-poll
+sends nothing): the agent's heartbeats, sent on their own schedule, are. The agent service
 (:mod:`provisiond.agentd`) flushes once a second; the scheduler flushes
 before its offline sweep, so the sweep never judges a stale row. The
 database stays the place where other processes (CLI, API, other instances)
@@ -13,7 +14,6 @@ read liveness, at most one flush interval behind.
 from __future__ import annotations
 
 import threading
-from collections import Counter
 from typing import Any
 
 from sqlalchemy import bindparam, update
@@ -28,36 +28,19 @@ class Liveness:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._seen: dict[int, Any] = {}  # resource id -> datetime, not yet written
-        self._polling: Counter[int] = Counter()  # resource id -> polls in progress
 
     def touch(self, resource_id: int) -> None:
         with self._lock:
             self._seen[resource_id] = utcnow()
 
-    def poll_started(self, resource_id: int) -> None:
-        with self._lock:
-            self._polling[resource_id] += 1
-            self._seen[resource_id] = utcnow()
-
-    def poll_ended(self, resource_id: int) -> None:
-        with self._lock:
-            self._polling[resource_id] -= 1
-            if self._polling[resource_id] <= 0:
-                del self._polling[resource_id]
-            self._seen[resource_id] = utcnow()
-
     def pending(self) -> int:
         with self._lock:
-            return len(self._seen.keys() | self._polling.keys())
+            return len(self._seen)
 
     def flush(self, db: Database) -> int:
         """Write every pending ``last_heartbeat`` in one transaction; returns rows."""
-        now = utcnow()
         with self._lock:
-            rows = dict(self._seen)
-            for rid in self._polling:
-                rows[rid] = now  # a waiting poll is a live agent
-            self._seen.clear()
+            rows, self._seen = self._seen, {}
         if not rows:
             return 0
         table = Resource.__table__
