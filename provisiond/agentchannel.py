@@ -93,7 +93,13 @@ def heartbeat(ctx: Context, caller: Caller) -> None:
 
 
 def next_command(ctx: Context, resource_id: int) -> str | None:
-    """The next command for the agent as ``id= kind= arg=`` lines, or None."""
+    """The next command for the agent as ``id= kind= arg=`` lines, or None.
+
+    Most polls find nothing: that answer comes from a read, without a write
+    transaction (which on SQLite would take this process's writer turn).
+    """
+    if not has_command(ctx.db, resource_id):
+        return None
     with ctx.db.session() as s:
         job = jobs.next_command(s, s.get(Resource, resource_id))
         if job is None:
@@ -113,13 +119,19 @@ def complete_command(
     ctx.ring()
 
 
+def _queued():
+    return select(Job.resource_id).where(Job.state == JS.QUEUED, Job.kind.like("agent.%"))
+
+
+def has_command(db: Database, resource_id: int) -> bool:
+    """True when ``resource_id`` has a queued agent command (a read)."""
+    with db.sessions() as s:
+        return (
+            s.scalars(_queued().where(Job.resource_id == resource_id).limit(1)).first() is not None
+        )
+
+
 def resources_with_commands(db: Database) -> set[int]:
     """Ids of resources that have a queued agent command (one query)."""
     with db.sessions() as s:
-        return set(
-            s.scalars(
-                select(Job.resource_id)
-                .where(Job.state == JS.QUEUED, Job.kind.like("agent.%"))
-                .distinct()
-            )
-        )
+        return set(s.scalars(_queued().distinct()))

@@ -22,9 +22,11 @@ in BENCHMARKS.md):
   commands queued by other processes (CLI). A sweep is *one* query for all
   resources with a queued agent command; only their waiters wake and take
   the command in their own short transaction.
-* Database work that remains (token lookup, register, command fetch,
-  result) runs in a pool of ``workers`` threads, so a slow disk queues work
-  instead of growing threads.
+* Database work that remains (register, command fetch, result) runs in a
+  pool of ``workers`` threads, so a slow disk queues work instead of growing
+  threads; token lookups (reads, every request) have their own small pool
+  so heartbeats never wait behind writers. A poll that finds nothing costs
+  one read, not a write transaction.
 * A second port rather than a front door on the HTTP port: local deploys
   stream image chunks through waitress at disk speed (bench/stream), and
   proxying those through an asyncio front door would cost that throughput.
@@ -88,11 +90,21 @@ class AgentChannel:
         self.ctx = ctx
         self.waiters = Waiters()
         self.pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="agentdb")
+        # token lookups (every request, reads only) never queue behind writers
+        self.auth_pool = concurrent.futures.ThreadPoolExecutor(
+            max(2, workers // 2), thread_name_prefix="agentauth"
+        )
         self.kick = asyncio.Event()
 
     async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
         """``fn(*args)`` in the database pool."""
         return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+
+    async def authenticate(self, authorization: str) -> agentchannel.Caller | None:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self.auth_pool, agentchannel.authenticate, self.ctx.db, authorization
+        )
 
     async def wait_command(self, resource_id: int, wait: float) -> str | None:
         """The next command for ``resource_id`` within ``wait`` seconds, or None."""
@@ -214,6 +226,7 @@ class AgentServer:
         except Exception:
             await runner.cleanup()
             channel.pool.shutdown(wait=False)
+            channel.auth_pool.shutdown(wait=False)
             raise
         loop = asyncio.get_running_loop()
         self._undo_ring = self._ctx.on_ring(lambda: loop.call_soon_threadsafe(channel.kick.set))
@@ -227,6 +240,7 @@ class AgentServer:
         await runner.cleanup()
         await loop.run_in_executor(channel.pool, self._final_flush)
         channel.pool.shutdown(wait=False, cancel_futures=True)
+        channel.auth_pool.shutdown(wait=False, cancel_futures=True)
 
     def _final_flush(self) -> None:
         try:

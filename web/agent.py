@@ -47,7 +47,7 @@ async def _guard(request: web.Request, handler):
     """401 without a valid token (before anything else); service errors as JSON."""
     channel = request.app[CHANNEL]
     header = request.headers.get("Authorization", "")
-    caller = await channel.run(agentchannel.authenticate, channel.ctx.db, header)
+    caller = await channel.authenticate(header)
     if caller is None:
         return web.Response(text="missing or invalid agent token\n", status=401)
     request[CALLER] = caller
