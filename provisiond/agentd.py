@@ -11,9 +11,11 @@ in BENCHMARKS.md):
 
 * Before, each ``GET /agent/v1/commands?wait=25`` held one of waitress's 48
   threads and wrote ``last_heartbeat`` every 0.5 s: ~50 agents saturated the
-  daemon, 200 made it stop answering. Here a waiting poll is one
-  :class:`asyncio.Event` and a socket — no thread, no database work while it
-  waits — so thousands wait at once.
+  daemon; with 100 agents no heartbeat succeeded in 120 s (bench/agents,
+  loaded machine). Here a waiting poll is one :class:`asyncio.Event` and a
+  socket — no thread, no database work while it waits: 2,000 agents held
+  10 minutes with 0 wrongly offline, 0 5xx, every command delivered, 177 MiB
+  RSS, 33 % of one core (tails in BENCHMARKS.md).
 * Heartbeats and polls touch :class:`provisiond.liveness.Liveness` in memory;
   one transaction a second writes all changed rows (2,000 agents: one
   ``executemany`` of ~200 rows instead of ~4,200 transactions a second).
