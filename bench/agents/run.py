@@ -136,6 +136,9 @@ def one_run(args: argparse.Namespace, n: int, work: Path) -> dict:
                 os.environ["PYTHONPATH"] = env_backup
         try:
             d.add_fake_kernel()
+            # the daemon sees a kernel added by the CLI at its next inventory poll
+            # (1 s); boot scripts before that carry no agent token
+            time.sleep(2.5)
             token = api_token(db_url)
             out = work / "load.json"
             cmd = [sys.executable, str(REPO / "bench/agents/load.py"), "--server", lab.server_ip,
