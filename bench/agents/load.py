@@ -436,6 +436,8 @@ async def main(args: argparse.Namespace) -> dict:
             except HttpError as exc:
                 stats.error(f"boot {exc}")
                 await asyncio.sleep(min(2**n, 30))
+        else:
+            raise HttpError(f"{a.mac}: no boot script after 6 tries")
         await register(a, stats)
         # a registered agent heartbeats and polls at once, as the sh agent does
         running.append(asyncio.create_task(heartbeats(a, stats)))
