@@ -19,6 +19,7 @@ import threading
 from collections.abc import Iterator
 
 from provisiond import assets, instance, logs, recovery
+from provisiond.agentd import AgentServer
 from provisiond.boots import BootRegistry
 from provisiond.capture import CaptureJob
 from provisiond.config import Config
@@ -115,10 +116,15 @@ class Daemon:
             InventoryRefresher(ctx.inventory),
         ]
         if self.config.services.http:
+            from web.agent import create_agent_app
+
             app = create_app(ctx)
             self.services.append(HttpService(app, str(self.config.address), self.config.http_port))
             if self.config.http.tls:
                 self.services.append(_https(self.config, app))
+            self.services.append(
+                AgentServer(ctx, create_agent_app, str(self.config.address), self.config.agent_port)
+            )
         self.services.extend(_protocol_services(ctx))
         manager = StorageManager(self.config)
         storage = StorageService(self.config, ctx.db, manager)
@@ -134,7 +140,7 @@ class Daemon:
                 {"appliance.start": appliance_jobs, "appliance.stop": stop_jobs, **other_jobs},
                 owner=self.config.instance,
             ),
-            Scheduler(self.config, ctx.db, ctx.inventory),
+            Scheduler(self.config, ctx.db, ctx.inventory, ctx.liveness),
         ]
         for svc in self.services:
             try:

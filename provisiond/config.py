@@ -144,6 +144,7 @@ class Config:
     interface: str = ""
     address: ipaddress.IPv4Address = ipaddress.IPv4Address("127.0.0.1")
     http_port: int = 8080
+    agent_port: int = 8090  # the agent channel (provisiond/agentd.py); default http_port + 10
     state_dir: Path = Path("/var/lib/provisiond")
     boot_assets_dir: Path = Path("/var/lib/provisiond/boot")
     templates_dir: Path = REPO_ROOT / "templates"
@@ -170,6 +171,11 @@ class Config:
         if self.http.tls:
             return f"https://{self.address}:{self.http.https_port}"
         return self.http_base
+
+    @property
+    def agent_base(self) -> str:
+        """Where agents send register/heartbeat/commands (``provisiond.agent=``)."""
+        return f"http://{self.address}:{self.agent_port}"
 
     @property
     def ssh_key_path(self) -> Path:
@@ -287,9 +293,9 @@ class _Table:
 
 
 _TOP = {
-    "instance", "lease", "interface", "address", "http_port", "state_dir", "boot_assets_dir",
-    "templates_dir", "database_url", "log_level", "services", "dns", "agent", "iscsi",
-    "subnet", "storage", "images", "http",
+    "instance", "lease", "interface", "address", "http_port", "agent_port", "state_dir",
+    "boot_assets_dir", "templates_dir", "database_url", "log_level", "services", "dns", "agent",
+    "iscsi", "subnet", "storage", "images", "http",
 }  # fmt: skip
 
 
@@ -303,6 +309,10 @@ def _build(raw: dict[str, Any], source: str) -> Config:
     if not db_url.startswith(("sqlite:", "postgresql")):
         raise ConfigError("database_url", db_url, "use sqlite:///PATH or postgresql://...")
     address = top.ip("address", "127.0.0.1")
+    http_port = top.port("http_port", 8080)
+    agent_port = top.int("agent_port", 0, 0, 65535) or min(http_port + 10, 65535)
+    if agent_port == http_port:
+        raise ConfigError("agent_port", agent_port, f"must differ from http_port ({http_port})")
     subnets = tuple(_subnet(t, f"subnet[{i}]") for i, t in enumerate(top.tables("subnet")))
     storages = tuple(_storage(t, f"storage[{i}]") for i, t in enumerate(top.tables("storage")))
     dns = _dns(raw.get("dns", {}))
@@ -322,7 +332,8 @@ def _build(raw: dict[str, Any], source: str) -> Config:
         instance=instance,
         interface=top.str("interface", ""),
         address=address,
-        http_port=top.port("http_port", 8080),
+        http_port=http_port,
+        agent_port=agent_port,
         state_dir=state_dir,
         boot_assets_dir=assets,
         templates_dir=Path(top.str("templates_dir", str(REPO_ROOT / "templates"))),

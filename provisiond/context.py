@@ -2,14 +2,17 @@
 
 Owns :class:`Context`: configuration, database, in-memory inventory, boot
 policy, iPXE renderer, the boots the DHCP service saw (who may receive a
-per-boot secret) and the command bell (wakes agent long polls when a
-command is queued in this process). ``web`` receives a Context and never
-builds any of these itself.
+per-boot secret), agent liveness (:mod:`provisiond.liveness`) and the
+command bell: :meth:`Context.ring` tells every registered waker (the agent
+channel registers one) that an agent command may have been queued or
+finished in this process. ``web`` receives a Context and never builds any
+of these itself.
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from provisiond.boot import BootPolicy
@@ -17,6 +20,7 @@ from provisiond.boots import BootRegistry
 from provisiond.config import Config
 from provisiond.db import Database
 from provisiond.inventory import Inventory
+from provisiond.liveness import Liveness
 from pxe.http.ipxe import IpxeRenderer
 
 
@@ -28,8 +32,23 @@ class Context:
     policy: BootPolicy
     renderer: IpxeRenderer
     boots: BootRegistry = field(default_factory=BootRegistry)
-    bell: threading.Condition = field(default_factory=threading.Condition)
+    liveness: Liveness = field(default_factory=Liveness)
+    _wakers: list[Callable[[], None]] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def on_ring(self, waker: Callable[[], None]) -> Callable[[], None]:
+        """Call ``waker()`` (thread-safe, non-blocking) on every ring; returns an undo."""
+        with self._lock:
+            self._wakers.append(waker)
+        return lambda: self._remove(waker)
+
+    def _remove(self, waker: Callable[[], None]) -> None:
+        with self._lock:
+            if waker in self._wakers:
+                self._wakers.remove(waker)
 
     def ring(self) -> None:
-        with self.bell:
-            self.bell.notify_all()
+        with self._lock:
+            wakers = list(self._wakers)
+        for waker in wakers:
+            waker()

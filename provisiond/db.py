@@ -1,7 +1,8 @@
 """Database access: engine construction, sessions and schema migrations.
 
 Owns the one place that knows about the database URL. SQLite (the embedded
-default) runs in WAL mode with a busy timeout; PostgreSQL works through the
+default) runs in WAL mode with a busy timeout, and this process's units of
+work take turns on one lock (see :class:`Database`); PostgreSQL works through the
 same code with a URL change. A SQLite file is created 0600. The schema is managed by Alembic
 (``provisiond/migrations``); :meth:`Database.migrate` upgrades to head.
 """
@@ -9,6 +10,7 @@ same code with a URL change. A SQLite file is created 0600. The schema is manage
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -53,17 +55,30 @@ class Database:
         self.url = url
         self.engine = make_engine(url)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+        # SQLite has one writer at a time; its busy handler makes waiting writers
+        # sleep in 1..100 ms steps, so under concurrent writes (a boot storm: boot
+        # scripts, registrations) throughput collapses and threads pile up on the
+        # connection pool. Units of work of this process take turns on a lock
+        # instead (re-entrant; bounded by the busy timeout, after which SQLite's own
+        # locking decides as before). Other processes (the CLI) still meet the
+        # busy timeout. bench/agents measured the difference (BENCHMARKS.md).
+        self._turn = threading.RLock() if url.startswith("sqlite") else None
 
     @contextlib.contextmanager
     def session(self) -> Iterator[Session]:
         """A unit of work: commits on success, rolls back on error."""
-        with self.sessions() as s:
-            try:
-                yield s
-                s.commit()
-            except BaseException:
-                s.rollback()
-                raise
+        got = self._turn is not None and self._turn.acquire(timeout=BUSY_TIMEOUT_MS / 1000)
+        try:
+            with self.sessions() as s:
+                try:
+                    yield s
+                    s.commit()
+                except BaseException:
+                    s.rollback()
+                    raise
+        finally:
+            if got:
+                self._turn.release()
 
     def migrate(self) -> None:
         cfg = AlembicConfig()

@@ -3,8 +3,8 @@
 Owns listening on ``address:http_port`` (and ``[http] https_port`` when TLS
 is on, :class:`HttpsService`) and serving the Flask app. Files are
 streamed through ``wsgi.file_wrapper`` with bounded memory whatever their
-size. Agent long polls hold a worker thread each, so the pool is sized for
-them (``threads``).
+size. Agent control calls (long polls included) are not served here but by
+the asyncio agent channel (:mod:`provisiond.agentd`).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from waitress.server import create_server
 from provisiond import logs
 
 log = logs.get("http")
+CONNECTION_LIMIT = 2000
 OUTBUF_HIGH = 2 * 2**20  # waitress default 16 MiB: per-connection buffer before the app waits
 OUTBUF_OVERFLOW = 4 * 2**20  # waitress default 1 MiB: beyond it the buffer spills to a temp file
 
@@ -35,6 +36,13 @@ class HttpService:
                 host=self._host,
                 port=self._port,
                 threads=self._threads,
+                # waitress's default is 100 open connections; a boot storm of
+                # thousands of machines fetching scripts queues instead of refusing
+                connection_limit=CONNECTION_LIMIT,
+                backlog=4096,
+                # poll(), not select(): select() fails on descriptors >= 1024, which a
+                # daemon holding thousands of agent sockets reaches
+                asyncore_use_poll=True,
                 channel_timeout=120,
                 # Streamed bodies (chunk streams) stay in memory: the app blocks at
                 # 2 MiB buffered per connection, below the 4 MiB spill-to-tempfile mark.

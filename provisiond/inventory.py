@@ -28,6 +28,7 @@ from provisiond.model import Appliance, Kernel, Lease, Resource
 from provisiond.service import LoopThread
 
 log = logs.get("inventory")
+MIN_GAP = 0.5  # seconds between requested reloads
 
 
 @dataclass(frozen=True)
@@ -180,6 +181,9 @@ class InventoryRefresher:
             return
         if requested:
             self._inv.refresh()
+            # a storm of requests (boot scripts, registrations) costs at most
+            # one full reload per MIN_GAP, not one per wake-up back to back
+            self._loop.sleep(MIN_GAP)
         else:
             self._inv.refresh_if_changed()
 

@@ -1,7 +1,9 @@
 """The scheduler: periodic housekeeping inside the daemon.
 
 Owns the clock-driven work: resources that miss heartbeats for
-``agent.heartbeat_timeout`` seconds become ``offline``. Later issues add job
+``agent.heartbeat_timeout`` seconds become ``offline``. Heartbeats are
+group-committed (:mod:`provisiond.liveness`): the sweep flushes them first,
+so it judges every row with what this process has seen. Later issues add job
 dispatch here. Runs every ``interval`` seconds in one thread.
 """
 
@@ -13,6 +15,7 @@ from provisiond import logs, resources
 from provisiond.config import Config
 from provisiond.db import Database
 from provisiond.inventory import Inventory
+from provisiond.liveness import Liveness
 from provisiond.service import LoopThread
 
 log = logs.get("scheduler")
@@ -21,8 +24,10 @@ log = logs.get("scheduler")
 class Scheduler:
     name = "scheduler"
 
-    def __init__(self, config: Config, db: Database, inventory: Inventory) -> None:
-        self._config, self._db, self._inv = config, db, inventory
+    def __init__(
+        self, config: Config, db: Database, inventory: Inventory, liveness: Liveness
+    ) -> None:
+        self._config, self._db, self._inv, self._liveness = config, db, inventory, liveness
         self._interval = max(1.0, min(5.0, config.agent.heartbeat_timeout / 4))
         self._wake = threading.Event()
         self._loop = LoopThread("scheduler", self._step, log)
@@ -34,6 +39,7 @@ class Scheduler:
         self.tick()
 
     def tick(self) -> None:
+        self._liveness.flush(self._db)
         with self._db.session() as s:
             stale = resources.mark_stale_offline(s, self._config.agent.heartbeat_timeout)
             names = [r.display_name for r in stale]

@@ -43,6 +43,10 @@ class LoopThread:
     def stopping(self) -> bool:
         return self._stop.is_set()
 
+    def sleep(self, seconds: float) -> None:
+        """Wait ``seconds`` or until stopped, whichever comes first."""
+        self._stop.wait(seconds)
+
     def start(self) -> None:
         self._thread.start()
 

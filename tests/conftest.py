@@ -19,6 +19,7 @@ def write_config(tmp: Path, **overrides) -> Path:
     values = {
         "address": '"127.0.0.1"',
         "http_port": str(overrides.pop("http_port", free_port())),
+        "agent_port": str(overrides.pop("agent_port", free_port())),
         "state_dir": f'"{tmp / "state"}"',
     }
     services = {"dhcp": "false", "tftp": "false", "dns": "false"}

@@ -58,6 +58,12 @@ class LabDaemon:
         self.log = workdir / "daemon.log"
         self.proc: subprocess.Popen | None = None
         self.base = f"http://{lab.server_ip}:8080"
+        self.agent_base = f"http://{lab.server_ip}:8090"  # agent_port default: http_port + 10
+
+    def url(self, path: str) -> str:
+        """The daemon URL serving ``path``: agent control calls use the agent channel."""
+        control = path.startswith("/agent/v1/") and not path.startswith("/agent/v1/stream/")
+        return (self.agent_base if control else self.base) + path
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         res = subprocess.run([PROVISIOND, "--config", str(self.cfg), *args],
@@ -108,7 +114,7 @@ class LabDaemon:
             cmd += ["-H", f"{k}: {v}"]
         if data is not None:
             cmd += ["--data-binary", data]
-        out = client.run([*cmd, self.base + path]).stdout
+        out = client.run([*cmd, self.url(path)]).stdout
         body, _, code = out.rpartition("\n")
         return int(code), body
 

@@ -54,7 +54,8 @@ class HostAgent:
         self.disk.parent.mkdir(parents=True, exist_ok=True)
         self.blank_disk(disk_size)
         token = d.boot_token(client, mac)
-        cmdline = (f"provisiond.url={d.base} provisiond.token={token} "
+        cmdline = (f"provisiond.url={d.base} provisiond.agent={d.agent_base} "
+                   f"provisiond.token={token} "
                    f"BOOTIF=01-{mac.replace(':', '-')} provisiond.interval=2")  # fmt: skip
         fake_sysroot(self.dir / "sys", cmdline)
         (self.dir / "sys/sys/class/net/eth0/address").write_text(mac + "\n")

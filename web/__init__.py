@@ -1,4 +1,7 @@
-"""The Flask application: boot and agent endpoints, the REST API and the operator UI.
+"""The Flask application: boot, chunk-stream endpoints, the REST API and the operator UI.
+
+(The agent's control calls are served by the asyncio agent channel on
+``agent_port``: :mod:`provisiond.agentd`, views in :mod:`web.agent`.)
 
 Owns :func:`create_app`, which builds the WSGI app around a
 :class:`provisiond.context.Context`. Views only: all logic lives in the
@@ -96,13 +99,13 @@ def create_app(ctx: Context) -> Flask:
         PERMANENT_SESSION_LIFETIME=dt.timedelta(hours=12),
     )
 
-    from web import agent, boot, stream  # noqa: F401 (stream adds routes to agent.bp)
+    from web import boot, stream
     from web.api import bp as api_bp
     from web.api.auth import csrf_token, guard
     from web.ui import bp as ui_bp
 
     app.register_blueprint(boot.bp)
-    app.register_blueprint(agent.bp)
+    app.register_blueprint(stream.bp)
     app.register_blueprint(api_bp)
     app.register_blueprint(ui_bp)
     if ctx.config.http.tls:

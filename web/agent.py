@@ -1,12 +1,18 @@
 """The agent API: what an idle resource's agent calls (``/agent/v1/...``).
 
+Served by the asyncio agent channel (:mod:`provisiond.agentd`) on
+``agent_port``; the agent learns its address from ``provisiond.agent=`` on
+the kernel command line. The chunk streams of deploys and captures stay on
+the HTTP port (:mod:`web.stream`). Views only: every rule is in
+:mod:`provisiond.agentchannel`, :mod:`provisiond.resources` and
+:mod:`provisiond.jobs`.
+
 Every endpoint, GET included, requires ``Authorization: Bearer <per-boot
 token>``; a wrong or missing token is 401 and changes nothing. The token is
 only valid while its resource is in a state that runs the agent.
 
 =====================================  ========================================
-POST /agent/v1/register                 JSON {mac, ip, hostkey, inventory}; the
-                                        address recorded is the request's source
+POST /agent/v1/register                 JSON {mac, ip, hostkey, inventory}
 POST /agent/v1/heartbeat                204
 GET  /agent/v1/authorized_keys          the server's SSH public key
 GET  /agent/v1/commands?wait=N          204, or text lines id= kind= arg=(base64)
@@ -16,121 +22,105 @@ POST /agent/v1/commands/<id>/result     X-Exit-Code header, raw output body
 
 from __future__ import annotations
 
-import base64
-import time
-from collections.abc import Callable
-from functools import wraps
+import json
 
-from flask import Blueprint, Response, current_app, jsonify, request
-from sqlalchemy import select
+from aiohttp import web
 
-from provisiond import jobs, logs, resources
-from provisiond.context import Context
-from provisiond.errors import Invalid
-from provisiond.model import Resource
-from provisiond.resources import AGENT_STATES
-from provisiond.security import hash_token
+from provisiond import agentchannel, logs
+from provisiond.agentd import AgentChannel
+from provisiond.errors import Invalid, ProvisiondError
+from provisiond.lifecycle import IllegalTransition
 
-bp = Blueprint("agent", __name__, url_prefix="/agent/v1")
 log = logs.get("agent")
-MAX_WAIT = 30
+MAX_BODY = 4 * 1024 * 1024
+CHANNEL = web.AppKey("channel", AgentChannel)
+CALLER = web.RequestKey("caller", agentchannel.Caller)
 
 
-def _ctx() -> Context:
-    return current_app.extensions["provisiond"]
+def _error(message: str, status: int, field: str | None = None) -> web.Response:
+    body = {"error": message, **({"field": field} if field else {})}
+    return web.json_response(body, status=status)
 
 
-def _unauthorized() -> Response:
-    return Response("missing or invalid agent token\n", status=401, mimetype="text/plain")
-
-
-def agent_auth(view: Callable) -> Callable:
-    """Resolve the bearer token to a resource id; 401 (and nothing else) otherwise."""
-
-    @wraps(view)
-    def wrapper(*args, **kwargs):
-        header = request.headers.get("Authorization", "")
-        if not header.startswith("Bearer ") or len(header) < 20:
-            return _unauthorized()
-        digest = hash_token(header[7:].strip())
-        with _ctx().db.sessions() as s:
-            row = s.execute(
-                select(Resource.id, Resource.state).where(Resource.agent_token_hash == digest)
-            ).first()
-        if row is None or row.state not in AGENT_STATES:
-            return _unauthorized()
-        return view(row.id, *args, **kwargs)
-
-    return wrapper
-
-
-@bp.post("/register")
-@agent_auth
-def register(resource_id: int):
-    body = request.get_json(silent=True)
-    if not isinstance(body, dict):
-        raise Invalid("register: body must be a JSON object", field="body")
-    ctx = _ctx()
-    with ctx.db.session() as s:
-        res = s.get(Resource, resource_id)
-        resources.register(s, res, body, request.remote_addr)
-        out = {"resource": res.display_name, "state": res.state}
-    ctx.inventory.request_refresh()
-    log.info("%s registered (%s)", out["resource"], out["state"])
-    return jsonify({**out, "heartbeat_interval": ctx.config.agent.heartbeat_interval})
-
-
-@bp.post("/heartbeat")
-@agent_auth
-def heartbeat(resource_id: int):
-    with _ctx().db.session() as s:
-        resources.heartbeat(s, s.get(Resource, resource_id))
-    return Response(status=204)
-
-
-@bp.get("/authorized_keys")
-@agent_auth
-def authorized_keys(resource_id: int):
-    pub = _ctx().config.ssh_key_path.with_suffix(".pub")
-    return Response(pub.read_text(), mimetype="text/plain")
-
-
-@bp.get("/commands")
-@agent_auth
-def commands(resource_id: int):
-    ctx = _ctx()
+@web.middleware
+async def _guard(request: web.Request, handler):
+    """401 without a valid token (before anything else); service errors as JSON."""
+    channel = request.app[CHANNEL]
+    header = request.headers.get("Authorization", "")
+    caller = await channel.authenticate(header)
+    if caller is None:
+        return web.Response(text="missing or invalid agent token\n", status=401)
+    request[CALLER] = caller
     try:
-        wait = min(max(float(request.args.get("wait", 0)), 0.0), MAX_WAIT)
+        return await handler(request)
+    except ProvisiondError as exc:
+        return _error(exc.message, exc.status, exc.field)
+    except IllegalTransition as exc:
+        return _error(str(exc), 409, "state")
+
+
+async def register(request: web.Request) -> web.Response:
+    channel = request.app[CHANNEL]
+    try:
+        body = json.loads(await request.read())
+    except ValueError:
+        raise Invalid("register: body must be a JSON object", field="body")
+    out = await channel.run(
+        agentchannel.register, channel.ctx, request[CALLER].resource_id, body, request.remote
+    )
+    log.info("%s registered (%s)", out["resource"], out["state"])
+    return web.json_response(out)
+
+
+async def heartbeat(request: web.Request) -> web.Response:
+    channel, caller = request.app[CHANNEL], request[CALLER]
+    if agentchannel.heartbeat_needs_db(caller):
+        await channel.run(agentchannel.heartbeat, channel.ctx, caller)
+    else:
+        agentchannel.heartbeat(channel.ctx, caller)
+    return web.Response(status=204)
+
+
+async def authorized_keys(request: web.Request) -> web.Response:
+    pub = request.app[CHANNEL].ctx.config.ssh_key_path.with_suffix(".pub")
+    return web.Response(text=pub.read_text(), content_type="text/plain")
+
+
+async def commands(request: web.Request) -> web.Response:
+    try:
+        wait = float(request.query.get("wait", 0))
     except ValueError:
         raise Invalid("wait must be a number of seconds", field="wait")
-    deadline = time.monotonic() + wait
-    while True:
-        with ctx.db.session() as s:
-            res = s.get(Resource, resource_id)
-            res.last_heartbeat = resources.utcnow()
-            job = jobs.next_command(s, res, owner=ctx.config.instance)
-            if job is not None:
-                lines = [f"id={job.id}", f"kind={job.kind.removeprefix('agent.')}"]
-                arg = job.params.get("arg", "")
-                if arg:
-                    lines.append("arg=" + base64.b64encode(arg.encode()).decode())
-                return Response("\n".join(lines) + "\n", mimetype="text/plain")
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            return Response(status=204)
-        with ctx.bell:
-            ctx.bell.wait(min(0.5, remaining))
+    text = await request.app[CHANNEL].wait_command(request[CALLER].resource_id, wait)
+    if text is None:
+        return web.Response(status=204)
+    return web.Response(text=text, content_type="text/plain")
 
 
-@bp.post("/commands/<int:job_id>/result")
-@agent_auth
-def command_result(resource_id: int, job_id: int):
+async def command_result(request: web.Request) -> web.Response:
+    channel = request.app[CHANNEL]
     try:
         code = int(request.headers.get("X-Exit-Code", ""))
     except ValueError:
         raise Invalid("X-Exit-Code header must be an integer", field="X-Exit-Code")
-    ctx = _ctx()
-    with ctx.db.session() as s:
-        jobs.complete_command(s, s.get(Resource, resource_id), job_id, code, request.get_data())
-    ctx.ring()
-    return Response(status=204)
+    try:
+        job_id = int(request.match_info["job_id"])
+    except ValueError:
+        raise Invalid("the command id must be an integer", field="id")
+    output = await request.read()
+    await channel.run(
+        agentchannel.complete_command,
+        channel.ctx, request[CALLER].resource_id, job_id, code, output,
+    )  # fmt: skip
+    return web.Response(status=204)
+
+
+def create_agent_app(channel: AgentChannel) -> web.Application:
+    app = web.Application(middlewares=[_guard], client_max_size=MAX_BODY)
+    app[CHANNEL] = channel
+    app.router.add_post("/agent/v1/register", register)
+    app.router.add_post("/agent/v1/heartbeat", heartbeat)
+    app.router.add_get("/agent/v1/authorized_keys", authorized_keys)
+    app.router.add_get("/agent/v1/commands", commands)
+    app.router.add_post("/agent/v1/commands/{job_id}/result", command_result)
+    return app

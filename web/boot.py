@@ -84,7 +84,8 @@ def _mint(ctx: Context, mac: str) -> str:
         resources.new_boot(s, res, hash_token(token), ctx.config.agent.hostkey_pinning)
     ctx.inventory.request_refresh()
     return (
-        f"provisiond.url={ctx.config.http_base} provisiond.token={token} "
+        f"provisiond.url={ctx.config.http_base} provisiond.agent={ctx.config.agent_base} "
+        f"provisiond.token={token} "
         f"BOOTIF=01-{mac.replace(':', '-')} "
         f"provisiond.interval={ctx.config.agent.heartbeat_interval}"
     )

@@ -5,9 +5,11 @@ Views only; the work is in :mod:`provisiond.localdeploy` and
 (``agent.deploy`` / ``agent.capture`` / ``agent.erase``) the agent is
 running; a command that belongs to another resource is 404, one that is no
 longer running (failed by the daemon, restart, timeout) is 410, which makes
-the agent stop. Same bearer-token rule as web/agent.py. The routes are added
-to the agent blueprint (importing this module is the registration), so the
-request guard's allow-list and the JSON error answers of ``/agent/v1`` apply.
+the agent stop. Same bearer-token rule as web/agent.py. They are served by
+waitress on the HTTP port (``provisiond.url=``), not by the asyncio agent
+channel: chunk streams are throughput-bound (bench/stream). The blueprint is
+named ``agent``, so the request guard's allow-list and the JSON error answers
+of ``/agent/v1`` apply.
 
 =====================================================  =========================
 GET  /agent/v1/stream/<cmd>/manifest                    text: header + chunk lines
@@ -19,20 +21,35 @@ PUT  /agent/v1/stream/<cmd>/chunk/<index>?sha256=&enc=  204; 422 on a checksum e
 
 from __future__ import annotations
 
-from flask import Response, current_app, request
+from collections.abc import Callable
+from functools import wraps
 
-from provisiond import capture, localdeploy
+from flask import Blueprint, Response, current_app, request
+
+from provisiond import agentchannel, capture, localdeploy
 from provisiond.context import Context
 from provisiond.errors import Invalid
-from web.agent import agent_auth
-from web.agent import bp as agent_bp
 
-bp = agent_bp  # the routes join the agent blueprint: same allow-list, JSON errors
+# named "agent": the request guard's allow-list and JSON errors apply to it
+bp = Blueprint("agent", __name__, url_prefix="/agent/v1")
 MAX_CHUNK_BODY = 64 * 2**20
 
 
 def _ctx() -> Context:
     return current_app.extensions["provisiond"]
+
+
+def agent_auth(view: Callable) -> Callable:
+    """Resolve the bearer token to a resource id; 401 (and nothing else) otherwise."""
+
+    @wraps(view)
+    def wrapper(*args, **kwargs):
+        caller = agentchannel.authenticate(_ctx().db, request.headers.get("Authorization", ""))
+        if caller is None:
+            return Response("missing or invalid agent token\n", status=401, mimetype="text/plain")
+        return view(caller.resource_id, *args, **kwargs)
+
+    return wrapper
 
 
 def _int(name: str, default: int) -> int:

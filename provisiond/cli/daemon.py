@@ -40,7 +40,10 @@ def config_check(env: Env, path: str | None) -> None:
     except configmod.ConfigError as exc:
         raise click.ClickException(f"{target}: {exc}")
     modes = ", ".join(f"{s.cidr} ({s.mode})" for s in cfg.subnets) or "none"
-    click.echo(f"{target}: OK (address {cfg.address}, http {cfg.http_port}, subnets: {modes})")
+    click.echo(
+        f"{target}: OK (address {cfg.address}, http {cfg.http_port}, agent {cfg.agent_port}, "
+        f"subnets: {modes})"
+    )
 
 
 @main.command()

@@ -191,7 +191,7 @@ def service(tmp_path_factory):
 
 
 class DatagramQueue:
-    """The socket calls ``_serve`` makes (recvfrom, with MSG_DONTWAIT when draining), over one queued datagram and a sent list."""
+    """The socket calls ``_serve`` makes (recvfrom, also with MSG_DONTWAIT), over one datagram."""
 
     def __init__(self, data: bytes, source: tuple[str, int]) -> None:
         self.inbox, self.sent = [(data, source)], []

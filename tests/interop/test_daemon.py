@@ -33,6 +33,7 @@ class Daemon:
         self.cfg_path = cfg_path
         self.cfg = configmod.load(cfg_path)
         self.base = self.cfg.http_base
+        self.agent_base = self.cfg.agent_base
         self.proc: subprocess.Popen | None = None
         self.log = cfg_path.parent / "daemon.log"
 
@@ -62,7 +63,9 @@ class Daemon:
 
     def request(self, method: str, path: str, body=None, token=None, headers=None):
         data = json.dumps(body).encode() if isinstance(body, dict) else body
-        req = urllib.request.Request(self.base + path, data=data, method=method)
+        control = path.startswith("/agent/v1/") and not path.startswith("/agent/v1/stream/")
+        base = self.agent_base if control else self.base
+        req = urllib.request.Request(base + path, data=data, method=method)
         if token:
             req.add_header("Authorization", f"Bearer {token}")
         if isinstance(body, dict):

@@ -42,6 +42,7 @@ def test_good_file_parses_into_typed_values():
     assert c.interface == "br0"
     assert c.address == ipaddress.IPv4Address("10.77.0.1")
     assert c.http_base == "http://10.77.0.1:8081"
+    assert c.agent_base == "http://10.77.0.1:8091"  # agent_port defaults to http_port + 10
     assert str(c.boot_assets_dir) == "/srv/pd/boot"
     assert c.database_url == "sqlite:////srv/pd/provisiond.db"
     assert c.dns.domain == "lab.test" and c.dns.upstream == "10.0.0.53:5353"
@@ -73,6 +74,10 @@ def test_default_instance_is_the_host_name_or_default(monkeypatch):
     assert cfg.default_instance() == "default"
 
 
+def test_agent_port_can_be_set():
+    assert cfg.parse("agent_port = 9000").agent_base == "http://127.0.0.1:9000"
+
+
 def test_config_is_frozen():
     c = cfg.parse("")
     with pytest.raises(AttributeError):
@@ -82,6 +87,8 @@ def test_config_is_frozen():
 BAD = [
     ("http_port = 0", "http_port", "integer from 1 to 65535"),
     ('http_port = "80"', "http_port", "integer from 1 to 65535"),
+    ("agent_port = 70000", "agent_port", "integer from 0 to 65535"),
+    ("http_port = 9000\nagent_port = 9000", "agent_port", "must differ from http_port"),
     ('address = "10.0.0.300"', "address", "IPv4 address"),
     ('state_dir = "relative/dir"', "state_dir", "absolute path"),
     ('database_url = "mysql://x"', "database_url", "sqlite:///PATH or postgresql"),

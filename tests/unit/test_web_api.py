@@ -97,6 +97,18 @@ def test_reboot_queues_an_agent_command(api, ctx):
     assert again.status_code == 400 and again.get_json()["field"] == "state"
 
 
+def test_run_queues_a_shell_command_for_admins_only(api, ctx):
+    api("POST", "/resources", json={"mac": "52:54:00:00:00:02"})
+    path = "/resources/52:54:00:00:00:02/run"
+    assert api("POST", path, "operator", json={"command": "true"}).status_code == 403
+    bad = api("POST", path, json={})
+    assert bad.status_code == 400 and bad.get_json()["field"] == "command"
+    assert api("POST", path, json={"command": 3}).status_code == 400
+    resp = api("POST", path, json={"command": "uname -r"})
+    assert resp.status_code == 202 and resp.get_json()["kind"] == "agent.run"
+    assert resp.get_json()["state"] == "queued"
+
+
 def test_release_erase_and_capture_are_jobs_or_clear_refusals(api, ctx):
     api("POST", "/resources", json={"mac": "52:54:00:00:00:01"})
     ref = "/resources/52:54:00:00:00:01"

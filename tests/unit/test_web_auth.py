@@ -56,7 +56,8 @@ def test_allow_list_answers_without_a_session(app):
     assert client.get("/healthz").status_code == 200
     assert client.get("/login").status_code == 200
     assert client.get("/static/app.css").status_code == 200
-    assert client.post("/agent/v1/heartbeat").status_code == 401  # its own token, not a session
+    # chunk streams: their own agent token, not a session
+    assert client.get("/agent/v1/stream/1/manifest").status_code == 401
 
 
 def test_a_bad_api_token_is_401(app):

@@ -134,6 +134,19 @@ def resource_reboot(ref: str):
     return jsonify(out), 202
 
 
+@bp.post("/resources/<ref>/run")
+@requires("admin")
+def resource_run(ref: str):
+    """Queue a shell command for the resource's agent: {"command": "..."} -> 202 job."""
+    data = body({"command"}, {"command"})
+    command = typed(data, "command", str)
+    with ctx().db.session() as s:
+        job = jobs.enqueue_command(s, resources.find(s, ref), "run", command, actor=actor())
+        out = present.job(job)
+    ctx().ring()
+    return jsonify(out), 202
+
+
 def _optional_body(allowed: set[str]) -> dict[str, Any]:
     from flask import request
 

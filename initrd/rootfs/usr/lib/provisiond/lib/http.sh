@@ -1,6 +1,8 @@
 # http.sh — the agent's side of the agent HTTP API, over busybox wget.
 #
-# Owns: authenticated requests to $AGENT_URL and their HTTP status.
+# Owns: authenticated requests to the server and their HTTP status: chunk
+# streams (/agent/v1/stream/...) go to $DATA_URL (the HTTP port), every other
+# call to $AGENT_URL (the agent channel; it defaults to $DATA_URL).
 # Every request carries "Authorization: Bearer $AGENT_TOKEN" (RFC 6750
 # section 2.1). The token is passed only to wget, never logged.
 # busybox 1.35 wget crashes (SIGSEGV) on error paths when given -T, so
@@ -16,8 +18,12 @@ api_call() {
 	_h_t=$1 _h_o=$2 _h_path=$3
 	shift 3
 	_h_err=$(mktemp "$PROVISIOND_RUN/wget.XXXXXX")
+	case "$_h_path" in
+	/agent/v1/stream/*) _h_base=${DATA_URL:-$AGENT_URL} ;;
+	*) _h_base=$AGENT_URL ;;
+	esac
 	timeout "$_h_t" wget -q -O "$_h_o" -U provisiond-agent \
-		--header "Authorization: Bearer $AGENT_TOKEN" "$@" "$AGENT_URL$_h_path" 2>"$_h_err"
+		--header "Authorization: Bearer $AGENT_TOKEN" "$@" "$_h_base$_h_path" 2>"$_h_err"
 	_h_rc=$?
 	if [ "$_h_rc" = 0 ]; then
 		API_STATUS=200

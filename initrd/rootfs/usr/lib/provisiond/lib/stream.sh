@@ -57,13 +57,14 @@ direct_flags() {
 	fi
 }
 
-server_hostport() { # -> "HOST PORT" of $AGENT_URL
-	_u=${AGENT_URL#http://}
+server_hostport() { # -> "HOST PORT" of $DATA_URL (the HTTP port)
+	_u=${DATA_URL:-$AGENT_URL}
+	_u=${_u#http://}
 	_u=${_u%%/*}
 	case "$_u" in *:*) echo "${_u%:*} ${_u##*:}" ;; *) echo "$_u 80" ;; esac
 }
 
-stream_url() { echo "$AGENT_URL/agent/v1/stream/$1"; }
+stream_url() { echo "${DATA_URL:-$AGENT_URL}/agent/v1/stream/$1"; }
 
 # progress_now CMD DONE TOTAL -> one report (errors ignored: progress is advisory).
 progress_now() {

@@ -1,0 +1,258 @@
+"""The agent channel server: ``/agent/v1`` control calls on an asyncio event loop.
+
+Owns listening on ``address:agent_port`` (announced to agents on the kernel
+command line as ``provisiond.agent=``), the event loop thread it runs in,
+the bounded thread pool for database work, the long-poll waiters and the
+liveness flusher. Views are :mod:`web.agent`; rules are
+:mod:`provisiond.agentchannel`.
+
+Why this shape (measured on the 2-core test machine, bench/agents, figures
+in BENCHMARKS.md):
+
+* Before, each ``GET /agent/v1/commands?wait=25`` held one of waitress's 48
+  threads and wrote ``last_heartbeat`` every 0.5 s: ~50 agents saturated the
+  daemon; with 100 agents no heartbeat succeeded in 120 s (bench/agents,
+  loaded machine). Here a waiting poll is one :class:`asyncio.Event` and a
+  socket — no thread, no database work while it waits: 2,000 agents held
+  10 minutes with 0 wrongly offline, 0 5xx, every command delivered, 177 MiB
+  RSS, 33 % of one core (tails in BENCHMARKS.md).
+* Heartbeats and polls touch :class:`provisiond.liveness.Liveness` in memory;
+  one transaction a second writes all changed rows (2,000 agents: one
+  ``executemany`` of ~200 rows instead of ~4,200 transactions a second).
+* A poll wakes when the queue may hold something for it: ``ctx.ring()``
+  (any thread) schedules one sweep, and a sweep every ``SWEEP_S`` catches
+  commands queued by other processes (CLI). A sweep is *one* query for all
+  resources with a queued agent command; only their waiters wake and take
+  the command in their own short transaction.
+* Database work that remains (register, command fetch, result) runs in a
+  pool of ``workers`` threads, so a slow disk queues work instead of growing
+  threads; token lookups (reads, every request) have their own small pool
+  so heartbeats never wait behind writers. A poll that finds nothing costs
+  one read, not a write transaction.
+* A second port rather than a front door on the HTTP port: local deploys
+  stream image chunks through waitress at disk speed (bench/stream), and
+  proxying those through an asyncio front door would cost that throughput.
+  The chunk stream routes stay on the HTTP port (``provisiond.url=``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import resource
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+
+from provisiond import agentchannel, logs
+from provisiond.context import Context
+
+log = logs.get("agentd")
+FLUSH_S = 1.0  # group commit of heartbeats
+SWEEP_S = 1.0  # catch commands queued by other processes
+MAX_WAIT = 30.0
+
+
+class Waiters:
+    """Long polls in progress, per resource; lives on the event loop (not thread-safe)."""
+
+    def __init__(self) -> None:
+        self._by_resource: dict[int, set[asyncio.Event]] = {}
+
+    def add(self, resource_id: int) -> asyncio.Event:
+        ev = asyncio.Event()
+        self._by_resource.setdefault(resource_id, set()).add(ev)
+        return ev
+
+    def remove(self, resource_id: int, ev: asyncio.Event) -> None:
+        evs = self._by_resource.get(resource_id)
+        if evs is not None:
+            evs.discard(ev)
+            if not evs:
+                del self._by_resource[resource_id]
+
+    def ids(self) -> set[int]:
+        return set(self._by_resource)
+
+    def wake(self, resource_ids: set[int]) -> None:
+        for rid in resource_ids:
+            for ev in self._by_resource.get(rid, ()):
+                ev.set()
+
+    def __len__(self) -> int:
+        return sum(len(v) for v in self._by_resource.values())
+
+
+class AgentChannel:
+    """What the views use: the context, the thread pool and the waiters."""
+
+    def __init__(self, ctx: Context, workers: int) -> None:
+        self.ctx = ctx
+        self.waiters = Waiters()
+        self.pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="agentdb")
+        # token lookups (every request, reads only) never queue behind writers
+        self.auth_pool = concurrent.futures.ThreadPoolExecutor(
+            max(2, workers // 2), thread_name_prefix="agentauth"
+        )
+        self.kick = asyncio.Event()
+
+    async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)`` in the database pool."""
+        return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+
+    async def authenticate(self, authorization: str) -> agentchannel.Caller | None:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self.auth_pool, agentchannel.authenticate, self.ctx.db, authorization
+        )
+
+    async def wait_command(self, resource_id: int, wait: float) -> str | None:
+        """The next command for ``resource_id`` within ``wait`` seconds, or None."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + min(max(wait, 0.0), MAX_WAIT)
+        ev = self.waiters.add(resource_id)
+        self.ctx.liveness.touch(resource_id)
+        try:
+            while True:
+                ev.clear()  # registered before the check: a wake after it is not lost
+                text = await self.run(agentchannel.next_command, self.ctx, resource_id)
+                remaining = deadline - loop.time()
+                if text is not None or remaining <= 0:
+                    return text
+                try:
+                    await asyncio.wait_for(ev.wait(), remaining)
+                except TimeoutError:
+                    return None
+        finally:
+            self.waiters.remove(resource_id, ev)
+            self.ctx.liveness.touch(resource_id)
+
+    async def sweeper(self) -> None:
+        """Wake the polls of resources that have a queued command."""
+        while True:
+            try:
+                await asyncio.wait_for(self.kick.wait(), SWEEP_S)
+            except TimeoutError:
+                pass
+            self.kick.clear()
+            if not self.waiters.ids():
+                continue
+            try:
+                ids = await self.run(agentchannel.resources_with_commands, self.ctx.db)
+            except Exception:
+                log.exception("command sweep failed (retrying)")
+                await asyncio.sleep(SWEEP_S)
+                continue
+            self.waiters.wake(ids)
+
+    async def flusher(self) -> None:
+        while True:
+            await asyncio.sleep(FLUSH_S)
+            try:
+                await self.run(self.ctx.liveness.flush, self.ctx.db)
+            except Exception:
+                log.exception("heartbeat group commit failed (kept for the next one)")
+
+
+def _raise_fd_limit(want: int = 65536) -> None:
+    """Each waiting agent is a socket: lift the soft limit on open files (often 1,024)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = want if hard == resource.RLIM_INFINITY else min(want, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        log.info("open-file limit raised from %d to %d for the agent channel", soft, target)
+
+
+class AgentServer:
+    """Service: the agent channel on ``host:port`` in its own thread and event loop."""
+
+    name = "agent"
+
+    def __init__(
+        self,
+        ctx: Context,
+        make_app: Callable[[AgentChannel], web.Application],
+        host: str,
+        port: int,
+        workers: int = 8,
+    ) -> None:
+        self._ctx, self._make_app, self._host, self._port = ctx, make_app, host, port
+        self._workers = workers
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._stopped: asyncio.Event | None = None
+        self._undo_ring: Callable[[], None] | None = None
+        self.channel: AgentChannel | None = None
+
+    def start(self) -> None:
+        _raise_fd_limit()
+        started: concurrent.futures.Future = concurrent.futures.Future()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._run, args=(started,), name="agentd", daemon=True
+        )
+        self._thread.start()
+        try:
+            started.result(timeout=30)
+        except OSError as exc:
+            self._thread.join(5)
+            raise RuntimeError(
+                f"agent: cannot listen on {self._host}:{self._port} ({exc.strerror}); "
+                "change agent_port or address in the config, or stop what uses the port"
+            )
+        log.info("agent channel on http://%s:%d", self._host, self._port)
+
+    def _run(self, started: concurrent.futures.Future) -> None:
+        asyncio.set_event_loop(self._loop)
+        try:
+            self._loop.run_until_complete(self._main(started))
+        except Exception as exc:
+            if not started.done():
+                started.set_exception(exc)
+            else:  # pragma: no cover - the loop itself failed after start
+                log.exception("agent channel stopped unexpectedly")
+        finally:
+            self._loop.close()
+
+    async def _main(self, started: concurrent.futures.Future) -> None:
+        channel = AgentChannel(self._ctx, self._workers)
+        self.channel = channel
+        self._stopped = asyncio.Event()
+        runner = web.AppRunner(self._make_app(channel), access_log=None, handle_signals=False)
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, self._host, self._port, backlog=4096, reuse_address=True)
+            await site.start()
+        except Exception:
+            await runner.cleanup()
+            channel.pool.shutdown(wait=False)
+            channel.auth_pool.shutdown(wait=False)
+            raise
+        loop = asyncio.get_running_loop()
+        self._undo_ring = self._ctx.on_ring(lambda: loop.call_soon_threadsafe(channel.kick.set))
+        tasks = [asyncio.create_task(channel.sweeper()), asyncio.create_task(channel.flusher())]
+        started.set_result(None)
+        await self._stopped.wait()
+        self._undo_ring()
+        for t in tasks:
+            t.cancel()
+        await runner.shutdown()
+        await runner.cleanup()
+        await loop.run_in_executor(channel.pool, self._final_flush)
+        channel.pool.shutdown(wait=False, cancel_futures=True)
+        channel.auth_pool.shutdown(wait=False, cancel_futures=True)
+
+    def _final_flush(self) -> None:
+        try:
+            self._ctx.liveness.flush(self._ctx.db)
+        except Exception:
+            log.exception("last heartbeat group commit failed")
+
+    def stop(self) -> None:
+        if self._loop is None or self._thread is None or not self._thread.is_alive():
+            return
+        if self._stopped is not None:
+            self._loop.call_soon_threadsafe(self._stopped.set)
+        self._thread.join(4)
