@@ -14,6 +14,10 @@ appliance mode sanboot, starting/active SANBOOT: iSCSI target from params
 appliance mode local, starting          DEPLOY: the agent, which streams
 appliance mode local, active            LOCAL_DISK: boot the machine's disk
 appliance mode template, starting       KERNEL: installer kernel (params)
+  with an installer kernel
+appliance mode template, starting       DEPLOY: the agent, which installs
+appliance mode template, installed /    LOCAL_DISK: boot the installed disk
+  active
 =====================================  ======================================
 """
 
@@ -79,5 +83,12 @@ class DatabasePolicy:
                 cmdline=params.get("cmdline", ""),
                 resource_id=view.id,
                 label="install",
+            )
+        if mode == "template" and (state == "active" or params.get("installed")):
+            return BootSpec(BootAction.LOCAL_DISK, resource_id=view.id, label="installed disk")
+        if mode == "template":
+            spec = self._agent_spec(view)
+            return BootSpec(
+                BootAction.DEPLOY, spec.kernel, spec.initrds, spec.cmdline, None, view.id, "install"
             )
         return None
