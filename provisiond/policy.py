@@ -13,11 +13,12 @@ failed / releasing                      (the default Kernel)
 appliance mode sanboot, starting/active SANBOOT: iSCSI target from params
 appliance mode local, starting          DEPLOY: the agent, which streams
 appliance mode local, active            LOCAL_DISK: boot the machine's disk
-appliance mode template, starting       KERNEL: installer kernel (params)
-  with an installer kernel
-appliance mode template, starting       DEPLOY: the agent, which installs
 appliance mode template, installed /    LOCAL_DISK: boot the installed disk
   active
+appliance mode template, starting,      KERNEL: the installer kernel + initrd
+  installer set (preseed, kickstart..)  with the rendered answer-file URL
+appliance mode template, starting       DEPLOY: the agent, which installs
+  (FAI-style set)
 =====================================  ======================================
 """
 
@@ -75,6 +76,17 @@ class DatabasePolicy:
             return BootSpec(
                 BootAction.DEPLOY, spec.kernel, spec.initrds, spec.cmdline, None, view.id, "deploy"
             )
+        if mode == "template" and (state == "active" or params.get("installed")):
+            return BootSpec(BootAction.LOCAL_DISK, resource_id=view.id, label="installed disk")
+        if mode == "template" and params.get("install_kernel"):
+            return BootSpec(
+                BootAction.KERNEL,
+                kernel=params["install_kernel"],
+                initrds=tuple(params.get("install_initrds", ())),
+                cmdline=params.get("install_cmdline", ""),
+                resource_id=view.id,
+                label="installer",
+            )
         if mode == "template" and params.get("kernel"):
             return BootSpec(
                 BootAction.KERNEL,
@@ -84,8 +96,6 @@ class DatabasePolicy:
                 resource_id=view.id,
                 label="install",
             )
-        if mode == "template" and (state == "active" or params.get("installed")):
-            return BootSpec(BootAction.LOCAL_DISK, resource_id=view.id, label="installed disk")
         if mode == "template":
             spec = self._agent_spec(view)
             return BootSpec(

@@ -34,9 +34,9 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from provisiond import appliances, installs, logs, rootfs
+from provisiond import appliances, installs, jobs, logs, rootfs
 from provisiond.context import Context
-from provisiond.errors import Unauthorized
+from provisiond.errors import NotFound, Unauthorized
 from provisiond.jobrunner import JobFailed
 from provisiond.lifecycle import ApplianceState as AS
 from provisiond.lifecycle import JobState as JS
@@ -49,13 +49,16 @@ from provisiond.localdeploy import (
     start_command,
     wait_command,
 )
-from provisiond.model import Appliance, Job, Resource
+from provisiond.model import Appliance, Job, Kernel, Resource
 from provisiond.security import hash_token, new_token, ssh_fingerprint, write_private
 from provisiond.templating import Renderer, TemplateError
+from pxe.http.ipxe import UnsafeScriptValue, safe_cmdline
 
 log = logs.get("template")
 INSTALL_TIMEOUT = 3600
 REPORT_TIMEOUT = 900
+INSTALLER_TIMEOUT = 4 * 3600
+INSTALL_KEYS = ("installed", "install_kernel", "install_initrds", "install_cmdline")
 
 
 def bundle_dir(ctx: Context) -> Path:
@@ -97,21 +100,33 @@ class TemplateStart:
         ctx, db = self.ctx, self.ctx.db
         r = renderer(ctx)
         token = new_token()
+        waiting = None
         with db.session() as s:
             job = s.get(Job, job_id)
             app = s.get(Appliance, job.appliance_id)
             res = app.resource
-            app.params = {k: v for k, v in (app.params or {}).items() if k != "installed"}
+            app.params = {k: v for k, v in (app.params or {}).items() if k not in INSTALL_KEYS}
             name = str((app.params or {}).get("template") or installs.DEFAULT_SET)
             try:
                 tset = r.get(name)
                 if tset.kind != "fai":
-                    raise JobFailed(
-                        f"template {name} is a {tset.kind} set: installer modes need an installer "
-                        "kernel (not in this build yet); use an FAI-style set such as "
-                        f"{installs.DEFAULT_SET}"
-                    )
-                params = installs.merged_params(res, app, {})
+                    waiting = self._installer(s, job, app, tset, token)
+                    params = {}
+                else:
+                    params = installs.merged_params(res, app, {})
+            except TemplateError as exc:
+                raise JobFailed(exc.message)
+            except UnsafeScriptValue as exc:
+                raise JobFailed(f"installer command line refused: {exc}")
+        if waiting is not None:
+            ctx.inventory.refresh()
+            ctx.ring()
+            return self._wait_report(*waiting)
+        with db.session() as s:
+            job = s.get(Job, job_id)
+            app = s.get(Appliance, job.appliance_id)
+            res = app.resource
+            try:
                 ref = rootfs.lookup(params["rootfs"])
                 if ref is None:
                     raise JobFailed(f"rootfs {params['rootfs']} is not built: run "
@@ -120,6 +135,8 @@ class TemplateStart:
                 files = r.render(name, variables)
             except TemplateError as exc:
                 raise JobFailed(exc.message)
+            except UnsafeScriptValue as exc:
+                raise JobFailed(f"installer command line refused: {exc}")
             job.params = {**(job.params or {}), "callback_hash": hash_token(token)}
             res_id, res_name, disk = res.id, res.display_name, params["disk"]
             firmware = params["firmware"]
@@ -150,6 +167,32 @@ class TemplateStart:
         job_log(db, job_id, "installed; waiting for the installed OS to report in")
         return self._wait_report(job_id, res_name, float(params.get("report_timeout",
                                                                     REPORT_TIMEOUT)))  # fmt: skip
+
+    def _installer(self, s, job: Job, app: Appliance, tset, token: str) -> tuple[int, str, float]:
+        """Installer sets: boot the installer kernel with the answer file's one-time URL."""
+        ctx, res = self.ctx, app.resource
+        kernel = s.get(Kernel, app.kernel_id) if app.kernel_id else None
+        if kernel is None:
+            raise JobFailed(
+                f"template {tset.name} ({tset.kind}) boots an installer: give the appliance its "
+                "kernel (`provisiond kernel add NAME --kernel linux --initrd initrd.gz`, then "
+                "`appliance create ... --kernel NAME`)"
+            )
+        variables = installs.variables(ctx.config, res, app, tset.name, token=token,
+                                       answer=tset.answer)  # fmt: skip
+        files = renderer(ctx).render(tset.name, variables)  # every file renders, or no reboot
+        cmdline = " ".join(p for p in (renderer(ctx).cmdline(tset, variables), kernel.cmdline) if p)
+        safe_cmdline(cmdline)
+        job.params = {**(job.params or {}), "callback_hash": hash_token(token)}
+        app.params = {**(app.params or {}), "install_kernel": kernel.kernel_path,
+                      "install_initrds": [kernel.initrd_path] if kernel.initrd_path else [],
+                      "install_cmdline": cmdline}  # fmt: skip
+        jobs.append_log(job, f"rendered {tset.name}: {', '.join(files)}; installer {kernel.name}")
+        cmd = jobs.enqueue_command(s, res, "reboot", actor="daemon")
+        cmd.params = {**cmd.params, "parent": job.id}
+        jobs.append_log(job, f"asked the agent of {res.display_name} to reboot into the installer")
+        timeout = float((app.params or {}).get("report_timeout", INSTALLER_TIMEOUT))
+        return job.id, res.display_name, timeout
 
     def _wait_report(self, job_id: int, res_name: str, timeout: float) -> str:
         deadline = time.monotonic() + timeout
@@ -185,7 +228,7 @@ class TemplateStop:
     def run(self, job_id: int) -> str:
         with self.ctx.db.session() as s:
             app = s.get(Appliance, s.get(Job, job_id).appliance_id)
-            app.params = {k: v for k, v in (app.params or {}).items() if k != "installed"}
+            app.params = {k: v for k, v in (app.params or {}).items() if k not in INSTALL_KEYS}
             appliances.stopped(s, app, "installed disk left as it is")
         self.ctx.inventory.refresh()
         return "stopped: the disk keeps its OS; power-cycle the machine into PXE to reuse it"
@@ -232,3 +275,33 @@ def report_in(ctx: Context, token: str, ip: str | None, hostname: str, hostkey: 
     ctx.inventory.refresh()
     log.info("%s: the installed OS reported in as %s", name, hostname)
     return name
+
+
+def _running_install(session, resource_id: int, token: str) -> Job | None:
+    digest = hash_token(token)
+    for job in session.scalars(
+        select(Job).where(Job.kind == "appliance.start", Job.state == JS.RUNNING,
+                          Job.resource_id == resource_id)
+    ):  # fmt: skip
+        if (job.params or {}).get("callback_hash") == digest:
+            return job
+    return None
+
+
+def answer_file(ctx: Context, resource_id: int, token: str, path: str) -> str:
+    """A rendered file of the installing resource's set, only while it installs (else 404)."""
+    with ctx.db.sessions() as s:
+        job = _running_install(s, resource_id, token)
+        app = s.get(Appliance, job.appliance_id) if job and job.appliance_id else None
+        if job is None or app is None or app.state != AS.STARTING:
+            raise NotFound("no install in progress for this URL")
+        name = str((app.params or {}).get("template") or installs.DEFAULT_SET)
+        r = renderer(ctx)
+        tset = r.get(name)
+        variables = installs.variables(ctx.config, app.resource, app, name, token=token,
+                                       answer=tset.answer)  # fmt: skip
+        if path == "authorized_keys":
+            return "".join(f"{k}\n" for k in variables["ssh_keys"])
+        if path not in tset.files:
+            raise NotFound(f"{name} has no file {path!r}")
+        return r.render(f"{name}/{path}", variables).get(path, "")

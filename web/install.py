@@ -13,6 +13,10 @@ GET  /install/v1/rootfs/<name>.tar.zst      the root file-system archive (Range
 POST /install/v1/done                       the installed OS reports in, once:
                                             ``Authorization: Bearer <one-time
                                             token>``, form hostname=, hostkey=
+GET  /install/v1/<res>/<token>/<file>       an installer's answer file (preseed,
+                                            ks.cfg, user-data, ...), rendered
+                                            for that resource; only while it
+                                            installs: 404 otherwise
 =========================================  =====================================
 """
 
@@ -56,3 +60,11 @@ def done():
     name = templatedeploy.report_in(_ctx(), header[7:].strip(), request.remote_addr, hostname,
                                     hostkey)  # fmt: skip
     return jsonify({"resource": name, "state": "active"})
+
+
+@bp.get("/<int:resource_id>/<token>/<path:path>")
+def answer(resource_id: int, token: str, path: str):
+    """The installer's answer file (and its siblings): only while that resource installs."""
+    text = templatedeploy.answer_file(_ctx(), resource_id, token, path)
+    log.info("answer file %s served to resource %d (%s)", path, resource_id, request.remote_addr)
+    return Response(text, mimetype="text/plain")
