@@ -30,7 +30,7 @@ sys.path.insert(0, str(REPO))
 
 from tests.testbed.test_local_vm import in_order  # noqa: E402
 
-pytestmark = pytest.mark.testbed
+pytestmark = [pytest.mark.testbed, pytest.mark.timeout(1800)]
 DISK = "2G"
 
 

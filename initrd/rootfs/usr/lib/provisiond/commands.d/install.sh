@@ -57,7 +57,7 @@ step() {
 	[ -n "${_s_t0:-}" ] && echo "  ($(awk -v a="$_s_t0" -v b="$_s_now" 'BEGIN { printf "%.1f", b - a }') s)"
 	_s_t0=$_s_now
 	echo "step $*"
-	log "install: step $*"
+	console "PROVISIOND-INSTALL step $*"
 }
 
 install_run() {
