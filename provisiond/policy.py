@@ -78,24 +78,16 @@ class DatabasePolicy:
             )
         if mode == "template" and (state == "active" or params.get("installed")):
             return BootSpec(BootAction.LOCAL_DISK, resource_id=view.id, label="installed disk")
-        if mode == "template" and params.get("install_kernel"):
-            return BootSpec(
-                BootAction.KERNEL,
-                kernel=params["install_kernel"],
-                initrds=tuple(params.get("install_initrds", ())),
-                cmdline=params.get("install_cmdline", ""),
-                resource_id=view.id,
-                label="installer",
-            )
-        if mode == "template" and params.get("kernel"):
-            return BootSpec(
-                BootAction.KERNEL,
-                kernel=params["kernel"],
-                initrds=tuple(params.get("initrds", ())),
-                cmdline=params.get("cmdline", ""),
-                resource_id=view.id,
-                label="install",
-            )
+        for key, label in (("install_", "installer"), ("", "install")):
+            if mode == "template" and params.get(f"{key}kernel"):
+                return BootSpec(
+                    BootAction.KERNEL,
+                    kernel=params[f"{key}kernel"],
+                    initrds=tuple(params.get(f"{key}initrds", ())),
+                    cmdline=params.get(f"{key}cmdline", ""),
+                    resource_id=view.id,
+                    label=label,
+                )
         if mode == "template":
             spec = self._agent_spec(view)
             return BootSpec(

@@ -62,16 +62,21 @@ def script(d) -> str:
     return d.get(f"/boot/{MAC.replace(':', '-')}.ipxe")[1].decode()
 
 
-def test_preseed_served_only_while_installing(daemon):
-    d = daemon
+def start_installer(d, name: str, *params: str) -> None:
+    """An idle machine, the d-i installer Kernel, a debian-preseed appliance started."""
     _register_kernel(d)
     installer_kernel(d)
     d.start()
     register(d)
+    extra = [a for p in params for a in ("--param", p)]
     cli_ok(d, "appliance", "create", "--resource", MAC, "--mode", "template", "--kernel", "d-i",
-           "--name", "inst1", "--param", "template=debian-preseed",
-           "--param", "mirror_host=mirror.example")  # fmt: skip
-    cli_ok(d, "appliance", "start", "inst1")
+           "--name", name, "--param", "template=debian-preseed", *extra)  # fmt: skip
+    cli_ok(d, "appliance", "start", name)
+
+
+def test_preseed_served_only_while_installing(daemon):
+    d = daemon
+    start_installer(d, "inst1", "mirror_host=mirror.example")
 
     text = wait_for(lambda: (s := script(d)) and "installer" in s and s)
     assert "/assets/kernels/d-i/linux" in text and "/assets/kernels/d-i/initrd.gz" in text
@@ -109,13 +114,7 @@ def test_preseed_served_only_while_installing(daemon):
 
 def test_missing_variable_fails_before_any_reboot(daemon):
     d = daemon
-    _register_kernel(d)
-    installer_kernel(d)
-    d.start()
-    register(d)
-    cli_ok(d, "appliance", "create", "--resource", MAC, "--mode", "template", "--kernel", "d-i",
-           "--name", "inst2", "--param", "template=debian-preseed")  # fmt: skip
-    cli_ok(d, "appliance", "start", "inst2")
+    start_installer(d, "inst2")
     app = wait_for(lambda: (a := json.loads(cli_ok(d, "appliance", "show", "inst2", "--json")))
                    and a["state"] == "failed" and a)  # fmt: skip
     assert "debian-preseed/preseed.cfg" in app["state_reason"]
