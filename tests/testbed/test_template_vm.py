@@ -16,6 +16,7 @@ SSH with the server's key that the template installed.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -55,7 +56,9 @@ def debian_rootfs(testbed_ready) -> str:
 def install(tb, boot_assets, name: str, mac: str, uefi: bool) -> dict:
     if not boot_assets.real_agent:
         pytest.skip(reason="template installs need the real agent (initrd/build.sh failed)")
-    tb.start_provisiond(tb.provisiond_config(heartbeat_interval=2))
+    images = tb.workdir / "images"
+    tb.start_provisiond(tb.provisiond_config(heartbeat_interval=2) + (
+        f'\n[[storage]]\nname = "local"\nbackend = "file"\npath = "{images}"\n'))  # fmt: skip
     cli(tb, "kernel", "add", "agent", "--kernel", str(boot_assets.kernel),
         "--initrd", str(boot_assets.initrd), "--default")  # fmt: skip
     vm = tb.boot_vm(name, mac, disks=[DISK], mem=1024, reboot=True, uefi=uefi)
@@ -82,6 +85,29 @@ def install(tb, boot_assets, name: str, mac: str, uefi: bool) -> dict:
     return {"vm": vm, "elapsed": elapsed, "out": agent_log}
 
 
+def local_anchor(tb, done: dict) -> None:
+    """BENCHMARKS anchor (opt-in: PROVISIOND_BENCH_ANCHOR=1): the installed disk, captured
+    as an image, deployed with the ``local`` mode onto a second blank VM."""
+    done["vm"].kill()
+    disk = done["vm"].workdir / "tplbios-disk0.raw"
+    cli(tb, "image", "import", str(disk), "--name", "installed", timeout=600)
+    mac = "52:54:00:7e:00:11"
+    vm2 = tb.boot_vm("anchor", mac, disks=[DISK], mem=1024, reboot=True)
+    wait_until(lambda: tb.resource_state(mac) == "idle", 240, interval=0.5)
+    cli(tb, "appliance", "create", "--resource", mac, "--image", "installed", "--mode", "local",
+        "--disk", "/dev/vda", "--name", "anchor")  # fmt: skip
+    t0 = time.monotonic()
+    cli(tb, "appliance", "start", "anchor", "--wait", timeout=1200)
+    written = time.monotonic() - t0
+    vm2.wait_for(r"tplbios login:", 600)
+    up = time.monotonic() - t0
+    used = int(subprocess.run(["du", "-B1", str(disk)], capture_output=True, text=True)
+               .stdout.split()[0])  # fmt: skip
+    sys.stderr.write(f"\nanchor (local mode, {disk.stat().st_size / 2**30:.0f} GiB image, "
+                     f"{used / 2**20:.0f} MiB allocated): start -> disk written {written:.0f} s, "
+                     f"-> login prompt {up:.0f} s\n")  # fmt: skip
+
+
 def test_bios_install_boots_its_own_disk(testbed, boot_assets, debian_rootfs):
     done = install(testbed, boot_assets, "tplbios", "52:54:00:7e:00:01", uefi=False)
     vm = done["vm"]
@@ -90,13 +116,15 @@ def test_bios_install_boots_its_own_disk(testbed, boot_assets, debian_rootfs):
                          r"provisiond-installed: reported in as tplbios"]), vm.tail(60)  # fmt: skip
     for step in (
         "step 1/7 partition",
-        "label: dos",
+        "Disklabel type: dos",
         "sha256 verified",
         "boot loader extlinux",
         "post 10-root-password.sh: exit 0",
         "post 90-hostname-check.sh: exit 0",
     ):
         assert step in done["out"], done["out"]  # fmt: skip
+    if os.environ.get("PROVISIOND_BENCH_ANCHOR"):
+        local_anchor(testbed, done)
 
 
 @pytest.mark.skipif(not Path(OVMF).exists(), reason=f"{OVMF} missing (apt-get install ovmf)")
