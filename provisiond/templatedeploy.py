@@ -51,8 +51,7 @@ from provisiond.localdeploy import (
 )
 from provisiond.model import Appliance, Job, Kernel, Resource
 from provisiond.security import hash_token, new_token, ssh_fingerprint, write_private
-from provisiond.templating import Renderer, TemplateError
-from pxe.http.ipxe import UnsafeScriptValue, safe_cmdline
+from provisiond.templating import Renderer, TemplateError, esc_cmdline
 
 log = logs.get("template")
 INSTALL_TIMEOUT = 3600
@@ -116,8 +115,6 @@ class TemplateStart:
                     params = installs.merged_params(res, app, {})
             except TemplateError as exc:
                 raise JobFailed(exc.message)
-            except UnsafeScriptValue as exc:
-                raise JobFailed(f"installer command line refused: {exc}")
         if waiting is not None:
             ctx.inventory.refresh()
             ctx.ring()
@@ -135,8 +132,6 @@ class TemplateStart:
                 files = r.render(name, variables)
             except TemplateError as exc:
                 raise JobFailed(exc.message)
-            except UnsafeScriptValue as exc:
-                raise JobFailed(f"installer command line refused: {exc}")
             job.params = {**(job.params or {}), "callback_hash": hash_token(token)}
             res_id, res_name, disk = res.id, res.display_name, params["disk"]
             firmware = params["firmware"]
@@ -181,8 +176,9 @@ class TemplateStart:
         variables = installs.variables(ctx.config, res, app, tset.name, token=token,
                                        answer=tset.answer)  # fmt: skip
         files = renderer(ctx).render(tset.name, variables)  # every file renders, or no reboot
+        for word in kernel.cmdline.split():
+            esc_cmdline(word)  # the Kernel's own arguments too: refused now, not at boot
         cmdline = " ".join(p for p in (renderer(ctx).cmdline(tset, variables), kernel.cmdline) if p)
-        safe_cmdline(cmdline)
         job.params = {**(job.params or {}), "callback_hash": hash_token(token)}
         app.params = {**(app.params or {}), "install_kernel": kernel.kernel_path,
                       "install_initrds": [kernel.initrd_path] if kernel.initrd_path else [],

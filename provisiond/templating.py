@@ -48,6 +48,7 @@ KINDS = ("fai", "preseed", "autoinstall", "kickstart", "unattend")
 _SEGMENT = re.compile(r"^[a-z0-9._-]+$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _XML_BAD = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
+_LINE_BAD = re.compile(r"[\x00-\x08\x0a-\x1f\x7f\"'`\\]|&&|\|\||\$\{")
 _CMDLINE_BAD = re.compile(r"[\x00-\x20\x7f;'\"`\\]|&&|\|\||\$\{")
 
 
@@ -295,8 +296,12 @@ class Renderer:
         """The installer's kernel arguments, one line, each value a safe word."""
         if not tset.cmdline:
             return ""
-        text = self.render_text(f"{tset.name}/set.toml:cmdline", tset.cmdline, "cmdline",
-                                variables)  # fmt: skip
+        label = f"{tset.name}/set.toml:cmdline"
+        text = self.render_text(label, tset.cmdline, "cmdline", variables)
+        bad = _LINE_BAD.search(text)
+        if bad:  # the template's own text (its values were checked one by one)
+            raise TemplateError(f"template {label}: {bad.group()!r} may not appear in a kernel "
+                                "command line (iPXE would read it as a command)")  # fmt: skip
         return " ".join(text.split())
 
     @staticmethod
