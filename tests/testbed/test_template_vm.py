@@ -99,7 +99,7 @@ def local_anchor(tb, done: dict) -> None:
     t0 = time.monotonic()
     cli(tb, "appliance", "start", "anchor", "--wait", timeout=1200)
     written = time.monotonic() - t0
-    vm2.wait_for(r"tplbios login:", 600)
+    vm2.wait_for(r"Debian GNU/Linux 12 tplbios", 600)  # getty's banner, a whole line
     up = time.monotonic() - t0
     used = int(subprocess.run(["du", "-B1", str(disk)], capture_output=True, text=True)
                .stdout.split()[0])  # fmt: skip
