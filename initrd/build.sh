@@ -3,7 +3,9 @@
 #
 # Owns: assembling <out>/initrd.img (gzip'd newc cpio) and <out>/vmlinuz from
 #   - Debian busybox-static (/bin/busybox + applet symlinks),
-#   - dropbear-bin (dropbear, dropbearkey) and zstd with their shared libraries,
+#   - dropbear-bin (dropbear, dropbearkey), zstd, openssl, and for the "install"
+#     command sfdisk (fdisk), mke2fs (e2fsprogs), mkfs.fat (dosfstools), with
+#     their shared libraries,
 #   - the NIC/disk kernel modules listed in initrd/modules.list (+ dependencies)
 #     taken from the kernel being served,
 #   - initrd/rootfs/ (/init, the agent, the udhcpc script, /etc files).
@@ -26,7 +28,10 @@ EPOCH=${SOURCE_DATE_EPOCH:-0}
 MODROOT=${MODROOT:-/lib/modules}
 BOOTDIR=${BOOTDIR:-/boot}
 BUSYBOX=${BUSYBOX:-/bin/busybox}
-EXTRA_BINS=${EXTRA_BINS:-"/usr/sbin/dropbear /usr/bin/dropbearkey /usr/bin/zstd /usr/bin/openssl"}
+EXTRA_BINS=${EXTRA_BINS:-"/usr/sbin/dropbear /usr/bin/dropbearkey /usr/bin/zstd /usr/bin/openssl \
+  /usr/sbin/sfdisk /usr/sbin/mke2fs /usr/sbin/mkfs.fat"}
+# configuration files the extra binaries read (mke2fs: the ext4 feature defaults)
+EXTRA_FILES=${EXTRA_FILES:-"/etc/mke2fs.conf"}
 
 say() { printf 'initrd: %s\n' "$*"; }
 die() { printf 'initrd: error: %s\n' "$*" >&2; exit 1; }
@@ -47,7 +52,10 @@ parse_args() {
   [ -d "$MODROOT/$KVER" ] || die "no modules for kernel $KVER in $MODROOT/$KVER"
   [ -f "$BOOTDIR/vmlinuz-$KVER" ] || die "no kernel image $BOOTDIR/vmlinuz-$KVER"
   [ -x "$BUSYBOX" ] || die "$BUSYBOX missing (apt-get install busybox-static)"
-  for b in $EXTRA_BINS; do [ -x "$b" ] || die "$b missing (apt-get install dropbear-bin zstd openssl)"; done
+  for b in $EXTRA_BINS; do
+    [ -x "$b" ] || die "$b missing (apt-get install dropbear-bin zstd openssl fdisk e2fsprogs dosfstools)"
+  done
+  for f in $EXTRA_FILES; do [ -f "$f" ] || die "$f missing (apt-get install e2fsprogs)"; done
 }
 
 # --- staging tree ------------------------------------------------------------
@@ -181,6 +189,7 @@ main() {
   install_rootfs
   install_busybox
   for b in $EXTRA_BINS; do install_binary "$b"; done
+  for f in $EXTRA_FILES; do install -D -m 0644 "$f" "$ST$f"; done
   install_modules
   write_archive
 }

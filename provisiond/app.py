@@ -36,6 +36,7 @@ from provisiond.scheduler import Scheduler
 from provisiond.security import check_tls_pair, private_state
 from provisiond.service import Service
 from provisiond.storages import StorageManager, StorageService
+from provisiond.templatedeploy import TemplateStart, TemplateStop
 from pxe.http.ipxe import IpxeRenderer
 
 log = logs.get("daemon")
@@ -129,9 +130,21 @@ class Daemon:
         manager = StorageManager(self.config)
         storage = StorageService(self.config, ctx.db, manager)
         appliance_jobs = ByMode(
-            ctx.db, {"sanboot": SanbootStart(ctx, manager, storage), "local": LocalStart(ctx)}
+            ctx.db,
+            {
+                "sanboot": SanbootStart(ctx, manager, storage),
+                "local": LocalStart(ctx),
+                "template": TemplateStart(ctx),
+            },
         )
-        stop_jobs = ByMode(ctx.db, {"sanboot": SanbootStop(ctx, storage), "local": LocalStop(ctx)})
+        stop_jobs = ByMode(
+            ctx.db,
+            {
+                "sanboot": SanbootStop(ctx, storage),
+                "local": LocalStop(ctx),
+                "template": TemplateStop(ctx),
+            },
+        )
         other_jobs = {"image.capture": CaptureJob(ctx, manager), "resource.erase": EraseJob(ctx)}
         self.services += [
             storage,

@@ -29,7 +29,7 @@ _NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 
 
 #: modes whose deployer this build has (the daemon's job runner executes them)
-DEPLOYABLE_MODES = frozenset({"sanboot", "local"})
+DEPLOYABLE_MODES = frozenset({"sanboot", "local", "template"})
 #: resource states from which a machine may be given to an appliance
 ASSIGNABLE = frozenset({RS.NEW, RS.IDLE, RS.OFFLINE, RS.FAILED})
 

@@ -21,7 +21,7 @@ from provisiond.errors import Invalid, NotFound
 from provisiond.lifecycle import JobState as JS
 from provisiond.model import Job, Resource, utcnow
 
-AGENT_COMMANDS = frozenset({"run", "reboot", "poweroff", "deploy", "capture", "erase"})
+AGENT_COMMANDS = frozenset({"run", "reboot", "poweroff", "deploy", "capture", "erase", "install"})
 MAX_LOG = 256 * 1024
 
 

@@ -13,7 +13,12 @@ failed / releasing                      (the default Kernel)
 appliance mode sanboot, starting/active SANBOOT: iSCSI target from params
 appliance mode local, starting          DEPLOY: the agent, which streams
 appliance mode local, active            LOCAL_DISK: boot the machine's disk
-appliance mode template, starting       KERNEL: installer kernel (params)
+appliance mode template, installed /    LOCAL_DISK: boot the installed disk
+  active
+appliance mode template, starting,      KERNEL: the installer kernel + initrd
+  installer set (preseed, kickstart..)  with the rendered answer-file URL
+appliance mode template, starting       DEPLOY: the agent, which installs
+  (FAI-style set)
 =====================================  ======================================
 """
 
@@ -71,13 +76,21 @@ class DatabasePolicy:
             return BootSpec(
                 BootAction.DEPLOY, spec.kernel, spec.initrds, spec.cmdline, None, view.id, "deploy"
             )
-        if mode == "template" and params.get("kernel"):
+        if mode == "template" and (state == "active" or params.get("installed")):
+            return BootSpec(BootAction.LOCAL_DISK, resource_id=view.id, label="installed disk")
+        for key, label in (("install_", "installer"), ("", "install")):
+            if mode == "template" and params.get(f"{key}kernel"):
+                return BootSpec(
+                    BootAction.KERNEL,
+                    kernel=params[f"{key}kernel"],
+                    initrds=tuple(params.get(f"{key}initrds", ())),
+                    cmdline=params.get(f"{key}cmdline", ""),
+                    resource_id=view.id,
+                    label=label,
+                )
+        if mode == "template":
+            spec = self._agent_spec(view)
             return BootSpec(
-                BootAction.KERNEL,
-                kernel=params["kernel"],
-                initrds=tuple(params.get("initrds", ())),
-                cmdline=params.get("cmdline", ""),
-                resource_id=view.id,
-                label="install",
+                BootAction.DEPLOY, spec.kernel, spec.initrds, spec.cmdline, None, view.id, "install"
             )
         return None

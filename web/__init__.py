@@ -43,7 +43,7 @@ def _error_response(message: str, status: int, field: str | None = None):
     wants_json = (
         request.path.startswith(("/api/", "/shell/")) or request.endpoint == "ui.shell_open"
     )
-    if wants_json or request.blueprint in ("boot", "agent"):
+    if wants_json or request.blueprint in ("boot", "agent", "install"):
         body = {"error": message}
         if field:
             body["field"] = field
@@ -99,13 +99,14 @@ def create_app(ctx: Context) -> Flask:
         PERMANENT_SESSION_LIFETIME=dt.timedelta(hours=12),
     )
 
-    from web import boot, stream
+    from web import boot, install, stream
     from web.api import bp as api_bp
     from web.api.auth import csrf_token, guard
     from web.ui import bp as ui_bp
 
     app.register_blueprint(boot.bp)
     app.register_blueprint(stream.bp)
+    app.register_blueprint(install.bp)
     app.register_blueprint(api_bp)
     app.register_blueprint(ui_bp)
     if ctx.config.http.tls:

@@ -87,8 +87,8 @@ def resource_enroll(env: Env, mac: str, as_json: bool) -> None:
     with env.db.session() as s:
         r, token = resources.enroll(s, mac, cfg.agent.hostkey_pinning, ACTOR)
         name = r.display_name
-    args = (f"provisiond.url={cfg.http_base} provisiond.token={token} "
-            f"BOOTIF=01-{r.mac.replace(':', '-')}")  # fmt: skip
+    args = (f"provisiond.url={cfg.http_base} provisiond.agent={cfg.agent_base} "
+            f"provisiond.token={token} BOOTIF=01-{r.mac.replace(':', '-')}")  # fmt: skip
     emit(as_json, {"resource": name, "token": token, "kernel_args": args})
 
 

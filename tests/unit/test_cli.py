@@ -90,13 +90,13 @@ def test_appliance_create_refuses_bad_input_and_changes_nothing(cli, db):
     assert "already belongs to appliance 'web'" in r.output
     shown = json.loads(cli("appliance", "show", "web", "--json").output)
     assert shown["params"] == {"disk": "/dev/vda"} and shown["state"] == "stopped"
-    # a mode this build cannot deploy is refused, and nothing changes
+    # a machine that is busy elsewhere is refused, and nothing changes
     with db.session() as s:
-        resources.ensure(s, "52:54:00:aa:bb:05")
+        resources.ensure(s, "52:54:00:aa:bb:05").state = "releasing"
     cli("appliance", "create", "--resource", "r-525400aabb05", "--mode", "template",
         "--name", "inst")  # fmt: skip
     r = cli("appliance", "start", "inst", ok=False)
-    assert "cannot be deployed by this build yet" in r.output
+    assert "is releasing; it must be idle" in r.output
     assert json.loads(cli("appliance", "show", "inst", "--json").output)["state"] == "stopped"
     assert json.loads(cli("job", "list", "--json").output) == []
     # a deployable mode queues a job for the daemon's runner

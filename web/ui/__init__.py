@@ -94,4 +94,4 @@ def logout():
     return redirect("/login")
 
 
-from web.ui import assign, pages, shell  # noqa: E402,F401  (register routes)
+from web.ui import assign, pages, shell, templates  # noqa: E402,F401  (register routes)

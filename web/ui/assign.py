@@ -30,7 +30,7 @@ MODE_FIELDS: dict[str, list[tuple[str, str, str]]] = {
 MODE_HELP = {
     "sanboot": "boots the image over iSCSI (a copy-on-write clone); nothing is written to disk",
     "local": "writes the image onto the machine's disk, then boots from it",
-    "template": "runs an unattended installer from a template",
+    "template": "installs an OS onto the machine's disk from a template set (e.g. fai-debian-12)",
 }
 FIELDS = ("resource", "image", "mode", "name", "params", "disk", "template")
 

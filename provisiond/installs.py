@@ -1,0 +1,194 @@
+"""What an install template sees: the variables of one resource and appliance.
+
+Owns gathering the variables (:func:`variables`) — ``resource`` (inventory,
+MACs, addresses), ``params`` (the appliance's parameters over
+:data:`DEFAULTS`, then ``--param`` overrides), ``server`` (URLs), ``install``
+(one-time token, file-system ids), ``rootfs`` (the archive the agent
+unpacks), ``ssh_keys`` and ``template`` — checking the parameters every set
+relies on, and the preview that CLI, API and UI share (:func:`preview`).
+Rendering itself is :mod:`provisiond.templating`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from provisiond import resources
+from provisiond.config import Config
+from provisiond.errors import Invalid
+from provisiond.model import Appliance, Resource
+from provisiond.templating import Renderer, TemplateSet
+
+DEFAULT_SET = "fai-debian-12"
+PREVIEW_TOKEN = "PREVIEW-one-time-token-minted-at-start"
+#: parameters with a default; anything else a template uses must be given
+DEFAULTS: dict[str, str] = {
+    "template": DEFAULT_SET,
+    "rootfs": "debian-12",
+    "domain": "",
+    "network": "dhcp",
+    "root_password_hash": "!",
+    "users": "",
+    "packages": "",
+    "ssh_keys": "",
+    "kernel_args": "console=tty0 console=ttyS0,115200",
+    "console": "ttyS0,115200",
+    "esp_mb": "128",
+    "locale": "en_US.UTF-8",
+    "keymap": "us",
+    "timezone": "UTC",
+    "mirror_dir": "/debian",
+    "admin_user": "admin",
+    "windows_locale": "en-US",
+    "windows_timezone": "UTC",
+    "windows_image": "Windows Server 2022 SERVERSTANDARD",
+    "windows_disk_id": "0",
+    "windows_product_key": "",
+}
+_HOST = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+_DISK = re.compile(r"^/dev/[a-z0-9][a-z0-9/_-]*$")
+_CHOICES = {"firmware": ("bios", "uefi"), "network": ("dhcp", "static")}
+
+
+@dataclass(frozen=True)
+class RootfsRef:
+    """The root file-system archive an FAI-style install unpacks."""
+
+    name: str
+    sha256: str = ""
+    size: int = 0
+
+
+def default_disk(inventory: Mapping[str, Any] | None) -> str:
+    disks = [d.get("name") for d in (inventory or {}).get("disks", []) or [] if d.get("name")]
+    return f"/dev/{disks[0]}" if disks else "/dev/sda"
+
+
+def check_params(params: Mapping[str, str]) -> None:
+    """The parameters every set relies on are well-formed; Invalid names the bad one."""
+    if not _HOST.match(params["hostname"]):
+        raise Invalid(f"hostname {params['hostname']!r}: use a DNS label (a-z, 0-9, '-')",
+                      field="hostname")  # fmt: skip
+    if not _DISK.match(params["disk"]) or ".." in params["disk"]:
+        raise Invalid(f"disk {params['disk']!r}: write a device path like /dev/sda", "disk")
+    for key, allowed in _CHOICES.items():
+        if params[key] not in allowed:
+            raise Invalid(f"{key} {params[key]!r}: use one of {', '.join(allowed)}", field=key)
+    if params.get("prefix"):
+        bits = int(params["prefix"]) if params["prefix"].isdigit() else -1
+        if not 0 <= bits <= 32:
+            raise Invalid(f"prefix {params['prefix']!r}: a number 0..32", field="prefix")
+
+
+def _netmask(prefix: int) -> str:
+    mask = (0xFFFFFFFF << (32 - prefix)) & 0xFFFFFFFF
+    return ".".join(str((mask >> s) & 255) for s in (24, 16, 8, 0))
+
+
+def merged_params(res: Resource, app: Appliance | None, overrides: Mapping[str, str]) -> dict:
+    inv = res.inventory or {}
+    params = {
+        **DEFAULTS,
+        "hostname": app.name if app else res.display_name,
+        "disk": default_disk(inv),
+        "firmware": inv.get("firmware") or "bios",
+        **{str(k): str(v) for k, v in ((app.params or {}) if app else {}).items()},
+        **{str(k): str(v) for k, v in overrides.items()},
+    }
+    if params.get("prefix", "").isdigit() and "netmask" not in params:
+        params["netmask"] = _netmask(min(int(params["prefix"]), 32))
+    check_params(params)
+    return params
+
+
+def fs_ids(res: Resource, app_name: str) -> dict[str, str]:
+    """Stable file-system ids for one machine + appliance (fstab and boot loader use them)."""
+    root = uuid.uuid5(uuid.NAMESPACE_URL, f"provisiond:{res.mac}:{app_name}:root")
+    esp = hashlib.sha256(f"{res.mac}:{app_name}:esp".encode()).hexdigest()[:8].upper()
+    return {"root_uuid": str(root), "esp_id": esp, "esp_fstab_id": f"{esp[:4]}-{esp[4:]}"}
+
+
+def server_keys(config: Config) -> list[str]:
+    pub = config.ssh_key_path.with_suffix(".pub")
+    try:
+        return [line for line in pub.read_text().splitlines() if line.strip()]
+    except OSError:
+        return []
+
+
+def variables(
+    config: Config,
+    res: Resource,
+    app: Appliance | None,
+    template: str,
+    overrides: Mapping[str, str] | None = None,
+    token: str = PREVIEW_TOKEN,
+    rootfs: RootfsRef | None = None,
+    answer: str = "",
+) -> dict[str, Any]:
+    params = merged_params(res, app, overrides or {})
+    base = config.http_base.rstrip("/")
+    name = app.name if app else res.display_name
+    extra_keys = [k.strip() for k in params["ssh_keys"].splitlines() if k.strip()]
+    rootfs = rootfs or RootfsRef(params["rootfs"])
+    answer_dir = f"{base}/install/v1/{res.id}/{token}"
+    return {
+        "template": template,
+        "resource": {
+            "id": res.id,
+            "name": res.display_name,
+            "mac": res.mac,
+            "macs": list(res.macs or [res.mac]),
+            "ip": res.ip or "",
+            "inventory": dict(res.inventory or {}),
+        },
+        "params": params,
+        "server": {
+            "url": base,
+            "address": str(config.address),
+            "rootfs_url": f"{base}/install/v1/rootfs/{rootfs.name}.tar.zst",
+            "callback_url": f"{base}/install/v1/done",
+            "answer_dir_url": answer_dir,
+            "answer_url": f"{answer_dir}/{answer}" if answer else answer_dir,
+        },
+        "install": {"token": token, **fs_ids(res, name)},
+        "rootfs": {"name": rootfs.name, "sha256": rootfs.sha256, "size": rootfs.size},
+        "ssh_keys": server_keys(config) + extra_keys,
+    }
+
+
+def _appliance_of(session: Session, res: Resource) -> Appliance | None:
+    return session.scalars(select(Appliance).where(Appliance.resource_id == res.id)).first()
+
+
+def preview(
+    session: Session,
+    config: Config,
+    renderer: Renderer,
+    template: str,
+    resource_ref: str,
+    overrides: Mapping[str, str] | None = None,
+    rootfs: RootfsRef | None = None,
+) -> dict[str, Any]:
+    """What the machine would get: ``{"template", "kind", "files": {path: text}, "cmdline"}``."""
+    tset: TemplateSet = renderer.get(template)
+    res = resources.find(session, resource_ref)
+    app = _appliance_of(session, res)
+    vars_ = variables(config, res, app, tset.name, overrides, rootfs=rootfs, answer=tset.answer)
+    files = renderer.render(template, vars_)
+    return {
+        "template": template,
+        "kind": tset.kind,
+        "resource": res.display_name,
+        "files": files,
+        "cmdline": renderer.cmdline(tset, vars_),
+        "answer": tset.answer,
+    }

@@ -1,0 +1,124 @@
+"""Installer mode (Cobbler-style) against the real daemon: boot policy, answer file, 404 after.
+
+A registered idle machine gets a ``template`` appliance with the
+``debian-preseed`` set and an installer Kernel. Starting it renders the set
+(a missing variable fails the job before any reboot), queues a reboot for
+the agent and makes the boot script load the installer kernel with
+``auto url=<per-resource one-time URL>``. That URL serves the rendered
+preseed (logged in provisiond's HTTP log) while the machine installs; the
+installer's call back with the same token makes the appliance ``active``,
+the boot script turns to the local disk and the URL answers 404.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+
+import pytest
+
+from provisiond.db import Database
+from provisiond.model import Kernel
+from tests.interop.test_daemon import HOSTKEY, _boot, _register_kernel
+from tests.interop.test_daemon import daemon as daemon
+
+pytestmark = pytest.mark.interop
+MAC = "52:54:00:d1:00:01"
+
+
+def register(d) -> None:
+    token = _boot(d, MAC)
+    body = {"mac": MAC, "ip": "10.77.0.150", "hostkey": HOSTKEY,
+            "inventory": {"disks": [{"name": "sda"}], "firmware": "bios"}}  # fmt: skip
+    assert d.request("POST", "/agent/v1/register", body, token)[0] == 200
+
+
+def installer_kernel(d) -> None:
+    db = Database(d.cfg.database_url)
+    with db.session() as s:
+        s.add(Kernel(name="d-i", kernel_path="kernels/d-i/linux",
+                     initrd_path="kernels/d-i/initrd.gz", cmdline="vga=normal"))  # fmt: skip
+    db.dispose()
+
+
+def cli_ok(d, *args: str) -> str:
+    res = d.cli(*args)
+    assert res.returncode == 0, res.stdout + res.stderr
+    return res.stdout
+
+
+def wait_for(fn, timeout: float = 30):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = fn()
+        if value:
+            return value
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {fn}")
+
+
+def script(d) -> str:
+    return d.get(f"/boot/{MAC.replace(':', '-')}.ipxe")[1].decode()
+
+
+def start_installer(d, name: str, *params: str) -> None:
+    """An idle machine, the d-i installer Kernel, a debian-preseed appliance started."""
+    _register_kernel(d)
+    installer_kernel(d)
+    d.start()
+    register(d)
+    extra = [a for p in params for a in ("--param", p)]
+    cli_ok(d, "appliance", "create", "--resource", MAC, "--mode", "template", "--kernel", "d-i",
+           "--name", name, "--param", "template=debian-preseed", *extra)  # fmt: skip
+    cli_ok(d, "appliance", "start", name)
+
+
+def test_preseed_served_only_while_installing(daemon):
+    d = daemon
+    start_installer(d, "inst1", "mirror_host=mirror.example")
+
+    text = wait_for(lambda: (s := script(d)) and "installer" in s and s)
+    assert "/assets/kernels/d-i/linux" in text and "/assets/kernels/d-i/initrd.gz" in text
+    url = re.search(r"url=(http://\S+/preseed\.cfg)", text).group(1)
+    assert "vga=normal" in text and "priority=critical" in text and "hostname=inst1" in text
+    path = "/" + url.split("/", 3)[3]
+    res_id, token = path.split("/")[3:5]
+    jobs = json.loads(cli_ok(d, "job", "list", "--json"))
+    assert any(j["kind"] == "agent.reboot" for j in jobs), jobs  # the agent boots the installer
+
+    status, body = d.get(path)
+    assert status == 200, body
+    assert b"d-i netcfg/get_hostname string inst1" in body
+    assert token.encode() in body  # the late command reports in with the same token
+    assert d.get(path.replace(token, "x" * len(token)))[0] == 404
+    assert d.get(f"/install/v1/{int(res_id) + 1}/{token}/preseed.cfg")[0] == 404
+    assert d.get(f"/install/v1/{res_id}/{token}/../../etc/passwd")[0] == 404
+    keys = d.get(f"/install/v1/{res_id}/{token}/authorized_keys")
+    assert keys[0] == 200 and keys[1].startswith(b"ssh-ed25519 ")
+    assert "answer file preseed.cfg served to resource" in d.log.read_text()
+
+    status, out = d.request("POST", "/install/v1/done", b"hostname=inst1", token,
+                            {"Content-Type": "application/x-www-form-urlencoded"})  # fmt: skip
+    assert status == 200, out
+    app = wait_for(lambda: (a := json.loads(cli_ok(d, "appliance", "show", "inst1", "--json")))
+                   and a["state"] == "active" and a)  # fmt: skip
+    assert "install_cmdline" in app["params"] or app["state"] == "active"
+    start = [j for j in json.loads(cli_ok(d, "job", "list", "--json"))
+             if j["kind"] == "appliance.start"]  # fmt: skip
+    wait_for(lambda: json.loads(cli_ok(d, "job", "show", str(start[0]["id"]), "--json"))
+             ["state"] == "succeeded")  # fmt: skip
+    assert "booting from the local disk" in script(d)
+    assert d.get(path)[0] == 404  # not installing any more
+
+
+def test_missing_variable_fails_before_any_reboot(daemon):
+    d = daemon
+    start_installer(d, "inst2")
+    app = wait_for(lambda: (a := json.loads(cli_ok(d, "appliance", "show", "inst2", "--json")))
+                   and a["state"] == "failed" and a)  # fmt: skip
+    assert "debian-preseed/preseed.cfg" in app["state_reason"]
+    assert "variable 'mirror_host' is undefined" in app["state_reason"]
+    jobs = json.loads(cli_ok(d, "job", "list", "--json"))
+    assert not any(j["kind"] == "agent.reboot" for j in jobs), jobs
+    assert "installer" not in script(d)
