@@ -146,15 +146,18 @@ class Dhcp:
         """DISCOVER/OFFER/REQUEST/ACK for ``mac``; the leased address."""
         base = dict(op=c.BOOTREQUEST, chaddr=mac, giaddr=self.relay, hops=1)
         mt = c.Opt.MESSAGE_TYPE
+        ipxe = {c.Opt.USER_CLASS: b"iPXE"}  # a booting machine: only its lease earns a token
         offer = await self.exchange(
-            c.DhcpPacket(xid=random.getrandbits(32), options={mt: bytes([c.DISCOVER])}, **base),
+            c.DhcpPacket(
+                xid=random.getrandbits(32), options={mt: bytes([c.DISCOVER]), **ipxe}, **base
+            ),
             c.OFFER,
         )
         sid = offer.ip_opt(c.Opt.SERVER_ID) or self.server
         req = c.DhcpPacket(
             xid=random.getrandbits(32),
             options={mt: bytes([c.REQUEST]), c.Opt.REQUESTED_IP: c.ip_bytes(offer.yiaddr),
-                     c.Opt.SERVER_ID: c.ip_bytes(sid)},
+                     c.Opt.SERVER_ID: c.ip_bytes(sid), **ipxe},
             **base,
         )  # fmt: skip
         ack = await self.exchange(req, c.ACK)

@@ -37,6 +37,7 @@ def _rack(lab: Lab, work, url: str, name: str) -> LabDaemon:
     work.mkdir(parents=True, exist_ok=True)
     images = work.parent / "images"  # one storage, as racks sharing an NFS export would
     extra = f'[[storage]]\nname = "local"\nbackend = "file"\npath = "{images}"\n{LEASE}'
+    extra += f'[images]\nimport_dirs = ["{work.parent}"]\n'
     head = f'instance = "{name}"\ndatabase_url = "{url}"\n'
     return LabDaemon(lab, work, head + lab_config(lab, work / "state", extra))
 

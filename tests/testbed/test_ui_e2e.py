@@ -114,7 +114,7 @@ def _register(d: Daemon, hostkey: str) -> None:
     out = subprocess.run(["curl", "-s", "--interface", SSH_IP, "-H",
                           f"Authorization: Bearer {token}",
                           "-H", "Content-Type: application/json", "--data-binary", body,
-                          d.base + "/agent/v1/register"],
+                          d.agent_base + "/agent/v1/register"],
                          capture_output=True, text=True, timeout=30).stdout  # fmt: skip
     assert json.loads(out)["state"] == "idle", out
 
