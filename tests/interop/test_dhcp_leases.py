@@ -223,6 +223,8 @@ def test_requests_queued_behind_a_commit_go_into_one_group(tmp_path):
         assert json.loads(out) == list(range(1000, 1010)), err
         stats = server.stop()
         assert stats["acked"] == 10
-        assert stats["lease_batches"] == 2, stats  # 1 row, then the 9 queued behind it
+        # 1 row, then the 9 queued behind it (or all 10 at once when the relay was slow to
+        # start): never one commit per ACK, which a drain limit of 1 would give
+        assert 1 <= stats["lease_batches"] <= 2, stats
         with sqlite3.connect(tmp_path / "p.db") as c:
             assert c.execute("SELECT count(*) FROM lease WHERE state = 'bound'").fetchone() == (10,)
