@@ -20,7 +20,7 @@ import pytest
 
 from provisiond.db import Database
 from provisiond.model import Kernel
-from tests.interop.test_daemon import HOSTKEY, _boot, _register_kernel
+from tests.interop.test_daemon import HOSTKEY, _enroll, _register_kernel
 from tests.interop.test_daemon import daemon as daemon
 
 pytestmark = pytest.mark.interop
@@ -28,7 +28,7 @@ MAC = "52:54:00:d1:00:01"
 
 
 def register(d) -> None:
-    token = _boot(d, MAC)
+    token = _enroll(d, MAC)  # loopback has no DHCP boot: the operator enrolls it
     body = {"mac": MAC, "ip": "10.77.0.150", "hostkey": HOSTKEY,
             "inventory": {"disks": [{"name": "sda"}], "firmware": "bios"}}  # fmt: skip
     assert d.request("POST", "/agent/v1/register", body, token)[0] == 200
