@@ -90,6 +90,7 @@ def bed(testbed_ready, boot_assets, tmp_path_factory):
         config = tb.provisiond_config(heartbeat_interval=2, mode="proxy") + (
             f"\n[iscsi]\ntgt_control_port = {CONTROL_PORT}\nboot_timeout = 240\n"
             f'\n[[storage]]\nname = "fast"\nbackend = "reflink"\npath = "{images}"\n'
+            f'\n[images]\nimport_dirs = ["{tb.workdir}"]\n'
         )
         tb.start_provisiond(config)
         cli(tb, "kernel", "add", "agent", "--kernel", str(boot_assets.kernel),

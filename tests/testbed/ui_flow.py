@@ -47,12 +47,17 @@ def shot(drv, folder: Path, name: str) -> None:
 
 
 def login(drv, user: str, password: str) -> None:
+    """Submit the log-in form and wait until its answer page has replaced it (busy machines)."""
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.expected_conditions import staleness_of
+    from selenium.webdriver.support.ui import WebDriverWait
 
     drv.find_element(By.ID, "name").clear()
     drv.find_element(By.ID, "name").send_keys(user)
     drv.find_element(By.ID, "password").send_keys(password)
-    drv.find_element(By.ID, "login").click()
+    button = drv.find_element(By.ID, "login")
+    button.click()
+    WebDriverWait(drv, 30).until(staleness_of(button))
 
 
 def open_resource(drv, base: str, mac: str):

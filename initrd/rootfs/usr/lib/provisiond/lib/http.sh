@@ -1,8 +1,9 @@
 # http.sh — the agent's side of the agent HTTP API, over busybox wget.
 #
-# Owns: authenticated requests to the server and their HTTP status: chunk
-# streams (/agent/v1/stream/...) go to $DATA_URL (the HTTP port), every other
-# call to $AGENT_URL (the agent channel; it defaults to $DATA_URL).
+# Owns: authenticated requests to the server and their HTTP status: the agent
+# channel's control calls (/agent/v1/..., not streams) go to $AGENT_URL; chunk
+# streams (/agent/v1/stream/...) and everything else the HTTP port serves
+# (/install/v1/...) go to $DATA_URL. Each defaults to the other.
 # Every request carries "Authorization: Bearer $AGENT_TOKEN" (RFC 6750
 # section 2.1). The token is passed only to wget, never logged.
 # busybox 1.35 wget crashes (SIGSEGV) on error paths when given -T, so
@@ -20,7 +21,8 @@ api_call() {
 	_h_err=$(mktemp "$PROVISIOND_RUN/wget.XXXXXX")
 	case "$_h_path" in
 	/agent/v1/stream/*) _h_base=${DATA_URL:-$AGENT_URL} ;;
-	*) _h_base=$AGENT_URL ;;
+	/agent/v1/*) _h_base=$AGENT_URL ;;
+	*) _h_base=${DATA_URL:-$AGENT_URL} ;;
 	esac
 	timeout "$_h_t" wget -q -O "$_h_o" -U provisiond-agent \
 		--header "Authorization: Bearer $AGENT_TOKEN" "$@" "$_h_base$_h_path" 2>"$_h_err"
