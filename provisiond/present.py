@@ -114,6 +114,16 @@ def job(job: Job) -> dict[str, Any]:
     }
 
 
+# Appliance parameters that carry secrets never leave through the API, UI or CLI: a SAN
+# boot's CHAP secret, passwords (Windows unattend), and the installer command line, which
+# holds the one-time answer-file URL (root password hash, SSH keys).
+HIDDEN_WORDS, HIDDEN_KEYS = ("secret", "password", "token"), frozenset({"install_cmdline"})
+
+
+def hidden_param(key: str) -> bool:
+    return key in HIDDEN_KEYS or any(w in key for w in HIDDEN_WORDS)
+
+
 def appliance(app: Appliance) -> dict[str, Any]:
     return {
         "id": app.id,
@@ -125,5 +135,5 @@ def appliance(app: Appliance) -> dict[str, Any]:
         "state": app.state,
         "state_reason": app.state_reason,
         "ha": app.ha,
-        "params": {k: v for k, v in (app.params or {}).items() if "secret" not in k},
+        "params": {k: v for k, v in (app.params or {}).items() if not hidden_param(k)},
     }

@@ -27,6 +27,9 @@ from provisiond.security import hash_token, new_token
 bp = Blueprint("boot", __name__)
 log = logs.get("http")
 TOKEN_ACTIONS = (BootAction.AGENT, BootAction.DEPLOY)
+# scripts that carry one appliance's secrets: a SAN boot's CHAP secret, an
+# installer's one-time answer-file URL (root password hash, SSH keys)
+SECRET_ACTIONS = {BootAction.SANBOOT: "SAN boot script", BootAction.KERNEL: "installer script"}
 
 
 def _ctx() -> Context:
@@ -57,10 +60,11 @@ def script(mac: str) -> Response:
             extra = _mint(ctx, mac)
     elif (
         spec is not None
-        and spec.action == BootAction.SANBOOT
+        and spec.action in SECRET_ACTIONS
+        and spec.resource_id is not None
         and ctx.boots.boot_of(mac, source) is None
     ):
-        return _refuse(ctx, mac, source, spec, "no SAN boot script")
+        return _refuse(ctx, mac, source, spec, f"no {SECRET_ACTIONS[spec.action]}")
     try:
         text = ctx.renderer.render(spec, mac, extra)
     except ValueError as exc:  # UnsafeScriptValue: a stored value older than the input checks

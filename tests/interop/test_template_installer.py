@@ -58,6 +58,19 @@ def wait_for(fn, timeout: float = 30):
     raise AssertionError(f"timed out waiting for {fn}")
 
 
+def appliance_params(d, name: str) -> dict:
+    """The appliance's stored parameters, read from the database as the daemon wrote them."""
+    from provisiond.model import Appliance
+
+    db = Database(d.cfg.database_url)
+    try:
+        with db.session() as s:
+            app = s.query(Appliance).filter_by(name=name).one_or_none()
+            return dict(app.params) if app else {}
+    finally:
+        db.dispose()
+
+
 def script(d) -> str:
     return d.get(f"/boot/{MAC.replace(':', '-')}.ipxe")[1].decode()
 
@@ -78,8 +91,14 @@ def test_preseed_served_only_while_installing(daemon):
     d = daemon
     start_installer(d, "inst1", "mirror_host=mirror.example")
 
-    text = wait_for(lambda: (s := script(d)) and "installer" in s and s)
-    assert "/assets/kernels/d-i/linux" in text and "/assets/kernels/d-i/initrd.gz" in text
+    params = wait_for(lambda: (p := appliance_params(d, "inst1")).get("install_cmdline") and p)
+    # the installer script carries the one-time answer-file URL: it goes only to the address
+    # DHCP gave this machine in this boot, and loopback had no DHCP boot
+    status, refused = d.get(f"/boot/{MAC.replace(':', '-')}.ipxe")
+    assert status == 403 and b"no installer script" in refused, refused
+    assert b"preseed" not in refused
+    text = params["install_cmdline"]
+    assert params["install_kernel"].endswith("d-i/linux"), params
     url = re.search(r"url=(http://\S+/preseed\.cfg)", text).group(1)
     assert "vga=normal" in text and "priority=critical" in text and "hostname=inst1" in text
     path = "/" + url.split("/", 3)[3]
@@ -103,7 +122,7 @@ def test_preseed_served_only_while_installing(daemon):
     assert status == 200, out
     app = wait_for(lambda: (a := json.loads(cli_ok(d, "appliance", "show", "inst1", "--json")))
                    and a["state"] == "active" and a)  # fmt: skip
-    assert "install_cmdline" in app["params"] or app["state"] == "active"
+    assert "install_cmdline" not in app["params"], app  # the one-time URL is not shown
     start = [j for j in json.loads(cli_ok(d, "job", "list", "--json"))
              if j["kind"] == "appliance.start"]  # fmt: skip
     wait_for(lambda: json.loads(cli_ok(d, "job", "show", str(start[0]["id"]), "--json"))
