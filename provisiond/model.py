@@ -55,6 +55,15 @@ class Resource(Base):
     ip_pending: Mapped[str | None] = mapped_column(String(45))
     last_heartbeat: Mapped[dt.datetime | None] = mapped_column(DateTime)
     owner: Mapped[str | None] = mapped_column(String(63), index=True)  # instance of its work
+    # power control (provisiond.power); power_secret is sealed by provisiond.secretbox
+    power_driver: Mapped[str | None] = mapped_column(String(16))
+    power_address: Mapped[str | None] = mapped_column(Text)
+    power_user: Mapped[str | None] = mapped_column(String(128))
+    power_secret: Mapped[str | None] = mapped_column(Text)
+    power_options: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    power_state: Mapped[str | None] = mapped_column(String(16))  # on|off|unknown, last poll
+    power_checked_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    power_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
 

@@ -1,0 +1,90 @@
+"""Power control: one interface over BMCs and hypervisors (issue 13).
+
+Owns the driver interface every power backend implements, the typed errors a
+caller can tell apart (unreachable, refused credentials, unsupported action),
+and the registry that turns a resource's stored settings into a driver.
+
+Drivers (one module each, registered by name in ``DRIVERS``):
+``wol`` (magic packet, on only), ``ipmi`` (ipmitool lanplus), ``redfish``
+(sessions + ComputerSystem.Reset), ``qemu`` (QMP socket, for the test bed).
+Every driver call is bounded by ``PowerSettings.timeout``.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+class PowerState(enum.StrEnum):
+    ON = "on"
+    OFF = "off"
+    UNKNOWN = "unknown"
+
+
+class PowerAction(enum.StrEnum):
+    ON = "on"
+    OFF = "off"
+    CYCLE = "cycle"
+    STATUS = "status"
+
+
+class PowerError(RuntimeError):
+    """A power call failed; ``kind`` says how, the message names the BMC and the fix."""
+
+    kind = "error"
+
+
+class BmcUnreachable(PowerError):
+    kind = "unreachable"
+
+
+class BadCredentials(PowerError):
+    kind = "credentials"
+
+
+class NotSupported(PowerError):
+    kind = "unsupported"
+
+
+@dataclass(frozen=True)
+class PowerSettings:
+    """What a driver needs; ``password`` is clear text here and sealed at rest."""
+
+    driver: str
+    address: str = ""
+    user: str = ""
+    password: str = field(default="", repr=False)
+    options: dict[str, Any] = field(default_factory=dict)
+    mac: str = ""  # the resource's boot MAC (WoL)
+    timeout: float = 10.0
+
+
+class PowerDriver(Protocol):
+    def status(self) -> PowerState: ...
+
+    def act(self, action: PowerAction) -> None:
+        """Perform on/off/cycle; raise a PowerError subclass when it cannot."""
+
+
+DriverFactory = Callable[[PowerSettings], PowerDriver]
+DRIVERS: dict[str, DriverFactory] = {}
+
+
+def register(name: str) -> Callable[[DriverFactory], DriverFactory]:
+    def deco(factory: DriverFactory) -> DriverFactory:
+        DRIVERS[name] = factory
+        return factory
+
+    return deco
+
+
+def driver_for(settings: PowerSettings) -> PowerDriver:
+    try:
+        factory = DRIVERS[settings.driver]
+    except KeyError:
+        known = ", ".join(sorted(DRIVERS)) or "none"
+        raise NotSupported(f"unknown power driver {settings.driver!r} (known: {known})") from None
+    return factory(settings)

@@ -1,0 +1,67 @@
+"""Secrets at rest: seal and open short strings with the server's own key.
+
+Owns the server key (``<state_dir>/secret.key``, 0600, made on first use) and
+the one way provisiond stores a credential it must give back later in clear:
+BMC passwords, Windows administrator passwords. Fernet (AES-128-CBC +
+HMAC-SHA256, from ``cryptography``) gives authenticated encryption, so a
+tampered or foreign value fails loudly instead of decrypting to garbage.
+
+A sealed value is text that starts with ``sealed:v1:``; nothing else in the
+database may start that way. Sealed values never appear in logs or API answers.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from cryptography.fernet import Fernet, InvalidToken
+
+PREFIX = "sealed:v1:"
+
+
+class SecretBoxError(RuntimeError):
+    """A sealed value could not be opened (wrong server key or damaged value)."""
+
+
+class SecretBox:
+    """Seal/open strings with the key in ``key_path``, creating it 0600 if missing."""
+
+    def __init__(self, key_path: Path) -> None:
+        self.key_path = key_path
+        self._fernet = Fernet(self._load_or_make(key_path))
+
+    @staticmethod
+    def _load_or_make(path: Path) -> bytes:
+        try:
+            return path.read_bytes().strip()
+        except FileNotFoundError:
+            pass
+        path.parent.mkdir(parents=True, exist_ok=True)
+        key = Fernet.generate_key()
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(key + b"\n")
+        return key
+
+    def seal(self, plain: str) -> str:
+        return PREFIX + self._fernet.encrypt(plain.encode()).decode()
+
+    def open(self, sealed: str) -> str:
+        if not is_sealed(sealed):
+            raise SecretBoxError("value is not sealed (expected the 'sealed:v1:' prefix)")
+        try:
+            return self._fernet.decrypt(sealed[len(PREFIX) :].encode()).decode()
+        except InvalidToken:
+            raise SecretBoxError(
+                f"cannot open a sealed value with {self.key_path}: the server key changed "
+                "or the value is damaged; set the secret again"
+            ) from None
+
+
+def is_sealed(value: str | None) -> bool:
+    return bool(value) and str(value).startswith(PREFIX)
+
+
+def for_state_dir(state_dir: Path) -> SecretBox:
+    return SecretBox(state_dir / "secret.key")

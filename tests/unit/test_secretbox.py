@@ -1,0 +1,35 @@
+"""Secret box: sealed values round-trip, are not clear text, and a foreign key fails loudly."""
+
+import stat
+
+import pytest
+
+from provisiond.power import NotSupported, PowerSettings, driver_for
+from provisiond.secretbox import SecretBox, SecretBoxError, is_sealed
+
+
+def test_seal_round_trip_and_key_file_mode(tmp_path):
+    box = SecretBox(tmp_path / "secret.key")
+    sealed = box.seal("hunter2-bmc")
+    assert is_sealed(sealed)
+    assert "hunter2" not in sealed
+    assert box.seal("hunter2-bmc") != sealed  # fresh IV each time
+    assert SecretBox(tmp_path / "secret.key").open(sealed) == "hunter2-bmc"
+    assert stat.S_IMODE((tmp_path / "secret.key").stat().st_mode) == 0o600
+
+
+@pytest.mark.parametrize("value", ["plain", "", "sealed:v1:not-a-token"])
+def test_open_refuses_unsealed_or_damaged(tmp_path, value):
+    with pytest.raises(SecretBoxError):
+        SecretBox(tmp_path / "k").open(value)
+
+
+def test_other_server_key_cannot_open(tmp_path):
+    sealed = SecretBox(tmp_path / "a.key").seal("x")
+    with pytest.raises(SecretBoxError, match="server key changed"):
+        SecretBox(tmp_path / "b.key").open(sealed)
+
+
+def test_unknown_power_driver_is_named():
+    with pytest.raises(NotSupported, match="unknown power driver 'nope'"):
+        driver_for(PowerSettings(driver="nope"))
