@@ -88,3 +88,22 @@ def driver_for(settings: PowerSettings) -> PowerDriver:
         known = ", ".join(sorted(DRIVERS)) or "none"
         raise NotSupported(f"unknown power driver {settings.driver!r} (known: {known})") from None
     return factory(settings)
+
+
+def settings_of(resource: Any, open_secret: Callable[[str], str]) -> PowerSettings | None:
+    """The stored power settings of a ``model.Resource`` row, or None when it has none.
+
+    ``open_secret`` opens the sealed password (``SecretBox.open``); it is only
+    called when a password is stored.
+    """
+    if not resource.power_driver:
+        return None
+    secret = resource.power_secret
+    return PowerSettings(
+        driver=resource.power_driver,
+        address=resource.power_address or "",
+        user=resource.power_user or "",
+        password=open_secret(secret) if secret else "",
+        options=dict(resource.power_options or {}),
+        mac=resource.mac,
+    )

@@ -33,3 +33,29 @@ def test_other_server_key_cannot_open(tmp_path):
 def test_unknown_power_driver_is_named():
     with pytest.raises(NotSupported, match="unknown power driver 'nope'"):
         driver_for(PowerSettings(driver="nope"))
+
+
+def test_settings_of_opens_the_sealed_password(tmp_path):
+    from types import SimpleNamespace
+
+    from provisiond.power import settings_of
+
+    box = SecretBox(tmp_path / "k")
+    row = SimpleNamespace(
+        power_driver="ipmi",
+        power_address="10.0.0.9",
+        power_user="admin",
+        power_secret=box.seal("pw"),
+        power_options={"port": 623},
+        mac="52:54:00:00:00:01",
+    )
+    s = settings_of(row, box.open)
+    assert (s.driver, s.address, s.user, s.password, s.options) == (
+        "ipmi",
+        "10.0.0.9",
+        "admin",
+        "pw",
+        {"port": 623},
+    )
+    assert "pw" not in repr(s)
+    assert settings_of(SimpleNamespace(power_driver=None), box.open) is None
