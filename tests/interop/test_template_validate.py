@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from provisiond.config import REPO_ROOT, Config
+from provisiond import shipped
+from provisiond.config import Config
 from provisiond.installs import RootfsRef, variables
 from provisiond.model import Resource
 from provisiond.templating import Renderer
@@ -40,7 +41,7 @@ def render(name: str, firmware: str, network: str, tmp_path: Path) -> dict[str, 
     cfg = Config(interface="br0", address=IPv4Address("10.77.0.1"), state_dir=tmp_path)
     res = Resource(id=4, mac="52:54:00:12:34:56", name="node4", ip=None, macs=None,
                    inventory={"disks": [{"name": "sda"}], "firmware": firmware})  # fmt: skip
-    r = Renderer(REPO_ROOT / "templates" / "install")
+    r = Renderer(shipped.templates_dir() / "install")
     tset = r.get(name)
     params = {**BASE, **(STATIC if network == "static" else {})}
     v = variables(cfg, res, None, name, params, token="tok-abc",
