@@ -181,3 +181,43 @@ def test_ensure_vg_without_devices_says_what_to_configure():
     r = RemoteFake().on(["vgs"], '{"report": [{"vg": []}]}')
     with pytest.raises(StorageError, match="no devices are configured"):
         LvmBackend("pv", runner=r).ensure_vg((), 0)
+
+
+class FlakyHost(RemoteFake):
+    """A storage host that is unreachable while ``down`` (as SshRunner reports it)."""
+
+    down = True
+
+    def run(self, argv, *, input=None, timeout=120.0, check=True):
+        from storage.ssh import HostDown
+
+        if self.down:
+            raise HostDown("storage host root@192.0.2.50:22: cannot connect (timed out)")
+        return super().run(argv, input=input, timeout=timeout, check=check)
+
+
+def test_service_marks_a_host_down_with_the_reason_then_up(tmp_path):
+    from provisiond.db import Database
+    from provisiond.storages import StorageManager, StorageService
+
+    c = cfg.parse(BASE + f'state_dir = "{tmp_path}"\n'
+                  f'database_url = "sqlite:///{tmp_path}/db.sqlite"\n'
+                  '[[storage]]\nname = "san"\nbackend = "lvm"\npath = "pv"\n'
+                  'host = "192.0.2.50"\n')  # fmt: skip
+    db = Database(c.database_url)
+    db.migrate()
+    manager = StorageManager(c)
+    host = FlakyHost().on(["lvs"], (FIX / "lvs-empty.json").read_text())
+    host.on(["python3"], '{"ok": true, "added": [], "removed": []}\n')
+    manager._ssh["san"] = host
+    service = StorageService(c, db, manager)
+    with db.session() as s:
+        manager.sync_rows(s)
+    assert not service.connect_host("san")
+    assert "cannot connect (timed out)" in service.host_down_reason("san")
+    assert service.exporter_for("san") is None
+    host.down = False
+    assert service.connect_host("san")
+    assert service.host_down_reason("san") is None
+    assert service.portal_for("san") == "192.0.2.50"
+    assert isinstance(service.exporter_for("san"), RemoteLioExporter)
