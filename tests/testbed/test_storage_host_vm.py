@@ -12,9 +12,12 @@ with its ACL and CHAP. Real initiators check the exports from this machine
 secret log in, a wrong secret or another initiator are refused, and a write
 through one export changes neither master nor the other clone. Two QEMU
 machines SAN-boot the clones with iPXE. Removing an export and its snapshot,
-reconcile (a stale target is removed, a wanted one kept, an orphaned clone
-deleted) and a host going down and coming back (StorageService marks it down
-with the reason, polls, marks it up) run against the same VM.
+the same export through tgt on the same host, reconcile (a stale target is
+removed, a wanted one kept, an orphaned clone deleted), provisiond itself
+(import, appliance start of a classic and a thin clone that two machines
+SAN-boot through its DHCP and iPXE, kill -9 and restart, stop and rm) and
+a host going down and coming back (StorageService marks it down with the
+reason, polls, marks it up) run against the same VM.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ sys.path.insert(0, str(REPO))
 import storagevm  # noqa: E402
 
 from storage.backends import LvmBackend  # noqa: E402
-from storage.exporters import ExportSpec  # noqa: E402
+from storage.exporters import ExportSpec, TgtExporter  # noqa: E402
 from storage.exporters.lio_remote import RemoteLioExporter  # noqa: E402
 from storage.images import import_image  # noqa: E402
 from storage.ssh import HostKeyMismatch, SshRunner, SshTarget  # noqa: E402
@@ -50,6 +53,7 @@ VG, POOL = "pvsan", "pool0"
 GiB = 1 << 30
 PREFIX = "iqn.2025-01.test.storage"
 MARKER = "STORAGE-SAN-OK"
+SIZE_MIB = 24  # the boot disk: kernel + marker initrd; small, since the TCG guest hashes it
 IPXE_LKRN = Path("/usr/lib/ipxe/ipxe.lkrn")
 LVS = ["lvs", "--reportformat", "json", "-o", "lv_name,lv_size,origin,pool_lv,lv_attr",
        "--units", "b", "--nosuffix", VG]  # fmt: skip
@@ -142,7 +146,7 @@ def volumes(storage_host, ssh, tmp_path_factory):
     thin.check()
     work = tmp_path_factory.mktemp("disk")
     kernel = sorted(Path("/boot").glob("vmlinuz-*"))[-1]
-    disk = build_boot_disk(work / "master.raw", kernel, MARKER, "lvm", size_mib=64)
+    disk = build_boot_disk(work / "master.raw", kernel, MARKER, "lvm", size_mib=SIZE_MIB)
     want = hashlib.sha256(disk.read_bytes()).hexdigest()
     for backend, name in ((classic, "master-c"), (thin, "master-t")):
         got = import_image(backend, name, str(disk))
@@ -164,8 +168,8 @@ def test_lvm_classic_and_thin_snapshots_on_a_real_kernel(ssh, volumes):
     assert rows["app-t"]["lv_attr"][0] == "V" and rows["app-t"]["pool_lv"] == POOL
     assert rows["app-t"]["origin"] == "master-t"
     for name in ("app-c", "app-t", "master-c", "master-t"):
-        assert ssh.run(["sh", "-c", f"head -c 67108864 /dev/{VG}/{name} | sha256sum"]).stdout[
-            :64] == want  # fmt: skip
+        got = ssh.run(["sh", "-c", f"head -c {SIZE_MIB << 20} /dev/{VG}/{name} | sha256sum"])
+        assert got.stdout[:64] == want, name
     assert {v.name for v in thin.list()} >= {"app-c", "app-t", "master-c", "master-t"}
 
 
@@ -221,15 +225,15 @@ def test_write_through_one_export_changes_neither_master_nor_other(storage_host,
             f"initiator-name={s.initiator_iqn}")  # fmt: skip
     run = storage_host.tb.run_in_ns(
         ["qemu-io", "--object", f"secret,id=sec0,data={s.chap_secret}", "--image-opts", opts,
-         "-c", "write -P 0xab 40M 64k", "-c", "flush"], check=False, timeout=120)  # fmt: skip
+         "-c", "write -P 0xab 20M 64k", "-c", "flush"], check=False, timeout=120)  # fmt: skip
     assert run.returncode == 0 and "wrote 65536" in run.stdout, run.stdout + run.stderr
-    head = "head -c 67108864 /dev/{}/{} | sha256sum"
-    got = {n: ssh.run(["sh", "-c", head.format(VG, n)]).stdout[:64]
+    head = f"head -c {SIZE_MIB << 20} /dev/{VG}/{{}} | sha256sum"
+    got = {n: ssh.run(["sh", "-c", head.format(n)]).stdout[:64]
            for n in ("app-t", "app-c", "master-t", "master-c")}  # fmt: skip
     assert got["app-t"] != want
     assert got["app-c"] == got["master-t"] == got["master-c"] == want
     # the block really holds what was written, read back on the host
-    back = ssh.run(["sh", "-c", f"dd if=/dev/{VG}/app-t bs=64k skip=640 count=1 status=none"
+    back = ssh.run(["sh", "-c", f"dd if=/dev/{VG}/app-t bs=64k skip=320 count=1 status=none"
                     " | sha256sum"]).stdout.split()[0]  # fmt: skip
     assert back == hashlib.sha256(b"\xab" * 65536).hexdigest()
 
@@ -256,11 +260,22 @@ def test_two_machines_san_boot_their_clones(storage_host, exports):
         script.write_text(ipxe_script(s, f"{SUBNET}.{61 + i}"))
         vms.append(tb.boot_vm(f"san{i}", f"52:54:00:78:00:{61 + i:02x}", kernel=str(IPXE_LKRN),
                               initrd=str(script), append=""))  # fmt: skip
+    # each initiator is seen logged in to its own target (only there) while its machine boots;
+    # once Linux runs from the disk, iPXE's session ends
+    seen: set[str] = set()
+
+    def booted() -> bool:
+        for s in specs:
+            if s.initiator_iqn not in seen:
+                got = [x.initiator_iqn for x in lio.sessions(s.target_iqn)]
+                assert got in ([], [s.initiator_iqn]), got
+                seen.update(got)
+        return all(MARKER in vm.console_text() for vm in vms)
+
+    wait_until(booted, 300, interval=0.5)
     for vm in vms:
-        vm.wait_for(rf"{MARKER} lvm", 240)
-    for s in specs:
-        sessions = lio.sessions(s.target_iqn)
-        assert [x.initiator_iqn for x in sessions] == [s.initiator_iqn]
+        vm.wait_for(rf"{MARKER} lvm", 5)
+    assert seen == {s.initiator_iqn for s in specs}
     for vm in vms:
         vm.kill()
         tb.vms.remove(vm)
@@ -296,6 +311,38 @@ def test_reconcile_removes_stale_and_keeps_wanted(ssh, exports, volumes):
     thin.delete("stale-t")
 
 
+TGT_PORT = 3261  # LIO holds 3260 on the host's address
+
+
+def test_tgt_exporter_on_the_same_host(storage_host, ssh, volumes):
+    """The same export through tgt (tgtadm over SSH) on the storage VM: ACL + CHAP, LUN 1."""
+    _, thin, _ = volumes
+    ssh.run(["sh", "-c", f"setsid tgtd --iscsi portal={HOST}:{TGT_PORT} "
+             "</dev/null >/dev/null 2>&1 &"])  # fmt: skip
+    tgt = TgtExporter(ssh)
+    wait_until(lambda: ssh.run(["tgtadm", "--lld", "iscsi", "--op", "show", "--mode", "target"],
+                               check=False).rc == 0, 30, interval=0.5)  # fmt: skip
+    try:
+        tgt.check()
+        thin.clone("master-t", "app-tgt")
+        s = spec("app-tgt", "TgtSecret0000016")
+        tgt.export(s)
+        assert [x.key() for x in tgt.list_exports()] == [s.with_lun(1).key()]
+        tb = storage_host.tb
+        url = f"iscsi://{s.chap_user}%{{}}@{HOST}:{TGT_PORT}/{s.target_iqn}/1"
+        ok = tb.run_in_ns(["iscsi-inq", "-i", s.initiator_iqn, url.format(s.chap_secret)],
+                          check=False, timeout=60)  # fmt: skip
+        assert ok.returncode == 0 and "IET" in ok.stdout, ok.stdout + ok.stderr
+        bad = tb.run_in_ns(["iscsi-inq", "-i", s.initiator_iqn, url.format("WrongSecret00016")],
+                           check=False, timeout=60)  # fmt: skip
+        assert bad.returncode != 0
+        tgt.unexport(s.target_iqn)
+        assert tgt.list_exports() == []
+        thin.delete("app-tgt")
+    finally:
+        ssh.run(["tgtadm", "--op", "delete", "--mode", "system"], check=False)
+
+
 MACS = ("52:54:00:78:00:71", "52:54:00:78:00:72")
 
 
@@ -327,7 +374,7 @@ def test_daemon_sanboots_a_classic_and_a_thin_clone_from_the_storage_host(
     )
     lio = RemoteLioExporter(ssh, HOST)
     kernel = sorted(Path("/boot").glob("vmlinuz-*"))[-1]
-    disk = build_boot_disk(tmp_path / "daemon.raw", kernel, MARKER, "daemon", size_mib=64)
+    disk = build_boot_disk(tmp_path / "daemon.raw", kernel, MARKER, "daemon", size_mib=SIZE_MIB)
     tb.start_provisiond(config)
 
     def exported() -> list[str]:
@@ -393,7 +440,7 @@ def test_daemon_sanboots_a_classic_and_a_thin_clone_from_the_storage_host(
         tb.vms.remove(vm)
 
 
-def test_storage_host_down_and_back(storage_host, tmp_path):
+def test_storage_host_down_and_back(storage_host, volumes, tmp_path):
     """StorageService marks an unreachable host down with the reason and polls it back up."""
     from provisiond import config as configmod
     from provisiond.db import Database

@@ -221,3 +221,27 @@ def test_service_marks_a_host_down_with_the_reason_then_up(tmp_path):
     assert service.host_down_reason("san") is None
     assert service.portal_for("san") == "192.0.2.50"
     assert isinstance(service.exporter_for("san"), RemoteLioExporter)
+
+
+@pytest.mark.parametrize(
+    "name, attr, origin, pool",
+    [("app-c", "swi-a-s---", "master-c", ""),  # classic snapshot
+     ("app-t", "Vwi-a-tz--", "master-t", "pool0"),  # thin snapshot taken with -kn
+     ("master-c", "owi-a-s---", None, ""),  # origin of a classic snapshot
+     ("master-t", "Vwi-a-tz--", None, "pool0")],
+)  # fmt: skip
+def test_lvs_recorded_on_the_storage_vm(name, attr, origin, pool):
+    from storage.backends.lvm import parse_lvs
+
+    rows = {v.name: (v, a, p) for v, a, p in parse_lvs((FIX / "lvs-vm.json").read_text(), "pv")}
+    assert "pool0" not in rows  # the pool itself is not a volume
+    vol, got_attr, got_pool = rows[name]
+    assert (got_attr, vol.origin, got_pool, vol.size) == (attr, origin, pool, 64 << 20)
+    assert vol.path == f"/dev/pv/{name}"
+
+
+def test_clone_of_a_recorded_thin_origin_is_a_thin_snapshot():
+    r = RemoteFake().on(["lvs"], (FIX / "lvs-vm.json").read_text())
+    vol = LvmBackend("pvsan", thin_pool="pool0", runner=r).clone("master-t", "app-new")
+    assert ["lvcreate", "-s", "-kn", "-n", "app-new", "pvsan/master-t"] in r.calls
+    assert (vol.origin, vol.size) == ("master-t", 64 << 20)
