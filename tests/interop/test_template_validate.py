@@ -136,3 +136,18 @@ def test_fai_partitions_pass_sfdisk(tmp_path, firmware, network):
             assert len(line.split()) == 6, line
     if network == "static":
         assert "Address=10.77.0.60/24" in files["target/etc/systemd/network/10-provisiond.network"]
+
+
+@pytest.mark.parametrize("password", ["hunter2", "correct horse battery staple", "ünïcødé pw",
+                                      "x" * 200])  # fmt: skip
+def test_password_hash_matches_openssl(password):
+    """passhash's SHA-512 crypt gives what `openssl passwd -6` (glibc's scheme) gives."""
+    from provisiond.passhash import sha512_crypt
+
+    tool = need("openssl", "apt-get install openssl")
+    ours = sha512_crypt(password)
+    salt = ours.split("$")[2]
+    run = subprocess.run([tool, "passwd", "-6", "-salt", salt, "-stdin"], input=password,
+                         capture_output=True, text=True, timeout=30)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == ours
