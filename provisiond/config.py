@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from provisiond import shipped
 from provisiond.boot import script_problem
 
 DEFAULT_PATH = Path("/etc/provisiond/provisiond.toml")
 ENV_VAR = "PROVISIOND_CONFIG"
-REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 class ConfigError(ValueError):
@@ -147,7 +147,7 @@ class Config:
     agent_port: int = 8090  # the agent channel (provisiond/agentd.py); default http_port + 10
     state_dir: Path = Path("/var/lib/provisiond")
     boot_assets_dir: Path = Path("/var/lib/provisiond/boot")
-    templates_dir: Path = REPO_ROOT / "templates"
+    templates_dir: Path = field(default_factory=shipped.templates_dir)
     database_url: str = ""
     log_level: str = "info"
     services: ServicesConfig = field(default_factory=ServicesConfig)
@@ -336,7 +336,7 @@ def _build(raw: dict[str, Any], source: str) -> Config:
         agent_port=agent_port,
         state_dir=state_dir,
         boot_assets_dir=assets,
-        templates_dir=Path(top.str("templates_dir", str(REPO_ROOT / "templates"))),
+        templates_dir=Path(top.str("templates_dir", "") or shipped.templates_dir()),
         database_url=db_url,
         log_level=top.choice("log_level", "info", ("debug", "info", "warning", "error")),
         services=_services(raw.get("services", {})),
