@@ -25,6 +25,7 @@ from provisiond.capture import CaptureJob
 from provisiond.config import Config
 from provisiond.context import Context
 from provisiond.db import Database
+from provisiond.hawatch import HaWatcher
 from provisiond.httpd import HttpService, HttpsService
 from provisiond.inventory import Inventory, InventoryRefresher
 from provisiond.jobrunner import ByMode, JobRunner
@@ -155,6 +156,8 @@ class Daemon:
             ),
             Scheduler(self.config, ctx.db, ctx.inventory, ctx.liveness),
         ]
+        if self.config.ha.enabled:
+            self.services.append(HaWatcher(ctx, exporter=lambda: storage.exporter))
         for svc in self.services:
             try:
                 svc.start()
