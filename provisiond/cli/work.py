@@ -7,7 +7,7 @@ from collections.abc import Callable
 import click
 from sqlalchemy import select
 
-from provisiond import appliances, present, resources
+from provisiond import appliances, installs, present, resources
 from provisiond.cli.base import (
     ACTOR,
     Env,
@@ -87,7 +87,7 @@ def appliance_create(
             mode=mode,
             image=image,
             kernel=kernel,
-            params=extra,
+            params=installs.protect_params(extra, env.config.state_dir),
             ha=ha,
             ha_pool=ha_pool,
             actor=ACTOR,
