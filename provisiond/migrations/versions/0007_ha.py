@@ -1,14 +1,14 @@
 """ha: N-to-1 failover state of appliances, HA pools of appliances and spares
 
-Revision ID: 0006_ha
-Revises: 0005_power
+Revision ID: 0007_ha
+Revises: 0006_storagehost
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0006_ha"
-down_revision = "0005_power"
+revision = "0007_ha"
+down_revision = "0006_storagehost"
 branch_labels = None
 depends_on = None
 
