@@ -22,6 +22,7 @@ from provisiond import assets, instance, logs, recovery
 from provisiond.agentd import AgentServer
 from provisiond.boots import BootRegistry
 from provisiond.capture import CaptureJob
+from provisiond.changes import ChangeFeed
 from provisiond.config import Config
 from provisiond.context import Context
 from provisiond.db import Database
@@ -80,6 +81,19 @@ def _https(cfg: Config, app) -> HttpsService:
                         str(cfg.tls_cert_path), str(cfg.tls_key_path))  # fmt: skip
 
 
+def _change_feed(ctx: Context) -> ChangeFeed:
+    """Changes by the CLI and other instances: the inventory checks, agent polls wake."""
+    feed = ChangeFeed(ctx.config.database_url, ctx.config.sqlite_path)
+
+    def changed(tables: frozenset[str] | None) -> None:
+        ctx.inventory.note_change(tables)
+        if tables is None or "job" in tables:  # a command may be queued for an agent here
+            ctx.ring()
+
+    feed.subscribe(changed)
+    return feed
+
+
 class Daemon:
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -115,6 +129,7 @@ class Daemon:
         self.services = [
             instance.LeaseKeeper(self.config, ctx.db, self.lock),
             InventoryRefresher(ctx.inventory),
+            _change_feed(ctx),
         ]
         if self.config.services.http:
             from web.agent import create_agent_app

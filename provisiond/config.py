@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from provisiond import shipped
 from provisiond.boot import script_problem
 
 DEFAULT_PATH = Path("/etc/provisiond/provisiond.toml")
 ENV_VAR = "PROVISIOND_CONFIG"
-REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 class ConfigError(ValueError):
@@ -51,6 +51,14 @@ class StorageConfig:
     path: str  # directory (file, reflink) or volume group (lvm)
     exporter: str = "auto"  # "auto" | "tgt" | "lio"
     thin_pool: str = ""
+    # A storage host driven over SSH (empty host: this machine). See README "Storage hosts".
+    host: str = ""  # address of the storage host
+    user: str = "root"
+    port: int = 22
+    key: str = ""  # private key for the login; empty = the server's ssh_key
+    host_key: str = ""  # "ssh-ed25519 AAAA…"; empty = pin on first use (storage-hostkeys.json)
+    devices: tuple[str, ...] = ()  # block devices the VG is created on when missing (lvm)
+    thin_pool_size: int = 0  # bytes; the thin pool is created with this size when missing
 
 
 @dataclass(frozen=True)
@@ -147,7 +155,7 @@ class Config:
     agent_port: int = 8090  # the agent channel (provisiond/agentd.py); default http_port + 10
     state_dir: Path = Path("/var/lib/provisiond")
     boot_assets_dir: Path = Path("/var/lib/provisiond/boot")
-    templates_dir: Path = REPO_ROOT / "templates"
+    templates_dir: Path = field(default_factory=shipped.templates_dir)
     database_url: str = ""
     log_level: str = "info"
     services: ServicesConfig = field(default_factory=ServicesConfig)
@@ -336,7 +344,7 @@ def _build(raw: dict[str, Any], source: str) -> Config:
         agent_port=agent_port,
         state_dir=state_dir,
         boot_assets_dir=assets,
-        templates_dir=Path(top.str("templates_dir", str(REPO_ROOT / "templates"))),
+        templates_dir=Path(top.str("templates_dir", "") or shipped.templates_dir()),
         database_url=db_url,
         log_level=top.choice("log_level", "info", ("debug", "info", "warning", "error")),
         services=_services(raw.get("services", {})),
@@ -558,7 +566,8 @@ def _subnet(raw: dict[str, Any], prefix: str) -> SubnetConfig:
 
 
 def _storage(raw: dict[str, Any], prefix: str) -> StorageConfig:
-    t = _Table(raw, prefix, {"name", "backend", "path", "exporter", "thin_pool"})
+    t = _Table(raw, prefix, {"name", "backend", "path", "exporter", "thin_pool", "host", "user",
+                             "port", "key", "host_key", "devices", "thin_pool_size"})  # fmt: skip
     name = t.str("name", "")
     if not name or not name.replace("-", "").replace("_", "").isalnum():
         raise ConfigError(t.key("name"), name, "must be a non-empty name of letters, digits, - _")
@@ -571,4 +580,32 @@ def _storage(raw: dict[str, Any], prefix: str) -> StorageConfig:
         path=path,
         exporter=t.choice("exporter", "auto", ("auto", "tgt", "lio")),
         thin_pool=t.str("thin_pool", ""),
+        **_storage_host(t),
     )
+
+
+def _storage_host(t: _Table) -> dict[str, Any]:
+    """The storage-host keys of a [[storage]] table (host, user, port, key, host_key, …)."""
+    host = t.str("host", "")
+    devices = t.raw.get("devices", [])
+    if not isinstance(devices, list) or not all(
+        isinstance(d, str) and d.startswith("/dev/") for d in devices
+    ):
+        raise ConfigError(t.key("devices"), devices, 'must be a list like ["/dev/vdb"]')
+    host_key = t.str("host_key", "")
+    if host_key and len(host_key.split()) < 2:
+        raise ConfigError(t.key("host_key"), host_key, 'must be a line like "ssh-ed25519 AAAA…"')
+    backend = t.raw.get("backend", "file")
+    if host and backend not in ("lvm",):
+        raise ConfigError(t.key("host"), host, 'a storage host needs backend = "lvm"')
+    if not host and (devices or host_key):
+        raise ConfigError(t.key("host"), host, "devices and host_key need a storage host")
+    return {
+        "host": host,
+        "user": t.str("user", "root"),
+        "port": t.port("port", 22),
+        "key": t.str("key", ""),
+        "host_key": host_key,
+        "devices": tuple(devices),
+        "thin_pool_size": t.int("thin_pool_size", 0, 0, 1 << 50),
+    }

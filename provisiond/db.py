@@ -20,6 +20,7 @@ from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from provisiond import changes
 from provisiond.security import private_file
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
@@ -55,6 +56,7 @@ class Database:
         self.url = url
         self.engine = make_engine(url)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+        changes.install(self.sessions, url)  # PostgreSQL: commits NOTIFY the others
         # SQLite has one writer at a time; its busy handler makes waiting writers
         # sleep in 1..100 ms steps, so under concurrent writes (a boot storm: boot
         # scripts, registrations) throughput collapses and threads pile up on the

@@ -21,10 +21,11 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from provisiond import resources
+from provisiond import passhash, resources
 from provisiond.config import Config
 from provisiond.errors import Invalid
 from provisiond.model import Appliance, Resource
+from provisiond.secretbox import SecretBox, SecretBoxError, for_state_dir, is_sealed
 from provisiond.templating import Renderer, TemplateSet
 
 DEFAULT_SET = "fai-debian-12"
@@ -88,9 +89,76 @@ def check_params(params: Mapping[str, str]) -> None:
             raise Invalid(f"prefix {params['prefix']!r}: a number 0..32", field="prefix")
 
 
+#: words that make a parameter a secret: sealed at rest, never shown (present.HIDDEN_WORDS)
+SECRET_WORDS = ("password", "secret")
+#: plain passwords that are stored only as their SHA-512 crypt hash, under this key
+HASHED = {"root_password": "root_password_hash"}
+
+
+def protect_params(params: Mapping[str, str], state_dir) -> dict[str, str]:
+    """Parameters as they may be stored: no password in clear.
+
+    ``root_password=PLAIN`` becomes ``root_password_hash`` (SHA-512 crypt,
+    :mod:`provisiond.passhash`), the only form an answer file needs; a
+    ``*_hash`` value must already be a crypt hash. Any other parameter whose
+    name holds "password" or "secret" (a Windows administrator password) is
+    sealed with the server key (:mod:`provisiond.secretbox`) and opened only
+    when a file is rendered for the machine. Already sealed values stay.
+    """
+    for plain, hashed in HASHED.items():
+        if plain in params and hashed in params:
+            raise Invalid(f"give {plain} or {hashed}, not both", field=plain)
+    out: dict[str, str] = {}
+    box: SecretBox | None = None
+    for key, value in params.items():
+        key, value = str(key), str(value)
+        if key in HASHED:
+            if not value:
+                raise Invalid(f"{key}: empty; give a password or leave it out", field=key)
+            out[HASHED[key]] = passhash.sha512_crypt(value)
+        elif key.endswith("_hash") and any(w in key for w in SECRET_WORDS):
+            if not passhash.is_crypt_hash(value):
+                plain = key[: -len("_hash")]
+                raise Invalid(
+                    f"{key}: not a crypt hash ($6$...); give {plain}=PASSWORD to have it "
+                    "hashed, or a hash from `openssl passwd -6`",
+                    field=key,
+                )
+            out[key] = value
+        elif any(w in key.lower() for w in SECRET_WORDS) and value and not is_sealed(value):
+            box = box or for_state_dir(state_dir)
+            out[key] = box.seal(value)
+        else:
+            out[key] = value
+    return out
+
+
+def open_params(params: Mapping[str, str], state_dir) -> dict[str, str]:
+    """Sealed parameters opened for rendering (only ever into a file for the machine)."""
+    out = dict(params)
+    box: SecretBox | None = None
+    for key, value in params.items():
+        if is_sealed(value):
+            box = box or for_state_dir(state_dir)
+            try:
+                out[key] = box.open(value)
+            except SecretBoxError as exc:
+                raise Invalid(f"parameter {key}: {exc}", field=key) from None
+    return out
+
+
 def _netmask(prefix: int) -> str:
     mask = (0xFFFFFFFF << (32 - prefix)) & 0xFFFFFFFF
     return ".".join(str((mask >> s) & 255) for s in (24, 16, 8, 0))
+
+
+def protect_overrides(overrides: Mapping[str, str]) -> dict[str, str]:
+    """Preview overrides: a plain root password is hashed (never rendered in clear)."""
+    out = {str(k): str(v) for k, v in overrides.items() if k not in HASHED}
+    for key, target in HASHED.items():
+        if overrides.get(key):
+            out[target] = passhash.sha512_crypt(str(overrides[key]))
+    return out
 
 
 def merged_params(res: Resource, app: Appliance | None, overrides: Mapping[str, str]) -> dict:
@@ -101,7 +169,7 @@ def merged_params(res: Resource, app: Appliance | None, overrides: Mapping[str, 
         "disk": default_disk(inv),
         "firmware": inv.get("firmware") or "bios",
         **{str(k): str(v) for k, v in ((app.params or {}) if app else {}).items()},
-        **{str(k): str(v) for k, v in overrides.items()},
+        **{str(k): str(v) for k, v in protect_overrides(overrides).items()},
     }
     if params.get("prefix", "").isdigit() and "netmask" not in params:
         params["netmask"] = _netmask(min(int(params["prefix"]), 32))
@@ -134,7 +202,7 @@ def variables(
     rootfs: RootfsRef | None = None,
     answer: str = "",
 ) -> dict[str, Any]:
-    params = merged_params(res, app, overrides or {})
+    params = open_params(merged_params(res, app, overrides or {}), config.state_dir)
     base = config.http_base.rstrip("/")
     name = app.name if app else res.display_name
     extra_keys = [k.strip() for k in params["ssh_keys"].splitlines() if k.strip()]

@@ -11,6 +11,13 @@ and reloads only when it changed. In-process writers either call
 appliance starting) or :meth:`Inventory.request_refresh` (coalesced by the
 refresher; for paths that come in storms, such as boot scripts and agent
 registrations), so a boot storm costs at most one reload per wake-up.
+Changes by other processes (CLI, other instances) arrive through
+:mod:`provisiond.changes`: :meth:`Inventory.note_change` wakes the refresher
+for a fingerprint check at once, instead of at its next periodic check. What
+decides a boot script (the default kernel, appliances) is checked on the
+request itself by :meth:`Inventory.ensure_boot_current`: a ``kernel add``
+committed by the CLI is in the very next boot script, whichever instance
+serves it.
 """
 
 from __future__ import annotations
@@ -80,6 +87,7 @@ class Inventory:
         self._lock = threading.Lock()
         self._fingerprint: tuple[Any, ...] | None = None
         self.wake = threading.Event()  # set by request_refresh(); the refresher reloads
+        self._forced = False  # a request_refresh() since the refresher's last wake-up
 
     @property
     def snapshot(self) -> Snapshot:
@@ -99,7 +107,7 @@ class Inventory:
     def _fingerprint_now(self) -> tuple[Any, ...]:
         with self._db.sessions() as s:
             return tuple(
-                s.execute(select(func.count(), func.max(col))).one()
+                tuple(s.execute(select(func.count(), func.max(col))).one())
                 for col in (
                     Resource.updated_at,
                     Appliance.updated_at,
@@ -108,12 +116,45 @@ class Inventory:
                 )
             )
 
+    def _boot_fingerprint_now(self) -> tuple[Any, ...]:
+        """The part of the fingerprint that decides boot scripts: appliances, kernels."""
+        with self._db.sessions() as s:
+            return tuple(
+                tuple(s.execute(select(func.count(), func.max(col))).one())
+                for col in (Appliance.updated_at, Kernel.updated_at)
+            )
+
+    def ensure_boot_current(self) -> bool:
+        """Reload now when appliances or kernels changed since the snapshot; True if it did.
+
+        Two small aggregate reads per call; for boot scripts, so a change
+        committed just before (by the CLI or another instance) is never missed.
+        """
+        fp = self._fingerprint
+        if fp is not None and self._boot_fingerprint_now() == fp[1:3]:
+            return False
+        with self._lock:  # requests that raced here reload once, not each
+            now = self._fingerprint
+            if now is not fp and now is not None and self._boot_fingerprint_now() == now[1:3]:
+                return True  # another thread reloaded with this change meanwhile
+            self._reload()
+        return True
+
+    def note_change(self, tables: frozenset[str] | None = None) -> None:
+        """Another process may have changed the database: check the fingerprint soon."""
+        self.wake.set()
+
+    def take_forced(self) -> bool:
+        forced, self._forced = self._forced, False
+        return forced
+
     def request_refresh(self) -> None:
         """Ask the refresher for a reload soon (coalesced: at most one per wake-up).
 
         For request paths that may come in storms (boot scripts, agent
         registrations): they must not each reload the whole inventory.
         """
+        self._forced = True
         self.wake.set()
 
     def refresh_if_changed(self) -> bool:
@@ -125,9 +166,12 @@ class Inventory:
 
     def refresh(self, fingerprint: tuple[Any, ...] | None = None) -> None:
         with self._lock:
-            fp = fingerprint or self._fingerprint_now()
-            self._snap = self._load()
-            self._fingerprint = fp
+            self._reload(fingerprint)
+
+    def _reload(self, fingerprint: tuple[Any, ...] | None = None) -> None:
+        fp = fingerprint or self._fingerprint_now()  # before the load: a later change reloads
+        self._snap = self._load()
+        self._fingerprint = fp
 
     def _load(self) -> Snapshot:
         with self._db.sessions() as s:
@@ -179,13 +223,13 @@ class InventoryRefresher:
         self._inv.wake.clear()
         if self._loop.stopping:
             return
-        if requested:
+        if requested and self._inv.take_forced():
             self._inv.refresh()
             # a storm of requests (boot scripts, registrations) costs at most
             # one full reload per MIN_GAP, not one per wake-up back to back
             self._loop.sleep(MIN_GAP)
-        else:
-            self._inv.refresh_if_changed()
+        elif self._inv.refresh_if_changed() and requested:
+            self._loop.sleep(MIN_GAP)  # a storm of notified changes: the same bound
 
     def start(self) -> None:
         self._inv.refresh()

@@ -1,6 +1,6 @@
 """Kernels: building the idle-agent initrd and registering kernels.
 
-Owns ``provisiond initrd build``: runs ``initrd/build.sh`` for the served
+Owns ``provisiond initrd build``: runs the shipped ``initrd/build.sh`` for the served
 kernel (default: the newest under ``/lib/modules``), places ``vmlinuz`` and
 ``initrd.img`` under ``<boot assets>/kernels/<name>/`` and records the result
 as the default :class:`provisiond.model.Kernel`.
@@ -15,14 +15,12 @@ from pathlib import Path
 
 from sqlalchemy import select, update
 
-from provisiond import events
+from provisiond import events, shipped
 from provisiond.boot import script_problem
-from provisiond.config import REPO_ROOT, Config
+from provisiond.config import Config
 from provisiond.db import Database
 from provisiond.errors import Invalid, ProvisiondError
 from provisiond.model import Kernel
-
-BUILD_SCRIPT = REPO_ROOT / "initrd" / "build.sh"
 
 
 def newest_kernel(modroot: Path = Path("/lib/modules")) -> str:
@@ -50,7 +48,7 @@ def build_agent(
     out.mkdir(parents=True, exist_ok=True)
     echo(f"building the agent initrd for kernel {kver} into {out}")
     proc = subprocess.Popen(
-        ["bash", str(BUILD_SCRIPT), "--kernel", kver, "--out", str(out)],
+        ["bash", str(shipped.initrd_build_script()), "--kernel", kver, "--out", str(out)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

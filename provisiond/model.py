@@ -79,6 +79,10 @@ class Storage(Base):
     backend: Mapped[str] = mapped_column(String(16))
     path: Mapped[str] = mapped_column(Text)
     exporter: Mapped[str] = mapped_column(String(16), default="auto")
+    # storage hosts (issue 16): address, "up" | "down" (None: this machine), why it is down
+    host: Mapped[str | None] = mapped_column(String(255))
+    host_state: Mapped[str | None] = mapped_column(String(16))
+    host_reason: Mapped[str | None] = mapped_column(Text)
 
 
 class Volume(Base):

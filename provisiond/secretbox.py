@@ -13,6 +13,7 @@ database may start that way. Sealed values never appear in logs or API answers.
 from __future__ import annotations
 
 import os
+import secrets
 from pathlib import Path
 
 from cryptography.fernet import Fernet, InvalidToken
@@ -33,15 +34,31 @@ class SecretBox:
 
     @staticmethod
     def _load_or_make(path: Path) -> bytes:
+        """Read the key, or make it; two processes making it at once agree on one key.
+
+        The new key is written whole to a private temporary file and then
+        hard-linked into place: the link either wins (our key) or fails with
+        FileExistsError because another process won, and then its key, already
+        complete, is the one read. A reader never sees a half-written key.
+        """
         try:
-            return path.read_bytes().strip()
+            return _read_key(path)
         except FileNotFoundError:
             pass
         path.parent.mkdir(parents=True, exist_ok=True)
         key = Fernet.generate_key()
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(key + b"\n")
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(key + b"\n")
+                f.flush()
+                os.fsync(f.fileno())
+            os.link(tmp, path)
+        except FileExistsError:
+            return _read_key(path)  # another process made it first: use that one
+        finally:
+            tmp.unlink(missing_ok=True)
         return key
 
     def seal(self, plain: str) -> str:
@@ -57,6 +74,14 @@ class SecretBox:
                 f"cannot open a sealed value with {self.key_path}: the server key changed "
                 "or the value is damaged; set the secret again"
             ) from None
+
+
+def _read_key(path: Path) -> bytes:
+    key = path.read_bytes().strip()
+    if not key:
+        raise SecretBoxError(f"{path} is empty: remove it to make a new server key "
+                             "(values sealed with the old key must then be set again)")  # fmt: skip
+    return key
 
 
 def is_sealed(value: str | None) -> bool:

@@ -73,8 +73,10 @@ dns = ["{lab.server_ip}"]
 
 
 class LabDaemon:
-    def __init__(self, lab: Lab, workdir: Path, config_text: str) -> None:
+    def __init__(self, lab: Lab, workdir: Path, config_text: str,
+                 provisiond: str = PROVISIOND) -> None:  # fmt: skip
         self.lab, self.workdir = lab, workdir
+        self.provisiond = provisiond  # the console script to run (a wheel test's own venv)
         self.cfg = workdir / "provisiond.toml"
         self.cfg.write_text(config_text)
         self.log = workdir / "daemon.log"
@@ -88,7 +90,7 @@ class LabDaemon:
         return (self.agent_base if control else self.base) + path
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-        res = subprocess.run([PROVISIOND, "--config", str(self.cfg), *args],
+        res = subprocess.run([self.provisiond, "--config", str(self.cfg), *args],
                              capture_output=True, text=True, timeout=120)  # fmt: skip
         if check and res.returncode != 0:
             raise AssertionError(f"provisiond {' '.join(args)}: {res.stdout}{res.stderr}")
@@ -101,7 +103,7 @@ class LabDaemon:
         mark = self.log.read_text().count("started:") if self.log.exists() else 0
         with open(self.log, "ab") as log:
             self.proc = self.lab.server.popen(
-                [PROVISIOND, "--config", str(self.cfg), "serve"], stdout=log, stderr=log
+                [self.provisiond, "--config", str(self.cfg), "serve"], stdout=log, stderr=log
             )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -114,7 +116,7 @@ class LabDaemon:
 
     def serve_again(self, timeout: float = 60) -> subprocess.CompletedProcess:
         """A second ``serve`` of this config beside the running one; returns once it exits."""
-        return self.lab.server.run([PROVISIOND, "--config", str(self.cfg), "serve"],
+        return self.lab.server.run([self.provisiond, "--config", str(self.cfg), "serve"],
                                    check=False, timeout=timeout)  # fmt: skip
 
     def stop(self, sig: int = signal.SIGTERM) -> None:

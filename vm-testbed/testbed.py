@@ -397,13 +397,18 @@ cidr = "{x}.0/24"
         uefi: bool = False,
         nic_rom: bool = True,
         fw_cfg: tuple[str, ...] = (),
+        qmp: bool = False,
     ) -> Vm:
-        """Start a TCG QEMU machine on a new tap of br0 (see :class:`vm.VmSpec`)."""
+        """Start a TCG QEMU machine on a new tap of br0 (see :class:`vm.VmSpec`).
+
+        ``qmp=True`` gives it a QMP socket (``Vm.qmp_path``) for the ``qemu`` power driver.
+        """
         vm_dir = self.workdir / "vms"
         vm_dir.mkdir(parents=True, exist_ok=True)
         spec = VmSpec(name=name, mac=mac, tap=self.add_tap(), nic=nic, mem=mem, smp=smp,
                       disks=tuple(disks), disk_if=disk_if, boot=boot, kernel=str(kernel),
                       initrd=str(initrd), append=append, reboot=reboot, nic_rom=nic_rom,
+                      qmp=qmp,
                       extra=(*(("-bios", OVMF) if uefi else ()),
                              *(a for f in fw_cfg for a in ("-fw_cfg", f))))  # fmt: skip
         vm = Vm(spec, vm_dir).start(self.ns_prefix)

@@ -85,6 +85,7 @@ class VmSpec:
     extra: tuple[str, ...] = ()
     reboot: bool = False  # False: -no-reboot (a guest reboot ends QEMU)
     nic_rom: bool = True  # False: romfile= (UEFI then uses its own PXE / HTTP boot stack)
+    qmp: bool = False  # True: a QMP unix socket (qmp_socket()), the test bed's "BMC"
 
 
 def qemu_argv(spec: VmSpec, workdir: Path) -> list[str]:
@@ -94,6 +95,8 @@ def qemu_argv(spec: VmSpec, workdir: Path) -> list[str]:
     if not spec.reboot:
         argv.append("-no-reboot")
     argv += ["-pidfile", str(workdir / f"{spec.name}.pid")]
+    if spec.qmp:
+        argv += ["-qmp", f"unix:{qmp_socket(spec.name, workdir)},server=on,wait=off"]
     argv += ["-netdev", f"tap,id=n0,ifname={spec.tap},script=no,downscript=no"]
     find_rom(spec.nic)  # QEMU loads it from its firmware path; an explicit
     # romfile= (even the same file) makes SeaBIOS skip the NIC's boot entry here
@@ -109,6 +112,19 @@ def qemu_argv(spec: VmSpec, workdir: Path) -> list[str]:
     else:
         argv += ["-boot", spec.boot]
     return argv + list(spec.extra)
+
+
+def qmp_socket(name: str, workdir: Path) -> Path:
+    """Where a machine's QMP socket lives: beside its pidfile, or under /run when that
+    path is too long for a unix socket (108 bytes)."""
+    path = workdir / f"{name}.qmp"
+    if len(str(path)) < 100:
+        return path
+    import hashlib
+
+    short = Path("/run/provisiond-testbed")
+    short.mkdir(parents=True, exist_ok=True)
+    return short / (hashlib.sha256(str(path).encode()).hexdigest()[:16] + ".qmp")
 
 
 def size_bytes(size: str) -> int:
@@ -144,12 +160,19 @@ class Vm:
     def pidfile(self) -> Path:
         return self.workdir / f"{self.name}.pid"
 
+    @property
+    def qmp_path(self) -> Path | None:
+        """The QMP socket (``boot_vm(qmp=True)``), else None."""
+        return qmp_socket(self.name, self.workdir) if self.spec.qmp else None
+
     def start(self, ns_prefix: list[str]) -> Vm:
         for i, size in enumerate(self.spec.disks):
             disk = self.workdir / f"{self.name}-disk{i}.raw"
             with open(disk, "wb") as f:
                 f.truncate(size_bytes(size))  # sparse
         self.pidfile.unlink(missing_ok=True)
+        if self.qmp_path is not None:
+            self.qmp_path.unlink(missing_ok=True)
         argv = ns_prefix + qemu_argv(self.spec, self.workdir)
         self.started = time.time()
         self.log_path.write_text(f"# t0={self.started:.6f} {' '.join(argv)}\n")

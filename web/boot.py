@@ -48,6 +48,7 @@ def script(mac: str) -> Response:
     except ValueError:
         return _text(f"not a MAC address: {mac!r}\n", 400)
     source = request.remote_addr
+    ctx.inventory.ensure_boot_current()  # a kernel or appliance committed just before counts
     spec = ctx.policy.boot_spec(Machine(mac=mac, firmware=Firmware.IPXE, ip=source))
     extra = ""
     if spec is not None and spec.action in TOKEN_ACTIONS:

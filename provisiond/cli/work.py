@@ -7,7 +7,7 @@ from collections.abc import Callable
 import click
 from sqlalchemy import select
 
-from provisiond import appliances, present, resources
+from provisiond import appliances, installs, present, resources
 from provisiond.cli.base import (
     ACTOR,
     Env,
@@ -84,7 +84,7 @@ def appliance_create(env: Env, name, resource_ref, image, kernel, mode, params, 
             mode=mode,
             image=image,
             kernel=kernel,
-            params=extra,
+            params=installs.protect_params(extra, env.config.state_dir),
             ha=ha,
             actor=ACTOR,
         )

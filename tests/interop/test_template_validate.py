@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from provisiond.config import REPO_ROOT, Config
+from provisiond import shipped
+from provisiond.config import Config
 from provisiond.installs import RootfsRef, variables
 from provisiond.model import Resource
 from provisiond.templating import Renderer
@@ -40,7 +41,7 @@ def render(name: str, firmware: str, network: str, tmp_path: Path) -> dict[str, 
     cfg = Config(interface="br0", address=IPv4Address("10.77.0.1"), state_dir=tmp_path)
     res = Resource(id=4, mac="52:54:00:12:34:56", name="node4", ip=None, macs=None,
                    inventory={"disks": [{"name": "sda"}], "firmware": firmware})  # fmt: skip
-    r = Renderer(REPO_ROOT / "templates" / "install")
+    r = Renderer(shipped.templates_dir() / "install")
     tset = r.get(name)
     params = {**BASE, **(STATIC if network == "static" else {})}
     v = variables(cfg, res, None, name, params, token="tok-abc",
@@ -135,3 +136,18 @@ def test_fai_partitions_pass_sfdisk(tmp_path, firmware, network):
             assert len(line.split()) == 6, line
     if network == "static":
         assert "Address=10.77.0.60/24" in files["target/etc/systemd/network/10-provisiond.network"]
+
+
+@pytest.mark.parametrize("password", ["hunter2", "correct horse battery staple", "ünïcødé pw",
+                                      "x" * 200])  # fmt: skip
+def test_password_hash_matches_openssl(password):
+    """passhash's SHA-512 crypt gives what `openssl passwd -6` (glibc's scheme) gives."""
+    from provisiond.passhash import sha512_crypt
+
+    tool = need("openssl", "apt-get install openssl")
+    ours = sha512_crypt(password)
+    salt = ours.split("$")[2]
+    run = subprocess.run([tool, "passwd", "-6", "-salt", salt, "-stdin"], input=password,
+                         capture_output=True, text=True, timeout=30)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == ours

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from provisiond import shipped
 from provisiond.boot import BootAction, BootSpec, SanTarget
-from provisiond.config import REPO_ROOT
 from pxe.http.ipxe import IpxeRenderer, UnsafeScriptValue
 
 BASE = "http://10.77.0.1:8080"
@@ -14,7 +14,7 @@ MAC = "52:54:00:12:34:56"
 
 @pytest.fixture
 def renderer() -> IpxeRenderer:
-    return IpxeRenderer(REPO_ROOT / "templates", BASE)
+    return IpxeRenderer(shipped.templates_dir(), BASE)
 
 
 AGENT = BootSpec(

@@ -59,3 +59,39 @@ def test_settings_of_opens_the_sealed_password(tmp_path):
     )
     assert "pw" not in repr(s)
     assert settings_of(SimpleNamespace(power_driver=None), box.open) is None
+
+
+def test_two_processes_making_the_key_at_once_agree(tmp_path, monkeypatch):
+    """Another process creates the key between our 'not there' and our create: we use its key."""
+    import provisiond.secretbox as sb
+
+    path = tmp_path / "state" / "secret.key"
+    theirs = SecretBox(tmp_path / "their.key")  # the winner's key, written before ours lands
+    real_generate = sb.Fernet.generate_key
+
+    def generate_while_the_other_wins():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes((tmp_path / "their.key").read_bytes())
+        return real_generate()
+
+    monkeypatch.setattr(sb.Fernet, "generate_key", staticmethod(generate_while_the_other_wins))
+    ours = SecretBox(path)
+    assert ours.open(theirs.seal("same key")) == "same key"
+    assert sorted(p.name for p in path.parent.iterdir()) == ["secret.key"]  # no temp file left
+
+
+def test_concurrent_makers_share_one_key(tmp_path):
+    """Many threads create the key at once: every box opens what any other sealed."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    path = tmp_path / "secret.key"
+    with ThreadPoolExecutor(8) as pool:
+        boxes = list(pool.map(lambda _: SecretBox(path), range(16)))
+    sealed = boxes[0].seal("v")
+    assert all(b.open(sealed) == "v" for b in boxes)
+
+
+def test_empty_key_file_is_named(tmp_path):
+    (tmp_path / "secret.key").write_bytes(b"")
+    with pytest.raises(SecretBoxError, match=r"secret\.key is empty"):
+        SecretBox(tmp_path / "secret.key")

@@ -7,13 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from provisiond.config import REPO_ROOT, Config
+from provisiond import shipped
+from provisiond.config import Config
 from provisiond.errors import Invalid, NotFound
 from provisiond.installs import RootfsRef, variables
 from provisiond.model import Resource
 from provisiond.templating import Renderer, TemplateError, check_name, format_for
 
-ROOT = REPO_ROOT / "templates" / "install"
+ROOT = shipped.templates_dir() / "install"
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from __future__ import annotations
 from flask import jsonify, request
 from sqlalchemy import select
 
-from provisiond import appliances, jobs, present, resources
+from provisiond import appliances, installs, jobs, present, resources
 from provisiond.errors import Conflict, Invalid
 from provisiond.lifecycle import ApplianceState as AS
 from provisiond.lifecycle import JobState as JS
@@ -47,7 +47,7 @@ def create_appliance(data: dict, who: str) -> dict:
             mode=str(data["mode"]),
             image=typed(data, "image", str),
             kernel=typed(data, "kernel", str),
-            params={str(k): str(v) for k, v in params.items()},
+            params=installs.protect_params(params, ctx().config.state_dir),
             ha=bool(typed(data, "ha", bool, False)),
             actor=who,
         )
@@ -89,7 +89,7 @@ def appliance_update(ref: str):
         if "params" in data:
             params = typed(data, "params", dict) or {}
             appliances.check_params(params)
-            app.params = {str(k): str(v) for k, v in params.items()}
+            app.params = installs.protect_params(params, ctx().config.state_dir)
         if "ha" in data:
             app.ha = bool(typed(data, "ha", bool))
         from provisiond import events
