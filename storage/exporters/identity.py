@@ -26,9 +26,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from storage.exporters.base import ExporterUnavailable
-from storage.runner import CommandFailed, Runner
+
+if TYPE_CHECKING:  # the LIO helper ships this module to storage hosts without storage.runner
+    from storage.runner import Runner
 
 LOCK_DIR = "/var/run/tgtd"
 PROC_LOCKS = "/proc/locks"
@@ -181,6 +184,8 @@ def verify_tgt(
     runner: Runner, control_port: int, want_portal: str, want_netns: str | None
 ) -> TgtIdentity:
     """Probe and check in one call; ExporterUnavailable when nothing answers."""
+    from storage.runner import CommandFailed
+
     try:
         ident = probe_tgt(runner, control_port)
     except CommandFailed as e:
