@@ -147,6 +147,15 @@ class HttpConfig:
 
 
 @dataclass(frozen=True)
+class PowerConfig:
+    """Power-state polling of resources with a power driver (provisiond.powerctl)."""
+
+    interval: int = 60  # seconds between sweeps; 0 = no polling
+    timeout: int = 10  # seconds one BMC call may take
+    concurrency: int = 32  # BMCs asked at once during a sweep
+
+
+@dataclass(frozen=True)
 class Config:
     instance: str = "default"
     interface: str = ""
@@ -165,6 +174,7 @@ class Config:
     lease: LeaseConfig = field(default_factory=LeaseConfig)
     images: ImagesConfig = field(default_factory=ImagesConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
+    power: PowerConfig = field(default_factory=PowerConfig)
     subnets: tuple[SubnetConfig, ...] = ()
     storages: tuple[StorageConfig, ...] = ()
     source: str = "<defaults>"
@@ -305,6 +315,7 @@ _TOP = {
     "boot_assets_dir", "templates_dir", "database_url", "log_level", "services", "dns", "agent",
     "iscsi", "subnet", "storage", "images", "http",
 }  # fmt: skip
+_TOP.add("power")
 
 
 def _build(raw: dict[str, Any], source: str) -> Config:
@@ -354,6 +365,7 @@ def _build(raw: dict[str, Any], source: str) -> Config:
         lease=_lease(raw.get("lease", {})),
         images=_images(raw.get("images", {}), state_dir),
         http=http,
+        power=_power(raw.get("power", {})),
         subnets=subnets,
         storages=storages,
         source=source,
@@ -609,3 +621,13 @@ def _storage_host(t: _Table) -> dict[str, Any]:
         "devices": tuple(devices),
         "thin_pool_size": t.int("thin_pool_size", 0, 0, 1 << 50),
     }
+
+
+def _power(raw: dict[str, Any]) -> PowerConfig:
+    t = _Table(raw, "power", {"interval", "timeout", "concurrency"})
+    d = PowerConfig()
+    return PowerConfig(
+        interval=t.int("interval", d.interval, 0, 86400),
+        timeout=t.int("timeout", d.timeout, 1, 300),
+        concurrency=t.int("concurrency", d.concurrency, 1, 1024),
+    )
