@@ -7,6 +7,7 @@ The commands live in small modules by area (``daemon``, ``inventory``,
 
 from provisiond.cli import (  # noqa: F401  (registers commands)
     daemon,
+    ha,
     inventory,
     power,
     shell,
