@@ -44,6 +44,7 @@ vendor:
 lint: venv
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/ruff check .
+	$(PY) tools/check_imports.py
 
 test: deps lint
 	$(VENV)/bin/pytest -q -rs $(PYTEST_ARGS)

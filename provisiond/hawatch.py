@@ -194,12 +194,11 @@ class HaWatcher:
         """One sweep over every HA appliance; returns the decisions (for tests)."""
         now = self.clock()
         watched = self._read()
-        self._finish_failovers(w for w in watched if w.ha_state == HaState.FAILING_OVER)
+        out = self._finish_failovers(w for w in watched if w.ha_state == HaState.FAILING_OVER)
         live = [w for w in watched if w.state == AS.ACTIVE and w.ha_state != HaState.FAILING_OVER]
         powers = dict(zip([w.app_id for w in live], self._powers(live), strict=True))
         in_flight = {w.app_id for w in watched if w.ha_state == HaState.FAILING_OVER}
         promised: set[int] = set()
-        out = {}
         for w in live:
             power, error = powers[w.app_id]
             key = (w.app_id, w.resource_id)
@@ -355,9 +354,13 @@ class HaWatcher:
         self.notify(Notice("failover", w.name, HaState.FAILING_OVER, reason, w.resource,
                            spare.name))  # fmt: skip
 
-    def _finish_failovers(self, flying) -> None:
+    def _finish_failovers(self, flying) -> dict[str, Decision]:
+        """Failovers whose spare came up (watching) or failed; what each one is now."""
+        out = {}
         for w in flying:
+            out[w.name] = Decision(Action.NONE, HaState.FAILING_OVER, "the spare is booting")
             if w.state == AS.ACTIVE:
+                out[w.name] = Decision(Action.NONE, HaState.WATCHING, "failed over")
                 took = (self.clock() - w.failover_at).total_seconds() if w.failover_at else 0
                 reason = (
                     f"failed over to {w.resource}; active {took:.1f} s after the failover began"
@@ -369,6 +372,8 @@ class HaWatcher:
                     why = s.get(Appliance, w.app_id).state_reason
                 reason = f"the start on {w.resource} failed: {why}"
                 self._record(w, HaState.FAILED, reason, notify_on={HaState.FAILED})
+                out[w.name] = Decision(Action.NONE, HaState.FAILED, reason)
+        return out
 
     def _record(
         self,
