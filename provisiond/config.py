@@ -51,6 +51,14 @@ class StorageConfig:
     path: str  # directory (file, reflink) or volume group (lvm)
     exporter: str = "auto"  # "auto" | "tgt" | "lio"
     thin_pool: str = ""
+    # A storage host driven over SSH (empty host: this machine). See README "Storage hosts".
+    host: str = ""  # address of the storage host
+    user: str = "root"
+    port: int = 22
+    key: str = ""  # private key for the login; empty = the server's ssh_key
+    host_key: str = ""  # "ssh-ed25519 AAAA…"; empty = pin on first use (storage-hostkeys.json)
+    devices: tuple[str, ...] = ()  # block devices the VG is created on when missing (lvm)
+    thin_pool_size: int = 0  # bytes; the thin pool is created with this size when missing
 
 
 @dataclass(frozen=True)
@@ -139,6 +147,19 @@ class HttpConfig:
 
 
 @dataclass(frozen=True)
+class HaConfig:
+    """``[ha]``: the N-to-1 failover watcher (provisiond.hawatch)."""
+
+    enabled: bool = True
+    interval: int = 5  # seconds between sweeps (power polls, heartbeat checks)
+    timeout: int = 30  # seconds a sign of death must last before a failover
+    hold_down: int = 600  # seconds after a failover before the same appliance fails over again
+    power_timeout: int = 5  # seconds one power call may take
+    notify_command: str = ""  # run (argv, no shell) with HA_* variables on every HA event
+    notify_url: str = ""  # POSTed a JSON body on every HA event
+
+
+@dataclass(frozen=True)
 class Config:
     instance: str = "default"
     interface: str = ""
@@ -157,6 +178,7 @@ class Config:
     lease: LeaseConfig = field(default_factory=LeaseConfig)
     images: ImagesConfig = field(default_factory=ImagesConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
+    ha: HaConfig = field(default_factory=HaConfig)
     subnets: tuple[SubnetConfig, ...] = ()
     storages: tuple[StorageConfig, ...] = ()
     source: str = "<defaults>"
@@ -295,7 +317,7 @@ class _Table:
 _TOP = {
     "instance", "lease", "interface", "address", "http_port", "agent_port", "state_dir",
     "boot_assets_dir", "templates_dir", "database_url", "log_level", "services", "dns", "agent",
-    "iscsi", "subnet", "storage", "images", "http",
+    "iscsi", "subnet", "storage", "images", "http", "ha",
 }  # fmt: skip
 
 
@@ -346,6 +368,7 @@ def _build(raw: dict[str, Any], source: str) -> Config:
         lease=_lease(raw.get("lease", {})),
         images=_images(raw.get("images", {}), state_dir),
         http=http,
+        ha=_ha(raw.get("ha", {})),
         subnets=subnets,
         storages=storages,
         source=source,
@@ -479,6 +502,31 @@ def _agent(raw: dict[str, Any]) -> AgentConfig:
     )
 
 
+def _ha(raw: dict[str, Any]) -> HaConfig:
+    t = _Table(raw, "ha", set(HaConfig.__dataclass_fields__))
+    d = HaConfig()
+    url = t.str("notify_url", "")
+    if url and not url.startswith(("http://", "https://")):
+        raise ConfigError("ha.notify_url", url, "must be an http:// or https:// URL")
+    command = t.str("notify_command", "")
+    if command:
+        import shlex
+
+        try:
+            shlex.split(command)
+        except ValueError as exc:
+            raise ConfigError("ha.notify_command", command, f"cannot be split into words: {exc}")
+    return HaConfig(
+        enabled=t.bool("enabled", d.enabled),
+        interval=t.int("interval", d.interval, 1, 3600),
+        timeout=t.int("timeout", d.timeout, 2, 86400),
+        hold_down=t.int("hold_down", d.hold_down, 0, 7 * 86400),
+        power_timeout=t.int("power_timeout", d.power_timeout, 1, 120),
+        notify_command=command,
+        notify_url=url,
+    )
+
+
 def _lease(raw: dict[str, Any]) -> LeaseConfig:
     t = _Table(raw, "lease", {"heartbeat_interval", "expiry"})
     d = LeaseConfig()
@@ -558,7 +606,8 @@ def _subnet(raw: dict[str, Any], prefix: str) -> SubnetConfig:
 
 
 def _storage(raw: dict[str, Any], prefix: str) -> StorageConfig:
-    t = _Table(raw, prefix, {"name", "backend", "path", "exporter", "thin_pool"})
+    t = _Table(raw, prefix, {"name", "backend", "path", "exporter", "thin_pool", "host", "user",
+                             "port", "key", "host_key", "devices", "thin_pool_size"})  # fmt: skip
     name = t.str("name", "")
     if not name or not name.replace("-", "").replace("_", "").isalnum():
         raise ConfigError(t.key("name"), name, "must be a non-empty name of letters, digits, - _")
@@ -571,4 +620,32 @@ def _storage(raw: dict[str, Any], prefix: str) -> StorageConfig:
         path=path,
         exporter=t.choice("exporter", "auto", ("auto", "tgt", "lio")),
         thin_pool=t.str("thin_pool", ""),
+        **_storage_host(t),
     )
+
+
+def _storage_host(t: _Table) -> dict[str, Any]:
+    """The storage-host keys of a [[storage]] table (host, user, port, key, host_key, …)."""
+    host = t.str("host", "")
+    devices = t.raw.get("devices", [])
+    if not isinstance(devices, list) or not all(
+        isinstance(d, str) and d.startswith("/dev/") for d in devices
+    ):
+        raise ConfigError(t.key("devices"), devices, 'must be a list like ["/dev/vdb"]')
+    host_key = t.str("host_key", "")
+    if host_key and len(host_key.split()) < 2:
+        raise ConfigError(t.key("host_key"), host_key, 'must be a line like "ssh-ed25519 AAAA…"')
+    backend = t.raw.get("backend", "file")
+    if host and backend not in ("lvm",):
+        raise ConfigError(t.key("host"), host, 'a storage host needs backend = "lvm"')
+    if not host and (devices or host_key):
+        raise ConfigError(t.key("host"), host, "devices and host_key need a storage host")
+    return {
+        "host": host,
+        "user": t.str("user", "root"),
+        "port": t.port("port", 22),
+        "key": t.str("key", ""),
+        "host_key": host_key,
+        "devices": tuple(devices),
+        "thin_pool_size": t.int("thin_pool_size", 0, 0, 1 << 50),
+    }

@@ -2,7 +2,9 @@
 
 Owns the recipes (:data:`RECIPES`; ``debian-12``: a minimal Debian 12 with a
 kernel, openssh-server, extlinux, systemd-boot and the provisiond first-boot
-unit), building one (:func:`build`: ``mmdebstrap`` from Debian's packages,
+unit; ``debian-12-storage``: the storage host of the test bed, with lvm2,
+thin-provisioning-tools, rtslib-fb/targetcli-fb and tgt, booted by its own
+init), building one (:func:`build`: ``mmdebstrap`` from Debian's packages,
 using this host's APT sources, into a ``.tar.zst``), and the cache that makes
 a fresh machine build it once: ``<cache>/<name>-<key>/`` where ``key`` is the
 hash of every input (recipe, hook text, APT sources, mmdebstrap version).
@@ -139,7 +141,74 @@ DEBIAN_12 = Recipe(
         'rm -rf "$1"/var/lib/apt/lists/* "$1"/var/cache/apt/*.bin "$1"/var/log/*.log',
     ),
 )
-RECIPES = {r.name: r for r in (DEBIAN_12,)}
+
+#: PID 1 of the storage host VM (no systemd: boots in seconds under TCG). Reads its address
+#: from the kernel command line (pv.addr=CIDR) and its SSH host key and authorized key from
+#: QEMU fw_cfg (opt/provisiond/hostkey, opt/provisiond/authkey), so a test pins a known key.
+STORAGE_INIT = r"""#!/bin/sh
+# provisiond-storage-init: a storage host (LVM + LIO + tgt over SSH) without systemd.
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin
+mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev 2>/dev/null
+mount -t tmpfs tmpfs /run; mkdir -p /dev/pts /run/sshd /run/lvm /run/lock /var/run/tgtd
+mount -t devpts devpts /dev/pts
+mount -o remount,rw /
+for m in virtio_blk virtio_net qemu_fw_cfg dm_mod dm_snapshot dm_thin_pool dm_bufio configfs \
+	target_core_mod target_core_iblock target_core_file iscsi_target_mod; do modprobe "$m"; done
+mount -t configfs none /sys/kernel/config 2>/dev/null
+/lib/systemd/systemd-udevd --daemon
+udevadm trigger --action=add; udevadm settle -t 30
+hostname storage
+ip link set lo up
+for w in $(cat /proc/cmdline); do
+	case "$w" in pv.addr=*) addr=${w#pv.addr=} ;; pv.gw=*) gw=${w#pv.gw=} ;; esac
+done
+nic=$(ls /sys/class/net | grep -v '^lo$' | head -n1)
+ip link set "$nic" up
+[ -n "${addr:-}" ] && ip addr add "$addr" dev "$nic"
+[ -n "${gw:-}" ] && ip route add default via "$gw"
+fw=/sys/firmware/qemu_fw_cfg/by_name/opt/provisiond
+mkdir -p -m 700 /root/.ssh
+[ -r $fw/authkey/raw ] && cat $fw/authkey/raw > /root/.ssh/authorized_keys
+if [ -r $fw/hostkey/raw ]; then
+	install -m 600 $fw/hostkey/raw /etc/ssh/ssh_host_ed25519_key
+	ssh-keygen -y -f /etc/ssh/ssh_host_ed25519_key > /etc/ssh/ssh_host_ed25519_key.pub
+fi
+ssh-keygen -A >/dev/null 2>&1
+if /usr/sbin/sshd -o PermitRootLogin=prohibit-password -o UseDNS=no \
+	-o HostKey=/etc/ssh/ssh_host_ed25519_key; then
+	echo "provisiond-storage: ready on ${addr:-no address} (kernel $(uname -r))" > /dev/console
+else
+	echo "provisiond-storage: FAILED: sshd did not start" > /dev/console
+fi
+while :; do setsid sh -c 'exec sh </dev/console >/dev/console 2>&1' || sleep 5; done
+"""
+
+DEBIAN_12_STORAGE = Recipe(
+    name="debian-12-storage",
+    suite="bookworm",
+    packages=(
+        "linux-image-amd64",
+        "initramfs-tools",
+        "kmod",
+        "udev",
+        "iproute2",
+        "openssh-server",
+        "lvm2",
+        "thin-provisioning-tools",
+        "python3",
+        "python3-rtslib-fb",
+        "targetcli-fb",
+        "tgt",
+    ),
+    hooks=(
+        _write("/usr/local/sbin/provisiond-storage-init", STORAGE_INIT, "0755"),
+        'rm -f "$1"/etc/ssh/ssh_host_* "$1"/etc/hostname; : > "$1"/etc/machine-id',
+        "for d in " + " ".join(PRUNE) + '; do rm -rf "$1"/usr/lib/modules/*/kernel/$d; done',
+        'for k in "$1"/usr/lib/modules/*; do chroot "$1" depmod "${k##*/}"; done',
+        'rm -rf "$1"/var/lib/apt/lists/* "$1"/var/cache/apt/*.bin "$1"/var/log/*.log',
+    ),
+)
+RECIPES = {r.name: r for r in (DEBIAN_12, DEBIAN_12_STORAGE)}
 
 
 def cache_dir() -> Path:

@@ -51,10 +51,7 @@ class SanbootStart:
             jobs.append_log(s.get(Job, job_id), line)
 
     def run(self, job_id: int) -> str:
-        db, cfg = self.ctx.db, self.ctx.config
-        exporter = self.storage.exporter
-        if exporter is None:
-            raise JobFailed("no iSCSI exporter is running: configure a [[storage]] and restart")
+        db = self.ctx.db
         with db.session() as s:
             app = s.get(Appliance, s.get(Job, job_id).appliance_id)
             image = app.image
@@ -64,6 +61,24 @@ class SanbootStart:
             master_id, storage_id = master.id, master.storage_id
             app_name, res_name = app.name, app.resource.display_name
             kept = app.volume.name if app.volume else None
+        down = self.storage.host_down_reason(storage_name)
+        if down is not None:
+            raise JobFailed(f"storage host of {storage_name} is down: {down}")
+        exporter = self.storage.exporter_for(storage_name)
+        if exporter is None:
+            raise JobFailed("no iSCSI exporter is running: configure a [[storage]] and restart")
+        self._exporter = exporter
+        try:
+            return self._start(job_id, app_name, res_name, image, master, storage_name, master_id,
+                               storage_id, kept, exporter)  # fmt: skip
+        except JobFailed as exc:
+            if exc.__cause__ is not None:
+                self.storage.host_failed(storage_name, exc.__cause__)
+            raise
+
+    def _start(self, job_id, app_name, res_name, image, master, storage_name, master_id,
+               storage_id, kept, exporter) -> str:  # fmt: skip
+        db, cfg = self.ctx.db, self.ctx.config
         backend = self.manager.backend(storage_name)
         clone_name = kept or f"app-{app_name}"
         t0 = time.monotonic()
@@ -76,7 +91,7 @@ class SanbootStart:
             else:
                 self._log(job_id, f"reusing kept volume {clone_name}")
         except StorageError as exc:
-            raise JobFailed(f"clone of image {image.name} failed: {exc}")
+            raise JobFailed(f"clone of image {image.name} failed: {exc}") from exc
         target, initiator = iqns(cfg, app_name, res_name)
         spec = ExportSpec(
             target_iqn=target,
@@ -89,7 +104,7 @@ class SanbootStart:
             exporter.unexport(target)
             exporter.export(spec)
         except StorageError as exc:
-            raise JobFailed(f"export of {clone_name} as {target} failed: {exc}")
+            raise JobFailed(f"export of {clone_name} as {target} failed: {exc}") from exc
         self._log(job_id, f"exported {clone_name} as {target} lun {spec.lun} for {initiator}")
         with db.session() as s:
             app = s.get(Appliance, s.get(Job, job_id).appliance_id)
@@ -104,7 +119,7 @@ class SanbootStart:
                 "target_iqn": target,
                 "initiator_iqn": initiator,
                 "lun": spec.lun,
-                "portal": str(cfg.address),
+                "portal": self.storage.portal_for(storage_name),
                 "chap_user": spec.chap_user,
                 "chap_secret": spec.chap_secret,
             }
@@ -147,7 +162,7 @@ class SanbootStart:
 
     def _login(self, target: str, initiator: str) -> IscsiSession | None:
         try:
-            sessions = self.storage.exporter.sessions(target)
+            sessions = self._exporter.sessions(target)
         except StorageError as exc:
             log.warning("sessions of %s not readable: %s", target, exc)
             return None
@@ -166,9 +181,13 @@ class SanbootStop:
         with self.ctx.db.session() as s:
             app = s.get(Appliance, s.get(Job, job_id).appliance_id)
             target = (app.params or {}).get("target_iqn")
-        if target and self.storage.exporter is not None:
+            storage_name = app.volume.storage.name if app.volume else None
+        exporter = (
+            self.storage.exporter_for(storage_name) if storage_name else self.storage.exporter
+        )
+        if target and exporter is not None:
             try:
-                self.storage.exporter.unexport(target)
+                exporter.unexport(target)
             except StorageError as exc:
                 raise JobFailed(f"unexport of {target} failed: {exc}")
         with self.ctx.db.session() as s:

@@ -8,10 +8,18 @@ sure the iSCSI target daemon runs (tgtd is started detached and deliberately
 outlives provisiond: SAN-booted machines keep their disks across a daemon
 restart), and reconciles exports with the database — what should be
 exported is, stale exports are removed.
+
+A ``[[storage]]`` with ``host`` lives on a storage host driven over SSH
+(:mod:`storage.ssh`): its LVM commands run there and its LIO exports are made
+there by the shipped helper (:mod:`storage.exporters.lio_remote`). Each host
+is connected and reconciled on its own (:meth:`StorageService.connect_host`).
+A host that cannot be reached is marked ``down`` with the reason (its
+appliances cannot start) and polled until it answers; then it is reconciled.
 """
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 from sqlalchemy import select
@@ -23,7 +31,9 @@ from provisiond.db import Database
 from provisiond.errors import Invalid, NotFound
 from provisiond.model import Appliance, Storage
 from storage.backends import Backend, make_backend
+from storage.backends.base import StorageError
 from storage.backends.file import FileBackend
+from storage.backends.lvm import LvmBackend
 from storage.exporters import (
     Exporter,
     ExportSpec,
@@ -32,8 +42,10 @@ from storage.exporters import (
     choose_exporter,
     reconcile,
 )
+from storage.exporters.lio_remote import RemoteLioExporter
 from storage.runner import Runner
 from storage.sparse import Progress
+from storage.ssh import HostDown, SshRunner, SshTarget
 
 log = logs.get("storage")
 
@@ -43,6 +55,8 @@ class StorageManager:
         self.config = config
         self.runner = runner or Runner()
         self._by_name = {s.name: s for s in config.storages}
+        self._ssh: dict[str, SshRunner] = {}
+        self._lock = threading.Lock()
 
     def settings(self, name: str | None) -> StorageConfig:
         if not self._by_name:
@@ -66,8 +80,31 @@ class StorageManager:
             return FileBackend(st.path, progress=progress)
         return make_backend(
             st.backend, directory=st.path, vg=st.path, thin_pool=st.thin_pool or None,
-            runner=self.runner,
+            runner=self.runner_for(st.name),
         )  # fmt: skip
+
+    def runner_for(self, name: str | None) -> Runner:
+        """This machine's Runner, or the storage host's SshRunner (one connection per host)."""
+        st = self.settings(name)
+        if not st.host:
+            return self.runner
+        with self._lock:
+            if st.name not in self._ssh:
+                key = Path(st.key) if st.key else self.config.ssh_key_path
+                self._ssh[st.name] = SshRunner(
+                    SshTarget(host=st.host, port=st.port, user=st.user, key_path=key,
+                              host_key=st.host_key,
+                              pins_path=self.config.state_dir / "storage-hostkeys.json")
+                )  # fmt: skip
+            return self._ssh[st.name]
+
+    def host_exporter(self, name: str) -> Exporter:
+        """The exporter on a storage host: LIO through the helper ("auto", "lio") or tgtadm."""
+        st = self.settings(name)
+        runner = self.runner_for(name)
+        if st.exporter == "tgt":
+            return TgtExporter(runner, control_port=self.config.iscsi.tgt_control_port)
+        return RemoteLioExporter(runner, st.host, self.config.iscsi.port)
 
     def exporter(self) -> Exporter:
         setting = next((s.exporter for s in self.config.storages if s.exporter != "auto"), "auto")
@@ -91,15 +128,18 @@ class StorageManager:
         for st in self.config.storages:
             row = session.scalars(select(Storage).where(Storage.name == st.name)).first()
             if row is None:
-                session.add(
-                    Storage(name=st.name, backend=st.backend, path=st.path, exporter=st.exporter)
-                )
+                row = Storage(name=st.name, backend=st.backend, path=st.path, exporter=st.exporter)
+                session.add(row)
             else:
                 row.backend, row.path, row.exporter = st.backend, st.path, st.exporter
+            row.host = st.host or None
 
 
-def wanted_exports(session: Session) -> list[ExportSpec]:
-    """Exports the database says must exist: sanboot appliances starting or active."""
+def wanted_exports(session: Session, storage: str | None = None) -> list[ExportSpec]:
+    """Exports the database says must exist: sanboot appliances starting or active.
+
+    ``storage``: only those whose volume lives on that storage (a storage host's exports).
+    """
     out = []
     for app in session.scalars(
         select(Appliance).where(
@@ -108,6 +148,8 @@ def wanted_exports(session: Session) -> list[ExportSpec]:
     ):
         p = app.params or {}
         if app.volume is None or not p.get("target_iqn"):
+            continue
+        if storage is not None and app.volume.storage.name != storage:
             continue
         out.append(
             ExportSpec(
@@ -128,14 +170,98 @@ class StorageService:
     def __init__(self, config: Config, db: Database, manager: StorageManager) -> None:
         self.config, self.db, self.manager = config, db, manager
         self.exporter: Exporter | None = None
+        self.host_exporters: dict[str, Exporter] = {}  # storage name -> exporter on its host
+        self.poll_interval = 5.0  # seconds between connection attempts to a down host
+        self._stop = threading.Event()
+        self._pollers: dict[str, threading.Thread] = {}
+
+    @property
+    def local_storages(self) -> list[StorageConfig]:
+        return [st for st in self.config.storages if not st.host]
+
+    def exporter_for(self, storage: str) -> Exporter | None:
+        """The exporter serving ``storage``'s volumes (its host's, or this machine's)."""
+        if self.manager.settings(storage).host:
+            return self.host_exporters.get(storage)
+        return self.exporter
+
+    def portal_for(self, storage: str) -> str:
+        """The iSCSI portal address machines log in to for ``storage``'s volumes."""
+        return self.manager.settings(storage).host or str(self.config.address)
+
+    def host_down_reason(self, storage: str) -> str | None:
+        """Why ``storage``'s host is down (None: up, or not a storage host)."""
+        with self.db.session() as s:
+            row = s.scalars(select(Storage).where(Storage.name == storage)).first()
+            if row is None or row.host_state != "down":
+                return None
+            return row.host_reason or "unreachable"
+
+    def connect_host(self, name: str) -> bool:
+        """Connect, check and reconcile one storage host; mark it up or down. True = up."""
+        st = self.manager.settings(name)
+        try:
+            backend = self.manager.backend(name)
+            if isinstance(backend, LvmBackend) and (st.devices or st.thin_pool_size):
+                for line in backend.ensure_vg(st.devices, st.thin_pool_size):
+                    log.info("storage %s on %s: %s", name, st.host, line)
+            backend.check()
+            exporter = self.manager.host_exporter(name)
+            exporter.check()
+            with self.db.session() as s:
+                wanted = wanted_exports(s, storage=name)
+            if isinstance(exporter, RemoteLioExporter):
+                added, removed = exporter.reconcile_all(wanted)
+            else:
+                added, removed = reconcile(exporter, wanted)
+        except StorageError as exc:
+            self.host_exporters.pop(name, None)
+            self._mark(name, "down", str(exc))
+            log.warning("storage host %s (%s) is down: %s", name, st.host, exc)
+            return False
+        self.host_exporters[name] = exporter
+        self._mark(name, "up", None)
+        log.info("storage host %s (%s): up; reconciled exports (added %s, removed stale %s)",
+                 name, st.host, added, removed)  # fmt: skip
+        return True
+
+    def host_failed(self, name: str, exc: Exception) -> None:
+        """A job found ``name``'s host unreachable: mark it down and poll until it is back."""
+        if isinstance(exc, HostDown):
+            self.host_exporters.pop(name, None)
+            self._mark(name, "down", str(exc))
+            self._poll(name)
+
+    def _mark(self, name: str, state: str, reason: str | None) -> None:
+        with self.db.session() as s:
+            row = s.scalars(select(Storage).where(Storage.name == name)).first()
+            if row is not None:
+                row.host_state, row.host_reason = state, reason
+
+    def _poll(self, name: str) -> None:
+        t = self._pollers.get(name)
+        if t is not None and t.is_alive():
+            return
+
+        def loop() -> None:
+            while not self._stop.wait(self.poll_interval):
+                if self.connect_host(name):
+                    return
+
+        t = threading.Thread(target=loop, name=f"storage-host-{name}", daemon=True)
+        self._pollers[name] = t
+        t.start()
 
     def start(self) -> None:
-        for st in self.config.storages:
+        for st in self.local_storages:
             self.manager.backend(st.name).check()  # raises with the exact reason
             log.info("storage %s: %s at %s ok", st.name, st.backend, st.path)
         with self.db.session() as s:
             self.manager.sync_rows(s)
-        if not self.config.storages:
+        for st in self.config.storages:
+            if st.host and not self.connect_host(st.name):
+                self._poll(st.name)
+        if not self.local_storages:
             return
         exporter = self.manager.exporter()
         if isinstance(exporter, TgtExporter):
@@ -143,7 +269,9 @@ class StorageService:
         exporter.check()
         self.exporter = exporter
         with self.db.session() as s:
-            added, removed = reconcile(exporter, wanted_exports(s))
+            local = {st.name for st in self.local_storages}
+            wanted = [w for w in wanted_exports(s) if _storage_of(s, w) in local]
+        added, removed = reconcile(exporter, wanted)
         if added or removed:
             log.info("reconciled exports: added %s, removed stale %s", added, removed)
 
@@ -163,3 +291,14 @@ class StorageService:
 
     def stop(self) -> None:
         """Exports stay: machines booted from them must not lose their disks."""
+        self._stop.set()
+        for name in list(self.manager._ssh):
+            self.manager._ssh[name].close()
+
+
+def _storage_of(session: Session, spec: ExportSpec) -> str | None:
+    """Name of the storage whose volume backs ``spec`` (by the appliance's target IQN)."""
+    for app in session.scalars(select(Appliance).where(Appliance.mode == "sanboot")):
+        if (app.params or {}).get("target_iqn") == spec.target_iqn and app.volume is not None:
+            return app.volume.storage.name
+    return None

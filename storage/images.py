@@ -109,6 +109,9 @@ def _import_file(backend, name, path, fmt, progress, runner, sha: str | None = N
             return _import_qcow2(backend, name, path, progress, runner, sha)
         size = os.path.getsize(path)
         vol = backend.create(name, _round512(size))
+        remote = getattr(backend, "runner", None)
+        if getattr(remote, "remote", False):  # a storage host: stream over SSH, verify there
+            return Imported(vol, vol.size, remote.upload(path, vol.path, size, progress))
         h = hashlib.sha256()
         with open(path, "rb") as fs, open(vol.path, "r+b") as fd:
             zeroed = os.path.isfile(vol.path)

@@ -82,11 +82,7 @@ class LvmBackend:
 
     # -- protocol -------------------------------------------------------
     def check(self) -> None:
-        problems = []
-        if not os.path.exists(self.dm_control):
-            problems.append(f"device-mapper missing ({self.dm_control} absent)")
-        if not self.which("lvcreate"):
-            problems.append("lvm2 tools missing (lvcreate not in PATH: apt-get install lvm2)")
+        problems = self._remote_problems() if self.remote else self._local_problems()
         if problems:
             raise BackendUnavailable(f"lvm: {'; '.join(problems)}; {INSTEAD}")
         try:
@@ -162,7 +158,60 @@ class LvmBackend:
         total, free = _bytes(row["vg_size"]), _bytes(row["vg_free"])
         return Usage(total=total, used=total - free, free=free)
 
+    # -- storage hosts ------------------------------------------------------
+    @property
+    def remote(self) -> bool:
+        """True when the runner runs commands on a storage host (storage.ssh.SshRunner)."""
+        return bool(getattr(self.runner, "remote", False))
+
+    def ensure_vg(self, devices: tuple[str, ...], thin_pool_size: int = 0) -> list[str]:
+        """Create the VG on ``devices`` and the thin pool (``thin_pool_size`` bytes) if absent.
+
+        Idempotent; returns what it did. Devices already in another VG or
+        holding data are refused by vgcreate itself (its stderr is the error).
+        """
+        done = []
+        vgs = self.runner.run(["vgs", "--reportformat", "json", "-o", "vg_name"]).stdout
+        if self.vg not in {r["vg_name"] for r in parse_report(vgs, "vg")}:
+            if not devices:
+                raise StorageError(
+                    f"lvm: volume group {self.vg} does not exist and no devices are configured "
+                    'to create it on (devices = ["/dev/…"] in its [[storage]] entry)'
+                )
+            self._lvm(["vgcreate", "-y", self.vg, *devices])
+            done.append(f"created volume group {self.vg} on {', '.join(devices)}")
+        if self.thin_pool and not self._is_pool(self.thin_pool):
+            if thin_pool_size <= 0:
+                raise StorageError(
+                    f"lvm: thin pool {self.vg}/{self.thin_pool} missing; set thin_pool_size"
+                )
+            size = f"{check_size(thin_pool_size)}b"
+            self._lvm(["lvcreate", "-y", "-L", size, "-T", f"{self.vg}/{self.thin_pool}"])
+            done.append(f"created thin pool {self.vg}/{self.thin_pool}")
+        return done
+
     # -- helpers ----------------------------------------------------------
+    def _local_problems(self) -> list[str]:
+        problems = []
+        if not os.path.exists(self.dm_control):
+            problems.append(f"device-mapper missing ({self.dm_control} absent)")
+        if not self.which("lvcreate"):
+            problems.append("lvm2 tools missing (lvcreate not in PATH: apt-get install lvm2)")
+        return problems
+
+    def _remote_problems(self) -> list[str]:
+        """The same checks as _local_problems, on the storage host, in one command."""
+        script = (f"test -e {self.dm_control} || echo nodm; "
+                  "command -v lvcreate >/dev/null || echo nolvm")  # fmt: skip
+        out = self.runner.run(["sh", "-c", script]).stdout.split()
+        problems = []
+        if "nodm" in out:
+            problems.append(f"device-mapper missing on the storage host ({self.dm_control} "
+                            "absent: modprobe dm_mod dm_thin_pool there)")  # fmt: skip
+        if "nolvm" in out:
+            problems.append("lvm2 tools missing on the storage host (apt-get install lvm2 there)")
+        return problems
+
     def _lvs(self) -> list[tuple[Volume, str, str]]:
         argv = ["lvs", "--reportformat", "json", "-o", LVS_FIELDS, "--units", "b", "--nosuffix"]
         return parse_lvs(self.runner.run([*argv, self.vg]).stdout, self.vg)

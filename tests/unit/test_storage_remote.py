@@ -1,0 +1,183 @@
+"""Storage hosts: host-key pinning, [[storage]] host keys, the LIO helper, remote LVM checks.
+
+The LIO helper test really runs the shipped bootstrap with this machine's
+python3 (the same command a storage host runs over SSH); this machine has no
+configfs, so it must answer "unavailable" with the reason. The storage VM
+test (tests/testbed/test_storage_host_vm.py) runs it against a real LIO.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from pathlib import Path
+
+import paramiko
+import pytest
+
+from provisiond import config as cfg
+from storage.backends import BackendUnavailable, LvmBackend, StorageError
+from storage.exporters import ExporterUnavailable, ExportSpec, lio_helper
+from storage.exporters.lio_remote import RemoteLioExporter, payload
+from storage.runner import FakeRunner, Result, Runner
+from storage.ssh import HostKeyMismatch, HostKeyPins, SshTarget, key_line, verify_host_key
+
+FIX = Path(__file__).parent / "fixtures" / "storage"
+
+
+def _key() -> paramiko.PKey:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    pub = (
+        Ed25519PrivateKey.generate()
+        .public_key()
+        .public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    )
+    kind, b64 = pub.decode().split()
+    return paramiko.PKey.from_type_string(kind, base64.b64decode(b64))
+
+
+A, B = _key(), _key()
+
+
+def target(tmp_path: Path, host_key: str = "", pins: bool = True) -> SshTarget:
+    return SshTarget("192.0.2.9", tmp_path / "id", host_key=host_key,
+                     pins_path=tmp_path / "pins.json" if pins else None)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "configured, pinned, presented, outcome",
+    [
+        ("A", None, A, "configured"),
+        ("A", None, B, "mismatch"),
+        ("A", "B", A, "configured"),  # a configured key wins over an old pin
+        ("", None, A, "pinned now"),
+        ("", "A", A, "pinned"),
+        ("", "A", B, "mismatch"),
+    ],
+)
+def test_host_key_rules(tmp_path, configured, pinned, presented, outcome):
+    keys = {"A": A, "B": B}
+    t = target(tmp_path, key_line(keys[configured]) + " c" if configured else "")
+    if pinned:
+        HostKeyPins(t.pins_path).pin(t.host, t.port, key_line(keys[pinned]))
+    before = t.pins_path.read_text() if t.pins_path.exists() else None
+    if outcome == "mismatch":
+        with pytest.raises(HostKeyMismatch, match="refusing to run anything"):
+            verify_host_key(t, presented)
+        assert (t.pins_path.read_text() if t.pins_path.exists() else None) == before
+        return
+    assert verify_host_key(t, presented) == outcome
+    if outcome == "pinned now":
+        assert json.loads(t.pins_path.read_text()) == {"192.0.2.9:22": key_line(A)}
+        assert os.stat(t.pins_path).st_mode & 0o777 == 0o600
+
+
+def test_no_key_and_nowhere_to_pin_is_refused(tmp_path):
+    with pytest.raises(HostKeyMismatch, match="set host_key"):
+        verify_host_key(target(tmp_path, pins=False), A)
+
+
+def test_bad_configured_key_is_a_clear_error(tmp_path):
+    with pytest.raises(StorageError, match="not a valid SSH public key"):
+        verify_host_key(target(tmp_path, "ssh-ed25519 AAAAnotbase64"), A)
+
+
+BASE = 'address = "10.77.0.1"\n'
+
+
+def test_storage_host_config():
+    c = cfg.parse(
+        BASE
+        + """
+[[storage]]
+name = "san1"
+backend = "lvm"
+path = "pvsan"
+thin_pool = "pool0"
+host = "10.77.0.50"
+port = 2222
+host_key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGx0 storage"
+devices = ["/dev/vdb"]
+thin_pool_size = 1073741824
+"""
+    )
+    st = c.storages[0]
+    assert (st.host, st.port, st.user, st.devices, st.thin_pool_size) == (
+        "10.77.0.50", 2222, "root", ("/dev/vdb",), 1 << 30)  # fmt: skip
+    assert st.host_key.startswith("ssh-ed25519 ")
+
+
+@pytest.mark.parametrize(
+    "extra, key, why",
+    [
+        ('backend = "file"\npath = "/srv/x"\nhost = "h"', "host", "needs backend"),
+        ('backend = "lvm"\npath = "vg"\nhost = "h"\ndevices = ["vdb"]', "devices", "/dev/vdb"),
+        ('backend = "lvm"\npath = "vg"\nhost = "h"\nhost_key = "junk"', "host_key", "ssh-ed25519"),
+        ('backend = "lvm"\npath = "vg"\ndevices = ["/dev/vdb"]', "host", "need a storage host"),
+        ('backend = "lvm"\npath = "vg"\nhost = "h"\nport = 0', "port", "1 to 65535"),
+    ],
+)
+def test_storage_host_config_errors(extra, key, why):
+    with pytest.raises(cfg.ConfigError) as err:
+        cfg.parse(BASE + f'[[storage]]\nname = "s"\n{extra}\n')
+    assert key in str(err.value) and why in str(err.value)
+
+
+def test_lio_helper_runs_and_reports_missing_configfs():
+    """The real bootstrap + shipped modules under python3: no LIO here -> unavailable, why."""
+    exp = RemoteLioExporter(Runner(), "10.77.0.50", host="this machine")
+    with pytest.raises(ExporterUnavailable, match=r"/sys/kernel/config/target missing"):
+        exp.check()
+
+
+def test_lio_helper_payload_carries_secret_on_stdin_only():
+    runner = FakeRunner().on(["python3"], Result(0, '{"ok": true, "export": {}}\n', ""))
+    exp = RemoteLioExporter(runner, "10.77.0.50")
+    spec = ExportSpec("iqn.2025-01.test:a1", "/dev/pv/a1", "iqn.2025-01.test:r1", "a1",
+                      "s3cretS3cret16ch")  # fmt: skip
+    exp.export(spec)
+    assert all("s3cretS3cret16ch" not in a for call in runner.calls for a in call)
+    sent = json.loads(payload({"op": "x"}))
+    assert [m for m, _ in sent["modules"]][-1] == "storage.exporters.lio_helper"
+    assert lio_helper.spec_dict(spec)["chap_secret"] is None
+
+
+def test_lio_helper_error_reply_becomes_storage_error():
+    reply = '{"ok": false, "unavailable": false, "error": "RTSLibError: no such device"}\n'
+    exp = RemoteLioExporter(FakeRunner().on(["python3"], Result(1, reply, "")), "h")
+    with pytest.raises(StorageError, match="export failed: RTSLibError: no such device"):
+        exp.export(ExportSpec("iqn.2025-01.test:a1", "/dev/x", "iqn.2025-01.test:r1"))
+
+
+class RemoteFake(FakeRunner):
+    remote = True
+
+
+@pytest.mark.parametrize(
+    "out, problem",
+    [("nodm\n", "device-mapper missing on the storage host"),
+     ("nolvm\n", "lvm2 tools missing on the storage host")],
+)  # fmt: skip
+def test_remote_lvm_check_runs_on_the_host(out, problem):
+    r = RemoteFake().on(["sh", "-c"], out)
+    with pytest.raises(BackendUnavailable, match=problem):
+        LvmBackend("pv", runner=r, dm_control="/nonexistent-here-too").check()
+    assert r.calls[0][:2] == ["sh", "-c"]
+
+
+def test_ensure_vg_creates_vg_and_pool_once():
+    lvs = (FIX / "lvs-empty.json").read_text()
+    r = RemoteFake().on(["vgs"], '{"report": [{"vg": []}]}').on(["lvs"], lvs)
+    done = LvmBackend("pv", thin_pool="pool0", runner=r).ensure_vg(("/dev/vdb",), 1 << 30)
+    assert ["vgcreate", "-y", "pv", "/dev/vdb"] in r.calls
+    assert ["lvcreate", "-y", "-L", f"{1 << 30}b", "-T", "pv/pool0"] in r.calls
+    assert len(done) == 2
+
+
+def test_ensure_vg_without_devices_says_what_to_configure():
+    r = RemoteFake().on(["vgs"], '{"report": [{"vg": []}]}')
+    with pytest.raises(StorageError, match="no devices are configured"):
+        LvmBackend("pv", runner=r).ensure_vg((), 0)
