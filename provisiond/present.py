@@ -35,6 +35,7 @@ def resource(r: Resource, detail: bool = False) -> dict[str, Any]:
         "memory_mib": (_int(inv.get("memory_bytes")) or 0) // 2**20 or None,
         "last_heartbeat": iso(r.last_heartbeat),
         "power_state": r.power_state if r.power_driver else None,
+        "rack": r.owner,  # the instance that reaches the machine (provisiond.racks)
         "ha_pool": r.ha_pool,
     }
     if detail:
