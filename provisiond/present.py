@@ -34,6 +34,7 @@ def resource(r: Resource, detail: bool = False) -> dict[str, Any]:
         "cpus": _int(cpu.get("count")) if isinstance(cpu, dict) else None,
         "memory_mib": (_int(inv.get("memory_bytes")) or 0) // 2**20 or None,
         "last_heartbeat": iso(r.last_heartbeat),
+        "rack": r.owner,  # the instance that reaches the machine (provisiond.racks)
         "ha_pool": r.ha_pool,
     }
     if detail:
