@@ -18,7 +18,7 @@ import signal
 import threading
 from collections.abc import Iterator
 
-from provisiond import assets, instance, logs, pxesettings, recovery
+from provisiond import assets, instance, logs, pxesettings, recovery, sdnotify
 from provisiond.agentd import AgentServer
 from provisiond.boots import BootRegistry
 from provisiond.capture import CaptureJob
@@ -32,6 +32,7 @@ from provisiond.inventory import Inventory, InventoryRefresher
 from provisiond.jobrunner import ByMode, JobRunner
 from provisiond.localdeploy import LocalStart, LocalStop
 from provisiond.policy import DatabasePolicy
+from provisiond.powerctl import PowerPoller
 from provisiond.release import EraseJob
 from provisiond.sanboot import SanbootStart, SanbootStop
 from provisiond.scheduler import Scheduler
@@ -172,6 +173,7 @@ class Daemon:
                 owner=self.config.instance,
             ),
             Scheduler(self.config, ctx.db, ctx.inventory, ctx.liveness),
+            PowerPoller(self.config, ctx.db),
         ]
         if self.config.ha.enabled:
             self.services.append(HaWatcher(ctx, exporter=lambda: storage.exporter))
@@ -220,8 +222,10 @@ def serve(config: Config) -> int:
     except Exception as exc:
         log.error("start-up failed: %s", exc)
         return 1
+    sdnotify.notify("READY=1")  # Type=notify (provisiond.service): every service listens
     while not stop.wait(1.0):
         pass
+    sdnotify.notify("STOPPING=1")
     daemon.stop()
     log.info("stopped")
     return 0
