@@ -34,6 +34,7 @@ def appliance_group() -> None:
 @click.pass_obj
 @handle_errors
 def appliance_list(env: Env, as_json: bool) -> None:
+    """List appliances with resource, image, mode and state."""
     with env.db.session() as s:
         rows = [present.appliance(a) for a in s.scalars(select(Appliance).order_by(Appliance.id))]
     emit(as_json, rows, ["id", "name", "resource", "image", "mode", "state"])
@@ -45,6 +46,7 @@ def appliance_list(env: Env, as_json: bool) -> None:
 @click.pass_obj
 @handle_errors
 def appliance_show(env: Env, ref: str, as_json: bool) -> None:
+    """Show one appliance: resource, kernel, image, mode, parameters."""
     with env.db.session() as s:
         emit(as_json, present.appliance(appliances.find(s, ref)))
 
@@ -68,10 +70,14 @@ def _params(pairs: tuple[str, ...]) -> dict[str, str]:
 @click.option("--param", "params", multiple=True, help="KEY=VALUE (repeatable)")
 @click.option("--disk", help="target disk for mode local, e.g. /dev/sda")
 @click.option("--ha", is_flag=True, help="fail over onto a standby idle resource")
+@click.option("--ha-pool", help="the HA pool whose idle spares it fails over onto (with --ha)")
 @json_option
 @click.pass_obj
 @handle_errors
-def appliance_create(env: Env, name, resource_ref, image, kernel, mode, params, disk, ha, as_json):
+def appliance_create(
+    env: Env, name, resource_ref, image, kernel, mode, params, disk, ha, ha_pool, as_json
+):
+    """Create an appliance: resource + image + mode (sanboot, local, template)."""
     extra = _params(params)
     if disk:
         extra["disk"] = disk
@@ -86,6 +92,7 @@ def appliance_create(env: Env, name, resource_ref, image, kernel, mode, params, 
             kernel=kernel,
             params=installs.protect_params(extra, env.config.state_dir),
             ha=ha,
+            ha_pool=ha_pool,
             actor=ACTOR,
         )
         data = present.appliance(app)
@@ -118,6 +125,7 @@ def appliance_start(env: Env, ref: str, wait: bool) -> None:
 @click.pass_obj
 @handle_errors
 def appliance_stop(env: Env, ref: str, wait: bool) -> None:
+    """Stop an appliance: its resource is released back to idle."""
     _appliance_action(env, ref, appliances.stop, wait)
 
 
@@ -127,6 +135,7 @@ def appliance_stop(env: Env, ref: str, wait: bool) -> None:
 @click.pass_obj
 @handle_errors
 def appliance_rm(env: Env, ref: str, keep_volume: bool) -> None:
+    """Remove a stopped appliance (and its clone volume unless --keep-volume)."""
     from provisiond.storages import StorageManager
 
     manager = StorageManager(env.config)

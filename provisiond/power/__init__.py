@@ -81,7 +81,25 @@ def register(name: str) -> Callable[[DriverFactory], DriverFactory]:
     return deco
 
 
+BUILTIN = ("wol", "ipmi", "redfish", "qemu")
+
+
+def load_builtin() -> None:
+    """Import the built-in driver modules (each registers itself); missing ones are skipped."""
+    import importlib
+
+    for name in BUILTIN:
+        if name not in DRIVERS:
+            try:
+                importlib.import_module(f"{__name__}.{name}")
+            except ModuleNotFoundError as exc:
+                if exc.name != f"{__name__}.{name}":
+                    raise
+
+
 def driver_for(settings: PowerSettings) -> PowerDriver:
+    if settings.driver not in DRIVERS:
+        load_builtin()
     try:
         factory = DRIVERS[settings.driver]
     except KeyError:

@@ -6,8 +6,8 @@ from ipaddress import IPv4Address
 
 import pytest
 
-from provisiond import passhash
-from provisiond.config import REPO_ROOT, Config
+from provisiond import passhash, shipped
+from provisiond.config import Config
 from provisiond.errors import Invalid
 from provisiond.installs import open_params, protect_params, variables
 from provisiond.model import Resource
@@ -104,7 +104,7 @@ def test_rendered_answer_files_carry_the_hash_never_the_password(tmp_path, name,
                    inventory={"disks": [{"name": "sda"}]})  # fmt: skip
     params = {"root_password": "correct horse", "mirror_host": "m.example",
               "repo": "http://10.77.0.1/os"}  # fmt: skip
-    text = Renderer(REPO_ROOT / "templates" / "install").render(
+    text = Renderer(shipped.templates_dir() / "install").render(
         name, variables(cfg, res, None, name, params, token="t")
     )[path]
     assert "correct horse" not in text

@@ -75,6 +75,11 @@ OPERATIONS: list[tuple[str, str, str, list[str], str | None, str]] = [
     ("get", "/tokens", "List API tokens (own; admin: all)", PAGE, None, "200"),
     ("post", "/tokens", "Create an API token; the secret is shown once", [], "TokenCreate", "201"),
     ("delete", "/tokens/{token_id}", "Revoke an API token", [], None, "204"),
+    ("get", "/ha", "HA appliances and the spares of their pools", [], None, "200"),
+    ("put", "/resources/{ref}/ha-pool", "Make a resource a spare of an HA pool (pool null: none)",
+     [], "HaPool", "200"),
+    ("post", "/appliances/{ref}/ha-token",
+     "A new heartbeat reporter token for the appliance's OS (shown once)", [], None, "201"),
 ]  # fmt: skip
 
 _S, _I, _B, _O = {"type": "string"}, {"type": "integer"}, {"type": "boolean"}, {"type": "object"}
@@ -105,14 +110,38 @@ SCHEMAS: dict[str, dict[str, Any]] = {
                     exporter={"enum": ["auto", "tgt", "lio"]}),
     "ApplianceCreate": _obj(["resource", "mode"], name=_S, resource=_S,
                             mode={"enum": ["sanboot", "local", "template"]}, image=_S,
-                            kernel=_S, params=_O, ha=_B, start=_B),
+                            kernel=_S, params=_O, ha=_B, ha_pool=_S, start=_B),
     "ApplianceUpdate": _obj([], params=_O, ha=_B),
     "TemplateRender": _obj(["resource"], resource=_S, params=_O),
     "UserCreate": _obj(["name", "password"], name=_S, password=_S,
                        role={"enum": ["viewer", "operator", "admin"]}),
     "UserUpdate": _obj([], password=_S, role={"enum": ["viewer", "operator", "admin"]}),
     "TokenCreate": _obj(["name"], name=_S, user=_S),
+    "HaPool": _obj(["pool"], pool=_S),
 }  # fmt: skip
+
+
+# power control and bulk actions (web/api/power.py)
+OPERATIONS += [
+    ("get", "/resources/{ref}/power", "Power settings (never the password) and last state",
+     [], None, "200"),
+    ("put", "/resources/{ref}/power", "Set power settings (admin; the password is write-only)",
+     [], "PowerSettings", "200"),
+    ("delete", "/resources/{ref}/power", "Remove power settings (admin)", [], None, "204"),
+    ("post", "/resources/{ref}/power", "Power on, off, cycle or read status through the BMC",
+     [], "PowerAction", "200"),
+    ("post", "/resources/bulk", "One action (on, off, cycle, release, assign) on many resources",
+     [], "Bulk", "200"),
+]  # fmt: skip
+SCHEMAS.update({
+    "PowerSettings": _obj(["driver"], driver={"enum": ["ipmi", "redfish", "wol", "qemu"]},
+                          address=_S, user=_S, password=_S, options=_O),
+    "PowerAction": _obj(["action"], action={"enum": ["on", "off", "cycle", "status"]}),
+    "Bulk": _obj(["resources", "action"], resources={"type": "array", "items": _S},
+                 action={"enum": ["on", "off", "cycle", "release", "assign"]},
+                 erase={"enum": ["quick", "full"]}, mode={"enum": ["sanboot", "local", "template"]},
+                 image=_S, kernel=_S),
+})  # fmt: skip
 
 
 def _param(name: str, where: str) -> dict[str, Any]:
