@@ -26,6 +26,7 @@ from provisiond.changes import ChangeFeed
 from provisiond.config import Config
 from provisiond.context import Context
 from provisiond.db import Database
+from provisiond.hawatch import HaWatcher
 from provisiond.httpd import HttpService, HttpsService
 from provisiond.inventory import Inventory, InventoryRefresher
 from provisiond.jobrunner import ByMode, JobRunner
@@ -170,6 +171,8 @@ class Daemon:
             ),
             Scheduler(self.config, ctx.db, ctx.inventory, ctx.liveness),
         ]
+        if self.config.ha.enabled:
+            self.services.append(HaWatcher(ctx, exporter=lambda: storage.exporter))
         for svc in self.services:
             try:
                 svc.start()

@@ -76,6 +76,7 @@ def create(
     kernel: str | None = None,
     params: dict[str, Any] | None = None,
     ha: bool = False,
+    ha_pool: str | None = None,
     actor: str = "cli",
 ) -> Appliance:
     if not _NAME.match(name):
@@ -99,6 +100,10 @@ def create(
     if mode in ("sanboot", "local") and img is None:
         raise Invalid(f"mode {mode} needs --image", field="image")
     krn = _by_name(session, Kernel, kernel, "kernel") if kernel else None
+    pool = check_pool(ha_pool) if ha_pool else None
+    if ha and pool is None:
+        raise Invalid("--ha needs --ha-pool: the HA pool whose idle resources are its spares",
+                      field="ha_pool")  # fmt: skip
     app = Appliance(
         name=name,
         resource_id=resource.id,
@@ -107,12 +112,53 @@ def create(
         mode=mode,
         params=dict(params or {}),
         ha=ha,
+        ha_pool=pool,
+        ha_state="watching" if ha else None,
         state=AS.STOPPED,
     )
     session.add(app)
     session.flush()
     events.record(session, actor, "appliance.created", name, f"{mode} on {resource.display_name}")
     return app
+
+
+def check_pool(pool: str) -> str:
+    """An HA pool name is a DNS label, like appliance names."""
+    if not _NAME.match(pool):
+        raise Invalid(
+            f"HA pool {pool!r}: use lower-case letters, digits and '-' (a DNS label)",
+            field="ha_pool",
+        )
+    return pool
+
+
+def move(session: Session, app: Appliance, spare: Resource, reason: str, actor="ha") -> Resource:
+    """Give ``app`` to ``spare`` (an HA failover); returns the machine it leaves.
+
+    The appliance goes to ``failed`` (its machine died) and then belongs to the
+    spare; its volume, image and parameters stay, so the next ``start``
+    deploys the same clone there. The machine it leaves stays ``failed`` with
+    ``reason``: it is fenced and must not get the appliance back by itself.
+    """
+    if spare.id == app.resource_id:
+        raise Conflict(f"appliance '{app.name}' already runs on {spare.display_name}")
+    if spare.state not in ASSIGNABLE:
+        raise Conflict(f"spare {spare.display_name} is {spare.state}, not idle")
+    other = session.scalars(select(Appliance).where(Appliance.resource_id == spare.id)).first()
+    if other is not None:
+        raise Conflict(f"spare {spare.display_name} already belongs to appliance '{other.name}'")
+    old = app.resource
+    fail(session, app, reason)
+    if old.state not in (RS.FAILED, RS.OFFLINE):
+        resources.set_state(session, old, RS.FAILED, reason, actor=actor)
+    else:
+        old.state_reason = reason
+    app.resource_id = spare.id
+    session.flush()
+    session.refresh(app)
+    events.record(session, actor, "appliance.moved", app.name,
+                  f"{old.display_name} -> {spare.display_name}: {reason}")  # fmt: skip
+    return old
 
 
 def set_state(session: Session, app: Appliance, target: AS, reason: str = "", actor="daemon"):

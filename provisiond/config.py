@@ -147,6 +147,19 @@ class HttpConfig:
 
 
 @dataclass(frozen=True)
+class HaConfig:
+    """``[ha]``: the N-to-1 failover watcher (provisiond.hawatch)."""
+
+    enabled: bool = True
+    interval: int = 5  # seconds between sweeps (power polls, heartbeat checks)
+    timeout: int = 30  # seconds a sign of death must last before a failover
+    hold_down: int = 600  # seconds after a failover before the same appliance fails over again
+    power_timeout: int = 5  # seconds one power call may take
+    notify_command: str = ""  # run (argv, no shell) with HA_* variables on every HA event
+    notify_url: str = ""  # POSTed a JSON body on every HA event
+
+
+@dataclass(frozen=True)
 class Config:
     instance: str = "default"
     interface: str = ""
@@ -165,6 +178,7 @@ class Config:
     lease: LeaseConfig = field(default_factory=LeaseConfig)
     images: ImagesConfig = field(default_factory=ImagesConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
+    ha: HaConfig = field(default_factory=HaConfig)
     subnets: tuple[SubnetConfig, ...] = ()
     storages: tuple[StorageConfig, ...] = ()
     source: str = "<defaults>"
@@ -303,7 +317,7 @@ class _Table:
 _TOP = {
     "instance", "lease", "interface", "address", "http_port", "agent_port", "state_dir",
     "boot_assets_dir", "templates_dir", "database_url", "log_level", "services", "dns", "agent",
-    "iscsi", "subnet", "storage", "images", "http",
+    "iscsi", "subnet", "storage", "images", "http", "ha",
 }  # fmt: skip
 
 
@@ -354,6 +368,7 @@ def _build(raw: dict[str, Any], source: str) -> Config:
         lease=_lease(raw.get("lease", {})),
         images=_images(raw.get("images", {}), state_dir),
         http=http,
+        ha=_ha(raw.get("ha", {})),
         subnets=subnets,
         storages=storages,
         source=source,
@@ -484,6 +499,31 @@ def _agent(raw: dict[str, Any]) -> AgentConfig:
         cmdline,
         boot_window=t.int("boot_window", 300, 10, 86400),
         hostkey_pinning=t.choice("hostkey_pinning", "boot", ("boot", "resource")),
+    )
+
+
+def _ha(raw: dict[str, Any]) -> HaConfig:
+    t = _Table(raw, "ha", set(HaConfig.__dataclass_fields__))
+    d = HaConfig()
+    url = t.str("notify_url", "")
+    if url and not url.startswith(("http://", "https://")):
+        raise ConfigError("ha.notify_url", url, "must be an http:// or https:// URL")
+    command = t.str("notify_command", "")
+    if command:
+        import shlex
+
+        try:
+            shlex.split(command)
+        except ValueError as exc:
+            raise ConfigError("ha.notify_command", command, f"cannot be split into words: {exc}")
+    return HaConfig(
+        enabled=t.bool("enabled", d.enabled),
+        interval=t.int("interval", d.interval, 1, 3600),
+        timeout=t.int("timeout", d.timeout, 2, 86400),
+        hold_down=t.int("hold_down", d.hold_down, 0, 7 * 86400),
+        power_timeout=t.int("power_timeout", d.power_timeout, 1, 120),
+        notify_command=command,
+        notify_url=url,
     )
 
 

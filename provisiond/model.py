@@ -64,6 +64,8 @@ class Resource(Base):
     power_state: Mapped[str | None] = mapped_column(String(16))  # on|off|unknown, last poll
     power_checked_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
     power_error: Mapped[str | None] = mapped_column(Text)
+    # N-to-1 HA (provisiond.ha): an idle resource in a pool is a spare of that pool's appliances
+    ha_pool: Mapped[str | None] = mapped_column(String(63), index=True)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
 
@@ -153,6 +155,13 @@ class Appliance(Base):
     mode: Mapped[str] = mapped_column(String(16))  # sanboot | local | template
     params: Mapped[dict[str, Any]] = mapped_column(default=dict)
     ha: Mapped[bool] = mapped_column(Boolean, default=False)
+    # N-to-1 HA (provisiond.ha, provisiond.hawatch)
+    ha_pool: Mapped[str | None] = mapped_column(String(63))
+    ha_state: Mapped[str | None] = mapped_column(String(16))
+    ha_reason: Mapped[str | None] = mapped_column(Text)
+    ha_failover_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    ha_token_hash: Mapped[str | None] = mapped_column(String(64), index=True)  # OS reporter
+    ha_heartbeat_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
     state: Mapped[str] = mapped_column(String(16), index=True, default="stopped")
     state_reason: Mapped[str] = mapped_column(Text, default="")
     owner: Mapped[str | None] = mapped_column(String(63), index=True)  # instance of its work

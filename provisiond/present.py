@@ -34,6 +34,7 @@ def resource(r: Resource, detail: bool = False) -> dict[str, Any]:
         "cpus": _int(cpu.get("count")) if isinstance(cpu, dict) else None,
         "memory_mib": (_int(inv.get("memory_bytes")) or 0) // 2**20 or None,
         "last_heartbeat": iso(r.last_heartbeat),
+        "ha_pool": r.ha_pool,
     }
     if detail:
         out.update(
@@ -135,5 +136,10 @@ def appliance(app: Appliance) -> dict[str, Any]:
         "state": app.state,
         "state_reason": app.state_reason,
         "ha": app.ha,
+        "ha_pool": app.ha_pool,
+        "ha_state": app.ha_state if app.ha else None,
+        "ha_reason": app.ha_reason if app.ha else None,
+        "ha_failover_at": iso(app.ha_failover_at),
+        "ha_heartbeat_at": iso(app.ha_heartbeat_at),
         "params": {k: v for k, v in (app.params or {}).items() if not hidden_param(k)},
     }

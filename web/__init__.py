@@ -99,7 +99,7 @@ def create_app(ctx: Context) -> Flask:
         PERMANENT_SESSION_LIFETIME=dt.timedelta(hours=12),
     )
 
-    from web import boot, install, stream
+    from web import boot, hareport, install, stream
     from web.api import bp as api_bp
     from web.api.auth import csrf_token, guard
     from web.ui import bp as ui_bp
@@ -107,6 +107,7 @@ def create_app(ctx: Context) -> Flask:
     app.register_blueprint(boot.bp)
     app.register_blueprint(stream.bp)
     app.register_blueprint(install.bp)
+    app.register_blueprint(hareport.bp)
     app.register_blueprint(api_bp)
     app.register_blueprint(ui_bp)
     if ctx.config.http.tls:

@@ -5,7 +5,7 @@ The commands live in small modules by area (``daemon``, ``inventory``,
 ``base``; importing this package loads them all.
 """
 
-from provisiond.cli import daemon, inventory, shell, templates, work  # noqa: F401  (registers commands)
+from provisiond.cli import daemon, ha, inventory, shell, templates, work  # noqa: F401  (registers commands)
 from provisiond.cli.base import main
 
 __all__ = ["main"]

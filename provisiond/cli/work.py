@@ -68,10 +68,13 @@ def _params(pairs: tuple[str, ...]) -> dict[str, str]:
 @click.option("--param", "params", multiple=True, help="KEY=VALUE (repeatable)")
 @click.option("--disk", help="target disk for mode local, e.g. /dev/sda")
 @click.option("--ha", is_flag=True, help="fail over onto a standby idle resource")
+@click.option("--ha-pool", help="the HA pool whose idle spares it fails over onto (with --ha)")
 @json_option
 @click.pass_obj
 @handle_errors
-def appliance_create(env: Env, name, resource_ref, image, kernel, mode, params, disk, ha, as_json):
+def appliance_create(
+    env: Env, name, resource_ref, image, kernel, mode, params, disk, ha, ha_pool, as_json
+):
     extra = _params(params)
     if disk:
         extra["disk"] = disk
@@ -86,6 +89,7 @@ def appliance_create(env: Env, name, resource_ref, image, kernel, mode, params, 
             kernel=kernel,
             params=installs.protect_params(extra, env.config.state_dir),
             ha=ha,
+            ha_pool=ha_pool,
             actor=ACTOR,
         )
         data = present.appliance(app)

@@ -14,10 +14,10 @@ from pathlib import Path
 
 from provisiond import config as config_mod
 from provisiond import logs
-from provisiond.boot import BootAction, BootSpec, Machine
 from provisiond.db import Database
-from provisiond.service import run_until_signal
+from pxe.boot import BootAction, BootSpec, Machine
 from pxe.dhcp.server import DhcpService
+from pxe.service import run_until_signal
 
 
 class BootEveryone:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from provisiond.boot import Architecture, Firmware, Machine
+from pxe.boot import Architecture, Firmware, Machine
 from pxe.dhcp.codec import DhcpPacket, Opt
 
 # PXE spec 2.1 section 2.2 / UEFI 2.5 section 24.7: vendor class prefixes

@@ -29,8 +29,8 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from provisiond.boot import Architecture, BootPolicy, Firmware
 from provisiond.config import Config
+from pxe.boot import Architecture, BootPolicy, Firmware
 from pxe.dhcp import bootfile
 from pxe.dhcp import codec as c
 from pxe.dhcp.bootfile import BootFile

@@ -28,21 +28,19 @@ import socket
 import struct
 import threading
 import time
-from collections import Counter
 
-from provisiond import logs
-from provisiond.boot import BootPolicy
 from provisiond.config import Config
 from provisiond.db import Database
-from provisiond.service import LoopThread
+from pxe.boot import BootPolicy
 from pxe.dhcp.codec import DhcpDecodeError, decode
 from pxe.dhcp.handler import Handler, Reply
 from pxe.dhcp.leases import LeaseStore
 from pxe.dhcp.pool import LeaseRow, Pool, pools_for
 from pxe.dhcp.sightings import BootSightings, sighting
+from pxe.log import WARN_EVERY, RateLimitedLog, get
+from pxe.service import LoopThread
 
-log = logs.get("dhcp")
-WARN_EVERY = 60.0  # seconds between repeated warnings of one kind
+log = get("dhcp")
 STAT_KEYS = ("received", "offered", "acked", "nak", "dropped_malformed", "ignored")
 WAIT = 0.25  # seconds a serve step blocks for the first datagram (stop stays prompt)
 DRAIN = 256  # datagrams handled per serve step at most (one lease commit per step)
@@ -50,23 +48,6 @@ DRAIN = 256  # datagrams handled per serve step at most (one lease commit per st
 
 class DhcpStartError(RuntimeError):
     """The service cannot start; the message says why and what to fix."""
-
-
-class RateLimitedLog:
-    """Log a warning once per key and period; count the repeats in between."""
-
-    def __init__(self, period: float = WARN_EVERY) -> None:
-        self.period, self._last, self._skipped = period, {}, Counter()
-
-    def warning(self, key: str, msg: str, *args) -> None:
-        now = time.monotonic()
-        if now - self._last.get(key, -self.period) < self.period:
-            self._skipped[key] += 1
-            return
-        skipped = self._skipped.pop(key, 0)
-        self._last[key] = now
-        suffix = f" ({skipped} similar suppressed)" if skipped else ""
-        log.warning(msg + suffix, *args)
 
 
 class DhcpService:
@@ -85,7 +66,7 @@ class DhcpService:
         self.sightings = sightings
         self.client_port = client_port
         self.stats: dict[str, int] = dict.fromkeys(STAT_KEYS, 0)
-        self.warn = RateLimitedLog()
+        self.warn = RateLimitedLog(WARN_EVERY, log)
         self._lock = threading.Lock()
         self._socks: list[socket.socket] = []
         self._loops: list[LoopThread] = []

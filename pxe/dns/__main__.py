@@ -13,9 +13,9 @@ from pathlib import Path
 
 from provisiond import config as config_mod
 from provisiond import logs
-from provisiond.directory import StaticDirectory
-from provisiond.service import run_until_signal
+from pxe.dns.directory import StaticDirectory
 from pxe.dns.server import DnsService
+from pxe.service import run_until_signal
 
 
 def main(argv: list[str]) -> int:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from dnslib import NS, PTR, QTYPE, RCODE, RR, SOA, A, DNSRecord
 
-from provisiond.directory import NameDirectory
+from pxe.dns.directory import NameDirectory
 
 OPCODE_QUERY = 0
 CLASS_IN = 1

@@ -29,18 +29,15 @@ import selectors
 import socket
 import struct
 import threading
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from dnslib import DNSRecord
 
-from provisiond import logs
 from provisiond.config import Config
-from provisiond.directory import NameDirectory
-from provisiond.service import LoopThread
 from pxe.dns import upstream as up
 from pxe.dns.clients import Action, ClientFilter, RateLimit, ResponseRateLimiter
+from pxe.dns.directory import NameDirectory
 from pxe.dns.resolver import Outcome, Zone, resolve
 from pxe.dns.wire import (
     RCODE_FORMERR,
@@ -51,6 +48,8 @@ from pxe.dns.wire import (
     truncate,
     udp_limit,
 )
+from pxe.log import WARN_EVERY, RateLimitedLog, get
+from pxe.service import LoopThread
 
 STAT_KEYS = [
     "queries",
@@ -82,27 +81,6 @@ class DnsStartError(RuntimeError):
     """The DNS service could not listen (address in use, no permission...)."""
 
 
-class RateLimitedLog:
-    """Log each kind of problem at most once per ``interval`` seconds."""
-
-    def __init__(self, log, interval: float = 60.0) -> None:
-        self._log, self._interval = log, interval
-        self._last: dict[str, float] = {}
-        self._suppressed: dict[str, int] = {}
-        self._lock = threading.Lock()
-
-    def warning(self, kind: str, msg: str, *args: object) -> None:
-        now = time.monotonic()
-        with self._lock:
-            if now - self._last.get(kind, -self._interval) < self._interval:
-                self._suppressed[kind] = self._suppressed.get(kind, 0) + 1
-                return
-            self._last[kind] = now
-            skipped = self._suppressed.pop(kind, 0)
-        suffix = f" ({skipped} similar suppressed)" if skipped else ""
-        self._log.warning(msg + suffix, *args)
-
-
 class DnsService:
     name = "dns"
 
@@ -128,8 +106,8 @@ class DnsService:
         self._forward_timeout, self._forward_workers = forward_timeout, forward_workers
         self._max_pending, self._tcp_idle = max_pending, tcp_idle
         self._tcp_slots = threading.BoundedSemaphore(max_tcp)
-        self._log = logs.get("dns")
-        self._bad = RateLimitedLog(self._log)
+        self._log = get("dns")
+        self._bad = RateLimitedLog(WARN_EVERY, self._log)
         self.stats: dict[str, int] = dict.fromkeys(STAT_KEYS, 0)
         self._lock = threading.Lock()
         self._pending = 0

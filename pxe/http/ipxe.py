@@ -16,7 +16,7 @@ from pathlib import Path
 
 import jinja2
 
-from provisiond.boot import BootAction, BootSpec, script_problem
+from pxe.boot import BootAction, BootSpec, script_problem
 
 _ARG = re.compile(r"^[\x21-\x7e]+$")  # printable, no spaces
 _TEMPLATES = {

@@ -39,9 +39,9 @@ import sys
 import time
 from dataclasses import dataclass
 
-from provisiond import logs
 from provisiond.config import Config
-from provisiond.service import LoopThread
+from pxe.log import RateLimitedLog, get
+from pxe.service import LoopThread
 from pxe.tftp.codec import (
     MODES,
     Ack,
@@ -59,7 +59,7 @@ from pxe.tftp.codec import (
 from pxe.tftp.files import FileStore, Source
 from pxe.tftp.transfer import Datagram, State, Transfer
 
-log = logs.get("tftp")
+log = get("tftp")
 
 STAT_KEYS = (
     "rrq", "wrq", "completed", "failed", "timeouts", "client_errors", "errors",
@@ -83,25 +83,6 @@ class _Active:
     name: str
     transfer: Transfer
     started: float
-
-
-class _Throttle:
-    """Log each bad input once, but at most ``burst`` warnings per kind per window."""
-
-    def __init__(self, burst: int = 20, window: float = 10.0) -> None:
-        self.burst, self.window = burst, window
-        self._seen: dict[str, tuple[float, int]] = {}
-
-    def warn(self, kind: str, fmt: str, *args: object) -> None:
-        now = time.monotonic()
-        start, count = self._seen.get(kind, (now, 0))
-        if now - start > self.window:
-            start, count = now, 0
-        self._seen[kind] = (start, count + 1)
-        if count < self.burst:
-            log.warning(fmt, *args)
-        elif count == self.burst:
-            log.warning("tftp: more %s events; suppressing for %.0f s", kind, self.window)
 
 
 class TftpService:
@@ -136,7 +117,7 @@ class TftpService:
         self._listen_fd = -1
         self._active: dict[int, _Active] = {}
         self._next_timer = float("inf")
-        self._throttle = _Throttle()
+        self._throttle = RateLimitedLog(period=10.0, log=log, burst=20)
         self._loop: LoopThread | None = None
 
     # ------------------------------------------------------------------ lifecycle
@@ -383,4 +364,4 @@ class TftpService:
 
     def _bad(self, kind: str, fmt: str, peer: tuple[str, int], *args: object) -> None:
         self.stats[kind] = self.stats.get(kind, 0) + 1
-        self._throttle.warn(kind, fmt, *peer, *args)
+        self._throttle.warning(kind, fmt, *peer, *args)

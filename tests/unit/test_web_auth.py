@@ -15,7 +15,7 @@ from tests.unit.web_fixtures import PASSWORD, api, app, csrf_of, ctx, login, tok
 #: endpoints reachable without a user: each has its own protection or none is needed
 ALLOW_LIST = {"static", "healthz", "ui.login"}
 # per-boot agent tokens and one-time install tokens: tests/interop, test_template_deploy.py
-ALLOW_BLUEPRINTS = {"boot", "agent", "install"}
+ALLOW_BLUEPRINTS = {"boot", "agent", "install", "hareport"}  # each checks its own token
 UNSAFE = {"POST", "PUT", "PATCH", "DELETE"}
 
 

@@ -79,6 +79,11 @@ OPERATIONS: list[tuple[str, str, str, list[str], str | None, str]] = [
     ("get", "/tokens", "List API tokens (own; admin: all)", PAGE, None, "200"),
     ("post", "/tokens", "Create an API token; the secret is shown once", [], "TokenCreate", "201"),
     ("delete", "/tokens/{token_id}", "Revoke an API token", [], None, "204"),
+    ("get", "/ha", "HA appliances and the spares of their pools", [], None, "200"),
+    ("put", "/resources/{ref}/ha-pool", "Make a resource a spare of an HA pool (pool null: none)",
+     [], "HaPool", "200"),
+    ("post", "/appliances/{ref}/ha-token",
+     "A new heartbeat reporter token for the appliance's OS (shown once)", [], None, "201"),
 ]  # fmt: skip
 
 _S, _I, _B, _O = {"type": "string"}, {"type": "integer"}, {"type": "boolean"}, {"type": "object"}
@@ -109,7 +114,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
                     exporter={"enum": ["auto", "tgt", "lio"]}),
     "ApplianceCreate": _obj(["resource", "mode"], name=_S, resource=_S,
                             mode={"enum": ["sanboot", "local", "template"]}, image=_S,
-                            kernel=_S, params=_O, ha=_B, start=_B),
+                            kernel=_S, params=_O, ha=_B, ha_pool=_S, start=_B),
     "ApplianceUpdate": _obj([], params=_O, ha=_B),
     "TemplateRender": _obj(["resource"], resource=_S, params=_O),
     "TemplateSet": _obj(["name", "kind", "files"], name=_S,
@@ -123,6 +128,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
                        role={"enum": ["viewer", "operator", "admin"]}),
     "UserUpdate": _obj([], password=_S, role={"enum": ["viewer", "operator", "admin"]}),
     "TokenCreate": _obj(["name"], name=_S, user=_S),
+    "HaPool": _obj(["pool"], pool=_S),
 }  # fmt: skip
 
 

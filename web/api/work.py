@@ -20,7 +20,8 @@ from web.api import bp
 from web.api.auth import actor
 from web.api.common import body, ctx, int_arg, paginate, typed
 
-APPLIANCE_FIELDS = {"name", "resource", "mode", "image", "kernel", "params", "ha", "start"}
+APPLIANCE_FIELDS = {"name", "resource", "mode", "image", "kernel", "params", "ha", "ha_pool",
+                    "start"}  # fmt: skip
 
 
 @bp.get("/appliances")
@@ -49,6 +50,7 @@ def create_appliance(data: dict, who: str) -> dict:
             kernel=typed(data, "kernel", str),
             params=installs.protect_params(params, ctx().config.state_dir),
             ha=bool(typed(data, "ha", bool, False)),
+            ha_pool=typed(data, "ha_pool", str),
             actor=who,
         )
         if typed(data, "start", bool, False):
