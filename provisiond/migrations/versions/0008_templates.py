@@ -4,15 +4,15 @@ A set stored through ``provisiond template add`` / the API / the UI keeps its
 files' template text (``files``), a description and when it last changed;
 ``provisiond.templatestore`` checks the text in the Jinja2 sandbox first.
 
-Revision ID: 0007_templates
-Revises: 0006_storagehost
+Revision ID: 0008_templates
+Revises: 0007_ha
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0007_templates"
-down_revision = "0006_storagehost"
+revision = "0008_templates"
+down_revision = "0007_ha"
 branch_labels = None
 depends_on = None
 
