@@ -18,7 +18,7 @@ import signal
 import threading
 from collections.abc import Iterator
 
-from provisiond import assets, instance, logs, recovery
+from provisiond import assets, instance, logs, pxesettings, recovery
 from provisiond.agentd import AgentServer
 from provisiond.boots import BootRegistry
 from provisiond.capture import CaptureJob
@@ -60,17 +60,19 @@ def build_context(config: Config) -> Context:
 def _protocol_services(ctx: Context) -> Iterator[Service]:
     cfg = ctx.config
     if cfg.services.dhcp and cfg.subnets:
+        from provisiond.leases import SqlLeaseStore
         from pxe.dhcp.server import DhcpService
 
-        yield DhcpService(cfg, ctx.policy, ctx.db, sightings=ctx.boots)
+        store = SqlLeaseStore(ctx.db, logs.get("dhcp"))
+        yield DhcpService(pxesettings.dhcp(cfg), ctx.policy, store, sightings=ctx.boots)
     if cfg.services.tftp:
         from pxe.tftp.server import TftpService
 
-        yield TftpService(cfg)
+        yield TftpService(pxesettings.tftp(cfg))
     if cfg.services.dns:
         from pxe.dns.server import DnsService
 
-        yield DnsService(cfg, ctx.inventory)
+        yield DnsService(pxesettings.dns(cfg), ctx.inventory)
 
 
 def _https(cfg: Config, app) -> HttpsService:

@@ -284,10 +284,14 @@ class StorageService:
             runner=self.manager.runner,
             log_path=str(cfg.state_dir / "tgtd.log"),
         )
-        if daemon.running():
+        if daemon.running():  # ours from an earlier run, or a stranger: refuse the latter
+            ident = daemon.verify()
+            log.info("tgtd already serves %s (control port %d, pid %s)", daemon.portal,
+                     cfg.iscsi.tgt_control_port, ident.pid or "unknown")  # fmt: skip
             return
-        daemon.start()
-        log.info("started tgtd on %s (control port %d)", daemon.portal, cfg.iscsi.tgt_control_port)
+        daemon.start()  # returns once the started process owns the control port
+        log.info("started tgtd on %s (control port %d, pid %d)", daemon.portal,
+                 cfg.iscsi.tgt_control_port, daemon.proc.pid if daemon.proc else 0)  # fmt: skip
 
     def stop(self) -> None:
         """Exports stay: machines booted from them must not lose their disks."""

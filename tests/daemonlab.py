@@ -11,6 +11,7 @@ stop and kill -9.
 from __future__ import annotations
 
 import json
+import random
 import re
 import signal
 import subprocess
@@ -18,6 +19,7 @@ import sys
 import time
 from pathlib import Path
 
+from storage.exporters.identity import owner_pid
 from tests.netlab import Lab, Netns
 
 PROVISIOND = str(Path(sys.executable).with_name("provisiond"))
@@ -31,7 +33,27 @@ echo "BOUND ip=$ip"
 HOSTKEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDk7nSx0ucIm2yZ0FuvAOZSnD0LNZ7v1zJ6Ju2Kb2W5X agent"
 
 
-def lab_config(lab: Lab, state: Path, extra: str = "", tgt_control_port: int = 0) -> str:
+_handed_out: set[int] = set()
+
+
+def free_control_port() -> int:
+    """A tgt control port (1-1000) whose lock no tgtd holds, not handed out before here.
+
+    The default of every lab daemon, so test daemons never share a tgtd (nor
+    meet the system's on port 0): provisiond refuses a tgtd that is not its own.
+    """
+    start = random.randrange(1000)
+    for i in range(1000):
+        port = (start + i) % 1000 + 1
+        if port not in _handed_out and owner_pid(port) is None:
+            _handed_out.add(port)
+            return port
+    raise AssertionError("no free tgt control port in 1-1000 (stale tgtd processes?)")
+
+
+def lab_config(lab: Lab, state: Path, extra: str = "", tgt_control_port: int | None = None) -> str:
+    if tgt_control_port is None:
+        tgt_control_port = free_control_port()
     return f"""
 interface = "br0"
 address = "{lab.server_ip}"

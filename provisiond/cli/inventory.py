@@ -158,14 +158,21 @@ def image_import(env: Env, source: str, name: str, storage: str | None) -> None:
 @click.option("--name", required=True, help="name of the new image")
 @click.option("--storage", help="configured storage (default: the first)")
 @click.option("--no-wait", is_flag=True, help="queue the capture and return")
+@click.option("--transport", type=click.Choice(["tcp", "http"]), default="tcp", show_default=True,
+              help="tcp: framed streams, used blocks only; http: a PUT per chunk")  # fmt: skip
+@click.option("--workers", type=click.IntRange(1, 16), default=3, show_default=True,
+              help="parallel streams (tcp)")  # fmt: skip
 @click.pass_obj
 @handle_errors
-def image_capture(env: Env, resource_ref: str, disk: str, name: str, storage, no_wait) -> None:
+def image_capture(
+    env: Env, resource_ref: str, disk: str, name: str, storage, no_wait, transport, workers
+) -> None:
     """Upload a disk of an idle resource as a new image (the disk must not be in use)."""
     from provisiond import capture
 
     with env.db.session() as s:
-        job = capture.capture(s, resources.find(s, resource_ref), disk, name, storage, ACTOR)
+        job = capture.capture(s, resources.find(s, resource_ref), disk, name, storage, ACTOR,
+                              transport=transport, workers=workers)  # fmt: skip
         job_id = job.id
     click.echo(f"capturing {disk} of {resource_ref} as image {name} (job {job_id})")
     if not no_wait:

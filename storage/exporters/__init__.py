@@ -18,6 +18,7 @@ from storage.exporters.base import (
     new_chap_secret,
     reconcile,
 )
+from storage.exporters.identity import ExporterIdentityError, netns_named
 from storage.exporters.lio import CONFIGFS, LioExporter
 from storage.exporters.tgt import TgtDaemon, TgtExporter
 from storage.runner import Runner
@@ -25,6 +26,7 @@ from storage.runner import Runner
 __all__ = [
     "ExportSpec",
     "Exporter",
+    "ExporterIdentityError",
     "ExporterUnavailable",
     "IscsiSession",
     "LioExporter",
@@ -46,7 +48,11 @@ def choose_exporter(
     tgt_control_port: int = 0,
     configfs: str = CONFIGFS,
 ) -> Exporter:
-    """ "auto" -> LIO if ``configfs`` exists else tgt; "lio" / "tgt" force one (no check())."""
+    """ "auto" -> LIO if ``configfs`` exists else tgt; "lio" / "tgt" force one (no check()).
+
+    The tgt exporter expects its tgtd to serve ``portal_ip:port`` in this
+    process's network namespace (checked by ``check()`` and before each export).
+    """
     kind = setting
     if setting == "auto":
         kind = "lio" if os.path.isdir(configfs) else "tgt"
@@ -54,6 +60,11 @@ def choose_exporter(
         case "lio":
             return LioExporter(portal_ip, port, configfs=configfs)
         case "tgt":
-            return TgtExporter(runner, control_port=tgt_control_port)
+            return TgtExporter(
+                runner,
+                control_port=tgt_control_port,
+                expect_portal=f"{portal_ip}:{port}",
+                expect_netns=netns_named(None),
+            )
         case _:
             raise StorageError(f"unknown exporter {setting!r} (auto, lio, tgt)")

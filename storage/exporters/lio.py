@@ -5,7 +5,10 @@ device) or fileio (regular file) backstore, and one node ACL for the allowed
 initiator carrying its CHAP credentials and a mapped LUN. The TPG is locked
 down: authentication=1, generate_node_acls=0 (no demo mode), cache_dynamic_acls=0,
 demo_mode_write_protect=1. ``check()`` says exactly why LIO cannot work on a
-host (no /sys/kernel/config/target, rtslib-fb missing).
+host (no /sys/kernel/config/target, rtslib-fb missing). Before an export
+replaces or keeps a target that already exists, its portal list in configfs
+must hold our portal (:func:`storage.exporters.identity.check_lio_portal`):
+a target of that name serving elsewhere was made by another tool.
 
 rtslib-fb is imported lazily (``rts`` may be injected: unit tests pass a fake
 module, since this host has no configfs).
@@ -20,6 +23,7 @@ import stat
 from types import ModuleType
 
 from storage.exporters.base import ExporterUnavailable, ExportSpec, IscsiSession
+from storage.exporters.identity import check_lio_portal
 
 CONFIGFS = "/sys/kernel/config/target"
 TPG_ATTRIBUTES = {
@@ -100,6 +104,7 @@ class LioExporter:
         spec = spec.with_lun(self.default_lun).validate()
         current = next((s for s in self.list_exports() if s.target_iqn == spec.target_iqn), None)
         if current is not None:
+            check_lio_portal(self.configfs, spec.target_iqn, f"{self.portal_ip}:{self.port}")
             if current.key() == spec.key():
                 return spec
             self.unexport(spec.target_iqn)

@@ -24,6 +24,7 @@ PACKAGES = ("storage", "storage.backends", "storage.exporters")
 MODULES = (
     "storage.backends.base",
     "storage.exporters.base",
+    "storage.exporters.identity",
     "storage.exporters.lio",
     "storage.exporters.lio_helper",
 )

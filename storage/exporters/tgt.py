@@ -28,6 +28,14 @@ from dataclasses import dataclass, field
 
 from storage.backends.base import StorageError
 from storage.exporters.base import ExporterUnavailable, ExportSpec, IscsiSession
+from storage.exporters.identity import (
+    TgtIdentity,
+    describe,
+    netns_named,
+    owner_pid,
+    probe_tgt,
+    verify_tgt,
+)
 from storage.runner import CommandFailed, Runner, Secret, show
 
 _TARGET = re.compile(r"^Target (\d+): (\S+)$")
@@ -93,10 +101,23 @@ class TgtExporter:
     default_lun = 1
 
     def __init__(
-        self, runner: Runner | None = None, *, control_port: int = 0, bstype: str = "rdwr"
+        self,
+        runner: Runner | None = None,
+        *,
+        control_port: int = 0,
+        bstype: str = "rdwr",
+        expect_portal: str | None = None,
+        expect_netns: str | None = None,
     ) -> None:
         self.runner = runner or Runner()
         self.control_port, self.bstype = control_port, bstype
+        self.expect_portal, self.expect_netns = expect_portal, expect_netns
+
+    def verify(self) -> TgtIdentity | None:
+        """Check the tgtd behind the control port is ours (no-op without ``expect_portal``)."""
+        if self.expect_portal is None:
+            return None
+        return verify_tgt(self.runner, self.control_port, self.expect_portal, self.expect_netns)
 
     def _adm(self, *args: str, check: bool = True):
         argv = ["tgtadm", "-C", str(self.control_port), "--lld", "iscsi", *args]
@@ -115,6 +136,7 @@ class TgtExporter:
             raise ExporterUnavailable(
                 f"tgt: tgtd not reachable on control port {self.control_port} ({e.stderr})"
             )
+        self.verify()
 
     def list_exports(self) -> list[ExportSpec]:
         return [s for s in map(to_spec, self.targets()) if s is not None]
@@ -126,6 +148,7 @@ class TgtExporter:
         spec = spec.with_lun(self.default_lun).validate()
         if spec.lun == 0:
             raise StorageError("tgt: LUN 0 is the target's controller; use LUN >= 1")
+        self.verify()
         targets = self.targets()
         current = next((t for t in targets if t.iqn == spec.target_iqn), None)
         if current is not None:
@@ -206,7 +229,20 @@ class TgtDaemon:
         ]
 
     def exporter(self) -> TgtExporter:
-        return TgtExporter(self.runner, control_port=self.control_port)
+        return TgtExporter(
+            self.runner,
+            control_port=self.control_port,
+            expect_portal=self.portal,
+            expect_netns=netns_named(self.netns),
+        )
+
+    def identity(self) -> TgtIdentity:
+        """Who answers on this control port now (raises CommandFailed if nobody)."""
+        return probe_tgt(self.runner, self.control_port)
+
+    def verify(self) -> TgtIdentity:
+        """The running tgtd on this control port is ours, or ExporterIdentityError."""
+        return verify_tgt(self.runner, self.control_port, self.portal, netns_named(self.netns))
 
     def _sys(self, op: str):
         argv = ["tgtadm", "-C", str(self.control_port), "--op", op, "--mode", "system"]
@@ -217,18 +253,37 @@ class TgtDaemon:
         return self._sys("show").rc == 0
 
     def start(self, timeout: float = 10.0) -> TgtDaemon:
+        """Start tgtd; returns once the started process owns the control port."""
         if self.running():
-            raise StorageError(f"tgt: a tgtd already answers on control port {self.control_port}")
+            who = ""
+            with contextlib.suppress(CommandFailed):
+                who = f" ({describe(self.identity())})"
+            raise StorageError(
+                f"tgt: a tgtd already answers on control port {self.control_port}{who}"
+            )
         self.proc = self.runner.start(self.argv(), log_path=self.log_path)
+        if self.proc is None:  # a FakeRunner: nothing to wait for
+            return self
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self._sys("show").rc == 0:
+            if owner_pid(self.control_port) == self.proc.pid and self._sys("show").rc == 0:
                 return self
-            if self.proc is not None and self.proc.poll() is not None:
+            if self.proc.poll() is not None:
                 break
             time.sleep(0.05)
-        self.stop()
-        raise StorageError(f"tgt: tgtd did not start: {show(self.argv())} (see {self.log_path})")
+        self._abandon()
+        raise StorageError(
+            f"tgt: tgtd did not take control port {self.control_port}: {show(self.argv())} "
+            f"(see {self.log_path}); another tgtd may hold it"
+        )
+
+    def _abandon(self) -> None:
+        """Kill the process we started without touching whoever answers on the port."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+        if self.proc is not None:
+            self.proc.wait(5)
+        self.proc = None
 
     def stop(self, timeout: float = 5.0) -> None:
         ex = self.exporter()
