@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 
-from provisiond import jobs, resources
+from provisiond import jobs, racks, resources
 from provisiond.db import Database
 from provisiond.errors import Invalid
 from provisiond.lifecycle import JobState as JS
@@ -72,6 +72,7 @@ def register(
     with ctx.db.session() as s:
         res = s.get(Resource, resource_id)
         resources.register(s, res, body, source_ip)
+        racks.adopt(res, ctx.config.instance)  # this rack reaches the machine now
         out = {"resource": res.display_name, "state": res.state}
     ctx.liveness.touch(resource_id)
     ctx.inventory.request_refresh()
@@ -88,7 +89,9 @@ def heartbeat(ctx: Context, caller: Caller) -> None:
     ctx.liveness.touch(caller.resource_id)
     if heartbeat_needs_db(caller):
         with ctx.db.session() as s:
-            resources.heartbeat(s, s.get(Resource, caller.resource_id))
+            res = s.get(Resource, caller.resource_id)
+            resources.heartbeat(s, res)
+            racks.adopt(res, ctx.config.instance)
         ctx.inventory.request_refresh()
 
 

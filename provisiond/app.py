@@ -18,7 +18,7 @@ import signal
 import threading
 from collections.abc import Iterator
 
-from provisiond import assets, instance, logs, recovery
+from provisiond import assets, instance, logs, pxesettings, recovery, sdnotify
 from provisiond.agentd import AgentServer
 from provisiond.boots import BootRegistry
 from provisiond.capture import CaptureJob
@@ -32,6 +32,7 @@ from provisiond.inventory import Inventory, InventoryRefresher
 from provisiond.jobrunner import ByMode, JobRunner
 from provisiond.localdeploy import LocalStart, LocalStop
 from provisiond.policy import DatabasePolicy
+from provisiond.powerctl import PowerPoller
 from provisiond.release import EraseJob
 from provisiond.sanboot import SanbootStart, SanbootStop
 from provisiond.scheduler import Scheduler
@@ -61,17 +62,19 @@ def build_context(config: Config) -> Context:
 def _protocol_services(ctx: Context) -> Iterator[Service]:
     cfg = ctx.config
     if cfg.services.dhcp and cfg.subnets:
+        from provisiond.leases import SqlLeaseStore
         from pxe.dhcp.server import DhcpService
 
-        yield DhcpService(cfg, ctx.policy, ctx.db, sightings=ctx.boots)
+        store = SqlLeaseStore(ctx.db, logs.get("dhcp"))
+        yield DhcpService(pxesettings.dhcp(cfg), ctx.policy, store, sightings=ctx.boots)
     if cfg.services.tftp:
         from pxe.tftp.server import TftpService
 
-        yield TftpService(cfg)
+        yield TftpService(pxesettings.tftp(cfg))
     if cfg.services.dns:
         from pxe.dns.server import DnsService
 
-        yield DnsService(cfg, ctx.inventory)
+        yield DnsService(pxesettings.dns(cfg), ctx.inventory)
 
 
 def _https(cfg: Config, app) -> HttpsService:
@@ -172,6 +175,7 @@ class Daemon:
                 owner=self.config.instance,
             ),
             Scheduler(self.config, ctx.db, ctx.inventory, ctx.liveness),
+            PowerPoller(self.config, ctx.db),
         ]
         if self.config.ha.enabled:
             self.services.append(HaWatcher(ctx, exporter=lambda: storage.exporter))
@@ -220,8 +224,10 @@ def serve(config: Config) -> int:
     except Exception as exc:
         log.error("start-up failed: %s", exc)
         return 1
+    sdnotify.notify("READY=1")  # Type=notify (provisiond.service): every service listens
     while not stop.wait(1.0):
         pass
+    sdnotify.notify("STOPPING=1")
     daemon.stop()
     log.info("stopped")
     return 0

@@ -15,6 +15,23 @@ at its offset. At the end the agent reports ``chunks=K list=<sha256 of its
 manifest and compares the same digest, so a chunk lost or written twice
 wrongly fails the job. Then the Image (with its manifest) exists.
 
+Transports (job param ``transport``):
+
+``tcp`` (default)
+    the server opens a port for this capture (:mod:`provisiond.capturerx`;
+    the resource's address and its bearer token only); each of ``workers``
+    agent workers sends its share of the chunks as back-to-back frames over
+    one ``nc`` connection. The agent reads only the chunks its *plan* lists:
+    for every partition whose file system partclone knows, the blocks in use
+    (``partclone.<fs> -D``, a ddrescue domain map), everything else whole
+    (zero chunks skipped by their sha256). Chunks outside the plan are zero in
+    the image. The server verifies every chunk on arrival, builds the
+    manifest and the whole-image sha256 as chunks arrive, and fsyncs once at
+    the end: no second read of the volume.
+``http``
+    the original path: one ``PUT .../chunk/<index>`` per chunk, every chunk
+    of the disk read, a scan of the volume at the end.
+
 Consistency: the disk is read while the machine runs the agent (nothing has
 the disk mounted), which gives a consistent image. Capturing a disk that
 something is writing to at the same time is *not* consistent (chunks are
@@ -26,10 +43,11 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import time
 
 from sqlalchemy import select
 
-from provisiond import chunks, events
+from provisiond import agentchannel, capturerx, chunks, events
 from provisiond.context import Context
 from provisiond.db import Database
 from provisiond.errors import Conflict, Invalid
@@ -64,8 +82,19 @@ def disk_size(inventory: dict, disk: str) -> int | None:
     return None
 
 
+TRANSPORTS = ("tcp", "http")
+DEFAULT_WORKERS = 3
+
+
 def capture(
-    session, res: Resource, disk: str, name: str, storage: str | None = None, actor: str = "cli"
+    session,
+    res: Resource,
+    disk: str,
+    name: str,
+    storage: str | None = None,
+    actor: str = "cli",
+    transport: str = "tcp",
+    workers: int = DEFAULT_WORKERS,
 ) -> Job:
     """Queue an ``image.capture`` job (the daemon's job runner does the work)."""
     if not _NAME.match(name):
@@ -81,11 +110,21 @@ def capture(
             f"(known: {', '.join(f'/dev/{k}' for k in known) or 'none'})",
             field="disk",
         )
+    if transport not in TRANSPORTS:
+        raise Invalid(f"transport {transport!r}: use {' or '.join(TRANSPORTS)}", field="transport")
+    if not 1 <= int(workers) <= 16:
+        raise Invalid(f"workers {workers}: 1..16", field="workers")
     job = Job(
         kind="image.capture",
         state=JS.QUEUED,
         resource_id=res.id,
-        params={"disk": disk, "name": name, "storage": storage},
+        params={
+            "disk": disk,
+            "name": name,
+            "storage": storage,
+            "transport": transport,
+            "workers": int(workers),
+        },
     )
     session.add(job)
     session.flush()
@@ -134,6 +173,7 @@ class CaptureJob:
             job = s.get(Job, job_id)
             p, res = dict(job.params), s.get(Resource, job.resource_id)
             size, res_id, res_name = disk_size(res.inventory, p["disk"]), res.id, res.display_name
+            res_ip = res.ip
         settings = self.manager.settings(p.get("storage"))
         backend = self.manager.backend(settings.name)
         vol_name = f"image-{p['name']}"
@@ -144,13 +184,20 @@ class CaptureJob:
         with db.session() as s:
             s.get(Job, job_id).params = {**p, "volume": vol_name}
             s.get(Job, job_id).bytes_total = size
-        arg = encode_arg(disk=p["disk"], size=size, retries=5, timeout=30)
-        cmd_id = start_command(self.ctx, job_id, res_id, "capture", arg, path=vol.path, size=size)
-        job_log(db, job_id, f"asked the agent of {res_name} to upload {p['disk']} ({size} bytes)")
-        last = wait_command(self.ctx, job_id, cmd_id, DEFAULT_TIMEOUT)
-        job_log(db, job_id, f"agent: {last}")
-        with open(vol.path, "rb") as fh:
-            m = chunks.scan(fh, size)
+        if p.get("transport", "http") == "tcp":
+            m, last = self._run_tcp(job_id, p, res_id, res_ip, res_name, vol.path, size)
+        else:
+            arg = encode_arg(disk=p["disk"], size=size, retries=5, timeout=30)
+            cmd_id = start_command(
+                self.ctx, job_id, res_id, "capture", arg, path=vol.path, size=size
+            )
+            job_log(
+                db, job_id, f"asked the agent of {res_name} to upload {p['disk']} ({size} bytes)"
+            )
+            last = wait_command(self.ctx, job_id, cmd_id, DEFAULT_TIMEOUT)
+            job_log(db, job_id, f"agent: {last}")
+            with open(vol.path, "rb") as fh:
+                m = chunks.scan(fh, size)
         want = dict(kv.split("=", 1) for kv in last.split() if "=" in kv)
         if want.get("list") != list_digest(m) or int(want.get("chunks", -1)) != len(m.chunks):
             raise JobFailed(
@@ -179,6 +226,44 @@ class CaptureJob:
             job.image_id, job.bytes_done = img.id, size
             events.record(s, "daemon", "image.captured", img.name, f"{res_name}:{p['disk']}")
         return f"image {p['name']}: {size} bytes, {len(m.chunks)} data chunks, sha256 {m.sha256}"
+
+    def _run_tcp(self, job_id, p, res_id, res_ip, res_name, path, size):
+        db = self.ctx.db
+
+        def auth(token: str) -> bool:
+            caller = agentchannel.authenticate(db, f"Bearer {token}")
+            return caller is not None and caller.resource_id == res_id
+
+        rx = capturerx.Receiver(str(self.ctx.config.address), path, size, res_ip, auth).start()
+        try:
+            workers = int(p.get("workers") or DEFAULT_WORKERS)
+            arg = encode_arg(disk=p["disk"], size=size, retries=5, timeout=30, transport="tcp",
+                             port=rx.port, workers=workers)  # fmt: skip
+            cmd_id = start_command(self.ctx, job_id, res_id, "capture", arg, path=path, size=size)
+            job_log(db, job_id, f"asked the agent of {res_name} to send {p['disk']} "
+                    f"({size} bytes, tcp port {rx.port}, {workers} streams)")  # fmt: skip
+            t0 = time.monotonic()
+            last = wait_command(self.ctx, job_id, cmd_id, DEFAULT_TIMEOUT)
+            with db.sessions() as s:
+                said = (s.get(Job, cmd_id).log or "").splitlines()
+            for line in said:  # the agent's plan: what it read of which partition, and why
+                if line.startswith(("plan:", "partition ", "no partition", "read ")):
+                    job_log(db, job_id, f"agent: {line}")
+            job_log(db, job_id, f"agent: {last}")
+            deadline = time.monotonic() + 10
+            while rx.lanes_done() < workers and time.monotonic() < deadline:
+                time.sleep(0.05)  # the agent's result can overtake a lane's last bytes
+            try:
+                m = rx.manifest()
+            except capturerx.FrameError as exc:
+                raise JobFailed(f"capture incomplete: {exc}; lane errors: {rx.errors[:3]}")
+            rx.finish()
+            took = time.monotonic() - t0
+            job_log(db, job_id, f"received {len(m.chunks)} chunks ({rx.received_bytes} bytes) "
+                    f"in {took:.1f} s; refused connections: {rx.refused}")  # fmt: skip
+            return m, last
+        finally:
+            rx.stop()
 
     def fail(self, job_id: int, reason: str) -> None:
         cancel_command(self.ctx.db, job_id, reason)

@@ -6,7 +6,9 @@ as ``owner`` on the job, its appliance and its resource), running their
 handler in a bounded worker pool, and recording the outcome. A handler that
 raises leaves the job ``failed`` with the exception's message as the reason
 and calls the handler's ``fail`` hook so the objects it touched (appliance,
-resource) are failed too — never silently left half-done. The CLI, the API and the UI only
+resource) are failed too — never silently left half-done. With several
+instances on one database a runner claims only the jobs of machines its
+rack reaches (:func:`provisiond.racks.claimable`). The CLI, the API and the UI only
 enqueue; this is the one place long work runs.
 """
 
@@ -18,7 +20,7 @@ from typing import Protocol
 
 from sqlalchemy import select, update
 
-from provisiond import jobs, logs
+from provisiond import jobs, logs, racks
 from provisiond.db import Database
 from provisiond.lifecycle import JobState as JS
 from provisiond.model import Appliance, Job, Resource, utcnow
@@ -72,12 +74,10 @@ class JobRunner:
             return []
         claimed = []
         with self.db.session() as s:
-            ids = s.scalars(
-                select(Job.id)
-                .where(Job.state == JS.QUEUED, Job.kind.in_(list(self.handlers)))
-                .order_by(Job.id)
-                .limit(16)
-            ).all()
+            query = select(Job.id).where(Job.state == JS.QUEUED, Job.kind.in_(list(self.handlers)))
+            if self.owner is not None:  # only the rack that reaches the machine (racks.py)
+                query = query.where(racks.claimable(self.owner))
+            ids = s.scalars(query.order_by(Job.id).limit(16)).all()
             for job_id in ids:
                 won = s.execute(
                     update(Job)

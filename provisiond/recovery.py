@@ -52,7 +52,7 @@ from provisiond.chunks import Manifest
 from provisiond.lifecycle import ApplianceState as AS
 from provisiond.lifecycle import JobState as JS
 from provisiond.lifecycle import ResourceState as RS
-from provisiond.model import Appliance, Image, Job, Resource, utcnow
+from provisiond.model import Appliance, Image, Instance, Job, Resource, utcnow
 
 
 @dataclass(frozen=True)
@@ -62,10 +62,16 @@ class Failed:
     reason: str
 
 
-def orphan_reason(owner: str | None, state: str, me: str, alive: set[str]) -> str | None:
-    """Why transient work in ``state`` is orphaned, or None when its owner still runs it."""
+def orphan_reason(
+    owner: str | None, state: str, me: str, alive: set[str], running: bool = False
+) -> str | None:
+    """Why transient work in ``state`` is orphaned, or None when its owner still runs it.
+
+    ``running``: asked by a running instance (:mod:`provisiond.racks`), whose own
+    work (and unowned work, which it may be running) is not orphaned.
+    """
     if owner is None or owner == me:
-        return lifecycle.restart_reason(state)
+        return None if running else lifecycle.restart_reason(state)
     if owner in alive:
         return None
     return f"rack {owner} stopped heartbeating during {state}"
@@ -89,18 +95,32 @@ def _fail(session: Session, obj: Appliance | Resource, reason: str) -> Failed:
     return Failed("resource", obj.display_name, reason)
 
 
-def recover(session: Session, me: str, now: dt.datetime | None = None) -> list[Failed]:
-    """Fail what is orphaned (see the module's table); returns what was failed."""
+def recover(
+    session: Session, me: str, now: dt.datetime | None = None, running: bool = False
+) -> list[Failed]:
+    """Fail what is orphaned (see the module's table); returns what was failed.
+
+    ``running=True``: called by a running instance for other racks' work only
+    (this instance's own and unowned work is left alone). Rows are taken
+    ``FOR UPDATE SKIP LOCKED``, so two instances never fail the same object.
+    """
     now = now or utcnow()
     alive = instance.alive(session, now) - {me}
     failed: list[Failed] = []
     waiting_apps, waiting_res = set(), set()
-    for job in session.scalars(select(Job).where(Job.state.in_(_states(lifecycle.TRANSIENT_JOB)))):
+    transient_jobs = select(Job).where(Job.state.in_(_states(lifecycle.TRANSIENT_JOB)))
+    dead: list[str] = []
+    if running:  # only rows of racks whose lease expired are touched (and locked)
+        dead = sorted(set(session.scalars(select(Instance.id))) - alive - {me})
+        if not dead:
+            return []
+        transient_jobs = transient_jobs.where(Job.owner.in_(dead))
+    for job in session.scalars(transient_jobs.with_for_update(skip_locked=True)):
         if job.owner is None and job.state == JS.QUEUED:
             waiting_apps.add(job.appliance_id)
             waiting_res.add(job.resource_id)
             continue
-        reason = orphan_reason(job.owner, job.state, me, alive)
+        reason = orphan_reason(job.owner, job.state, me, alive, running)
         if reason is None:
             continue
         lifecycle.check(job.state, JS.FAILED)
@@ -109,10 +129,13 @@ def recover(session: Session, me: str, now: dt.datetime | None = None) -> list[F
         failed.append(Failed("job", f"{job.kind} {job.id}", reason))
     waiting = {Appliance: waiting_apps, Resource: waiting_res}
     for model, states in _OBJECTS:
-        for obj in session.scalars(select(model).where(model.state.in_(_states(states)))):
+        transient = select(model).where(model.state.in_(_states(states)))
+        if running:
+            transient = transient.where(model.owner.in_(dead))
+        for obj in session.scalars(transient.with_for_update(skip_locked=True)):
             if obj.owner is None and obj.id in waiting[model]:
                 continue
-            reason = orphan_reason(obj.owner, obj.state, me, alive)
+            reason = orphan_reason(obj.owner, obj.state, me, alive, running)
             if reason is not None:
                 failed.append(_fail(session, obj, reason))
     return failed

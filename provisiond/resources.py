@@ -237,8 +237,10 @@ def heartbeat(session: Session, res: Resource) -> None:
 
 def mark_stale_offline(session: Session, timeout_s: int) -> list[Resource]:
     cutoff = utcnow() - dt.timedelta(seconds=timeout_s)
-    stale = session.scalars(
-        select(Resource).where(Resource.state == RS.IDLE, Resource.last_heartbeat < cutoff)
+    stale = session.scalars(  # SKIP LOCKED: racks sweeping at once never both take one row
+        select(Resource)
+        .where(Resource.state == RS.IDLE, Resource.last_heartbeat < cutoff)
+        .with_for_update(skip_locked=True)
     ).all()
     for res in stale:
         set_state(session, res, RS.OFFLINE, f"no heartbeat for {timeout_s} s")

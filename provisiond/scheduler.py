@@ -3,15 +3,17 @@
 Owns the clock-driven work: resources that miss heartbeats for
 ``agent.heartbeat_timeout`` seconds become ``offline``. Heartbeats are
 group-committed (:mod:`provisiond.liveness`): the sweep flushes them first,
-so it judges every row with what this process has seen. Later issues add job
-dispatch here. Runs every ``interval`` seconds in one thread.
+so it judges every row with what this process has seen. It also sweeps
+racks whose lease expired (:func:`provisiond.racks.sweep_expired`): their
+machines go offline and their transient work fails, within one tick of the
+lease's end. Runs every ``interval`` seconds in one thread.
 """
 
 from __future__ import annotations
 
 import threading
 
-from provisiond import logs, resources
+from provisiond import logs, racks, resources
 from provisiond.config import Config
 from provisiond.db import Database
 from provisiond.inventory import Inventory
@@ -46,7 +48,11 @@ class Scheduler:
         for name in names:
             log.warning("%s missed heartbeats for %d s: offline", name,
                         self._config.agent.heartbeat_timeout)  # fmt: skip
-        if names:
+        with self._db.session() as s:  # racks whose lease expired lose their machines
+            gone = racks.sweep_expired(s, self._config.instance)
+        for what in gone:
+            log.warning("%s", what)
+        if names or gone:
             self._inv.refresh()
 
     def start(self) -> None:

@@ -18,6 +18,11 @@ from collections.abc import Callable
 WARN_EVERY = 60.0  # seconds between repeated warnings of one kind
 
 
+def standalone_logging(level: int = logging.INFO) -> None:
+    """Log lines to stderr for a server run alone (``python -m pxe.dhcp``)."""
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+
+
 def get(subsystem: str) -> logging.Logger:
     return logging.getLogger(f"provisiond.{subsystem}")
 

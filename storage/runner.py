@@ -9,14 +9,13 @@ reach a log. ``FakeRunner`` scripts responses for unit tests and records calls.
 
 from __future__ import annotations
 
+import logging
 import shlex
 import subprocess
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from provisiond import logs
-
-log = logs.get("storage")
+log = logging.getLogger("provisiond.storage")  # under the daemon's handler and redaction
 
 MASK = "***"
 

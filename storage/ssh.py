@@ -22,6 +22,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import logging
 import os
 import shlex
 import socket
@@ -33,11 +34,10 @@ from pathlib import Path
 
 import paramiko
 
-from provisiond import logs
 from storage.backends.base import StorageError
 from storage.runner import Arg, CommandFailed, Result, Runner, show
 
-log = logs.get("storage.ssh")
+log = logging.getLogger("provisiond.storage.ssh")  # under the daemon's handler and redaction
 
 
 class HostDown(StorageError):

@@ -47,7 +47,7 @@ def provisiond(lab: Lab, tmp: Path) -> list[str]:
         f'[[subnet]]\ncidr = "{net}.0.0/16"\nrange = ["{net}.1.0", "{net}.255.254"]\n'
         f'router = "{lab.server_ip}"\nlease_time = 3600\n'
     )
-    return [sys.executable, "-m", "pxe.dhcp", str(tmp / "p.toml")]
+    return [sys.executable, "-m", "provisiond.standalone", "dhcp", str(tmp / "p.toml")]
 
 
 def kea(lab: Lab, tmp: Path) -> list[str]:

@@ -225,10 +225,12 @@ def bench_server(name, tools, root, work, clients, rounds, only="") -> dict[str,
 def serve(root: str, port: int) -> None:
     """``--serve``: run provisiond's TftpService alone (so it can be pinned)."""
     sys.path.insert(0, str(REPO))
+    from provisiond import pxesettings
     from provisiond.config import Config, ServicesConfig
     from pxe.tftp.server import TftpService
 
-    svc = TftpService(Config(boot_assets_dir=Path(root), services=ServicesConfig(tftp_port=port)))
+    cfg = Config(boot_assets_dir=Path(root), services=ServicesConfig(tftp_port=port))
+    svc = TftpService(pxesettings.tftp(cfg))
     svc.start()
     signal.sigwait([signal.SIGTERM, signal.SIGINT])
     svc.stop()

@@ -29,13 +29,13 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from provisiond.config import Config
 from pxe.boot import Architecture, BootPolicy, Firmware
 from pxe.dhcp import bootfile
 from pxe.dhcp import codec as c
 from pxe.dhcp.bootfile import BootFile
 from pxe.dhcp.codec import ZERO_IP, DhcpPacket, Opt, encode_options, ip_bytes, u32
 from pxe.dhcp.pool import LeaseRow, Pool, find
+from pxe.settings import DhcpSettings
 
 BROADCAST = "255.255.255.255"
 NOWHERE = ("", 0)  # Reply.dest of a reply that only carries lease rows
@@ -79,16 +79,16 @@ class Handler:
 
     def __init__(
         self,
-        config: Config,
+        settings: DhcpSettings,
         policy: BootPolicy,
         pools: list[Pool],
         count: Callable[[str], None],
         client_port: int = 68,
     ) -> None:
-        self.config, self.policy, self.pools, self.count = config, policy, pools, count
-        self.address = str(config.address)
+        self.settings, self.policy, self.pools, self.count = settings, policy, pools, count
+        self.address = str(settings.address)
         self.client_port = client_port
-        self.relay_port = config.services.dhcp_port
+        self.relay_port = settings.port
         self.local = find(pools, self.address)
         self._sid = encode_options({Opt.SERVER_ID: ip_bytes(self.address)})[:-1]
         self._templates = {id(p): self._template(p) for p in pools}
@@ -134,7 +134,7 @@ class Handler:
         machine = bootfile.machine(p, fw)
         if self.policy.boot_spec(machine) is None:
             return False
-        bf = bootfile.choose(fw, machine.arch, machine.mac, self.config.http_base)
+        bf = bootfile.choose(fw, machine.arch, machine.mac, self.settings.http_base)
         if bf is None:
             self.count("no_boot_file")
             return None

@@ -18,7 +18,7 @@ import socket
 import struct
 from dataclasses import dataclass
 
-from provisiond.config import SubnetConfig
+from pxe.settings import SubnetSettings
 
 OFFER_HOLD = 30.0  # seconds an offered address stays set aside for its MAC
 BOUND, OFFERED, RELEASED, DECLINED = "bound", "offered", "released", "declined"
@@ -60,7 +60,7 @@ def _str(n: int) -> str:
 class Pool:
     """The in-memory lease table of one subnet. Not thread-safe: callers lock."""
 
-    def __init__(self, subnet: SubnetConfig, server_ip: str = "") -> None:
+    def __init__(self, subnet: SubnetSettings, server_ip: str = "") -> None:
         self.subnet = subnet
         self.cidr = str(subnet.cidr)
         net = subnet.cidr
@@ -198,7 +198,7 @@ class Pool:
         return [self._row(e)]
 
 
-def pools_for(subnets: tuple[SubnetConfig, ...], server_ip: str) -> list[Pool]:
+def pools_for(subnets: tuple[SubnetSettings, ...], server_ip: str) -> list[Pool]:
     return [Pool(s, server_ip) for s in subnets]
 
 

@@ -9,14 +9,15 @@ request has produced lease rows, drain whatever else is queued
 (MSG_DONTWAIT) up to ``DRAIN`` requests. Each request is decoded and
 answered; replies that need no lease row (OFFERs) leave at once. Then the
 lease rows of the whole batch commit in one transaction
-(``LeaseStore.write``), and only then do the batch's ACKs leave. Everything
+(``LeaseStore.write``, the port of ``pxe.dhcp.leases``), and only then do the
+batch's ACKs leave. Everything
 runs on the serve thread: no hand-off to a writer thread, so no condition
 variable, GIL switch or futex call per ACK, and the batch (hence the group
 commit) grows by itself with the offered rate. The price: while another
 writer holds SQLite's write lock, this loop waits for it (OFFERs too), up to
 the busy timeout.
 
-    DhcpService(config, policy, db, sightings=boots).start()   # returns once listening
+    DhcpService(settings, policy, store, sightings=boots).start()   # returns once listening
 
 A reply to a network-boot client is reported to the ``sightings`` port
 (``pxe.dhcp.sightings``): "this MAC booted with this address now".
@@ -29,8 +30,6 @@ import struct
 import threading
 import time
 
-from provisiond.config import Config
-from provisiond.db import Database
 from pxe.boot import BootPolicy
 from pxe.dhcp.codec import DhcpDecodeError, decode
 from pxe.dhcp.handler import Handler, Reply
@@ -39,6 +38,7 @@ from pxe.dhcp.pool import LeaseRow, Pool, pools_for
 from pxe.dhcp.sightings import BootSightings, sighting
 from pxe.log import WARN_EVERY, RateLimitedLog, get
 from pxe.service import LoopThread
+from pxe.settings import DhcpSettings
 
 log = get("dhcp")
 STAT_KEYS = ("received", "offered", "acked", "nak", "dropped_malformed", "ignored")
@@ -55,14 +55,18 @@ class DhcpService:
 
     def __init__(
         self,
-        config: Config,
+        settings: DhcpSettings,
         policy: BootPolicy,
-        db: Database,
+        store: LeaseStore,
         *,
         client_port: int = 68,
         sightings: BootSightings | None = None,
     ) -> None:
-        self.config, self.policy, self.db = config, policy, db
+        if not isinstance(settings, DhcpSettings):
+            raise TypeError(
+                "DhcpService takes pxe.settings.DhcpSettings (provisiond.pxesettings.dhcp)"
+            )
+        self.settings, self.policy, self.store = settings, policy, store
         self.sightings = sightings
         self.client_port = client_port
         self.stats: dict[str, int] = dict.fromkeys(STAT_KEYS, 0)
@@ -71,38 +75,37 @@ class DhcpService:
         self._socks: list[socket.socket] = []
         self._loops: list[LoopThread] = []
         self.pools: list[Pool] = []
-        self.store = LeaseStore(db, log, on_reservations=self._set_reservations)
 
     # -- life cycle ---------------------------------------------------------
     def start(self) -> None:
-        cfg = self.config
+        cfg = self.settings
         if not cfg.interface:
             raise DhcpStartError("dhcp: config 'interface' is empty; set the NIC to serve on")
         if not cfg.subnets:
             raise DhcpStartError("dhcp: no [[subnet]] configured; nothing to serve")
         self.prepare()
         try:
-            main = self._bind("0.0.0.0", cfg.services.dhcp_port)
+            main = self._bind("0.0.0.0", cfg.port)
             self._loops.append(LoopThread("dhcp", lambda: self._serve(main, False), log))
             if any(s.mode == "proxy" for s in cfg.subnets):
-                proxy = self._bind(str(cfg.address), cfg.services.proxy_port)
+                proxy = self._bind(str(cfg.address), cfg.proxy_port)
                 self._loops.append(LoopThread("dhcp-proxy", lambda: self._serve(proxy, True), log))
         except OSError as exc:
             self._close()
             raise DhcpStartError(f"dhcp: cannot listen on {cfg.interface}: {exc}") from exc
-        self.store.start()
+        self.store.start(self._set_reservations)
         for loop in self._loops:
             loop.start()
         log.info(
             "dhcp: listening on %s port %d (%d leases loaded)",
             cfg.interface,
-            cfg.services.dhcp_port,
+            cfg.port,
             sum(len(p.by_ip) for p in self.pools),
         )
 
     def prepare(self) -> None:
         """Pools, leases from the database and the handler: all but the sockets."""
-        cfg = self.config
+        cfg = self.settings
         self.pools = pools_for(cfg.subnets, str(cfg.address))
         self._load()
         self.handler = Handler(cfg, self.policy, self.pools, self._count, self.client_port)
@@ -126,7 +129,7 @@ class DhcpService:
         self._socks.append(s)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, self.config.interface.encode())
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, self.settings.interface.encode())
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
         s.bind((host, port))
         # blocking, with a kernel receive timeout: recvfrom is one syscall (a Python

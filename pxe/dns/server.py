@@ -34,7 +34,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 from dnslib import DNSRecord
 
-from provisiond.config import Config
 from pxe.dns import upstream as up
 from pxe.dns.clients import Action, ClientFilter, RateLimit, ResponseRateLimiter
 from pxe.dns.directory import NameDirectory
@@ -50,6 +49,7 @@ from pxe.dns.wire import (
 )
 from pxe.log import WARN_EVERY, RateLimitedLog, get
 from pxe.service import LoopThread
+from pxe.settings import DnsSettings
 
 STAT_KEYS = [
     "queries",
@@ -86,7 +86,7 @@ class DnsService:
 
     def __init__(
         self,
-        config: Config,
+        settings: DnsSettings,
         directory: NameDirectory,
         *,
         forward_timeout: float = 2.0,
@@ -95,14 +95,19 @@ class DnsService:
         max_tcp: int = 32,
         tcp_idle: float = 5.0,
     ) -> None:
-        self._zone = Zone(config.dns.domain, config.dns.ttl, str(config.address))
+        if not isinstance(settings, DnsSettings):
+            raise TypeError(
+                "DnsService takes pxe.settings.DnsSettings (provisiond.pxesettings.dns)"
+            )
+        self.settings = settings
+        self._zone = Zone(settings.domain, settings.ttl, str(settings.address))
         self._directory = directory
-        self._upstream = up.parse_upstream(config.dns.upstream)
-        self._clients = ClientFilter([*(s.cidr for s in config.subnets), *config.dns.allow])
-        limit = RateLimit(config.dns.rate_limit, config.dns.rate_limit_slip)
+        self._upstream = up.parse_upstream(settings.upstream)
+        self._clients = ClientFilter(list(settings.clients))
+        limit = RateLimit(settings.rate_limit, settings.rate_limit_slip)
         self._rrl = ResponseRateLimiter(limit)
-        self._max_udp = config.dns.max_udp_size
-        self._bind = (str(config.address), config.services.dns_port)
+        self._max_udp = settings.max_udp_size
+        self._bind = (str(settings.address), settings.port)
         self._forward_timeout, self._forward_workers = forward_timeout, forward_workers
         self._max_pending, self._tcp_idle = max_pending, tcp_idle
         self._tcp_slots = threading.BoundedSemaphore(max_tcp)

@@ -39,9 +39,9 @@ import sys
 import time
 from dataclasses import dataclass
 
-from provisiond.config import Config
 from pxe.log import RateLimitedLog, get
 from pxe.service import LoopThread
+from pxe.settings import TftpSettings
 from pxe.tftp.codec import (
     MODES,
     Ack,
@@ -97,7 +97,7 @@ class TftpService:
 
     def __init__(
         self,
-        config: Config,
+        settings: TftpSettings,
         *,
         limits: Limits | None = None,
         max_transfers: int = 256,
@@ -105,12 +105,16 @@ class TftpService:
         gso: bool = True,
         store: FileStore | None = None,
     ) -> None:
-        self.address = str(config.address)
-        self.port = config.services.tftp_port
+        if not isinstance(settings, TftpSettings):
+            raise TypeError(
+                "TftpService takes pxe.settings.TftpSettings (provisiond.pxesettings.tftp)"
+            )
+        self.address = str(settings.address)
+        self.port = settings.port
         self.limits = limits or Limits()
         self.max_transfers, self.max_retries = max_transfers, max_retries
         self.gso = gso  # send windows with UDP_SEGMENT; turned off if the kernel refuses
-        self.store = store or FileStore(config.boot_assets_dir)
+        self.store = store or FileStore(settings.root)
         self.stats: dict[str, int] = dict.fromkeys(STAT_KEYS, 0)
         self._ep: select.epoll | None = None
         self._listen: socket.socket | None = None

@@ -21,8 +21,10 @@ import pytest
 from hypothesis import event, given
 from hypothesis import strategies as st
 
+from provisiond import logs, pxesettings
 from provisiond.config import Config, SubnetConfig
 from provisiond.db import Database
+from provisiond.leases import SqlLeaseStore
 from pxe.dhcp.__main__ import BootEveryone
 from pxe.dhcp.codec import (
     BOOTREPLY,
@@ -184,7 +186,7 @@ def service(tmp_path_factory):
     cfg = Config(interface="lo", address=ipaddress.IPv4Address("10.9.0.1"), subnets=subnets)
     db = Database(f"sqlite:///{tmp / 'fuzz.db'}")
     db.migrate()
-    svc = DhcpService(cfg, BootEveryone(), db)
+    svc = DhcpService(pxesettings.dhcp(cfg), BootEveryone(), SqlLeaseStore(db, logs.get("dhcp")))
     svc.prepare()
     yield svc
     db.dispose()

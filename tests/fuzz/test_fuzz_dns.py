@@ -25,6 +25,7 @@ from dnslib import EDNS0, DNSQuestion, DNSRecord
 from hypothesis import example, given
 from hypothesis import strategies as st
 
+from provisiond import pxesettings
 from provisiond.config import Config, DnsConfig, ServicesConfig
 from provisiond.directory import StaticDirectory
 from pxe.dns.resolver import Zone, resolve
@@ -161,7 +162,7 @@ def service():
         services=ServicesConfig(dns_port=0),
         dns=DnsConfig(domain="lab.test", upstream="", ttl=30, rate_limit=100_000),
     )
-    return DnsService(cfg, StaticDirectory(ENTRIES))
+    return DnsService(pxesettings.dns(cfg), StaticDirectory(ENTRIES))
 
 
 @given(

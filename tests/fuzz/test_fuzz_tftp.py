@@ -21,6 +21,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from provisiond import pxesettings
 from provisiond.config import Config, ServicesConfig
 from pxe.tftp.codec import (
     MAX_BLKSIZE,
@@ -141,7 +142,7 @@ def tftp(tmp_path_factory):
         services=ServicesConfig(tftp_port=0),
         boot_assets_dir=root,
     )
-    svc = TftpService(cfg, max_retries=0)
+    svc = TftpService(pxesettings.tftp(cfg), max_retries=0)
     svc.start()
     client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     client.setblocking(False)

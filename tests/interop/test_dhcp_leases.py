@@ -1,11 +1,11 @@
 """Lease group commit through the DBAPI, on real SQLite and a private PostgreSQL.
 
-``LeaseStore.write`` bypasses SQLAlchemy for speed; these tests prove that
+``SqlLeaseStore.write`` bypasses SQLAlchemy for speed; these tests prove that
 what it writes is what SQLAlchemy reads (same DateTime storage), that a
 batch is one transaction (a bad row fails the whole batch, nothing half
 written), that the writer recovers after a failure or a lost connection, and
 that the serve loop sends an ACK only after its lease row committed (busybox
-udhcpc against ``python -m pxe.dhcp`` while the test holds SQLite's write lock),
+udhcpc against ``python -m provisiond.standalone dhcp`` while the test holds SQLite's write lock),
 and that REQUESTs queued meanwhile commit as one group.
 """
 
@@ -23,8 +23,8 @@ import pytest
 from sqlalchemy import select, text
 
 from provisiond.db import Database
+from provisiond.leases import SqlLeaseStore
 from provisiond.model import Lease
-from pxe.dhcp.leases import LeaseStore
 from pxe.dhcp.pool import LeaseRow
 from tests.interop.test_dhcp_udhcpc import (  # noqa: F401
     MAC1,
@@ -63,7 +63,7 @@ def db(request, tmp_path):
 
 @pytest.fixture
 def store(db):
-    s = LeaseStore(db, LOG)
+    s = SqlLeaseStore(db, LOG)
     yield s
     s.stop()
 
@@ -95,7 +95,7 @@ def test_sqlite_datetime_text_is_sqlalchemys_own(tmp_path):
     with d.session() as s:
         s.add(Lease(ip="10.5.0.9", mac="m", subnet="n", state="bound", hostname="",
                     expires_at=dt.datetime(2027, 1, 15, 8, 0, 0)))  # fmt: skip
-    store = LeaseStore(d, LOG)
+    store = SqlLeaseStore(d, LOG)
     try:
         assert store.write([row("10.5.0.10", expires=T - 0.25)])  # whole second
         with d.engine.connect() as c:
@@ -126,7 +126,7 @@ def test_writer_reconnects_after_its_postgresql_connection_dies(tmp_path):
     with private_cluster() as url:
         d = Database(url)
         d.migrate()
-        store = LeaseStore(d, LOG)
+        store = SqlLeaseStore(d, LOG)
         try:
             assert store.write([row("10.5.0.10")])
             with d.engine.begin() as c:  # kill every other backend: the writer's connection

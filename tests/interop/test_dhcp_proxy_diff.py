@@ -1,6 +1,6 @@
 """proxyDHCP answers diffed against dnsmasq's ``--dhcp-range=...,proxy`` answers.
 
-provisiond (``python -m pxe.dhcp``, proxy mode) on ``.1`` and dnsmasq in
+provisiond (``python -m provisiond.standalone dhcp``, proxy mode) on ``.1`` and dnsmasq in
 proxy mode on ``.3`` (its own namespace) hear the same DISCOVERs from one
 scapy client: a BIOS PXE ROM, a UEFI x64 PXE ROM and iPXE. The client then
 sends each server a PXE 2.1 REQUEST to port 4011. Both servers are given the

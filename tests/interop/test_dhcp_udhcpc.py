@@ -1,6 +1,6 @@
 """DHCP service against busybox udhcpc in network namespaces (full mode, durability).
 
-The service runs as ``python -m pxe.dhcp`` inside the lab's server namespace
+The service runs as ``python -m provisiond.standalone dhcp`` inside the lab's server namespace
 with a real SQLite file database; clients are busybox ``udhcpc`` in their own
 namespaces, reporting what they got through a script that prints its env.
 """
@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from provisiond import config
+from provisiond import config, logs, pxesettings
 from provisiond.db import Database
+from provisiond.leases import SqlLeaseStore
 from provisiond.model import Lease
 from pxe.dhcp.__main__ import BootEveryone
 from pxe.dhcp.server import DhcpService, DhcpStartError
@@ -42,11 +43,11 @@ def write_config(tmp: Path, lab: Lab, mode: str = "full", extra: str = "") -> Pa
 
 
 class Server:
-    """``python -m pxe.dhcp`` in the lab's server namespace."""
+    """``python -m provisiond.standalone dhcp`` in the lab's server namespace."""
 
     def __init__(self, lab: Lab, cfg: Path) -> None:
         self.proc = lab.server.popen(
-            [sys.executable, "-m", "pxe.dhcp", str(cfg)],
+            [sys.executable, "-m", "provisiond.standalone", "dhcp", str(cfg)],
             cwd=REPO,
             stdout=subprocess.PIPE,
             stderr=open(cfg.parent / "server.log", "a"),  # noqa: SIM115
@@ -144,4 +145,6 @@ def test_start_fails_clearly(tmp_path, interface, words):
     db = Database(cfg.database_url)
     db.migrate()
     with pytest.raises(DhcpStartError, match=words):
-        DhcpService(cfg, BootEveryone(), db).start()
+        DhcpService(
+            pxesettings.dhcp(cfg), BootEveryone(), SqlLeaseStore(db, logs.get("dhcp"))
+        ).start()

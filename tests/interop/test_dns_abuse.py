@@ -1,7 +1,7 @@
 """Issue 11, finding 7: the DNS service must not be an open forwarder or amplifier.
 
 Everything runs in private network namespaces (tests/netlab.py): the real
-service (``python -m pxe.dns``) in the lab's server namespace with an
+service (``python -m provisiond.standalone dns``) in the lab's server namespace with an
 upstream configured; the upstream is ``tests/dns_upstream.py``, which answers
 every question with ~4.3 kB of TXT records whatever the query asked for;
 clients are the real ``dig`` (and a small burst sender for the rate limit):
@@ -79,7 +79,11 @@ def net(tmp_path, request):
         )
         upstream = Proc(upstream_ns, ["tests.dns_upstream", f"{lab.net}.53", "53"],
                         tmp_path / "upstream.log")  # fmt: skip
-        dns = Proc(lab.server, ["pxe.dns", str(cfg), f"web1={lab.net}.51"], tmp_path / "dns.log")
+        dns = Proc(
+            lab.server,
+            ["provisiond.standalone", "dns", str(cfg), f"web1={lab.net}.51"],
+            tmp_path / "dns.log",
+        )
         net = {"lab": lab, "insider": insider, "outsider": outsider, "dns": dns,
                "upstream": upstream}  # fmt: skip
         try:

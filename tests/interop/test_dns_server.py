@@ -18,6 +18,7 @@ import time
 import pytest
 from dnslib import RCODE, DNSRecord
 
+from provisiond import pxesettings
 from provisiond.config import Config, DnsConfig, ServicesConfig
 from provisiond.directory import StaticDirectory
 from pxe.dns.server import DnsService, DnsStartError
@@ -40,7 +41,9 @@ def config(domain: str = "lab.test", upstream: str = "", port: int = 0) -> Confi
 
 
 def running(cfg: Config, entries=None, **kw) -> DnsService:
-    svc = DnsService(cfg, StaticDirectory(ENTRIES if entries is None else entries), **kw)
+    svc = DnsService(
+        pxesettings.dns(cfg), StaticDirectory(ENTRIES if entries is None else entries), **kw
+    )
     svc.start()
     return svc
 
@@ -158,7 +161,7 @@ def test_too_many_pending_forwards_answer_servfail(silent_upstream):
 
 
 def test_start_fails_clearly_when_port_taken(dns):
-    clash = DnsService(config(port=dns.address[1]), StaticDirectory())
+    clash = DnsService(pxesettings.dns(config(port=dns.address[1])), StaticDirectory())
     with pytest.raises(DnsStartError, match=r"cannot listen on 127\.0\.0\.1:\d+"):
         clash.start()
 

@@ -337,12 +337,13 @@ def test_short_disk_fails(lab, tmp_path):
     assert d.cli_json("resource", "show", MAC)["state"] == "failed"
 
 
-def test_capture_then_release_with_erase(lab, tmp_path):
+@pytest.mark.parametrize("transport", ["tcp", "http"])
+def test_capture_then_release_with_erase(lab, tmp_path, transport):
     _lab, d, agent = lab
     a = agent()
     content = make_image(tmp_path / "disk-content.raw", 64 * MiB)
     a.disk.write_bytes(content)
-    d.cli("image", "capture", MAC, "--disk", "/dev/vda", "--name", "cap")
+    d.cli("image", "capture", MAC, "--disk", "/dev/vda", "--name", "cap", "--transport", transport)
     shown = d.cli_json("image", "show", "cap")
     assert shown["sha256"] == hashlib.sha256(content).hexdigest()
     vol = next((tmp_path / "images").glob("image-cap*"))

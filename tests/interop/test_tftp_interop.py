@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from provisiond import pxesettings
 from provisiond.config import Config, ServicesConfig
 from pxe.tftp.codec import Ack, Data, Error, OptionAck, parse
 from pxe.tftp.server import TftpService, TftpStartError
@@ -48,7 +49,7 @@ def assets(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def server(assets):
     config = Config(boot_assets_dir=assets, services=ServicesConfig(tftp_port=0))
-    svc = TftpService(config)
+    svc = TftpService(pxesettings.tftp(config))
     svc.start()
     yield svc
     svc.stop()
@@ -104,7 +105,7 @@ def test_atftp_windowsize_with_block_rollover(server, assets, tmp_path):
 def test_windowed_fetch_without_segmentation_offload(assets, tmp_path):
     # The one-sendmsg-per-DATA fallback used where the kernel refuses UDP_SEGMENT.
     config = Config(boot_assets_dir=assets, services=ServicesConfig(tftp_port=0))
-    svc = TftpService(config, gso=False)
+    svc = TftpService(pxesettings.tftp(config), gso=False)
     svc.start()
     try:
         r = atftp(svc, "ipxe.efi", tmp_path / "out", "blksize 1428", "windowsize 16")
@@ -278,7 +279,9 @@ def test_wrong_tid_gets_error_5_and_transfer_goes_on(server, peer):
 @pytest.fixture
 def quiet_server(assets):
     """A server of its own, so no other test's transfer touches its counters."""
-    svc = TftpService(Config(boot_assets_dir=assets, services=ServicesConfig(tftp_port=0)))
+    svc = TftpService(
+        pxesettings.tftp(Config(boot_assets_dir=assets, services=ServicesConfig(tftp_port=0)))
+    )
     svc.start()
     yield svc
     svc.stop()
@@ -317,7 +320,7 @@ def test_client_error_ends_transfer(server, peer):
 def test_port_in_use_is_a_clear_start_error(server, assets):
     config = Config(boot_assets_dir=assets, services=ServicesConfig(tftp_port=server.port))
     with pytest.raises(TftpStartError, match="in use"):
-        TftpService(config).start()
+        TftpService(pxesettings.tftp(config)).start()
 
 
 def test_fifty_concurrent_atftp_clients(server, assets, tmp_path):
@@ -333,7 +336,9 @@ def test_fifty_concurrent_atftp_clients(server, assets, tmp_path):
 
 
 def test_stop_is_prompt(assets):
-    svc = TftpService(Config(boot_assets_dir=assets, services=ServicesConfig(tftp_port=0)))
+    svc = TftpService(
+        pxesettings.tftp(Config(boot_assets_dir=assets, services=ServicesConfig(tftp_port=0)))
+    )
     svc.start()
     p = Peer(svc)
     p.send(rrq(b"ipxe.efi"))  # leave a transfer hanging

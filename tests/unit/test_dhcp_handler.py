@@ -7,6 +7,7 @@ from collections import Counter
 
 import pytest
 
+from provisiond import pxesettings
 from provisiond.boot import BootAction, BootSpec
 from provisiond.config import Config, SubnetConfig
 from pxe.dhcp.codec import ACK, NAK, OFFER, Opt, decode, dump
@@ -47,7 +48,9 @@ def make(ignore=frozenset(), subnets=SUBNETS, address="10.9.0.1"):
     cfg = Config(interface="br0", address=IP(address), subnets=subnets)
     stats: Counter = Counter()
     policy = Policy(ignore)
-    h = Handler(cfg, policy, pools_for(subnets, address), lambda key: stats.update([key]))
+    h = Handler(
+        pxesettings.dhcp(cfg), policy, pools_for(subnets, address), lambda key: stats.update([key])
+    )
     return h, stats, policy
 
 

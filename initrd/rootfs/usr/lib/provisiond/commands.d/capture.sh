@@ -2,16 +2,33 @@
 #
 # Owns: cmd_capture ID ARG OUTFILE. ARG (base64) holds key=value lines from
 # provisiond/capture.py: disk, size (what the server expects), retries,
-# timeout. The disk is read in 4 MiB chunks (O_DIRECT when possible); zero
-# chunks are skipped; every other chunk is compressed with zstd -1 when that
-# saves 10 % and PUT to .../stream/ID/chunk/INDEX?sha256=..&enc=r|z (the
-# server verifies and answers 422 on a mismatch; each chunk is retried up to
-# `retries` times). The last output line is "captured: chunks=K list=SHA",
-# SHA being the sha256 of the "INDEX SHA256" lines, which the server compares
-# with its own scan of what it stored. A disk written to while it is captured
-# gives an inconsistent image (chunks are read at different moments).
+# timeout, transport (tcp|http), port and workers (tcp).
+#
+# transport=tcp (provisiond/capturerx.py): capture_plan (lib/usedblocks.sh)
+# lists the chunks to read — only chunks with used blocks of the file systems
+# partclone knows, everything else whole. WORKERS workers each take every
+# WORKERS-th planned chunk and send it over ONE connection (nc SERVER PORT):
+# a hello "P <token> <worker> <workers>", then per chunk "C <index> <enc>
+# <length> <sha256>" + the bytes (zstd -1 when that saves 10 %), then
+# "E <count>"; the server answers "OK <count>" or "ERR <reason>". A chunk
+# whose sha256 is that of a zero chunk is not sent. Per chunk a worker forks
+# dd, openssl, zstd and cat — no HTTP request, no per-chunk fsync on the
+# server — and the workers overlap each other's reads, hashing and sending.
+# A worker whose connection fails resends its share (bounded retries).
+#
+# transport=http: every chunk of the disk is read in turn (O_DIRECT when
+# possible), zero chunks skipped, the others PUT to
+# .../stream/ID/chunk/INDEX?sha256=..&enc=r|z (422 on a mismatch; each chunk
+# is retried up to `retries` times).
+#
+# Both: progress (bytes read of the planned bytes) is reported every 2 s and
+# moves per chunk; the last output line is "captured: chunks=K list=SHA", SHA
+# being the sha256 of the "INDEX SHA256" lines, which the server compares
+# with what it stored. A disk written to while it is captured gives an
+# inconsistent image (chunks are read at different moments).
 
 . "${AGENT_LIB:-/usr/lib/provisiond}/lib/stream.sh"
+. "${AGENT_LIB:-/usr/lib/provisiond}/lib/usedblocks.sh"
 
 cmd_capture() {
 	rm -rf "$STREAM_TMP" && mkdir -p "$STREAM_TMP"
@@ -20,7 +37,10 @@ cmd_capture() {
 	SIZE=$(sed -n 's/^size=//p' "$STREAM_TMP/arg")
 	STREAM_RETRIES=$(sed -n 's/^retries=//p' "$STREAM_TMP/arg")
 	: "${STREAM_RETRIES:=5}"
-	capture_run "$1" >"$3" 2>&1
+	case "$(sed -n 's/^transport=//p' "$STREAM_TMP/arg")" in
+	tcp) capture_tcp "$1" >"$3" 2>&1 ;;
+	*) capture_run "$1" >"$3" 2>&1 ;;
+	esac
 }
 
 capture_fail() {
@@ -71,4 +91,105 @@ capture_put() { # CMD INDEX SHA
 		log "capture: chunk $2 answered HTTP $API_STATUS; retry $_n"
 		sleep 1
 	done
+}
+
+# --- transport=tcp ------------------------------------------------------------
+
+capture_tcp() {
+	CHUNK=4194304
+	_port=$(sed -n 's/^port=//p' "$STREAM_TMP/arg")
+	_n=$(sed -n 's/^workers=//p' "$STREAM_TMP/arg")
+	[ "${_n:-1}" -ge 1 ] 2>/dev/null || _n=1
+	[ -n "$_port" ] || capture_fail "arg lacks port=" || return
+	_size=$(disk_size "$DISK") || capture_fail "$DISK is not a disk here" || return
+	[ "$_size" = "$SIZE" ] || capture_fail "$DISK has $_size bytes, the server expects $SIZE" || return
+	direct_flags "$DISK"
+	_t0=$(cut -d' ' -f1 /proc/uptime)
+	capture_plan "$DISK" "$SIZE" "$CHUNK" "$STREAM_TMP/plan"
+	_planned=$(wc -l <"$STREAM_TMP/plan")
+	_last=$(((SIZE - 1) / CHUNK))
+	# bytes to read: every planned chunk is whole but the last chunk of the disk
+	_pbytes=$((_planned * CHUNK))
+	grep -qx "$_last" "$STREAM_TMP/plan" && _pbytes=$((_pbytes - (_last + 1) * CHUNK + SIZE))
+	echo "plan: $_planned of $((_last + 1)) chunks ($((_pbytes / 1048576)) MiB) to read, $_n streams"
+	ZERO_SHA=$(dd if=/dev/zero bs="$CHUNK" count=1 2>/dev/null | sha_stdin)
+	ZERO_TAIL_SHA=$(dd if=/dev/zero bs=$((SIZE - _last * CHUNK)) count=1 2>/dev/null | sha_stdin)
+	progress_loop "$1" "$_pbytes" &
+	_prog=$!
+	_w=0 _pids=
+	rm -f "$STREAM_TMP"/w*.err
+	while [ "$_w" -lt "$_n" ]; do
+		awk -v n="$_n" -v w="$_w" '(NR - 1) % n == w' "$STREAM_TMP/plan" >"$STREAM_TMP/plan.$_w"
+		capture_worker "$_w" "$_n" "$_port" &
+		_pids="$_pids $!" _w=$((_w + 1))
+	done
+	_bad=0
+	for _pid in $_pids; do
+		wait "$_pid" || _bad=1
+	done
+	kill "$_prog" 2>/dev/null
+	if [ "$_bad" = 1 ] || ls "$STREAM_TMP"/w*.err >/dev/null 2>&1; then
+		capture_fail "$(cat "$STREAM_TMP"/w*.err 2>/dev/null | head -n 1)"
+		return 1
+	fi
+	progress_now "$1" "$_pbytes" "$_pbytes"
+	sort -n "$STREAM_TMP"/list.* >"$STREAM_TMP/list"
+	_k=$(wc -l <"$STREAM_TMP/list")
+	_t1=$(cut -d' ' -f1 /proc/uptime)
+	echo "read $_planned chunks, sent $_k in $(awk -v a="$_t0" -v b="$_t1" 'BEGIN { printf "%.1f", b - a }') s"
+	echo "captured: chunks=$_k list=$(sha_file "$STREAM_TMP/list")"
+}
+
+# capture_worker W N PORT -> sends share W over one connection; retries a failed one.
+capture_worker() {
+	set -- "$1" "$2" "$3" $(server_hostport)
+	_cw_try=0
+	while :; do
+		: >"$STREAM_TMP/list.$1"
+		echo 0 >"$STREAM_TMP/done.$1"
+		capture_frames "$1" "$2" <"$STREAM_TMP/plan.$1" | nc "$4" "$3" >"$STREAM_TMP/ans.$1" 2>&1
+		[ -f "$STREAM_TMP/w$1.err" ] && return 1 # a local read error: no retry
+		read -r _cw_ans _cw_rest <"$STREAM_TMP/ans.$1"
+		[ "$_cw_ans" = OK ] && [ "$_cw_rest" = "$(wc -l <"$STREAM_TMP/list.$1")" ] && return 0
+		_cw_try=$((_cw_try + 1))
+		if [ "$_cw_try" -gt "$STREAM_RETRIES" ]; then
+			echo "stream $1: $(head -c 200 "$STREAM_TMP/ans.$1" | tr -d '\n')" \
+				"(server $4:$3, after $STREAM_RETRIES retries)" >"$STREAM_TMP/w$1.err"
+			return 1
+		fi
+		log "capture: stream $1 answered '$(head -c 200 "$STREAM_TMP/ans.$1")'; retry $_cw_try"
+		sleep 1
+	done
+}
+
+# capture_frames W N -> stdout: the hello, the frames of the chunks listed on stdin, the end.
+capture_frames() {
+	printf 'P %s %s %s\n' "$AGENT_TOKEN" "$1" "$2"
+	_cf_raw=$STREAM_TMP/r$1 _cf_z=$STREAM_TMP/z$1 _cf_done=0 _cf_n=0
+	while read -r _cf_i; do
+		# shellcheck disable=SC2086
+		if ! dd if="$DISK" of="$_cf_raw" bs="$CHUNK" skip="$_cf_i" count=1 $IFLAG 2>/dev/null; then
+			echo "read of chunk $_cf_i of $DISK failed" >"$STREAM_TMP/w$1.err"
+			return 1
+		fi
+		_cf_len=$CHUNK _cf_zero=$ZERO_SHA
+		[ "$_cf_i" = "$_last" ] && _cf_len=$((SIZE - _last * CHUNK)) _cf_zero=$ZERO_TAIL_SHA
+		_cf_sha=$(openssl dgst -sha256 -r "$_cf_raw" 2>/dev/null || sha256sum "$_cf_raw")
+		_cf_sha=${_cf_sha%% *}
+		_cf_done=$((_cf_done + _cf_len))
+		if [ "$_cf_sha" != "$_cf_zero" ]; then
+			_cf_body=$_cf_raw _cf_enc=r
+			_cf_blen=$_cf_len
+			if zstd -q -1 -f "$_cf_raw" -o "$_cf_z" </dev/null 2>/dev/null; then
+				_cf_zlen=$(file_size "$_cf_z")
+				[ "$_cf_zlen" -le $((_cf_len * 9 / 10)) ] && _cf_body=$_cf_z _cf_enc=z _cf_blen=$_cf_zlen
+			fi
+			printf 'C %s %s %s %s\n' "$_cf_i" "$_cf_enc" "$_cf_blen" "$_cf_sha"
+			cat "$_cf_body" || return 1
+			echo "$_cf_i $_cf_sha" >>"$STREAM_TMP/list.$1"
+			_cf_n=$((_cf_n + 1))
+		fi
+		echo "$_cf_done" >"$STREAM_TMP/done.$1"
+	done
+	printf 'E %s\n' "$_cf_n"
 }
