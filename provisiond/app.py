@@ -33,6 +33,7 @@ from provisiond.inventory import Inventory, InventoryRefresher
 from provisiond.jobrunner import ByMode, JobRunner
 from provisiond.localdeploy import LocalStart, LocalStop
 from provisiond.policy import DatabasePolicy
+from provisiond.powerctl import PowerPoller
 from provisiond.release import EraseJob
 from provisiond.sanboot import SanbootStart, SanbootStop
 from provisiond.scheduler import Scheduler
@@ -173,6 +174,7 @@ class Daemon:
                 owner=self.config.instance,
             ),
             Scheduler(self.config, ctx.db, ctx.inventory, ctx.liveness),
+            PowerPoller(self.config, ctx.db),
         ]
         if self.config.ha.enabled:
             self.services.append(HaWatcher(ctx, exporter=lambda: storage.exporter))

@@ -147,6 +147,15 @@ class HttpConfig:
 
 
 @dataclass(frozen=True)
+class PowerConfig:
+    """Power-state polling of resources with a power driver (provisiond.powerctl)."""
+
+    interval: int = 60  # seconds between sweeps; 0 = no polling
+    timeout: int = 10  # seconds one BMC call may take
+    concurrency: int = 32  # BMCs asked at once during a sweep
+
+
+@dataclass(frozen=True)
 class HaConfig:
     """``[ha]``: the N-to-1 failover watcher (provisiond.hawatch)."""
 
@@ -178,6 +187,7 @@ class Config:
     lease: LeaseConfig = field(default_factory=LeaseConfig)
     images: ImagesConfig = field(default_factory=ImagesConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
+    power: PowerConfig = field(default_factory=PowerConfig)
     ha: HaConfig = field(default_factory=HaConfig)
     subnets: tuple[SubnetConfig, ...] = ()
     storages: tuple[StorageConfig, ...] = ()
@@ -319,6 +329,7 @@ _TOP = {
     "boot_assets_dir", "templates_dir", "database_url", "log_level", "services", "dns", "agent",
     "iscsi", "subnet", "storage", "images", "http", "ha",
 }  # fmt: skip
+_TOP.add("power")
 
 
 def _build(raw: dict[str, Any], source: str) -> Config:
@@ -368,6 +379,7 @@ def _build(raw: dict[str, Any], source: str) -> Config:
         lease=_lease(raw.get("lease", {})),
         images=_images(raw.get("images", {}), state_dir),
         http=http,
+        power=_power(raw.get("power", {})),
         ha=_ha(raw.get("ha", {})),
         subnets=subnets,
         storages=storages,
@@ -649,3 +661,13 @@ def _storage_host(t: _Table) -> dict[str, Any]:
         "devices": tuple(devices),
         "thin_pool_size": t.int("thin_pool_size", 0, 0, 1 << 50),
     }
+
+
+def _power(raw: dict[str, Any]) -> PowerConfig:
+    t = _Table(raw, "power", {"interval", "timeout", "concurrency"})
+    d = PowerConfig()
+    return PowerConfig(
+        interval=t.int("interval", d.interval, 0, 86400),
+        timeout=t.int("timeout", d.timeout, 1, 300),
+        concurrency=t.int("concurrency", d.concurrency, 1, 1024),
+    )

@@ -218,7 +218,10 @@ class HaWatcher:
                 promised.add(d.spare.resource_id)
                 self._failover(w, d)
             else:
-                self._record(w, d.state, d.reason, notify_on={HaState.WAITING})
+                reason = d.reason
+                if d.state == HaState.WATCHING and w.failover_at is not None:
+                    reason += f"; last failover {w.failover_at:%Y-%m-%d %H:%M:%S} onto {w.resource}"
+                self._record(w, d.state, reason, notify_on={HaState.WAITING})
         return out
 
     def _read(self) -> list[_Watched]:

@@ -40,7 +40,7 @@ import threading
 import time
 from collections.abc import Iterator
 
-from provisiond import appliances, chunks, jobs, logs, resources
+from provisiond import appliances, chunks, jobs, logs, powerctl, resources
 from provisiond.context import Context
 from provisiond.db import Database
 from provisiond.errors import Invalid, NotFound
@@ -288,6 +288,9 @@ class LocalStart:
             res_id, res_ip, res_name = app.resource_id, app.resource.ip, app.resource.display_name
             params = dict(app.params or {})
             disk = params.get("disk") or default_disk(app.resource.inventory)
+            wake = app.resource.power_driver and not powerctl.agent_heard(
+                self.ctx.config, app.resource
+            )
         m = ensure_manifest(db, image_id, job_id)
         with db.session() as s:
             job = s.get(Job, job_id)
@@ -310,6 +313,14 @@ class LocalStart:
             timeout=params.get("chunk_timeout", 30),
         )
         cmd_id = start_command(self.ctx, job_id, res_id, "deploy", arg, image_id=image_id)
+        if wake:  # a machine that is off: its agent runs the command once it boots
+            job_log(
+                db,
+                job_id,
+                powerctl.boot_or_advise(
+                    self.ctx.config, db, res_id, "start its agent", "localdeploy"
+                ),
+            )
         job_log(
             db,
             job_id,

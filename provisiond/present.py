@@ -34,10 +34,12 @@ def resource(r: Resource, detail: bool = False) -> dict[str, Any]:
         "cpus": _int(cpu.get("count")) if isinstance(cpu, dict) else None,
         "memory_mib": (_int(inv.get("memory_bytes")) or 0) // 2**20 or None,
         "last_heartbeat": iso(r.last_heartbeat),
+        "power_state": r.power_state if r.power_driver else None,
         "rack": r.owner,  # the instance that reaches the machine (provisiond.racks)
         "ha_pool": r.ha_pool,
     }
     if detail:
+        out["power"] = _power(r)
         out.update(
             macs=r.macs,
             reserved_ip=r.reserved_ip,
@@ -144,3 +146,10 @@ def appliance(app: Appliance) -> dict[str, Any]:
         "ha_heartbeat_at": iso(app.ha_heartbeat_at),
         "params": {k: v for k, v in (app.params or {}).items() if not hidden_param(k)},
     }
+
+
+def _power(r: Resource) -> dict[str, Any] | None:
+    """A resource's power settings as shown: never the password, only whether one is set."""
+    from provisiond.powerctl import describe
+
+    return describe(r) if r.power_driver else None

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import time
 
-from provisiond import appliances, jobs, logs
+from provisiond import appliances, jobs, logs, powerctl
 from provisiond.config import Config
 from provisiond.context import Context
 from provisiond.jobrunner import JobFailed
@@ -127,14 +127,18 @@ class SanbootStart:
             agent_alive = res.hostkey is not None and res.agent_token_hash is not None
             if agent_alive:
                 jobs.enqueue_command(s, res, "reboot", actor="sanboot")
+            res_id = res.id
         self.ctx.inventory.refresh()
         self.ctx.ring()
-        self._log(
-            job_id,
-            "asked the agent to reboot into the SAN target"
-            if agent_alive
-            else "no agent is running: power-cycle the machine to boot the SAN target",
-        )
+        if agent_alive:
+            self._log(job_id, "asked the agent to reboot into the SAN target")
+        else:
+            self._log(
+                job_id,
+                powerctl.boot_or_advise(
+                    self.ctx.config, self.ctx.db, res_id, "boot the SAN target", "sanboot"
+                ),
+            )
         return self._wait_login(job_id, target, initiator)
 
     def _wait_login(self, job_id: int, target: str, initiator: str) -> str:

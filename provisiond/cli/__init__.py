@@ -5,7 +5,15 @@ The commands live in small modules by area (``daemon``, ``inventory``,
 ``base``; importing this package loads them all.
 """
 
-from provisiond.cli import daemon, ha, inventory, shell, templates, work  # noqa: F401  (registers commands)
+from provisiond.cli import (  # noqa: F401  (registers commands)
+    daemon,
+    ha,
+    inventory,
+    power,
+    shell,
+    templates,
+    work,
+)
 from provisiond.cli.base import main
 
 __all__ = ["main"]
