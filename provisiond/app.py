@@ -19,7 +19,7 @@ import signal
 import threading
 from collections.abc import Iterator
 
-from provisiond import assets, instance, logs, pxesettings, recovery
+from provisiond import assets, instance, logs, pxesettings, recovery, sdnotify
 from provisiond.agentd import AgentServer
 from provisiond.boots import BootRegistry
 from provisiond.capture import CaptureJob
@@ -223,8 +223,10 @@ def serve(config: Config) -> int:
     except Exception as exc:
         log.error("start-up failed: %s", exc)
         return 1
+    sdnotify.notify("READY=1")  # Type=notify (provisiond.service): every service listens
     while not stop.wait(1.0):
         pass
+    sdnotify.notify("STOPPING=1")
     daemon.stop()
     log.info("stopped")
     return 0

@@ -48,6 +48,25 @@ def initrd_build_script() -> Path:
     return share("initrd", "build.sh")
 
 
+def _quoted(word: str) -> str:
+    """A path as one ExecStart word (systemd splits on spaces)."""
+    return f'"{word}"' if " " in word else word
+
+
+def systemd_unit(exe: str | None = None, config: str | None = None) -> str:
+    """``provisiond.service``, with ExecStart naming ``exe`` and ``config`` when given."""
+    text = resources.files("provisiond").joinpath("provisiond.service").read_text()
+    if exe or config:
+        old = next(line for line in text.splitlines() if line.startswith("ExecStart="))
+        _, _, rest = old.partition("=")
+        default_exe, _, tail = rest.partition(" --config ")
+        default_config = tail.split()[0]
+        exe, config = _quoted(exe or default_exe), _quoted(config or default_config)
+        new = f"ExecStart={exe} --config {config} serve"
+        text = text.replace(old, new)
+    return text
+
+
 def templates_dir() -> Path:
     """The shipped templates: ``install/`` (answer files) and ``ipxe/`` (boot scripts)."""
     return share("templates")

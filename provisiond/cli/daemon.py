@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import sys
 from pathlib import Path
 
@@ -125,6 +126,21 @@ def serve(env: Env) -> None:
     sys.exit(run(cfg))
 
 
+@main.command("systemd-unit")
+@click.option("--exec", "exec_path", default=None,
+              help="provisiond executable for ExecStart (default: this one)")  # fmt: skip
+@click.option("--config-path", default=None, help="config file for ExecStart (default: --config)")
+@click.pass_obj
+def systemd_unit(env: Env, exec_path: str | None, config_path: str | None) -> None:
+    """Print the systemd unit (provisiond.service) for this installation."""
+    from provisiond import shipped
+
+    exe = exec_path or shutil.which(sys.argv[0]) or str(Path(sys.argv[0]).resolve())
+    cfg = config_path or str(configmod.resolve_path(env._flag))
+    text = shipped.systemd_unit(str(Path(exe).absolute()), str(Path(cfg).absolute()))
+    click.echo(text, nl=False)
+
+
 # ---------------------------------------------------------------------------
 # jobs, events
 
@@ -140,6 +156,7 @@ def job_group() -> None:
 @click.pass_obj
 @handle_errors
 def job_list(env: Env, state: str | None, as_json: bool) -> None:
+    """List jobs (deploys, captures, erases, imports), newest first."""
     with env.db.session() as s:
         q = select(Job).order_by(Job.id.desc()).limit(200)
         if state:
@@ -154,6 +171,7 @@ def job_list(env: Env, state: str | None, as_json: bool) -> None:
 @click.pass_obj
 @handle_errors
 def job_show(env: Env, job_id: int, as_json: bool) -> None:
+    """Show one job: state, progress, log and outcome."""
     with env.db.session() as s:
         job = jobs.get(s, job_id)
         data = {**present.job(job), "log": job.log}
@@ -171,6 +189,7 @@ def event_group() -> None:
 @click.pass_obj
 @handle_errors
 def event_list(env: Env, limit: int, as_json: bool) -> None:
+    """List the latest inventory events (who changed what, when)."""
     with env.db.session() as s:
         q = select(Event).order_by(Event.id.desc()).limit(limit)
         rows = [present.event(e) for e in s.scalars(q)]

@@ -32,6 +32,7 @@ def resource_group() -> None:
 @click.pass_obj
 @handle_errors
 def resource_list(env: Env, state: str | None, as_json: bool) -> None:
+    """List resources (machines found by MAC) with state and address."""
     with env.db.session() as s:
         q = select(Resource).order_by(Resource.id)
         if state:
@@ -46,6 +47,7 @@ def resource_list(env: Env, state: str | None, as_json: bool) -> None:
 @click.pass_obj
 @handle_errors
 def resource_show(env: Env, ref: str, as_json: bool) -> None:
+    """Show one resource: hardware inventory, state, appliance."""
     with env.db.session() as s:
         r = resources.find(s, ref)
         data = present.resource(r, detail=True)
@@ -57,6 +59,7 @@ def resource_show(env: Env, ref: str, as_json: bool) -> None:
 @click.pass_obj
 @handle_errors
 def resource_rm(env: Env, ref: str) -> None:
+    """Remove a resource record (refused while an appliance uses it)."""
     with env.db.session() as s:
         r = resources.find(s, ref)
         name = r.display_name
@@ -128,6 +131,7 @@ def image_group() -> None:
 @click.pass_obj
 @handle_errors
 def image_list(env: Env, as_json: bool) -> None:
+    """List images with their storage, size and state."""
     with env.db.session() as s:
         rows = [present.image(i) for i in s.scalars(select(Image).order_by(Image.id))]
     emit(as_json, rows, ["id", "name", "format", "size", "state"])
@@ -201,6 +205,7 @@ def image_rm(env: Env, ref: str) -> None:
 @click.pass_obj
 @handle_errors
 def image_show(env: Env, ref: str, as_json: bool) -> None:
+    """Show one image: storage, volume, size, clones."""
     with env.db.session() as s:
         img = appliances._by_name(s, Image, ref, "image")
         emit(as_json, present.image(img))
@@ -216,6 +221,7 @@ def kernel_group() -> None:
 @click.pass_obj
 @handle_errors
 def kernel_list(env: Env, as_json: bool) -> None:
+    """List network-boot kernels; the default boots idle resources."""
     with env.db.session() as s:
         rows = [present.kernel(k) for k in s.scalars(select(Kernel).order_by(Kernel.id))]
     emit(as_json, rows, ["id", "name", "version", "kernel_path", "initrd_path", "is_default"])

@@ -24,6 +24,7 @@ def template_group() -> None:
 @click.pass_obj
 @handle_errors
 def template_list(env: Env, as_json: bool) -> None:
+    """List install template sets (kickstart, preseed, autoinstall, unattend, FAI)."""
     rows = [
         {"name": t.name, "kind": t.kind, "files": len(t.files), "answer": t.answer,
          "description": t.description}
@@ -90,6 +91,7 @@ def rootfs_build(name: str, force: bool) -> None:
 @json_option
 @handle_errors
 def rootfs_list(as_json: bool) -> None:
+    """List root file-system recipes and whether each is built."""
     rows = []
     for name in sorted(rootfs.RECIPES):
         ref = rootfs.lookup(name)

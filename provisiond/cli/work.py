@@ -34,6 +34,7 @@ def appliance_group() -> None:
 @click.pass_obj
 @handle_errors
 def appliance_list(env: Env, as_json: bool) -> None:
+    """List appliances with resource, image, mode and state."""
     with env.db.session() as s:
         rows = [present.appliance(a) for a in s.scalars(select(Appliance).order_by(Appliance.id))]
     emit(as_json, rows, ["id", "name", "resource", "image", "mode", "state"])
@@ -45,6 +46,7 @@ def appliance_list(env: Env, as_json: bool) -> None:
 @click.pass_obj
 @handle_errors
 def appliance_show(env: Env, ref: str, as_json: bool) -> None:
+    """Show one appliance: resource, kernel, image, mode, parameters."""
     with env.db.session() as s:
         emit(as_json, present.appliance(appliances.find(s, ref)))
 
@@ -75,6 +77,7 @@ def _params(pairs: tuple[str, ...]) -> dict[str, str]:
 def appliance_create(
     env: Env, name, resource_ref, image, kernel, mode, params, disk, ha, ha_pool, as_json
 ):
+    """Create an appliance: resource + image + mode (sanboot, local, template)."""
     extra = _params(params)
     if disk:
         extra["disk"] = disk
@@ -122,6 +125,7 @@ def appliance_start(env: Env, ref: str, wait: bool) -> None:
 @click.pass_obj
 @handle_errors
 def appliance_stop(env: Env, ref: str, wait: bool) -> None:
+    """Stop an appliance: its resource is released back to idle."""
     _appliance_action(env, ref, appliances.stop, wait)
 
 
@@ -131,6 +135,7 @@ def appliance_stop(env: Env, ref: str, wait: bool) -> None:
 @click.pass_obj
 @handle_errors
 def appliance_rm(env: Env, ref: str, keep_volume: bool) -> None:
+    """Remove a stopped appliance (and its clone volume unless --keep-volume)."""
     from provisiond.storages import StorageManager
 
     manager = StorageManager(env.config)

@@ -97,6 +97,8 @@ def test_help_and_shipped_files(venv):
     assert (migrations / "env.py").is_file() and (migrations / "script.py.mako").is_file()
     assert list((migrations / "versions").glob("0001_*.py"))
     assert (vendor / "xterm.js").is_file()
+    unit = _run([str(venv / "bin" / "provisiond"), "systemd-unit"], venv).stdout
+    assert f"ExecStart={venv / 'bin' / 'provisiond'} --config " in unit, unit
 
 
 def _initrd_inputs() -> str | None:

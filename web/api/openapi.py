@@ -121,6 +121,29 @@ SCHEMAS: dict[str, dict[str, Any]] = {
 }  # fmt: skip
 
 
+# power control and bulk actions (web/api/power.py)
+OPERATIONS += [
+    ("get", "/resources/{ref}/power", "Power settings (never the password) and last state",
+     [], None, "200"),
+    ("put", "/resources/{ref}/power", "Set power settings (admin; the password is write-only)",
+     [], "PowerSettings", "200"),
+    ("delete", "/resources/{ref}/power", "Remove power settings (admin)", [], None, "204"),
+    ("post", "/resources/{ref}/power", "Power on, off, cycle or read status through the BMC",
+     [], "PowerAction", "200"),
+    ("post", "/resources/bulk", "One action (on, off, cycle, release, assign) on many resources",
+     [], "Bulk", "200"),
+]  # fmt: skip
+SCHEMAS.update({
+    "PowerSettings": _obj(["driver"], driver={"enum": ["ipmi", "redfish", "wol", "qemu"]},
+                          address=_S, user=_S, password=_S, options=_O),
+    "PowerAction": _obj(["action"], action={"enum": ["on", "off", "cycle", "status"]}),
+    "Bulk": _obj(["resources", "action"], resources={"type": "array", "items": _S},
+                 action={"enum": ["on", "off", "cycle", "release", "assign"]},
+                 erase={"enum": ["quick", "full"]}, mode={"enum": ["sanboot", "local", "template"]},
+                 image=_S, kernel=_S),
+})  # fmt: skip
+
+
 def _param(name: str, where: str) -> dict[str, Any]:
     schema = _I if name in ("limit", "offset", "job_id", "token_id") or name.endswith("_id") else _S
     return {"name": name, "in": where, "required": where == "path", "schema": schema}
