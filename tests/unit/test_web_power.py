@@ -213,3 +213,88 @@ def test_bulk_release_and_assign(api, ctx):
     with ctx.db.sessions() as s:
         apps = {x.name: x.state for x in s.query(Appliance)}
     assert apps == {"taken": "stopped", "app-node30": "starting", "app-node31": "starting"}
+
+
+# --- the UI forms -------------------------------------------------------------
+
+
+def ui(app, role: str):
+    from tests.unit.web_fixtures import csrf_of, login
+
+    client = app.test_client()
+    login(client, role)
+    return client, csrf_of(client)
+
+
+def rid_of(ctx, name: str) -> int:
+    with ctx.db.sessions() as s:
+        return resources.find(s, name).id
+
+
+def test_ui_power_settings_form_is_admin_only_and_write_only(app, ctx):
+    name = add(ctx, 40)
+    rid = rid_of(ctx, name)
+    client, token = ui(app, "operator")
+    page = client.get(f"/resources/{rid}").get_data(as_text=True)
+    assert "no power driver" in page and 'id="power-settings"' not in page
+    r = client.post(
+        f"/resources/{rid}/power/settings", data={"csrf_token": token, "driver": "ipmi"}
+    )
+    assert r.status_code == 403
+    client, token = ui(app, "admin")
+    form = {"csrf_token": token, "driver": "scripted", "address": "bmc40", "user": "root",
+            "password": SECRET, "options": "mode=fast\nretries=3\n"}  # fmt: skip
+    r = client.post(f"/resources/{rid}/power/settings", data=form, follow_redirects=True)
+    page = r.get_data(as_text=True)
+    assert "power settings saved" in page and "password stored sealed" in page
+    assert SECRET not in page and "sealed:v1" not in page
+    assert "retries=3" in page and "bmc40" in page
+    bad = {**form, "driver": "ipmi", "address": ""}
+    page = client.post(f"/resources/{rid}/power/settings", data=bad,
+                       follow_redirects=True).get_data(as_text=True)  # fmt: skip
+    assert "power settings not saved: the ipmi driver needs the BMC address" in page
+    assert api_state(ctx, name)["driver"] == "scripted"
+
+
+def api_state(ctx, name):
+    from provisiond import powerctl
+
+    with ctx.db.sessions() as s:
+        return powerctl.describe(resources.find(s, name))
+
+
+def test_ui_power_buttons_and_failures(app, ctx, scripted):
+    good, dead = add(ctx, 41), add(ctx, 42)
+    client, token = ui(app, "admin")
+    for name, address in ((good, "bmc41"), (dead, "dead42")):
+        client.post(f"/resources/{rid_of(ctx, name)}/power/settings",
+                    data={"csrf_token": token, "driver": "scripted", "address": address,
+                          "password": SECRET})  # fmt: skip
+    client, token = ui(app, "operator")
+    page = client.post(f"/resources/{rid_of(ctx, good)}/power/on", data={"csrf_token": token},
+                       follow_redirects=True).get_data(as_text=True)  # fmt: skip
+    assert "power on: on (via scripted)" in page and 'id="power-actions"' in page
+    page = client.post(f"/resources/{rid_of(ctx, dead)}/power/cycle", data={"csrf_token": token},
+                       follow_redirects=True).get_data(as_text=True)  # fmt: skip
+    assert "power cycle failed (unreachable)" in page and 'id="power-error"' in page
+    listing = client.get("/resources").get_data(as_text=True)
+    assert 'class="power power-on">on<' in listing
+
+
+def test_ui_bulk_form(app, ctx, scripted):
+    names = [add(ctx, n) for n in (50, 51)]
+    client, token = ui(app, "admin")
+    client.post(f"/resources/{rid_of(ctx, names[0])}/power/settings",
+                data={"csrf_token": token, "driver": "scripted", "address": "bmc50",
+                      "password": SECRET})  # fmt: skip
+    listing = client.get("/resources").get_data(as_text=True)
+    assert 'id="bulk-actions"' in listing and 'name="resource" value="node50"' in listing
+    r = client.post("/resources/bulk", follow_redirects=True,
+                    data={"csrf_token": token, "action": "on", "resource": names})  # fmt: skip
+    page = r.get_data(as_text=True)
+    assert "on: 1 of 2 done" in page and "node51: resource node51 has no power driver" in page
+    r = client.post("/resources/bulk", follow_redirects=True,
+                    data={"csrf_token": token, "action": "on"})  # fmt: skip
+    assert "non-empty list" in r.get_data(as_text=True)
+    r = client.post("/resources/bulk", data={"action": "on", "resource": names})
+    assert r.status_code in (400, 403)  # no CSRF token: refused
