@@ -37,13 +37,10 @@ def encode_arg(**kv: object) -> str:
     return "".join(f"{k}={v}\n" for k, v in kv.items() if v is not None and v != "")
 
 
-def appliance_of(session: Session, job_id: int) -> Appliance:
-    """The appliance job ``job_id`` works for (appliance jobs always have one)."""
+def appliance_of(session: Session, job_id: int) -> Appliance | None:
+    """The appliance job ``job_id`` works for (None if it was removed meanwhile)."""
     job = session.get(Job, job_id)
-    app = session.get(Appliance, job.appliance_id) if job and job.appliance_id else None
-    if app is None:
-        raise JobFailed(f"job {job_id} has no appliance (was it removed?)")
-    return app
+    return session.get(Appliance, job.appliance_id) if job.appliance_id else None
 
 
 def start_command(ctx: Context, job_id: int, res_id: int, kind: str, arg: str, **params) -> int:

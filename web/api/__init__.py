@@ -13,4 +13,12 @@ from flask import Blueprint
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 
-from web.api import accounts, ha, inventory, openapi, templates, work  # noqa: E402,F401  (register routes)
+from web.api import (  # noqa: E402,F401  (register routes)
+    accounts,
+    ha,
+    inventory,
+    openapi,
+    power,
+    templates,
+    work,
+)

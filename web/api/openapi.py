@@ -59,6 +59,10 @@ OPERATIONS: list[tuple[str, str, str, list[str], str | None, str]] = [
     ("post", "/appliances/{ref}/stop", "Stop an appliance", [], None, "202"),
     ("get", "/templates", "List install template sets", [], None, "200"),
     ("get", "/templates/{name}", "Template text of a set or of one SET/PATH", [], None, "200"),
+    ("post", "/templates", "Store a template set (checked in the Jinja2 sandbox first)", [],
+     "TemplateSet", "201"),
+    ("put", "/templates/{name}", "Replace a stored template set", [], "TemplateSetUpdate", "200"),
+    ("delete", "/templates/{name}", "Remove a stored template set", [], None, "204"),
     ("post", "/templates/{name}/render", "Render for a resource: what the machine would get",
      [], "TemplateRender", "200"),
     ("get", "/jobs", "List jobs, newest first",
@@ -113,12 +117,42 @@ SCHEMAS: dict[str, dict[str, Any]] = {
                             kernel=_S, params=_O, ha=_B, ha_pool=_S, start=_B),
     "ApplianceUpdate": _obj([], params=_O, ha=_B),
     "TemplateRender": _obj(["resource"], resource=_S, params=_O),
+    "TemplateSet": _obj(["name", "kind", "files"], name=_S,
+                        kind={"enum": ["fai", "preseed", "autoinstall", "kickstart", "unattend"]},
+                        files=_O, description=_S, answer=_S, cmdline=_S, modes=_O),
+    "TemplateSetUpdate": _obj(["kind", "files"],
+                              kind={"enum": ["fai", "preseed", "autoinstall", "kickstart",
+                                             "unattend"]},
+                              files=_O, description=_S, answer=_S, cmdline=_S, modes=_O),
     "UserCreate": _obj(["name", "password"], name=_S, password=_S,
                        role={"enum": ["viewer", "operator", "admin"]}),
     "UserUpdate": _obj([], password=_S, role={"enum": ["viewer", "operator", "admin"]}),
     "TokenCreate": _obj(["name"], name=_S, user=_S),
     "HaPool": _obj(["pool"], pool=_S),
 }  # fmt: skip
+
+
+# power control and bulk actions (web/api/power.py)
+OPERATIONS += [
+    ("get", "/resources/{ref}/power", "Power settings (never the password) and last state",
+     [], None, "200"),
+    ("put", "/resources/{ref}/power", "Set power settings (admin; the password is write-only)",
+     [], "PowerSettings", "200"),
+    ("delete", "/resources/{ref}/power", "Remove power settings (admin)", [], None, "204"),
+    ("post", "/resources/{ref}/power", "Power on, off, cycle or read status through the BMC",
+     [], "PowerAction", "200"),
+    ("post", "/resources/bulk", "One action (on, off, cycle, release, assign) on many resources",
+     [], "Bulk", "200"),
+]  # fmt: skip
+SCHEMAS.update({
+    "PowerSettings": _obj(["driver"], driver={"enum": ["ipmi", "redfish", "wol", "qemu"]},
+                          address=_S, user=_S, password=_S, options=_O),
+    "PowerAction": _obj(["action"], action={"enum": ["on", "off", "cycle", "status"]}),
+    "Bulk": _obj(["resources", "action"], resources={"type": "array", "items": _S},
+                 action={"enum": ["on", "off", "cycle", "release", "assign"]},
+                 erase={"enum": ["quick", "full"]}, mode={"enum": ["sanboot", "local", "template"]},
+                 image=_S, kernel=_S),
+})  # fmt: skip
 
 
 def _param(name: str, where: str) -> dict[str, Any]:

@@ -6,6 +6,14 @@
     if (msg && !window.confirm(msg)) ev.preventDefault();
   });
 
+  // resource list: the header checkbox selects every row for a bulk action
+  document.addEventListener("change", function (ev) {
+    if (ev.target.id !== "select-all") return;
+    document.querySelectorAll('#bulk input[name="resource"]').forEach(function (box) {
+      box.checked = ev.target.checked;
+    });
+  });
+
   function fmtRate(r) { return (r / 1048576).toFixed(1) + " MiB/s"; }
 
   function updateJob(row, j) {

@@ -94,4 +94,10 @@ def logout():
     return redirect("/login")
 
 
-from web.ui import assign, pages, shell, templates  # noqa: E402,F401  (register routes)
+from web.ui import (  # noqa: E402,F401  (register routes)
+    assign,
+    pages,
+    power,
+    shell,
+    templates,
+)
