@@ -39,6 +39,7 @@ from provisiond.scheduler import Scheduler
 from provisiond.security import check_tls_pair, private_state
 from provisiond.service import Service
 from provisiond.storages import StorageManager, StorageService
+from provisiond.storagewatch import StorageWatch
 from provisiond.templatedeploy import TemplateStart, TemplateStop
 from pxe.http.ipxe import IpxeRenderer
 
@@ -167,6 +168,7 @@ class Daemon:
         other_jobs = {"image.capture": CaptureJob(ctx, manager), "resource.erase": EraseJob(ctx)}
         self.services += [
             storage,
+            StorageWatch(ctx, storage),
             JobRunner(
                 ctx.db,
                 {"appliance.start": appliance_jobs, "appliance.stop": stop_jobs, **other_jobs},

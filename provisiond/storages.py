@@ -170,10 +170,19 @@ class StorageService:
     def __init__(self, config: Config, db: Database, manager: StorageManager) -> None:
         self.config, self.db, self.manager = config, db, manager
         self.exporter: Exporter | None = None
+        self.lock = threading.Lock()  # export changes: deploy jobs and the storage watch
         self.host_exporters: dict[str, Exporter] = {}  # storage name -> exporter on its host
         self.poll_interval = 5.0  # seconds between connection attempts to a down host
         self._stop = threading.Event()
         self._pollers: dict[str, threading.Thread] = {}
+
+    def revive(self) -> None:
+        """This machine's exporter stopped answering: start (our) tgtd again and check it."""
+        exporter = self.exporter or self.manager.exporter()
+        if isinstance(exporter, TgtExporter):
+            self._ensure_tgtd()
+        exporter.check()
+        self.exporter = exporter
 
     @property
     def local_storages(self) -> list[StorageConfig]:
