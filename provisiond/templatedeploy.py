@@ -28,15 +28,16 @@ fetches and the installed OS's one-time call back.
 from __future__ import annotations
 
 import io
+import re
 import tarfile
 import time
 from pathlib import Path
 
 from sqlalchemy import select
 
-from provisiond import appliances, installs, jobs, logs, rootfs
+from provisiond import appliances, installs, jobs, logs, rootfs, templatestore
 from provisiond.context import Context
-from provisiond.errors import NotFound, Unauthorized
+from provisiond.errors import Invalid, NotFound, Unauthorized
 from provisiond.jobrunner import JobFailed
 from provisiond.lifecycle import ApplianceState as AS
 from provisiond.lifecycle import JobState as JS
@@ -88,7 +89,8 @@ def make_bundle(files: dict[str, str], modes: dict[str, int]) -> bytes:
 
 
 def renderer(ctx: Context) -> Renderer:
-    return Renderer(ctx.config.templates_dir / "install")
+    """Shipped and stored sets (:mod:`provisiond.templatestore`)."""
+    return templatestore.renderer(ctx.config, ctx.db)
 
 
 class TemplateStart:
@@ -282,6 +284,35 @@ def _running_install(session, resource_id: int, token: str) -> Job | None:
         if (job.params or {}).get("callback_hash") == digest:
             return job
     return None
+
+
+#: what an installer may report on its way (``.../progress/<step>``): a short word
+_STEP = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
+MAX_STEPS = 32  # per install: a chatty or hostile installer cannot flood the job log
+
+
+def installer_progress(ctx: Context, resource_id: int, token: str, step: str) -> str:
+    """An installer reports a step (its preseed's early command, a kickstart %pre, ...).
+
+    Same one-time token as the answer file, and only while the resource
+    installs; the step lands in the ``appliance.start`` job's log, so CLI, API
+    and UI show how far the installer got.
+    """
+    if not _STEP.match(step):
+        raise Invalid(f"installer step {step[:40]!r}: one word of a-z, 0-9 and '-'", "step")
+    with ctx.db.session() as s:
+        job = _running_install(s, resource_id, token)
+        app = s.get(Appliance, job.appliance_id) if job and job.appliance_id else None
+        if job is None or app is None or app.state != AS.STARTING:
+            raise NotFound("no install in progress for this URL")
+        steps = list((job.params or {}).get("installer_steps", []))
+        if len(steps) >= MAX_STEPS:
+            return f"ignored: already {MAX_STEPS} steps"
+        job.params = {**(job.params or {}), "installer_steps": [*steps, step]}
+        jobs.append_log(job, f"installer of {app.resource.display_name}: {step}")
+        job_id = job.id
+    log.info("job %d: installer of resource %d reports %s", job_id, resource_id, step)
+    return f"recorded: {step}"
 
 
 def answer_file(ctx: Context, resource_id: int, token: str, path: str) -> str:

@@ -166,6 +166,13 @@ class TemplateSet:
     answer: str = ""  # the file an installer fetches (installer kinds)
     cmdline: str = ""  # kernel arguments of the installer (template text)
     modes: Mapping[str, int] = field(default_factory=dict)
+    #: template text by output path for a set stored in the database
+    #: (:mod:`provisiond.templatestore`); None: read ``root/<path>.j2``
+    sources: Mapping[str, str] | None = None
+
+    @property
+    def origin(self) -> str:
+        return "shipped" if self.sources is None else "stored"
 
 
 def _load_set(root: Path, name: str) -> TemplateSet:
@@ -189,13 +196,21 @@ def _load_set(root: Path, name: str) -> TemplateSet:
 
 
 class _SetLoader(jinja2.BaseLoader):
-    """Loads ``<set>/<path>.j2`` under one root; include names are checked like set names."""
+    """Loads ``<set>/<path>.j2`` under one root, or from a stored set's sources;
+    include names are checked like set names."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, stored: Mapping[str, TemplateSet]) -> None:
         self.root = root
+        self.stored = stored
 
     def get_source(self, environment, template):
         check_name(template)
+        set_name, _, rel = template.partition("/")
+        stored = self.stored.get(set_name)
+        if stored is not None and not (self.root / set_name / "set.toml").is_file():
+            if rel not in (stored.sources or {}):
+                raise jinja2.TemplateNotFound(template)
+            return stored.sources[rel], f"<stored {template}>", lambda: False
         path = self.root / f"{template}.j2"
         if not path.is_file():
             raise jinja2.TemplateNotFound(template)
@@ -211,10 +226,12 @@ def _undefined_name(exc: jinja2.UndefinedError) -> str:
 
 
 class Renderer:
-    """Renders template sets found under ``root`` (``templates/install``)."""
+    """Renders template sets found under ``root`` (``templates/install``) and ``stored``
+    ones (from the database; a shipped set of the same name wins)."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, stored: Mapping[str, TemplateSet] | None = None) -> None:
         self.root = Path(root)
+        self.stored = dict(stored or {})
         self._envs = {fmt: self._env(esc) for fmt, esc in ESCAPERS.items()}
 
     def _env(self, escape: Callable[[Any], Escaped]) -> SandboxedEnvironment:
@@ -222,7 +239,7 @@ class Renderer:
             return value if isinstance(value, Escaped) else escape(value)
 
         env = SandboxedEnvironment(
-            loader=_SetLoader(self.root),
+            loader=_SetLoader(self.root, self.stored),
             undefined=jinja2.StrictUndefined,
             finalize=finalize,
             trim_blocks=True,
@@ -237,7 +254,7 @@ class Renderer:
 
     # -- discovery --
 
-    def sets(self) -> list[TemplateSet]:
+    def shipped(self) -> list[TemplateSet]:
         if not self.root.is_dir():
             return []
         return [
@@ -246,10 +263,18 @@ class Renderer:
             if (p / "set.toml").is_file() and _SEGMENT.match(p.name) and p.name[0] != "."
         ]
 
+    def sets(self) -> list[TemplateSet]:
+        shipped = self.shipped()
+        names = {t.name for t in shipped}
+        stored = [t for n, t in self.stored.items() if n not in names]
+        return sorted(shipped + stored, key=lambda t: t.name)
+
     def get(self, name: str) -> TemplateSet:
         check_name(name)
         set_name = name.split("/", 1)[0]
         root = self.root / set_name
+        if not (root / "set.toml").is_file() and set_name in self.stored:
+            return self.stored[set_name]
         if not (root / "set.toml").is_file():
             known = ", ".join(s.name for s in self.sets()) or "none"
             raise NotFound(f"template set {set_name!r} not found (known: {known})", "template")
@@ -259,6 +284,8 @@ class Renderer:
         """Template text by output path: a whole set, or one ``set/path``."""
         tset = self.get(name)
         wanted = self._wanted(tset, name)
+        if tset.sources is not None:
+            return {p: tset.sources[p] for p in wanted}
         return {p: (tset.root / f"{p}.j2").read_text() for p in wanted}
 
     @staticmethod
@@ -271,7 +298,11 @@ class Renderer:
                            + ", ".join(tset.files), "template")  # fmt: skip
         return (path,)
 
-    # -- rendering --
+    # -- checking and rendering --
+
+    def check_source(self, label: str, text: str, fmt: str) -> None:
+        """Parse template text in the sandbox; TemplateError names the line and the problem."""
+        self._guard(label, lambda: self._envs[fmt].parse(text) and "")
 
     def render_text(self, label: str, text: str, fmt: str, variables: Mapping[str, Any]) -> str:
         """Render template text (not from a file) with the rules of format ``fmt``."""

@@ -116,6 +116,17 @@ def test_preseed_served_only_while_installing(daemon):
     keys = d.get(f"/install/v1/{res_id}/{token}/authorized_keys")
     assert keys[0] == 200 and keys[1].startswith(b"ssh-ed25519 ")
     assert "answer file preseed.cfg served to resource" in d.log.read_text()
+    # the preseed's early command reports that the installer read it
+    early = re.search(r"early_command string wget -q -O /dev/null (\S+)", body.decode()).group(1)
+    assert early == url.rsplit("/", 1)[0] + "/progress/preseed-loaded"
+    assert d.get("/" + early.split("/", 3)[3]) == (200, b"recorded: preseed-loaded\n")
+    bad_token = path.replace(token, "y" * len(token)).rsplit("/", 1)[0]
+    assert d.get(f"{bad_token}/progress/preseed-loaded")[0] == 404
+    assert d.get(path.rsplit("/", 1)[0] + "/progress/Bad%20Step")[0] == 400
+    start_id = next(j["id"] for j in json.loads(cli_ok(d, "job", "list", "--json"))
+                    if j["kind"] == "appliance.start")  # fmt: skip
+    shown = json.loads(cli_ok(d, "job", "show", str(start_id), "--json"))
+    assert "installer of " in shown["log"] and ": preseed-loaded" in shown["log"], shown["log"]
 
     status, out = d.request("POST", "/install/v1/done", b"hostname=inst1", token,
                             {"Content-Type": "application/x-www-form-urlencoded"})  # fmt: skip
