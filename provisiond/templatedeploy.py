@@ -182,8 +182,10 @@ class TemplateStart:
             esc_cmdline(word)  # the Kernel's own arguments too: refused now, not at boot
         cmdline = " ".join(p for p in (renderer(ctx).cmdline(tset, variables), kernel.cmdline) if p)
         job.params = {**(job.params or {}), "callback_hash": hash_token(token)}
+        initrds = [kernel.initrd_path] if kernel.initrd_path else []
+        initrds += renderer(ctx).initrd_urls(tset, variables)
         app.params = {**(app.params or {}), "install_kernel": kernel.kernel_path,
-                      "install_initrds": [kernel.initrd_path] if kernel.initrd_path else [],
+                      "install_initrds": initrds,
                       "install_cmdline": cmdline}  # fmt: skip
         jobs.append_log(job, f"rendered {tset.name}: {', '.join(files)}; installer {kernel.name}")
         cmd = jobs.enqueue_command(s, res, "reboot", actor="daemon")
