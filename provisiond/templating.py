@@ -49,6 +49,7 @@ _SEGMENT = re.compile(r"^[a-z0-9._-]+$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _XML_BAD = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
 _LINE_BAD = re.compile(r"[\x00-\x08\x0a-\x1f\x7f\"'`\\]|&&|\|\||\$\{")
+_CMD_BAD = re.compile(r"[\x00-\x1f\x7f&|<>^%!\"]")
 _CMDLINE_BAD = re.compile(r"[\x00-\x20\x7f;'\"`\\]|&&|\|\||\$\{")
 
 
@@ -108,6 +109,18 @@ def esc_cmdline(value: Any) -> Escaped:
     return Escaped(text)
 
 
+def esc_cmd(value: Any) -> Escaped:
+    """One argument of a Windows batch file (cmd.exe): its operators are refused."""
+    text = _scalar(value, "batch file value")
+    bad = _CMD_BAD.search(text)
+    if bad:
+        raise TemplateError(
+            f"batch file value {text!r} contains {bad.group()!r}: control characters and "
+            "cmd.exe's & | < > ^ % ! \" are refused there"
+        )
+    return Escaped(text)
+
+
 def esc_text(value: Any) -> Escaped:
     text = _scalar(value, "value")
     if _CONTROL.search(text.replace("\t", " ")):
@@ -123,6 +136,7 @@ ESCAPERS: dict[str, Callable[[Any], Escaped]] = {
     "xml": esc_xml,
     "cmdline": esc_cmdline,
     "text": esc_text,
+    "cmd": esc_cmd,
 }
 
 
@@ -137,6 +151,8 @@ def format_for(path: str) -> str:
         return "xml"
     if name == "cmdline" or name.endswith((".cmdline", ".ipxe")):
         return "cmdline"
+    if name.endswith((".cmd", ".bat")):
+        return "cmd"
     return "text"
 
 
@@ -169,6 +185,9 @@ class TemplateSet:
     #: template text by output path for a set stored in the database
     #: (:mod:`provisiond.templatestore`); None: read ``root/<path>.j2``
     sources: Mapping[str, str] | None = None
+    #: extra initrds the installer boots with (template text of URLs, e.g. the answer
+    #: file that wimboot injects into WinPE), after the Kernel's own
+    initrds: tuple[str, ...] = ()
 
     @property
     def origin(self) -> str:
@@ -191,8 +210,11 @@ def _load_set(root: Path, name: str) -> TemplateSet:
     answer = meta.get("answer", "")
     if answer and answer not in files:
         raise TemplateError(f"template set {name}: answer file {answer!r} has no {answer}.j2")
+    initrds = meta.get("initrds", [])
+    if not isinstance(initrds, list) or not all(isinstance(i, str) for i in initrds):
+        raise TemplateError(f"template set {name}: initrds must be a list of URL templates")
     return TemplateSet(name, kind, meta.get("description", ""), root, tuple(files), answer,
-                       meta.get("cmdline", ""), modes)  # fmt: skip
+                       meta.get("cmdline", ""), modes, initrds=tuple(initrds))  # fmt: skip
 
 
 class _SetLoader(jinja2.BaseLoader):
@@ -334,6 +356,17 @@ class Renderer:
             raise TemplateError(f"template {label}: {bad.group()!r} may not appear in a kernel "
                                 "command line (iPXE would read it as a command)")  # fmt: skip
         return " ".join(text.split())
+
+    def initrd_urls(self, tset: TemplateSet, variables: Mapping[str, Any]) -> list[str]:
+        """The set's extra installer initrds: each one http(s) URL, safe in an iPXE script."""
+        urls = []
+        for i, text in enumerate(tset.initrds):
+            label = f"{tset.name}/set.toml:initrds[{i}]"
+            url = self.render_text(label, text, "cmdline", variables).strip()
+            if not re.fullmatch(r"https?://\S+", url) or _LINE_BAD.search(url):
+                raise TemplateError(f"template {label}: {url!r} is not one http(s) URL")
+            urls.append(url)
+        return urls
 
     @staticmethod
     def _guard(name: str, fn: Callable[[], str]) -> str:
