@@ -26,11 +26,12 @@ from __future__ import annotations
 import time
 
 from provisiond import appliances, bootchain, jobs, logs, powerctl
+from provisiond.agentjob import appliance_of
 from provisiond.config import Config
 from provisiond.context import Context
 from provisiond.jobrunner import JobFailed
 from provisiond.lifecycle import ApplianceState as AS
-from provisiond.model import Appliance, Job, Volume
+from provisiond.model import Job, Volume
 from provisiond.storages import StorageManager, StorageService
 from storage.backends import StorageError
 from storage.exporters import ExportSpec, IscsiSession, new_chap_secret
@@ -56,7 +57,7 @@ class SanbootStart:
     def run(self, job_id: int) -> str:
         db = self.ctx.db
         with db.session() as s:
-            app = s.get(Appliance, s.get(Job, job_id).appliance_id)
+            app = appliance_of(s, job_id)
             image = app.image
             if image is None or image.volume is None:
                 raise JobFailed(f"appliance {app.name}: its image has no master volume")
@@ -113,7 +114,7 @@ class SanbootStart:
             raise JobFailed(f"export of {clone_name} as {target} failed: {exc}") from exc
         self._log(job_id, f"exported {clone_name} as {target} lun {spec.lun} for {initiator}")
         with db.session() as s:
-            app = s.get(Appliance, s.get(Job, job_id).appliance_id)
+            app = appliance_of(s, job_id)
             if app.volume is None:
                 row = Volume(storage_id=storage_id, name=clone_name, path=vol.path,
                              size=vol.size, origin_id=master_id)  # fmt: skip
@@ -157,7 +158,7 @@ class SanbootStart:
         login_at, login_ever, where = None, False, ""
         while True:
             with self.ctx.db.sessions() as s:
-                app = s.get(Appliance, s.get(Job, job_id).appliance_id)
+                app = appliance_of(s, job_id)
                 if app is None or app.state == AS.FAILED:
                     raise JobFailed("appliance failed or was removed while starting")
             now = time.monotonic()
@@ -210,7 +211,7 @@ class SanbootStop:
 
     def run(self, job_id: int) -> str:
         with self.ctx.db.session() as s:
-            app = s.get(Appliance, s.get(Job, job_id).appliance_id)
+            app = appliance_of(s, job_id)
             target = (app.params or {}).get("target_iqn")
             storage_name = app.volume.storage.name if app.volume else None
         exporter = (
@@ -222,7 +223,7 @@ class SanbootStop:
             except StorageError as exc:
                 raise JobFailed(f"unexport of {target} failed: {exc}")
         with self.ctx.db.session() as s:
-            appliances.stopped(s, s.get(Appliance, s.get(Job, job_id).appliance_id),
+            appliances.stopped(s, appliance_of(s, job_id),
                                "export removed")  # fmt: skip
         self.ctx.inventory.refresh()
         return f"stopped: {target or 'nothing'} unexported"

@@ -36,13 +36,9 @@ from pathlib import Path
 from sqlalchemy import select
 
 from provisiond import appliances, installs, jobs, logs, rootfs, templatestore
-from provisiond.context import Context
-from provisiond.errors import Invalid, NotFound, Unauthorized
-from provisiond.jobrunner import JobFailed
-from provisiond.lifecycle import ApplianceState as AS
-from provisiond.lifecycle import JobState as JS
-from provisiond.localdeploy import (
+from provisiond.agentjob import (
     Gone,
+    appliance_of,
     cancel_command,
     encode_arg,
     job_log,
@@ -50,6 +46,11 @@ from provisiond.localdeploy import (
     start_command,
     wait_command,
 )
+from provisiond.context import Context
+from provisiond.errors import Invalid, NotFound, Unauthorized
+from provisiond.jobrunner import JobFailed
+from provisiond.lifecycle import ApplianceState as AS
+from provisiond.lifecycle import JobState as JS
 from provisiond.model import Appliance, Job, Kernel, Resource
 from provisiond.security import hash_token, new_token, ssh_fingerprint, write_private
 from provisiond.templating import Renderer, TemplateError, esc_cmdline
@@ -157,7 +158,7 @@ class TemplateStart:
             path.unlink(missing_ok=True)
         job_log(db, job_id, f"agent: {last}")
         with db.session() as s:
-            app = s.get(Appliance, s.get(Job, job_id).appliance_id)
+            app = appliance_of(s, job_id)
             stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
             app.params = {**(app.params or {}), "installed": stamp}
         ctx.inventory.refresh()
@@ -227,7 +228,7 @@ class TemplateStop:
 
     def run(self, job_id: int) -> str:
         with self.ctx.db.session() as s:
-            app = s.get(Appliance, s.get(Job, job_id).appliance_id)
+            app = appliance_of(s, job_id)
             app.params = {k: v for k, v in (app.params or {}).items() if k not in INSTALL_KEYS}
             appliances.stopped(s, app, "installed disk left as it is")
         self.ctx.inventory.refresh()
