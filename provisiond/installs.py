@@ -53,6 +53,7 @@ DEFAULTS: dict[str, str] = {
     "windows_image": "Windows Server 2022 SERVERSTANDARD",
     "windows_disk_id": "0",
     "windows_product_key": "",
+    "windows_share_user": "",
 }
 _HOST = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _DISK = re.compile(r"^/dev/[a-z0-9][a-z0-9/_-]*$")

@@ -51,7 +51,13 @@ def free_control_port() -> int:
     raise AssertionError("no free tgt control port in 1-1000 (stale tgtd processes?)")
 
 
-def lab_config(lab: Lab, state: Path, extra: str = "", tgt_control_port: int | None = None) -> str:
+def lab_config(
+    lab: Lab,
+    state: Path,
+    extra: str = "",
+    tgt_control_port: int | None = None,
+    iscsi: str = "",  # more [iscsi] lines, e.g. "boot_settle = 3\n"
+) -> str:
     if tgt_control_port is None:
         tgt_control_port = free_control_port()
     return f"""
@@ -63,7 +69,7 @@ state_dir = "{state}"
 domain = "lab.test"
 [iscsi]
 tgt_control_port = {tgt_control_port}
-[[subnet]]
+{iscsi}[[subnet]]
 cidr = "{lab.cidr}"
 range = ["{lab.net}.100", "{lab.net}.120"]
 router = "{lab.server_ip}"
