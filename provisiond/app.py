@@ -91,12 +91,27 @@ def _change_feed(ctx: Context) -> ChangeFeed:
     """Changes by the CLI and other instances: the inventory checks, agent polls wake."""
     feed = ChangeFeed(ctx.config.database_url, ctx.config.sqlite_path)
 
+    resources_seen: list = [None]
+
     def changed(tables: frozenset[str] | None) -> None:
         ctx.inventory.note_change(tables)
         if tables is None or "job" in tables:  # a command may be queued for an agent here
             ctx.ring()
+        if tables is not None:
+            if "resource" in tables:
+                ctx.tokens.clear()
+            return
+        fp = ctx.inventory.resource_fingerprint()  # SQLite: which table, it does not say
+        if fp != resources_seen[0]:
+            resources_seen[0] = fp
+            ctx.tokens.clear()
+
+    def committed_here(tables: frozenset[str]) -> None:
+        if "resource" in tables:  # a token revoked by this daemon is refused at once
+            ctx.tokens.clear()
 
     feed.subscribe(changed)
+    ctx.db.on_commit(committed_here)
     return feed
 
 

@@ -20,8 +20,8 @@ import pytest
 
 from provisiond.db import Database
 from provisiond.model import Kernel
-from tests.interop.test_daemon import HOSTKEY, _enroll, _register_kernel
-from tests.interop.test_daemon import daemon as daemon
+from tests.daemonlab import HOSTKEY, _enroll, _register_kernel
+from tests.daemonlab import daemon as daemon
 
 pytestmark = pytest.mark.interop
 MAC = "52:54:00:d1:00:01"

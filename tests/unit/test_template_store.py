@@ -10,7 +10,7 @@ import pytest
 
 from provisiond import resources
 from provisiond.model import Template
-from tests.unit.test_cli import cli, db  # noqa: F401
+from tests.unit.clilab import cli, db  # noqa: F401
 from tests.unit.web_fixtures import api, app, csrf_of, ctx, login, tokens  # noqa: F401
 
 PRESEED = ("d-i netcfg/get_hostname string {{ params.hostname }}\n"
