@@ -259,5 +259,6 @@ def preview(
         "resource": res.display_name,
         "files": files,
         "cmdline": renderer.cmdline(tset, vars_),
+        "initrds": renderer.initrd_urls(tset, vars_),
         "answer": tset.answer,
     }

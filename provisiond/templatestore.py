@@ -67,6 +67,7 @@ def to_set(row: Template) -> TemplateSet:
         cmdline=str(p.get("cmdline", "")),
         modes={str(k): int(v) for k, v in (p.get("modes") or {}).items()},
         sources=files,
+        initrds=tuple(str(i) for i in p.get("initrds") or ()),
     )
 
 
@@ -129,6 +130,7 @@ def check(
     cmdline: str = "",
     modes: Mapping[str, Any] | None = None,
     description: str = "",
+    initrds: list[str] | tuple[str, ...] | None = None,
 ) -> TemplateSet:
     """The set as it would be stored, or Invalid naming what is wrong (nothing stored)."""
     check_name(name)
@@ -161,14 +163,19 @@ def check(
                       "(answer=PATH)", field="answer")  # fmt: skip
     if "\n" in cmdline:
         raise Invalid("cmdline: one line of kernel arguments", field="cmdline")
+    initrds = list(initrds or [])
+    if len(initrds) > 8 or not all(isinstance(i, str) and "\n" not in i for i in initrds):
+        raise Invalid("initrds: at most 8 one-line URL templates", field="initrds")
     tset = TemplateSet(name, kind, description, STORED_ROOT, tuple(sorted(clean)), answer,
-                       cmdline, _modes(modes), clean)  # fmt: skip
+                       cmdline, _modes(modes), clean, tuple(initrds))  # fmt: skip
     r = Renderer(shipped_root(config), {name: tset})
     try:
         for path, text in clean.items():
             r.check_source(f"{name}/{path}", text, format_for(path))
         if cmdline:
             r.check_source(f"{name}/cmdline", cmdline, "cmdline")
+        for i, text in enumerate(initrds):
+            r.check_source(f"{name}/initrds[{i}]", text, "cmdline")
         _trial_render(r, config, tset)
     except TemplateError as exc:
         raise Invalid(exc.message, field="files") from None
@@ -184,9 +191,9 @@ def _trial_render(r: Renderer, config: Config, tset: TemplateSet) -> None:
         except TemplateError as exc:
             if "refused by the sandbox" in exc.message:
                 raise
-    if tset.cmdline:
+    for fn in (r.cmdline, r.initrd_urls):
         try:
-            r.cmdline(tset, variables)
+            fn(tset, variables)
         except TemplateError as exc:
             if "refused by the sandbox" in exc.message:
                 raise
@@ -206,7 +213,7 @@ def _shipped_names(config: Config) -> set[str]:
 def _apply(row: Template, tset: TemplateSet) -> None:
     row.kind, row.description, row.path = tset.kind, tset.description, ""
     row.files = dict(tset.sources or {})
-    row.params = {"answer": tset.answer, "cmdline": tset.cmdline,
+    row.params = {"answer": tset.answer, "cmdline": tset.cmdline, "initrds": list(tset.initrds),
                   "modes": {k: f"{v:04o}" for k, v in tset.modes.items()}}  # fmt: skip
     row.updated_at = dt.datetime.now(dt.UTC).replace(tzinfo=None)
 
@@ -291,4 +298,5 @@ def read_dir(path: Path) -> dict[str, Any]:
         raise Invalid(f"{path}: no <file>.j2 template files found", field="files")
     return {"kind": meta.get("kind", ""), "description": meta.get("description", ""),
             "answer": meta.get("answer", ""), "cmdline": meta.get("cmdline", ""),
-            "modes": meta.get("modes") or {}, "files": files}  # fmt: skip
+            "modes": meta.get("modes") or {}, "initrds": meta.get("initrds") or [],
+            "files": files}  # fmt: skip

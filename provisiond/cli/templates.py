@@ -70,6 +70,8 @@ def template_render(env: Env, name: str, resource_ref: str, params, as_json: boo
         return
     if out["cmdline"]:
         click.echo(f"==> kernel command line <==\n{out['cmdline']}")
+    if out["initrds"]:
+        click.echo("==> extra installer initrds <==\n" + "\n".join(out["initrds"]))
     _print_files(out["files"])
 
 

@@ -75,7 +75,7 @@ def test_debian_installer_fetches_the_preseed(testbed, boot_assets):
             text = json.loads(cli(tb, "job", "show", str(start["id"]), "--json"))["log"]
             return text if re.search(r"installer of \S+: preseed-loaded", text) else ""
 
-        job_log = wait_until(progressed, 180, 1)
+        job_log = wait_until(progressed, 300, 1)  # d-i applies the preseed: 100-170 s loaded
         proceeded = time.monotonic() - t0
     except Exception:
         sys.stderr.write(f"\nconsole:\n{vm.tail(60)}\n")

@@ -160,3 +160,17 @@ def test_cli_add_update_rm(cli, db, tmp_path):
     assert data["files"] == {"target/etc/hostname": "web9.lab\n"}  # the bad one was not stored
     assert "removed" in cli("template", "rm", "mine").output
     assert cli("template", "rm", "mine", ok=False).exit_code == 1
+
+
+def test_stored_set_with_extra_initrds(api, machine):
+    """A WinPE-style set: its answer file comes as an extra initrd (checked, previewed)."""
+    body = {"name": "my-winpe", "kind": "unattend", "answer": "autounattend.xml",
+            "files": {"autounattend.xml": "<unattend>{{ params.hostname }}</unattend>\n"},
+            "initrds": ["{{ server.answer_dir_url }}/autounattend.xml"]}  # fmt: skip
+    bad = api("POST", "/templates", "operator",
+              json={**body, "initrds": ["{{ server.__class__ }}"]})  # fmt: skip
+    assert bad.status_code == 400 and "refused by the sandbox" in bad.get_json()["error"]
+    assert api("POST", "/templates", "operator", json=body).status_code == 201
+    out = api("POST", "/templates/my-winpe/render", "operator", json={"resource": "web3"})
+    (url,) = out.get_json()["initrds"]
+    assert url.startswith("http://") and url.endswith("/autounattend.xml"), url

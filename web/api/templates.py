@@ -35,7 +35,7 @@ def template_show(name: str):
     return jsonify({"name": name, "kind": tset.kind, "files": r.source(name)})
 
 
-SET_FIELDS = {"name", "kind", "description", "files", "answer", "cmdline", "modes"}
+SET_FIELDS = {"name", "kind", "description", "files", "answer", "cmdline", "modes", "initrds"}
 
 
 def _fields(data: dict) -> dict:
@@ -44,6 +44,7 @@ def _fields(data: dict) -> dict:
     for key in ("description", "answer", "cmdline"):
         out[key] = typed(data, key, str, "") or ""
     out["modes"] = typed(data, "modes", dict, {}) or {}
+    out["initrds"] = typed(data, "initrds", list, []) or []
     return out
 
 
