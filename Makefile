@@ -9,7 +9,9 @@ APT_PACKAGES := qemu-system-x86 qemu-utils ipxe busybox-static dropbear-bin tgt 
   dnsmasq-base linux-image-amd64 btrfs-progs socat extlinux syslinux-common fdisk \
   dosfstools atftp tftp-hpa dnsutils curl kea-admin cpio zstd iproute2 kmod \
   libiscsi-bin util-linux chromium chromium-driver postgresql ovmf lvm2 openssl \
-  mmdebstrap e2fsprogs systemd openipmi ipmitool partclone
+  mmdebstrap e2fsprogs systemd openipmi ipmitool partclone nftables
+# issue 12: Debian's netboot installer (tests/testbed/test_template_installer_vm.py)
+APT_PACKAGES += debian-installer-12-netboot-amd64
 PYTEST_ARGS ?=
 
 .PHONY: test demo deps apt venv vendor lint unit initrd clean

@@ -45,11 +45,23 @@ class Caller:
     state: str
 
 
-def authenticate(db: Database, authorization: str) -> Caller | None:
-    """The caller behind an ``Authorization: Bearer <token>`` header, or None."""
+def token_digest(authorization: str) -> str | None:
+    """The digest of the token in an ``Authorization: Bearer <token>`` header, or None."""
     if not authorization.startswith("Bearer ") or len(authorization) < 20:
         return None
-    digest = hash_token(authorization[7:].strip())
+    return hash_token(authorization[7:].strip())
+
+
+def authenticate(db: Database, authorization: str) -> Caller | None:
+    """The caller behind an ``Authorization: Bearer <token>`` header, or None."""
+    digest = token_digest(authorization)
+    if digest is None:
+        return None
+    return lookup(db, digest)
+
+
+def lookup(db: Database, digest: str) -> Caller | None:
+    """The caller whose token has this digest (a read), or None."""
     with db.sessions() as s:
         row = s.execute(
             select(Resource.id, Resource.state).where(Resource.agent_token_hash == digest)

@@ -24,6 +24,9 @@ in BENCHMARKS.md):
   commands queued by other processes (CLI). A sweep is *one* query for all
   resources with a queued agent command; only their waiters wake and take
   the command in their own short transaction.
+* Token lookups are cached (:mod:`provisiond.tokencache`, emptied by every
+  commit that writes resource rows, here or in another process): a
+  heartbeat is answered on the event loop without a thread hand-off.
 * Database work that remains (register, command fetch, result) runs in a
   pool of ``workers`` threads, so a slow disk queues work instead of growing
   threads; token lookups (reads, every request) have their own small pool
@@ -103,10 +106,22 @@ class AgentChannel:
         return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
 
     async def authenticate(self, authorization: str) -> agentchannel.Caller | None:
+        """Answered from ``ctx.tokens`` when it can be (no thread hand-off), else a read."""
+        digest = agentchannel.token_digest(authorization)
+        if digest is None:
+            return None
+        tokens = self.ctx.tokens
+        caller = tokens.get(digest)
+        if caller is not None:
+            return caller
+        generation = tokens.generation
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            self.auth_pool, agentchannel.authenticate, self.ctx.db, authorization
+        caller = await loop.run_in_executor(
+            self.auth_pool, agentchannel.lookup, self.ctx.db, digest
         )
+        if caller is not None:
+            tokens.put(digest, caller, generation)
+        return caller
 
     async def wait_command(self, resource_id: int, wait: float) -> str | None:
         """The next command for ``resource_id`` within ``wait`` seconds, or None."""

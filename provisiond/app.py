@@ -8,8 +8,9 @@ changes nothing), migrate the database, write this instance's lease, fail
 what is orphaned (this instance's leftovers and work of instances whose
 lease expired; :mod:`provisiond.recovery`), install boot assets, then start
 the services (lease keeper first, then inventory, so the hot paths never
-see an empty world). Services stop in reverse order; the whole stop is
-bounded (< 5 s); the lease ends and the lock is released last.
+see an empty world; then the change feed, :mod:`provisiond.changes`, which
+brings commits of the CLI and other instances in at once). Services stop in
+reverse order; the whole stop is bounded (< 5 s); the lease ends and the lock is released last.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from provisiond.scheduler import Scheduler
 from provisiond.security import check_tls_pair, private_state
 from provisiond.service import Service
 from provisiond.storages import StorageManager, StorageService
+from provisiond.storagewatch import StorageWatch
 from provisiond.templatedeploy import TemplateStart, TemplateStop
 from pxe.http.ipxe import IpxeRenderer
 
@@ -89,12 +91,27 @@ def _change_feed(ctx: Context) -> ChangeFeed:
     """Changes by the CLI and other instances: the inventory checks, agent polls wake."""
     feed = ChangeFeed(ctx.config.database_url, ctx.config.sqlite_path)
 
+    resources_seen: list = [None]
+
     def changed(tables: frozenset[str] | None) -> None:
         ctx.inventory.note_change(tables)
         if tables is None or "job" in tables:  # a command may be queued for an agent here
             ctx.ring()
+        if tables is not None:
+            if "resource" in tables:
+                ctx.tokens.clear()
+            return
+        fp = ctx.inventory.resource_fingerprint()  # SQLite: which table, it does not say
+        if fp != resources_seen[0]:
+            resources_seen[0] = fp
+            ctx.tokens.clear()
+
+    def committed_here(tables: frozenset[str]) -> None:
+        if "resource" in tables:  # a token revoked by this daemon is refused at once
+            ctx.tokens.clear()
 
     feed.subscribe(changed)
+    ctx.db.on_commit(committed_here)
     return feed
 
 
@@ -167,6 +184,7 @@ class Daemon:
         other_jobs = {"image.capture": CaptureJob(ctx, manager), "resource.erase": EraseJob(ctx)}
         self.services += [
             storage,
+            StorageWatch(ctx, storage),
             JobRunner(
                 ctx.db,
                 {"appliance.start": appliance_jobs, "appliance.stop": stop_jobs, **other_jobs},

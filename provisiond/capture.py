@@ -48,12 +48,7 @@ import time
 from sqlalchemy import select
 
 from provisiond import agentchannel, capturerx, chunks, events
-from provisiond.context import Context
-from provisiond.db import Database
-from provisiond.errors import Conflict, Invalid
-from provisiond.jobrunner import JobFailed
-from provisiond.lifecycle import JobState as JS
-from provisiond.localdeploy import (
+from provisiond.agentjob import (
     DEFAULT_TIMEOUT,
     cancel_command,
     encode_arg,
@@ -62,6 +57,11 @@ from provisiond.localdeploy import (
     start_command,
     wait_command,
 )
+from provisiond.context import Context
+from provisiond.db import Database
+from provisiond.errors import Conflict, Invalid
+from provisiond.jobrunner import JobFailed
+from provisiond.lifecycle import JobState as JS
 from provisiond.model import Image, Job, Resource, Storage, Volume
 from provisiond.resources import AGENT_STATES
 from provisiond.storages import StorageManager

@@ -76,10 +76,38 @@ def _notify_after_flush(session: Session, _flush_context) -> None:
         )
 
 
-def install(sessions, url: str) -> None:
-    """Make ``sessions`` (a sessionmaker) announce their commits on PostgreSQL."""
+def install(sessions, url: str, local: list[Subscriber] | None = None) -> None:
+    """Make ``sessions`` (a sessionmaker) announce their commits.
+
+    On PostgreSQL to every listener (NOTIFY); in this process, to the
+    ``local`` subscribers, called after each commit that wrote rows with the
+    tables it wrote (synchronously, in the committing thread).
+    """
     if url.startswith("postgresql"):
         event.listen(sessions, "after_flush", _notify_after_flush)
+    if local is None:
+        return
+
+    def remember(session: Session, _flush_context) -> None:
+        tables = changed_tables(session)
+        if tables:
+            session.info.setdefault("changed_tables", set()).update(tables)
+
+    def committed(session: Session) -> None:
+        tables = session.info.pop("changed_tables", None)
+        if tables:
+            for fn in list(local):
+                try:
+                    fn(frozenset(tables))
+                except Exception:
+                    log.exception("a commit subscriber failed (continuing)")
+
+    def rolled_back(session: Session) -> None:
+        session.info.pop("changed_tables", None)
+
+    event.listen(sessions, "after_flush", remember)
+    event.listen(sessions, "after_commit", committed)
+    event.listen(sessions, "after_rollback", rolled_back)
 
 
 class ChangeFeed:

@@ -103,6 +103,10 @@ class IscsiConfig:
     tgt_control_port: int = 0  # tgtd's control socket /var/run/tgtd/socket.N
     iqn_prefix: str = ""  # default: iqn.2025-01.<reversed dns.domain>
     boot_timeout: int = 600  # seconds for a machine to fetch its SAN boot script
+    # SAN script fetches after which a start (or an active appliance) is a boot loop: failed
+    max_script_fetches: int = 6
+    reconcile_interval: int = 30  # seconds between checks that every export still exists
+    boot_settle: int = 20  # seconds without a new script fetch after the login: booted
 
 
 @dataclass(frozen=True)
@@ -549,7 +553,9 @@ def _lease(raw: dict[str, Any]) -> LeaseConfig:
 
 
 def _iscsi(raw: dict[str, Any], domain: str) -> IscsiConfig:
-    t = _Table(raw, "iscsi", {"port", "tgt_control_port", "iqn_prefix", "boot_timeout"})
+    keys = {"port", "tgt_control_port", "iqn_prefix", "boot_timeout"}
+    keys |= {"max_script_fetches", "reconcile_interval", "boot_settle"}
+    t = _Table(raw, "iscsi", keys)
     default_prefix = "iqn.2025-01." + ".".join(reversed(domain.split(".")))
     prefix = t.str("iqn_prefix", default_prefix).lower()
     parts = prefix.split(".")
@@ -568,6 +574,9 @@ def _iscsi(raw: dict[str, Any], domain: str) -> IscsiConfig:
         tgt_control_port=t.int("tgt_control_port", 0, 0, 1000),
         iqn_prefix=prefix,
         boot_timeout=t.int("boot_timeout", 600, 10, 86400),
+        max_script_fetches=t.int("max_script_fetches", 6, 2, 1000),
+        reconcile_interval=t.int("reconcile_interval", 30, 1, 3600),
+        boot_settle=t.int("boot_settle", 20, 0, 600),
     )
 
 

@@ -16,11 +16,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from provisiond.boot import BootPolicy
+from provisiond.bootchain import SanFetches
 from provisiond.boots import BootRegistry
 from provisiond.config import Config
 from provisiond.db import Database
 from provisiond.inventory import Inventory
 from provisiond.liveness import Liveness
+from provisiond.tokencache import TokenCache
 from pxe.http.ipxe import IpxeRenderer
 
 
@@ -33,6 +35,8 @@ class Context:
     renderer: IpxeRenderer
     boots: BootRegistry = field(default_factory=BootRegistry)
     liveness: Liveness = field(default_factory=Liveness)
+    tokens: TokenCache = field(default_factory=TokenCache)  # agent tokens looked up
+    san_fetches: SanFetches = field(default_factory=SanFetches)  # SAN scripts served per machine
     _wakers: list[Callable[[], None]] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 

@@ -56,7 +56,8 @@ class Database:
         self.url = url
         self.engine = make_engine(url)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
-        changes.install(self.sessions, url)  # PostgreSQL: commits NOTIFY the others
+        self._committed: list[changes.Subscriber] = []
+        changes.install(self.sessions, url, self._committed)  # PostgreSQL: NOTIFY the others
         # SQLite has one writer at a time; its busy handler makes waiting writers
         # sleep in 1..100 ms steps, so under concurrent writes (a boot storm: boot
         # scripts, registrations) throughput collapses and threads pile up on the
@@ -81,6 +82,10 @@ class Database:
         finally:
             if got:
                 self._turn.release()
+
+    def on_commit(self, fn: changes.Subscriber) -> None:
+        """Call ``fn(tables)`` after each commit of this process that wrote rows."""
+        self._committed.append(fn)
 
     def migrate(self) -> None:
         cfg = AlembicConfig()

@@ -40,6 +40,7 @@ class HaState(enum.StrEnum):
     WATCHING = "watching"  # alive
     UNWATCHED = "unwatched"  # no power driver and no heartbeat reporter
     SUSPECT = "suspect"  # a sign of death, for less than the timeout
+    FENCING = "fencing"  # claimed by one daemon, which fences it now
     FAILING_OVER = "failing-over"  # fenced and moved; the spare is booting
     WAITING = "waiting"  # dead, no standby available yet
     FENCE_FAILED = "fence-failed"  # dead, could not be fenced: no takeover

@@ -35,7 +35,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
 
 from provisiond import appliances, events, logs
 from provisiond.context import Context
@@ -53,27 +53,18 @@ from provisiond.ha import (
 from provisiond.lifecycle import ApplianceState as AS
 from provisiond.lifecycle import ResourceState as RS
 from provisiond.model import Appliance, Resource, utcnow
-from provisiond.power import PowerAction, PowerError, PowerState, driver_for, settings_of
+from provisiond.power import (
+    PowerAction,
+    PowerError,
+    PowerState,
+    driver_for,
+    load_builtin,
+    settings_of,
+)
 from provisiond.service import LoopThread
 
 log = logs.get("ha")
 POWER_WORKERS = 8
-DRIVER_MODULES = ("wol", "ipmi", "redfish", "qemu")  # provisiond.power.<name> registers itself
-
-
-def load_drivers() -> list[str]:
-    """Import the power driver modules this build has; the names now in DRIVERS."""
-    import importlib
-
-    from provisiond.power import DRIVERS
-
-    for name in DRIVER_MODULES:
-        try:
-            importlib.import_module(f"provisiond.power.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"provisiond.power.{name}":
-                raise
-    return sorted(DRIVERS)
 
 
 @dataclass(frozen=True)
@@ -171,7 +162,7 @@ class HaWatcher:
         self._pool = ThreadPoolExecutor(max_workers=POWER_WORKERS, thread_name_prefix="ha-power")
         self._wake = threading.Event()
         self._loop = LoopThread("ha", self._step, log)
-        load_drivers()
+        load_builtin()  # the power driver modules register themselves
 
     # -- service ------------------------------------------------------------
 
@@ -195,9 +186,10 @@ class HaWatcher:
         now = self.clock()
         watched = self._read()
         out = self._finish_failovers(w for w in watched if w.ha_state == HaState.FAILING_OVER)
-        live = [w for w in watched if w.state == AS.ACTIVE and w.ha_state != HaState.FAILING_OVER]
+        busy = (HaState.FAILING_OVER, HaState.FENCING)
+        live = [w for w in watched if w.state == AS.ACTIVE and w.ha_state not in busy]
         powers = dict(zip([w.app_id for w in live], self._powers(live), strict=True))
-        in_flight = {w.app_id for w in watched if w.ha_state == HaState.FAILING_OVER}
+        in_flight = {w.app_id for w in watched if w.ha_state in busy}
         promised: set[int] = set()
         for w in live:
             power, error = powers[w.app_id]
@@ -325,6 +317,9 @@ class HaWatcher:
     def _failover(self, w: _Watched, d: Decision) -> None:
         spare = d.spare
         log.warning("appliance %s on %s is dead (%s)", w.name, w.resource, d.reason)
+        if not self._claim(w, d.reason):
+            log.info("appliance %s: another daemon fails it over", w.name)
+            return
         try:
             fenced = self._fence(w)
         except PowerError as exc:
@@ -356,6 +351,29 @@ class HaWatcher:
         log.warning("appliance %s: %s", w.name, reason)
         self.notify(Notice("failover", w.name, HaState.FAILING_OVER, reason, w.resource,
                            spare.name))  # fmt: skip
+
+    def _claim(self, w: _Watched, reason: str) -> bool:
+        """Take the failover for this daemon (one transaction; daemons sharing a database
+        race here and exactly one wins): ha_state -> fencing."""
+        with self.ctx.db.session() as s:
+            won = s.execute(
+                update(Appliance)
+                .where(
+                    Appliance.id == w.app_id,
+                    Appliance.resource_id == w.resource_id,
+                    Appliance.state == AS.ACTIVE,
+                    or_(
+                        Appliance.ha_state.is_(None),
+                        Appliance.ha_state.not_in((HaState.FENCING, HaState.FAILING_OVER)),
+                    ),
+                )
+                .values(
+                    ha_state=str(HaState.FENCING),
+                    ha_reason=f"fencing {w.resource}: {reason}",
+                    updated_at=Appliance.updated_at,
+                )
+            ).rowcount
+        return bool(won)
 
     def _finish_failovers(self, flying) -> dict[str, Decision]:
         """Failovers whose spare came up (watching) or failed; what each one is now."""

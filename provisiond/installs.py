@@ -53,6 +53,7 @@ DEFAULTS: dict[str, str] = {
     "windows_image": "Windows Server 2022 SERVERSTANDARD",
     "windows_disk_id": "0",
     "windows_product_key": "",
+    "windows_share_user": "",
 }
 _HOST = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _DISK = re.compile(r"^/dev/[a-z0-9][a-z0-9/_-]*$")
@@ -258,5 +259,6 @@ def preview(
         "resource": res.display_name,
         "files": files,
         "cmdline": renderer.cmdline(tset, vars_),
+        "initrds": renderer.initrd_urls(tset, vars_),
         "answer": tset.answer,
     }

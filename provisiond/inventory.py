@@ -116,6 +116,11 @@ class Inventory:
                 )
             )
 
+    def resource_fingerprint(self) -> tuple[Any, ...]:
+        """Row count and newest ``updated_at`` of resources (heartbeats keep the latter)."""
+        with self._db.sessions() as s:
+            return tuple(s.execute(select(func.count(), func.max(Resource.updated_at))).one())
+
     def _boot_fingerprint_now(self) -> tuple[Any, ...]:
         """The part of the fingerprint that decides boot scripts: appliances, kernels."""
         with self._db.sessions() as s:

@@ -1,8 +1,9 @@
 """The ``local`` deployer: the idle agent streams an image onto a local disk.
 
 Owns the two jobs of a ``local`` appliance, the server side of the streams
-the agent reads (manifest, framed chunks, progress) and the helper that runs
-an agent command as part of a daemon job (also used by capture and erase).
+the agent reads (manifest, framed chunks, progress). Running an agent
+command as part of a daemon job is :mod:`provisiond.agentjob` (shared with
+capture, erase and template installs).
 
 ``appliance.start``
     1. make sure the image has a manifest (:mod:`provisiond.chunks`;
@@ -40,32 +41,32 @@ import threading
 import time
 from collections.abc import Iterator
 
-from provisiond import appliances, chunks, jobs, logs, powerctl, resources
+from provisiond import appliances, chunks, logs, powerctl, resources
+from provisiond.agentjob import (
+    DEFAULT_TIMEOUT,
+    Gone,
+    appliance_of,
+    cancel_command,
+    encode_arg,
+    job_log,
+    open_command,
+    start_command,
+    wait_command,
+)
 from provisiond.context import Context
 from provisiond.db import Database
 from provisiond.errors import Invalid, NotFound
 from provisiond.jobrunner import JobFailed
 from provisiond.lifecycle import JobState as JS
-from provisiond.model import Appliance, Image, Job, Resource, utcnow
+from provisiond.model import Image, Job
 
 log = logs.get("local")
 SLICE = 256 * 1024  # bytes handed to the WSGI server at once (stays in its memory buffer)
-DEFAULT_TIMEOUT = 6 * 3600
-
-
-def job_log(db: Database, job_id: int, line: str) -> None:
-    log.info("job %d: %s", job_id, line)
-    with db.session() as s:
-        jobs.append_log(s.get(Job, job_id), line)
 
 
 def default_disk(inventory: dict) -> str:
     disks = [d.get("name") for d in (inventory or {}).get("disks", []) or [] if d.get("name")]
     return f"/dev/{disks[0]}" if disks else "/dev/sda"
-
-
-def encode_arg(**kv: object) -> str:
-    return "".join(f"{k}={v}\n" for k, v in kv.items() if v is not None and v != "")
 
 
 # --- manifests ---------------------------------------------------------------
@@ -107,77 +108,7 @@ def ensure_manifest(db: Database, image_id: int, job_id: int | None = None) -> c
     return m
 
 
-# --- agent commands as part of a job ------------------------------------------
-
-
-def start_command(ctx: Context, job_id: int, res_id: int, kind: str, arg: str, **params) -> int:
-    with ctx.db.session() as s:
-        res = s.get(Resource, res_id)
-        cmd = jobs.enqueue_command(s, res, kind, arg=arg, actor="daemon")
-        cmd.params = {**cmd.params, "parent": job_id, **params}
-        cmd.owner = ctx.config.instance  # this instance waits for it (wait_command)
-        parent = s.get(Job, job_id)
-        parent.params = {**(parent.params or {}), "command": cmd.id}
-        cmd_id = cmd.id
-    ctx.ring()
-    return cmd_id
-
-
-def wait_command(ctx: Context, job_id: int, cmd_id: int, timeout: float) -> str:
-    """Wait for the agent's result: its output's last line, or JobFailed with it."""
-    deadline = time.monotonic() + timeout
-    silent_limit = ctx.config.agent.heartbeat_timeout
-    while time.monotonic() < deadline:
-        with ctx.db.sessions() as s:
-            cmd, parent = s.get(Job, cmd_id), s.get(Job, job_id)
-            state, out = cmd.state, cmd.log
-            parent_state = parent.state if parent else JS.FAILED
-            res = s.get(Resource, cmd.resource_id) if cmd.resource_id else None
-            beat = res.last_heartbeat if res else None
-        last = next((ln for ln in reversed(out.splitlines()) if ln.strip()), "")
-        silent = (utcnow() - beat).total_seconds() if beat else 0.0
-        if state == JS.RUNNING and silent > silent_limit:
-            raise JobFailed(
-                f"the agent went silent for {silent:.0f} s during command {cmd_id} "
-                "(machine down, rebooted or off the network?)"
-            )
-        if state == JS.SUCCEEDED:
-            return last
-        if state in (JS.FAILED, JS.CANCELLED):
-            raise JobFailed(last or f"agent command {cmd_id} {state}")
-        if parent_state != JS.RUNNING:
-            raise JobFailed(f"job {job_id} is {parent_state}")
-        time.sleep(0.3)
-    raise JobFailed(
-        f"the agent did not finish command {cmd_id} within {timeout:.0f} s "
-        "(is it running? `provisiond resource show`)"
-    )
-
-
-def cancel_command(db: Database, job_id: int, reason: str) -> None:
-    """Fail the agent command of ``job_id`` if still open: its streams then answer 410."""
-    with db.session() as s:
-        parent = s.get(Job, job_id)
-        cmd_id = (parent.params or {}).get("command") if parent else None
-        cmd = s.get(Job, cmd_id) if cmd_id else None
-        if cmd is not None and cmd.state in (JS.QUEUED, JS.RUNNING):
-            jobs.transition(cmd, JS.FAILED, reason)
-
-
 # --- server side of the agent's streams (called by web/stream.py) -------------
-
-
-def open_command(session, resource_id: int, cmd_id: int, kind: str) -> Job:
-    cmd = session.get(Job, cmd_id)
-    if cmd is None or cmd.resource_id != resource_id or cmd.kind != f"agent.{kind}":
-        raise NotFound(f"no {kind} command {cmd_id} for this resource")
-    if cmd.state != JS.RUNNING:
-        raise Gone(f"command {cmd_id} is {cmd.state}")
-    return cmd
-
-
-class Gone(Invalid):
-    status = 410
 
 
 def deploy_source(db: Database, resource_id: int, cmd_id: int) -> tuple[str, chunks.Manifest]:
@@ -281,7 +212,7 @@ class LocalStart:
     def run(self, job_id: int) -> str:
         db = self.ctx.db
         with db.sessions() as s:
-            app = s.get(Appliance, s.get(Job, job_id).appliance_id)
+            app = appliance_of(s, job_id)
             if app.image is None or app.image.volume is None:
                 raise JobFailed(f"appliance {app.name}: its image has no master volume")
             image_id, path, image_name = app.image.id, app.image.volume.path, app.image.name
@@ -357,7 +288,7 @@ class LocalStop:
 
     def run(self, job_id: int) -> str:
         with self.ctx.db.session() as s:
-            appliances.stopped(s, s.get(Appliance, s.get(Job, job_id).appliance_id),
+            appliances.stopped(s, appliance_of(s, job_id),
                                "local disk left as it is")  # fmt: skip
         self.ctx.inventory.refresh()
         return "stopped: the disk keeps its contents; power-cycle the machine into PXE to reuse it"

@@ -135,6 +135,12 @@ class Template(Base):
     kind: Mapped[str] = mapped_column(String(32))  # kickstart|preseed|autoinstall|unattend|fai
     path: Mapped[str] = mapped_column(Text)
     params: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # a set stored through the CLI/API/UI (provisiond.templatestore): its files' template
+    # text by output path; params holds answer, cmdline and modes
+    description: Mapped[str] = mapped_column(Text, default="")
+    files: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    updated_at: Mapped[dt.datetime | None] = mapped_column(DateTime, default=utcnow,
+                                                           onupdate=utcnow)  # fmt: skip
 
 
 class Appliance(Base):

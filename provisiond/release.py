@@ -22,12 +22,12 @@ from __future__ import annotations
 from sqlalchemy import select
 
 from provisiond import events, resources
+from provisiond.agentjob import cancel_command, encode_arg, job_log, start_command, wait_command
 from provisiond.context import Context
 from provisiond.errors import Conflict, Invalid
 from provisiond.jobrunner import JobFailed
 from provisiond.lifecycle import JobState as JS
 from provisiond.lifecycle import ResourceState as RS
-from provisiond.localdeploy import cancel_command, encode_arg, job_log, start_command, wait_command
 from provisiond.model import Appliance, Job, Resource
 
 ERASE_MODES = ("quick", "full")

@@ -155,8 +155,6 @@ mount -o remount,rw /
 for m in virtio_blk virtio_net qemu_fw_cfg dm_mod dm_snapshot dm_thin_pool dm_bufio configfs \
 	target_core_mod target_core_iblock target_core_file iscsi_target_mod; do modprobe "$m"; done
 mount -t configfs none /sys/kernel/config 2>/dev/null
-/lib/systemd/systemd-udevd --daemon
-udevadm trigger --action=add; udevadm settle -t 30
 hostname storage
 ip link set lo up
 for w in $(cat /proc/cmdline); do
@@ -183,6 +181,15 @@ fi
 while :; do setsid sh -c 'exec sh </dev/console >/dev/console 2>&1' || sleep 5; done
 """
 
+LVM_LOCAL = """activation {
+	udev_sync = 0
+	udev_rules = 0
+}
+devices {
+	obtain_device_list_from_udev = 0
+}
+"""
+
 DEBIAN_12_STORAGE = Recipe(
     name="debian-12-storage",
     suite="bookworm",
@@ -195,6 +202,7 @@ DEBIAN_12_STORAGE = Recipe(
         "openssh-server",
         "lvm2",
         "thin-provisioning-tools",
+        "mount",
         "python3",
         "python3-rtslib-fb",
         "targetcli-fb",
@@ -202,6 +210,12 @@ DEBIAN_12_STORAGE = Recipe(
     ),
     hooks=(
         _write("/usr/local/sbin/provisiond-storage-init", STORAGE_INIT, "0755"),
+        # no udevd on the host: LVM makes its own /dev/VG/LV nodes
+        _write("/etc/lvm/lvmlocal.conf", LVM_LOCAL),
+        # a small initrd (virtio + ext4 only) unpacks in seconds under TCG, not half a minute
+        _write("/etc/initramfs-tools/conf.d/provisiond", "MODULES=list\n"),
+        _write("/etc/initramfs-tools/modules", "virtio_pci\nvirtio_blk\next4\n"),
+        'chroot "$1" update-initramfs -u -k all',
         'rm -f "$1"/etc/ssh/ssh_host_* "$1"/etc/hostname; : > "$1"/etc/machine-id',
         "for d in " + " ".join(PRUNE) + '; do rm -rf "$1"/usr/lib/modules/*/kernel/$d; done',
         'for k in "$1"/usr/lib/modules/*; do chroot "$1" depmod "${k##*/}"; done',

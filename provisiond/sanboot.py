@@ -8,11 +8,14 @@ Owns the two jobs of a sanboot appliance:
     target — LUN backed by the clone, ACL for the resource's initiator IQN
     only, CHAP with a fresh 16-character secret — store what the boot
     policy needs in the appliance's parameters, ask the idle agent to
-    reboot, and wait (``iscsi.boot_timeout``) until the exporter lists a
-    session of the resource's initiator on that target (tgt's I_T nexus,
-    LIO's ACL session): only then are appliance and resource ``active``.
-    Fetching the SAN boot script proves nothing (it is a plain HTTP GET),
-    so it changes no state.
+    reboot, and watch the boot chain (:mod:`provisiond.bootchain`): the
+    exporter must list a session of the resource's initiator on that target
+    (tgt's I_T nexus, LIO's ACL session) and the machine must then stop
+    fetching its SAN script for ``iscsi.boot_settle`` seconds; only then are
+    appliance and resource ``active``. Fetching the SAN boot script proves
+    nothing (it is a plain HTTP GET), but fetching it again and again
+    (``iscsi.max_script_fetches``) is a boot loop: the job fails with what
+    was seen, as it does when ``iscsi.boot_timeout`` passes.
 ``appliance.stop``
     remove the export; the appliance is ``stopped`` and the resource
     ``releasing`` until it boots into the agent again.
@@ -22,12 +25,13 @@ from __future__ import annotations
 
 import time
 
-from provisiond import appliances, jobs, logs, powerctl
+from provisiond import appliances, bootchain, jobs, logs, powerctl
+from provisiond.agentjob import appliance_of
 from provisiond.config import Config
 from provisiond.context import Context
 from provisiond.jobrunner import JobFailed
 from provisiond.lifecycle import ApplianceState as AS
-from provisiond.model import Appliance, Job, Volume
+from provisiond.model import Job, Volume
 from provisiond.storages import StorageManager, StorageService
 from storage.backends import StorageError
 from storage.exporters import ExportSpec, IscsiSession, new_chap_secret
@@ -53,7 +57,7 @@ class SanbootStart:
     def run(self, job_id: int) -> str:
         db = self.ctx.db
         with db.session() as s:
-            app = s.get(Appliance, s.get(Job, job_id).appliance_id)
+            app = appliance_of(s, job_id)
             image = app.image
             if image is None or image.volume is None:
                 raise JobFailed(f"appliance {app.name}: its image has no master volume")
@@ -93,6 +97,8 @@ class SanbootStart:
         except StorageError as exc:
             raise JobFailed(f"clone of image {image.name} failed: {exc}") from exc
         target, initiator = iqns(cfg, app_name, res_name)
+        with db.sessions() as s:
+            self.ctx.san_fetches.reset(s.get(Job, job_id).resource_id)  # a new boot attempt
         spec = ExportSpec(
             target_iqn=target,
             path=vol.path,
@@ -101,13 +107,14 @@ class SanbootStart:
             chap_secret=new_chap_secret(),
         ).with_lun(exporter.default_lun)
         try:
-            exporter.unexport(target)
-            exporter.export(spec)
+            with self.storage.lock:  # the storage watch restores exports under the same lock
+                exporter.unexport(target)
+                exporter.export(spec)
         except StorageError as exc:
             raise JobFailed(f"export of {clone_name} as {target} failed: {exc}") from exc
         self._log(job_id, f"exported {clone_name} as {target} lun {spec.lun} for {initiator}")
         with db.session() as s:
-            app = s.get(Appliance, s.get(Job, job_id).appliance_id)
+            app = appliance_of(s, job_id)
             if app.volume is None:
                 row = Volume(storage_id=storage_id, name=clone_name, path=vol.path,
                              size=vol.size, origin_id=master_id)  # fmt: skip
@@ -142,27 +149,48 @@ class SanbootStart:
         return self._wait_login(job_id, target, initiator)
 
     def _wait_login(self, job_id: int, target: str, initiator: str) -> str:
-        """Poll the target's sessions (bounded by boot_timeout) for the initiator's login."""
-        timeout = self.ctx.config.iscsi.boot_timeout
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        """Watch the boot (bounded by boot_timeout) until :func:`bootchain.judge` decides."""
+        cfg = self.ctx.config.iscsi
+        fetches = self.ctx.san_fetches
+        with self.ctx.db.sessions() as s:
+            res_id = s.get(Job, job_id).resource_id
+        t0 = time.monotonic()
+        login_at, login_ever, where = None, False, ""
+        while True:
             with self.ctx.db.sessions() as s:
-                app = s.get(Appliance, s.get(Job, job_id).appliance_id)
+                app = appliance_of(s, job_id)
                 if app is None or app.state == AS.FAILED:
                     raise JobFailed("appliance failed or was removed while starting")
-                res_id = app.resource_id
+            now = time.monotonic()
+            last = fetches.last(res_id)
+            if login_at is not None and last is not None and last > login_at:
+                self._log(job_id, "the machine fetched its SAN script again after logging in: "
+                                  "that boot failed")  # fmt: skip
+                login_at = None
             login = self._login(target, initiator)
-            if login is not None:
+            if login is not None and login_at is None:
+                login_at, login_ever = now, True
                 where = ", ".join(login.addresses) or "an unknown address"
+                self._log(job_id, f"iSCSI login of {initiator} from {where}; waiting "
+                                  f"{cfg.boot_settle} s for the boot to settle")  # fmt: skip
+            verdict = bootchain.judge(
+                bootchain.Seen(fetches.count(res_id), last, login_at, now, t0, login_ever),
+                initiator=initiator, target=target, max_fetches=cfg.max_script_fetches,
+                settle=cfg.boot_settle, timeout=cfg.boot_timeout,
+            )  # fmt: skip
+            if verdict.state == "failed":
+                raise JobFailed(verdict.reason)
+            if verdict.state == "active":
+                evidence = (
+                    f"iSCSI login of {initiator} from {where}; booted (no SAN script "
+                    f"fetch for {cfg.boot_settle} s after it)"
+                )
                 with self.ctx.db.session() as s:
-                    appliances.booted(s, res_id, f"iSCSI login of {initiator} from {where}")
+                    appliances.booted(s, res_id, evidence)
+                fetches.reset(res_id)  # from now on, fetches count against the running OS
                 self.ctx.inventory.refresh()
-                return f"active: {initiator} logged in to {target} from {where}"
+                return f"active: {initiator} logged in to {target} from {where} and booted"
             time.sleep(LOGIN_POLL)
-        raise JobFailed(
-            f"no iSCSI login of {initiator} to {target} within {timeout} s (is the machine "
-            "powered on and PXE-booting? the daemon log names refused boot scripts)"
-        )
 
     def _login(self, target: str, initiator: str) -> IscsiSession | None:
         try:
@@ -183,7 +211,7 @@ class SanbootStop:
 
     def run(self, job_id: int) -> str:
         with self.ctx.db.session() as s:
-            app = s.get(Appliance, s.get(Job, job_id).appliance_id)
+            app = appliance_of(s, job_id)
             target = (app.params or {}).get("target_iqn")
             storage_name = app.volume.storage.name if app.volume else None
         exporter = (
@@ -195,7 +223,7 @@ class SanbootStop:
             except StorageError as exc:
                 raise JobFailed(f"unexport of {target} failed: {exc}")
         with self.ctx.db.session() as s:
-            appliances.stopped(s, s.get(Appliance, s.get(Job, job_id).appliance_id),
+            appliances.stopped(s, appliance_of(s, job_id),
                                "export removed")  # fmt: skip
         self.ctx.inventory.refresh()
         return f"stopped: {target or 'nothing'} unexported"

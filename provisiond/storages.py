@@ -29,7 +29,7 @@ from provisiond import logs
 from provisiond.config import Config, StorageConfig
 from provisiond.db import Database
 from provisiond.errors import Invalid, NotFound
-from provisiond.model import Appliance, Storage
+from provisiond.model import Appliance, Storage, Volume
 from storage.backends import Backend, make_backend
 from storage.backends.base import StorageError
 from storage.backends.file import FileBackend
@@ -48,6 +48,7 @@ from storage.sparse import Progress
 from storage.ssh import HostDown, SshRunner, SshTarget
 
 log = logs.get("storage")
+CLONE_PREFIX = "app-"  # provisiond/sanboot.py names an appliance's clone app-<name>
 
 
 class StorageManager:
@@ -135,10 +136,10 @@ class StorageManager:
             row.host = st.host or None
 
 
-def wanted_exports(session: Session, storage: str | None = None) -> list[ExportSpec]:
+def wanted_exports(session: Session, storages: set[str] | None = None) -> list[ExportSpec]:
     """Exports the database says must exist: sanboot appliances starting or active.
 
-    ``storage``: only those whose volume lives on that storage (a storage host's exports).
+    ``storages``: only those whose volume lives on one of them (a storage host's exports).
     """
     out = []
     for app in session.scalars(
@@ -149,7 +150,7 @@ def wanted_exports(session: Session, storage: str | None = None) -> list[ExportS
         p = app.params or {}
         if app.volume is None or not p.get("target_iqn"):
             continue
-        if storage is not None and app.volume.storage.name != storage:
+        if storages is not None and app.volume.storage.name not in storages:
             continue
         out.append(
             ExportSpec(
@@ -170,10 +171,19 @@ class StorageService:
     def __init__(self, config: Config, db: Database, manager: StorageManager) -> None:
         self.config, self.db, self.manager = config, db, manager
         self.exporter: Exporter | None = None
+        self.lock = threading.Lock()  # export changes: deploy jobs and the storage watch
         self.host_exporters: dict[str, Exporter] = {}  # storage name -> exporter on its host
         self.poll_interval = 5.0  # seconds between connection attempts to a down host
         self._stop = threading.Event()
         self._pollers: dict[str, threading.Thread] = {}
+
+    def revive(self) -> None:
+        """This machine's exporter stopped answering: start (our) tgtd again and check it."""
+        exporter = self.exporter or self.manager.exporter()
+        if isinstance(exporter, TgtExporter):
+            self._ensure_tgtd()
+        exporter.check()
+        self.exporter = exporter
 
     @property
     def local_storages(self) -> list[StorageConfig]:
@@ -209,11 +219,12 @@ class StorageService:
             exporter = self.manager.host_exporter(name)
             exporter.check()
             with self.db.session() as s:
-                wanted = wanted_exports(s, storage=name)
+                wanted = wanted_exports(s, self.same_host(name))
             if isinstance(exporter, RemoteLioExporter):
                 added, removed = exporter.reconcile_all(wanted)
             else:
                 added, removed = reconcile(exporter, wanted)
+            self._remove_orphan_clones(name, backend)
         except StorageError as exc:
             self.host_exporters.pop(name, None)
             self._mark(name, "down", str(exc))
@@ -224,6 +235,33 @@ class StorageService:
         log.info("storage host %s (%s): up; reconciled exports (added %s, removed stale %s)",
                  name, st.host, added, removed)  # fmt: skip
         return True
+
+    def same_host(self, name: str) -> set[str]:
+        """Names of the storages on ``name``'s host (they share its targets, maybe its VG)."""
+        host = self.manager.settings(name).host
+        return {st.name for st in self.config.storages if st.host == host}
+
+    def _remove_orphan_clones(self, name: str, backend: Backend) -> list[str]:
+        """Delete appliance clones (``app-*`` with an origin) no volume row knows.
+
+        They are left when the daemon died between cloning and recording the
+        clone. Masters and volumes provisiond did not name are never touched.
+        """
+        with self.db.session() as s:
+            known = set(
+                s.scalars(
+                    select(Volume.name).join(Storage).where(Storage.name.in_(self.same_host(name)))
+                ).all()
+            )
+        orphans = [
+            v.name
+            for v in backend.list()
+            if v.name.startswith(CLONE_PREFIX) and v.origin and v.name not in known
+        ]
+        for vol in orphans:
+            backend.delete(vol)
+            log.warning("storage %s: removed orphaned clone %s (no appliance owns it)", name, vol)
+        return orphans
 
     def host_failed(self, name: str, exc: Exception) -> None:
         """A job found ``name``'s host unreachable: mark it down and poll until it is back."""

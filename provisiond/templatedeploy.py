@@ -28,20 +28,17 @@ fetches and the installed OS's one-time call back.
 from __future__ import annotations
 
 import io
+import re
 import tarfile
 import time
 from pathlib import Path
 
 from sqlalchemy import select
 
-from provisiond import appliances, installs, jobs, logs, rootfs
-from provisiond.context import Context
-from provisiond.errors import NotFound, Unauthorized
-from provisiond.jobrunner import JobFailed
-from provisiond.lifecycle import ApplianceState as AS
-from provisiond.lifecycle import JobState as JS
-from provisiond.localdeploy import (
+from provisiond import appliances, installs, jobs, logs, rootfs, templatestore
+from provisiond.agentjob import (
     Gone,
+    appliance_of,
     cancel_command,
     encode_arg,
     job_log,
@@ -49,6 +46,11 @@ from provisiond.localdeploy import (
     start_command,
     wait_command,
 )
+from provisiond.context import Context
+from provisiond.errors import Invalid, NotFound, Unauthorized
+from provisiond.jobrunner import JobFailed
+from provisiond.lifecycle import ApplianceState as AS
+from provisiond.lifecycle import JobState as JS
 from provisiond.model import Appliance, Job, Kernel, Resource
 from provisiond.security import hash_token, new_token, ssh_fingerprint, write_private
 from provisiond.templating import Renderer, TemplateError, esc_cmdline
@@ -88,7 +90,8 @@ def make_bundle(files: dict[str, str], modes: dict[str, int]) -> bytes:
 
 
 def renderer(ctx: Context) -> Renderer:
-    return Renderer(ctx.config.templates_dir / "install")
+    """Shipped and stored sets (:mod:`provisiond.templatestore`)."""
+    return templatestore.renderer(ctx.config, ctx.db)
 
 
 class TemplateStart:
@@ -155,7 +158,7 @@ class TemplateStart:
             path.unlink(missing_ok=True)
         job_log(db, job_id, f"agent: {last}")
         with db.session() as s:
-            app = s.get(Appliance, s.get(Job, job_id).appliance_id)
+            app = appliance_of(s, job_id)
             stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
             app.params = {**(app.params or {}), "installed": stamp}
         ctx.inventory.refresh()
@@ -180,8 +183,10 @@ class TemplateStart:
             esc_cmdline(word)  # the Kernel's own arguments too: refused now, not at boot
         cmdline = " ".join(p for p in (renderer(ctx).cmdline(tset, variables), kernel.cmdline) if p)
         job.params = {**(job.params or {}), "callback_hash": hash_token(token)}
+        initrds = [kernel.initrd_path] if kernel.initrd_path else []
+        initrds += renderer(ctx).initrd_urls(tset, variables)
         app.params = {**(app.params or {}), "install_kernel": kernel.kernel_path,
-                      "install_initrds": [kernel.initrd_path] if kernel.initrd_path else [],
+                      "install_initrds": initrds,
                       "install_cmdline": cmdline}  # fmt: skip
         jobs.append_log(job, f"rendered {tset.name}: {', '.join(files)}; installer {kernel.name}")
         cmd = jobs.enqueue_command(s, res, "reboot", actor="daemon")
@@ -223,7 +228,7 @@ class TemplateStop:
 
     def run(self, job_id: int) -> str:
         with self.ctx.db.session() as s:
-            app = s.get(Appliance, s.get(Job, job_id).appliance_id)
+            app = appliance_of(s, job_id)
             app.params = {k: v for k, v in (app.params or {}).items() if k not in INSTALL_KEYS}
             appliances.stopped(s, app, "installed disk left as it is")
         self.ctx.inventory.refresh()
@@ -282,6 +287,35 @@ def _running_install(session, resource_id: int, token: str) -> Job | None:
         if (job.params or {}).get("callback_hash") == digest:
             return job
     return None
+
+
+#: what an installer may report on its way (``.../progress/<step>``): a short word
+_STEP = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
+MAX_STEPS = 32  # per install: a chatty or hostile installer cannot flood the job log
+
+
+def installer_progress(ctx: Context, resource_id: int, token: str, step: str) -> str:
+    """An installer reports a step (its preseed's early command, a kickstart %pre, ...).
+
+    Same one-time token as the answer file, and only while the resource
+    installs; the step lands in the ``appliance.start`` job's log, so CLI, API
+    and UI show how far the installer got.
+    """
+    if not _STEP.match(step):
+        raise Invalid(f"installer step {step[:40]!r}: one word of a-z, 0-9 and '-'", "step")
+    with ctx.db.session() as s:
+        job = _running_install(s, resource_id, token)
+        app = s.get(Appliance, job.appliance_id) if job and job.appliance_id else None
+        if job is None or app is None or app.state != AS.STARTING:
+            raise NotFound("no install in progress for this URL")
+        steps = list((job.params or {}).get("installer_steps", []))
+        if len(steps) >= MAX_STEPS:
+            return f"ignored: already {MAX_STEPS} steps"
+        job.params = {**(job.params or {}), "installer_steps": [*steps, step]}
+        jobs.append_log(job, f"installer of {app.resource.display_name}: {step}")
+        job_id = job.id
+    log.info("job %d: installer of resource %d reports %s", job_id, resource_id, step)
+    return f"recorded: {step}"
 
 
 def answer_file(ctx: Context, resource_id: int, token: str, path: str) -> str:

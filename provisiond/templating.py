@@ -49,6 +49,7 @@ _SEGMENT = re.compile(r"^[a-z0-9._-]+$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _XML_BAD = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
 _LINE_BAD = re.compile(r"[\x00-\x08\x0a-\x1f\x7f\"'`\\]|&&|\|\||\$\{")
+_CMD_BAD = re.compile(r"[\x00-\x1f\x7f&|<>^%!\"]")
 _CMDLINE_BAD = re.compile(r"[\x00-\x20\x7f;'\"`\\]|&&|\|\||\$\{")
 
 
@@ -108,6 +109,18 @@ def esc_cmdline(value: Any) -> Escaped:
     return Escaped(text)
 
 
+def esc_cmd(value: Any) -> Escaped:
+    """One argument of a Windows batch file (cmd.exe): its operators are refused."""
+    text = _scalar(value, "batch file value")
+    bad = _CMD_BAD.search(text)
+    if bad:
+        raise TemplateError(
+            f"batch file value {text!r} contains {bad.group()!r}: control characters and "
+            "cmd.exe's & | < > ^ % ! \" are refused there"
+        )
+    return Escaped(text)
+
+
 def esc_text(value: Any) -> Escaped:
     text = _scalar(value, "value")
     if _CONTROL.search(text.replace("\t", " ")):
@@ -123,6 +136,7 @@ ESCAPERS: dict[str, Callable[[Any], Escaped]] = {
     "xml": esc_xml,
     "cmdline": esc_cmdline,
     "text": esc_text,
+    "cmd": esc_cmd,
 }
 
 
@@ -137,6 +151,8 @@ def format_for(path: str) -> str:
         return "xml"
     if name == "cmdline" or name.endswith((".cmdline", ".ipxe")):
         return "cmdline"
+    if name.endswith((".cmd", ".bat")):
+        return "cmd"
     return "text"
 
 
@@ -166,6 +182,16 @@ class TemplateSet:
     answer: str = ""  # the file an installer fetches (installer kinds)
     cmdline: str = ""  # kernel arguments of the installer (template text)
     modes: Mapping[str, int] = field(default_factory=dict)
+    #: template text by output path for a set stored in the database
+    #: (:mod:`provisiond.templatestore`); None: read ``root/<path>.j2``
+    sources: Mapping[str, str] | None = None
+    #: extra initrds the installer boots with (template text of URLs, e.g. the answer
+    #: file that wimboot injects into WinPE), after the Kernel's own
+    initrds: tuple[str, ...] = ()
+
+    @property
+    def origin(self) -> str:
+        return "shipped" if self.sources is None else "stored"
 
 
 def _load_set(root: Path, name: str) -> TemplateSet:
@@ -184,18 +210,29 @@ def _load_set(root: Path, name: str) -> TemplateSet:
     answer = meta.get("answer", "")
     if answer and answer not in files:
         raise TemplateError(f"template set {name}: answer file {answer!r} has no {answer}.j2")
+    initrds = meta.get("initrds", [])
+    if not isinstance(initrds, list) or not all(isinstance(i, str) for i in initrds):
+        raise TemplateError(f"template set {name}: initrds must be a list of URL templates")
     return TemplateSet(name, kind, meta.get("description", ""), root, tuple(files), answer,
-                       meta.get("cmdline", ""), modes)  # fmt: skip
+                       meta.get("cmdline", ""), modes, initrds=tuple(initrds))  # fmt: skip
 
 
 class _SetLoader(jinja2.BaseLoader):
-    """Loads ``<set>/<path>.j2`` under one root; include names are checked like set names."""
+    """Loads ``<set>/<path>.j2`` under one root, or from a stored set's sources;
+    include names are checked like set names."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, stored: Mapping[str, TemplateSet]) -> None:
         self.root = root
+        self.stored = stored
 
     def get_source(self, environment, template):
         check_name(template)
+        set_name, _, rel = template.partition("/")
+        stored = self.stored.get(set_name)
+        if stored is not None and not (self.root / set_name / "set.toml").is_file():
+            if rel not in (stored.sources or {}):
+                raise jinja2.TemplateNotFound(template)
+            return stored.sources[rel], f"<stored {template}>", lambda: False
         path = self.root / f"{template}.j2"
         if not path.is_file():
             raise jinja2.TemplateNotFound(template)
@@ -211,10 +248,12 @@ def _undefined_name(exc: jinja2.UndefinedError) -> str:
 
 
 class Renderer:
-    """Renders template sets found under ``root`` (``templates/install``)."""
+    """Renders template sets found under ``root`` (``templates/install``) and ``stored``
+    ones (from the database; a shipped set of the same name wins)."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, stored: Mapping[str, TemplateSet] | None = None) -> None:
         self.root = Path(root)
+        self.stored = dict(stored or {})
         self._envs = {fmt: self._env(esc) for fmt, esc in ESCAPERS.items()}
 
     def _env(self, escape: Callable[[Any], Escaped]) -> SandboxedEnvironment:
@@ -222,7 +261,7 @@ class Renderer:
             return value if isinstance(value, Escaped) else escape(value)
 
         env = SandboxedEnvironment(
-            loader=_SetLoader(self.root),
+            loader=_SetLoader(self.root, self.stored),
             undefined=jinja2.StrictUndefined,
             finalize=finalize,
             trim_blocks=True,
@@ -237,7 +276,7 @@ class Renderer:
 
     # -- discovery --
 
-    def sets(self) -> list[TemplateSet]:
+    def shipped(self) -> list[TemplateSet]:
         if not self.root.is_dir():
             return []
         return [
@@ -246,10 +285,18 @@ class Renderer:
             if (p / "set.toml").is_file() and _SEGMENT.match(p.name) and p.name[0] != "."
         ]
 
+    def sets(self) -> list[TemplateSet]:
+        shipped = self.shipped()
+        names = {t.name for t in shipped}
+        stored = [t for n, t in self.stored.items() if n not in names]
+        return sorted(shipped + stored, key=lambda t: t.name)
+
     def get(self, name: str) -> TemplateSet:
         check_name(name)
         set_name = name.split("/", 1)[0]
         root = self.root / set_name
+        if not (root / "set.toml").is_file() and set_name in self.stored:
+            return self.stored[set_name]
         if not (root / "set.toml").is_file():
             known = ", ".join(s.name for s in self.sets()) or "none"
             raise NotFound(f"template set {set_name!r} not found (known: {known})", "template")
@@ -259,6 +306,8 @@ class Renderer:
         """Template text by output path: a whole set, or one ``set/path``."""
         tset = self.get(name)
         wanted = self._wanted(tset, name)
+        if tset.sources is not None:
+            return {p: tset.sources[p] for p in wanted}
         return {p: (tset.root / f"{p}.j2").read_text() for p in wanted}
 
     @staticmethod
@@ -271,7 +320,11 @@ class Renderer:
                            + ", ".join(tset.files), "template")  # fmt: skip
         return (path,)
 
-    # -- rendering --
+    # -- checking and rendering --
+
+    def check_source(self, label: str, text: str, fmt: str) -> None:
+        """Parse template text in the sandbox; TemplateError names the line and the problem."""
+        self._guard(label, lambda: self._envs[fmt].parse(text) and "")
 
     def render_text(self, label: str, text: str, fmt: str, variables: Mapping[str, Any]) -> str:
         """Render template text (not from a file) with the rules of format ``fmt``."""
@@ -303,6 +356,17 @@ class Renderer:
             raise TemplateError(f"template {label}: {bad.group()!r} may not appear in a kernel "
                                 "command line (iPXE would read it as a command)")  # fmt: skip
         return " ".join(text.split())
+
+    def initrd_urls(self, tset: TemplateSet, variables: Mapping[str, Any]) -> list[str]:
+        """The set's extra installer initrds: each one http(s) URL, safe in an iPXE script."""
+        urls = []
+        for i, text in enumerate(tset.initrds):
+            label = f"{tset.name}/set.toml:initrds[{i}]"
+            url = self.render_text(label, text, "cmdline", variables).strip()
+            if not re.fullmatch(r"https?://\S+", url) or _LINE_BAD.search(url):
+                raise TemplateError(f"template {label}: {url!r} is not one http(s) URL")
+            urls.append(url)
+        return urls
 
     @staticmethod
     def _guard(name: str, fn: Callable[[], str]) -> str:

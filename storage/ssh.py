@@ -28,7 +28,7 @@ import shlex
 import socket
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +38,11 @@ from storage.backends.base import StorageError
 from storage.runner import Arg, CommandFailed, Result, Runner, show
 
 log = logging.getLogger("provisiond.storage.ssh")  # under the daemon's handler and redaction
+
+
+#: how the TCP connection is made: ``socket.create_connection``, or e.g. one made
+#: inside a network namespace (the test bed)
+Connect = Callable[[tuple[str, int], float], socket.socket]
 
 
 class HostDown(StorageError):
@@ -145,8 +150,9 @@ class SshRunner(Runner):
 
     remote = True
 
-    def __init__(self, target: SshTarget) -> None:
+    def __init__(self, target: SshTarget, connect: Connect | None = None) -> None:
         self.target = target
+        self._connect_sock = connect or socket.create_connection
         self._transport: paramiko.Transport | None = None
         self._lock = threading.Lock()
 
@@ -154,7 +160,7 @@ class SshRunner(Runner):
     def _connect(self) -> paramiko.Transport:
         t = self.target
         try:
-            sock = socket.create_connection((t.host, t.port), timeout=t.connect_timeout)
+            sock = self._connect_sock((t.host, t.port), t.connect_timeout)
         except OSError as exc:
             raise HostDown(f"storage host {t.label}: cannot connect ({exc})")
         transport = paramiko.Transport(sock)

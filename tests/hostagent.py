@@ -16,8 +16,8 @@ import signal
 import subprocess
 from pathlib import Path
 
+from tests.agentlab import AGENT_LIB, BUSYBOX, fake_sysroot
 from tests.daemonlab import LabDaemon
-from tests.interop.test_initrd_agent import AGENT_LIB, BUSYBOX, fake_sysroot
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -398,6 +398,7 @@ cidr = "{x}.0/24"
         nic_rom: bool = True,
         fw_cfg: tuple[str, ...] = (),
         qmp: bool = False,
+        extra: tuple[str, ...] = (),
     ) -> Vm:
         """Start a TCG QEMU machine on a new tap of br0 (see :class:`vm.VmSpec`).
 
@@ -410,7 +411,7 @@ cidr = "{x}.0/24"
                       initrd=str(initrd), append=append, reboot=reboot, nic_rom=nic_rom,
                       qmp=qmp,
                       extra=(*(("-bios", OVMF) if uefi else ()),
-                             *(a for f in fw_cfg for a in ("-fw_cfg", f))))  # fmt: skip
+                             *(a for f in fw_cfg for a in ("-fw_cfg", f)), *extra))  # fmt: skip
         vm = Vm(spec, vm_dir).start(self.ns_prefix)
         self.vms.append(vm)
         return vm

@@ -8,7 +8,10 @@ address of the proxyDHCP request it answered (:mod:`provisiond.boots`).
 The token is minted once per boot; any other request gets ``403`` with the
 reason, and changes nothing (no token replaced, no resource created).
 Fetching a SAN script does not make its appliance active: the sanboot job
-watches for the initiator's iSCSI login. ``GET /assets/<path>`` streams
+watches for the initiator's iSCSI login. Each SAN script served is counted
+(``ctx.san_fetches``, :mod:`provisiond.bootchain`): a machine that keeps
+fetching it is in a boot loop and its appliance fails. Test fault injection
+(``PROVISIOND_TEST_FAULT``) is applied to SAN scripts here. ``GET /assets/<path>`` streams
 files from the boot assets directory with Range support, confined to that
 directory. Both are unauthenticated by design.
 """
@@ -19,7 +22,7 @@ from pathlib import Path
 
 from flask import Blueprint, Response, abort, current_app, request, send_file
 
-from provisiond import logs, resources
+from provisiond import bootchain, logs, resources
 from provisiond.boot import BootAction, BootSpec, Firmware, Machine, normalize_mac
 from provisiond.context import Context
 from provisiond.security import hash_token, new_token
@@ -66,6 +69,13 @@ def script(mac: str) -> Response:
         and ctx.boots.boot_of(mac, source) is None
     ):
         return _refuse(ctx, mac, source, spec, f"no {SECRET_ACTIONS[spec.action]}")
+    if spec is not None and spec.action == BootAction.SANBOOT and spec.resource_id is not None:
+        n = ctx.san_fetches.fetched(spec.resource_id)
+        log.info("SAN script for %s: fetch %d of this boot", mac, n)
+        faults = bootchain.active_faults()
+        if faults:
+            log.warning("TEST FAULT injected into the SAN script of %s: %s", mac, sorted(faults))
+            spec = bootchain.inject(spec, faults)
     try:
         text = ctx.renderer.render(spec, mac, extra)
     except ValueError as exc:  # UnsafeScriptValue: a stored value older than the input checks

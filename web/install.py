@@ -13,6 +13,9 @@ GET  /install/v1/rootfs/<name>.tar.zst      the root file-system archive (Range
 POST /install/v1/done                       the installed OS reports in, once:
                                             ``Authorization: Bearer <one-time
                                             token>``, form hostname=, hostkey=
+GET  /install/v1/<res>/<token>/progress/<s> an installer reports step <s> (a
+                                            word) into the install job's log;
+                                            same token, same rule (else 404)
 GET  /install/v1/<res>/<token>/<file>       an installer's answer file (preseed,
                                             ks.cfg, user-data, ...), rendered
                                             for that resource; only while it
@@ -60,6 +63,13 @@ def done():
     name = templatedeploy.report_in(_ctx(), header[7:].strip(), request.remote_addr, hostname,
                                     hostkey)  # fmt: skip
     return jsonify({"resource": name, "state": "active"})
+
+
+@bp.route("/<int:resource_id>/<token>/progress/<step>", methods=["GET", "POST"])
+def progress(resource_id: int, token: str, step: str):
+    """An installer's step (busybox wget in d-i can only GET; curl may POST)."""
+    text = templatedeploy.installer_progress(_ctx(), resource_id, token, step)
+    return Response(text + "\n", mimetype="text/plain")
 
 
 @bp.get("/<int:resource_id>/<token>/<path:path>")

@@ -128,7 +128,7 @@ class TgtExporter:
 
     # -- protocol -------------------------------------------------------
     def check(self) -> None:
-        if not shutil.which("tgtadm"):
+        if not getattr(self.runner, "remote", False) and not shutil.which("tgtadm"):
             raise ExporterUnavailable("tgt: tgtadm not in PATH (apt-get install tgt)")
         try:
             self._adm("--op", "show", "--mode", "target")

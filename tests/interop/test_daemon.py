@@ -7,107 +7,20 @@ urllib, against a real SQLite file.
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from provisiond import config as configmod
 from provisiond import jobs, resources
 from provisiond.db import Database
-from provisiond.model import Kernel
-from tests.conftest import write_config
+from tests.daemonlab import Daemon, _enroll, _register_kernel  # noqa: F401
+from tests.daemonlab import daemon as daemon  # a fixture
 
 pytestmark = pytest.mark.interop
 PROVISIOND = str(Path(sys.executable).with_name("provisiond"))
 HOSTKEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDk7nSx0ucIm2yZ0FuvAOZSnD0LNZ7v1zJ6Ju2Kb2W5X agent"
-
-
-class Daemon:
-    def __init__(self, cfg_path: Path) -> None:
-        self.cfg_path = cfg_path
-        self.cfg = configmod.load(cfg_path)
-        self.base = self.cfg.http_base
-        self.agent_base = self.cfg.agent_base
-        self.proc: subprocess.Popen | None = None
-        self.log = cfg_path.parent / "daemon.log"
-
-    def cli(self, *args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([PROVISIOND, "--config", str(self.cfg_path), *args],
-                              capture_output=True, text=True, timeout=60)  # fmt: skip
-
-    def start(self) -> None:
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(
-                [PROVISIOND, "--config", str(self.cfg_path), "serve"], stdout=log, stderr=log
-            )
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                if self.get("/healthz")[0] == 200:
-                    return
-            except OSError:
-                time.sleep(0.1)
-        raise AssertionError("daemon did not answer /healthz:\n" + self.log.read_text())
-
-    def stop(self, sig=signal.SIGTERM) -> float:
-        t0 = time.monotonic()
-        self.proc.send_signal(sig)
-        self.proc.wait(10)
-        return time.monotonic() - t0
-
-    def request(self, method: str, path: str, body=None, token=None, headers=None):
-        data = json.dumps(body).encode() if isinstance(body, dict) else body
-        control = path.startswith("/agent/v1/") and not path.startswith("/agent/v1/stream/")
-        base = self.agent_base if control else self.base
-        req = urllib.request.Request(base + path, data=data, method=method)
-        if token:
-            req.add_header("Authorization", f"Bearer {token}")
-        if isinstance(body, dict):
-            req.add_header("Content-Type", "application/json")
-        for k, v in (headers or {}).items():
-            req.add_header(k, v)
-        try:
-            with urllib.request.urlopen(req, timeout=40) as resp:
-                return resp.status, resp.read()
-        except urllib.error.HTTPError as err:
-            return err.code, err.read()
-
-    def get(self, path, token=None):
-        return self.request("GET", path, token=token)
-
-
-@pytest.fixture
-def daemon(tmp_path):
-    cfg = write_config(tmp_path, agent={"heartbeat_interval": 1, "heartbeat_timeout": 8})
-    d = Daemon(cfg)
-    assert d.cli("init").returncode == 0
-    yield d
-    if d.proc and d.proc.poll() is None:
-        d.proc.kill()
-        d.proc.wait()
-    log = d.log.read_text() if d.log.exists() else ""
-    assert "provisiond.token=" not in log.replace("provisiond.token=***", "")
-
-
-def _register_kernel(d: Daemon) -> None:
-    db = Database(d.cfg.database_url)
-    with db.session() as s:
-        s.add(Kernel(name="agent", kernel_path="kernels/agent/vmlinuz",
-                     initrd_path="kernels/agent/initrd.img", is_default=True))  # fmt: skip
-    db.dispose()
-
-
-def _enroll(d: Daemon, mac: str) -> str:
-    """An agent token the operator's way (no DHCP on loopback: scripts carry no token)."""
-    out = d.cli("resource", "enroll", mac, "--json")
-    assert out.returncode == 0, out.stderr
-    return json.loads(out.stdout)["token"]
 
 
 def test_health_stop_within_5s_and_restart_recovery(daemon):

@@ -26,7 +26,7 @@ from provisiond.db import Database
 from provisiond.leases import SqlLeaseStore
 from provisiond.model import Lease
 from pxe.dhcp.pool import LeaseRow
-from tests.interop.test_dhcp_udhcpc import (  # noqa: F401
+from tests.dhcplab import (  # noqa: F401
     MAC1,
     REPO,
     Server,

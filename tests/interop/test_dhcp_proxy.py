@@ -19,7 +19,7 @@ import time
 
 import pytest
 
-from tests.interop.test_dhcp_udhcpc import Server, write_config
+from tests.dhcplab import Server, write_config
 from tests.netlab import Lab, sh
 
 pytestmark = pytest.mark.interop

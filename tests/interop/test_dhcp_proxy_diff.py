@@ -23,7 +23,7 @@ import time
 import pytest
 
 from pxe.dhcp.codec import Opt, decode
-from tests.interop.test_dhcp_udhcpc import Server, write_config
+from tests.dhcplab import Server, write_config
 from tests.netlab import Lab
 
 pytestmark = pytest.mark.interop

@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import free_port
-from tests.interop.test_daemon import Daemon
+from tests.daemonlab import Daemon
 from tests.webclient import Browser, init_and_start, kill
 
 pytestmark = pytest.mark.interop

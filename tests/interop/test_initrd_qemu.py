@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.interop.test_initrd_agent import AgentApiPeer
-from tests.interop.test_initrd_build import BUILD_SH, newest_kernel
+from tests.agentlab import AgentApiPeer
+from tests.initrdlab import BUILD_SH, newest_kernel
 
 pytestmark = [pytest.mark.interop, pytest.mark.timeout(240)]
 

@@ -31,9 +31,9 @@ from provisiond import users
 from provisiond.changes import ChangeFeed
 from provisiond.db import Database
 from provisiond.model import Job, Kernel, Resource, User, utcnow
+from tests.agentlab import BUSYBOX
 from tests.daemonlab import LabDaemon, lab_config
 from tests.hostagent import HostAgent
-from tests.interop.test_initrd_agent import BUSYBOX
 from tests.netlab import Lab
 from tests.pg import private_cluster
 

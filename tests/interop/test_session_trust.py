@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from tests.conftest import free_port, write_config
-from tests.interop.test_daemon import Daemon
+from tests.daemonlab import Daemon
 from tests.webclient import Browser, init_and_start, kill
 
 pytestmark = pytest.mark.interop

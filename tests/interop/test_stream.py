@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.agentlab import BUSYBOX
 from tests.daemonlab import LabDaemon, lab_config
 from tests.hostagent import HostAgent
-from tests.interop.test_initrd_agent import BUSYBOX
 from tests.netlab import Lab, sh
 
 pytestmark = [pytest.mark.interop, pytest.mark.timeout(240)]

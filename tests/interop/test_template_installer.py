@@ -20,8 +20,8 @@ import pytest
 
 from provisiond.db import Database
 from provisiond.model import Kernel
-from tests.interop.test_daemon import HOSTKEY, _enroll, _register_kernel
-from tests.interop.test_daemon import daemon as daemon
+from tests.daemonlab import HOSTKEY, _enroll, _register_kernel
+from tests.daemonlab import daemon as daemon
 
 pytestmark = pytest.mark.interop
 MAC = "52:54:00:d1:00:01"
@@ -116,6 +116,17 @@ def test_preseed_served_only_while_installing(daemon):
     keys = d.get(f"/install/v1/{res_id}/{token}/authorized_keys")
     assert keys[0] == 200 and keys[1].startswith(b"ssh-ed25519 ")
     assert "answer file preseed.cfg served to resource" in d.log.read_text()
+    # the preseed's early command reports that the installer read it
+    early = re.search(r"early_command string wget -q -O /dev/null (\S+)", body.decode()).group(1)
+    assert early == url.rsplit("/", 1)[0] + "/progress/preseed-loaded"
+    assert d.get("/" + early.split("/", 3)[3]) == (200, b"recorded: preseed-loaded\n")
+    bad_token = path.replace(token, "y" * len(token)).rsplit("/", 1)[0]
+    assert d.get(f"{bad_token}/progress/preseed-loaded")[0] == 404
+    assert d.get(path.rsplit("/", 1)[0] + "/progress/Bad%20Step")[0] == 400
+    start_id = next(j["id"] for j in json.loads(cli_ok(d, "job", "list", "--json"))
+                    if j["kind"] == "appliance.start")  # fmt: skip
+    shown = json.loads(cli_ok(d, "job", "show", str(start_id), "--json"))
+    assert "installer of " in shown["log"] and ": preseed-loaded" in shown["log"], shown["log"]
 
     status, out = d.request("POST", "/install/v1/done", b"hostname=inst1", token,
                             {"Content-Type": "application/x-www-form-urlencoded"})  # fmt: skip
@@ -141,3 +152,32 @@ def test_missing_variable_fails_before_any_reboot(daemon):
     jobs = json.loads(cli_ok(d, "job", "list", "--json"))
     assert not any(j["kind"] == "agent.reboot" for j in jobs), jobs
     assert "installer" not in script(d)
+
+
+def test_windows_installer_boots_with_the_answer_file_as_an_initrd(daemon):
+    """WinPE via wimboot: the one-time answer URL and startnet.cmd are extra initrds."""
+    d = daemon
+    _register_kernel(d)
+    db = Database(d.cfg.database_url)
+    with db.session() as s:
+        s.add(Kernel(name="winpe", kernel_path="kernels/winpe/wimboot",
+                     initrd_path="kernels/winpe/boot.wim", cmdline=""))  # fmt: skip
+    db.dispose()
+    d.start()
+    register(d)
+    cli_ok(d, "appliance", "create", "--resource", MAC, "--mode", "template", "--kernel", "winpe",
+           "--name", "win1", "--param", "template=windows-unattend",
+           "--param", "windows_admin_password=Adm1n-Secret",
+           "--param", "windows_share=\\\\10.77.0.1\\win2022")  # fmt: skip
+    shown = json.loads(cli_ok(d, "appliance", "show", "win1", "--json"))
+    assert "Adm1n-Secret" not in json.dumps(shown)
+    cli_ok(d, "appliance", "start", "win1")
+    params = wait_for(lambda: (p := appliance_params(d, "win1")).get("install_initrds") and p)
+    assert params["windows_admin_password"].startswith("sealed:v1:")  # sealed at rest
+    wim, answer, startnet = params["install_initrds"]
+    assert wim == "kernels/winpe/boot.wim"
+    assert answer.endswith("/autounattend.xml") and startnet.endswith("/startnet.cmd")
+    status, xml = d.get("/" + answer.split("/", 3)[3])
+    assert status == 200 and b"<Value>Adm1n-Secret</Value>" in xml  # opened only for the machine
+    status, cmd = d.get("/" + startnet.split("/", 3)[3])
+    assert status == 200 and b"net use S: \\\\10.77.0.1\\win2022\n" in cmd, cmd

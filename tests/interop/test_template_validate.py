@@ -30,6 +30,7 @@ STATIC = {"network": "static", "address": "10.77.0.60", "prefix": "24",
           "gateway": "10.77.0.1", "dns": "10.77.0.1 10.77.0.2"}  # fmt: skip
 BASE = {"mirror_host": "mirror.example", "repo": "http://10.77.0.1/rocky/9/BaseOS/x86_64/os",
         "windows_admin_password": "Pa<ss>&word", "packages": "htop vim",
+        "windows_share": "\\\\10.77.0.1\\win2022",
         "users": "alice:$6$salt$hash", "ssh_keys": "ssh-ed25519 AAAAC3Nza extra@key",
         "root_password_hash": "$6$rounds=5000$salt$abc/def."}  # fmt: skip
 CASES = [(fw, net) for fw in ("bios", "uefi") for net in ("dhcp", "static")]

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import free_port
-from tests.interop.test_daemon import Daemon
+from tests.daemonlab import Daemon
 from tests.webclient import Browser, admin_password, kill
 
 pytestmark = pytest.mark.interop

@@ -51,8 +51,9 @@ def venv(tmp_path_factory) -> Path:
         pytest.skip(reason="web/static/vendor is empty: run `bash web/vendor.sh` (make vendor)")
     work = tmp_path_factory.mktemp("wheel")
     dist = work / "dist"
-    _run([sys.executable, "-m", "build", "--wheel", "--outdir", str(dist), str(REPO)], work,
-         timeout=240)  # fmt: skip
+    # sdist first, then the wheel from the unpacked sdist (no build/ left in the checkout,
+    # and the sdist's contents are checked too)
+    _run([sys.executable, "-m", "build", "--outdir", str(dist), str(REPO)], work, timeout=240)
     wheels = list(dist.glob("provisiond-*.whl"))
     assert len(wheels) == 1, wheels
     v = work / "venv"

@@ -57,8 +57,12 @@ def install(tb, boot_assets, name: str, mac: str, uefi: bool) -> dict:
     if not boot_assets.real_agent:
         pytest.skip(reason="template installs need the real agent (initrd/build.sh failed)")
     images = tb.workdir / "images"
-    tb.start_provisiond(tb.provisiond_config(heartbeat_interval=2) + (
-        f'\n[[storage]]\nname = "local"\nbackend = "file"\npath = "{images}"\n'))  # fmt: skip
+    storage = (
+        f'\n[[storage]]\nname = "local"\nbackend = "file"\npath = "{images}"\n'
+        if os.environ.get("PROVISIOND_BENCH_ANCHOR")
+        else ""
+    )  # only the anchor needs it
+    tb.start_provisiond(tb.provisiond_config(heartbeat_interval=2) + storage)
     cli(tb, "kernel", "add", "agent", "--kernel", str(boot_assets.kernel),
         "--initrd", str(boot_assets.initrd), "--default")  # fmt: skip
     vm = tb.boot_vm(name, mac, disks=[DISK], mem=1024, reboot=True, uefi=uefi)

@@ -30,7 +30,7 @@ import pytest
 from provisiond.db import Database
 from provisiond.model import Image, Kernel
 from tests.conftest import write_config
-from tests.interop.test_daemon import Daemon
+from tests.daemonlab import Daemon
 from tests.testbed.ui_flow import assign, chromium, login, open_resource, shell_run, shot
 
 REPO = Path(__file__).resolve().parents[2]

@@ -6,7 +6,7 @@ from provisiond.boots import BootRegistry
 from pxe.dhcp.codec import decode
 from pxe.dhcp.sightings import VIA_DHCP, VIA_PROXY_4011, VIA_PROXY_OFFER, sighting
 from tests.unit import dhcp_packets as pk
-from tests.unit.test_dhcp_handler import make, run
+from tests.unit.dhcplab import make, run
 
 MAC = pk.MAC
 

@@ -107,3 +107,36 @@ def test_boot_check_ignores_resource_churn(dbs):
     assert inv.ensure_boot_current() is False
     assert inv.refresh_if_changed() is True
     assert "52:54:00:00:00:02" in inv.snapshot.by_mac
+
+
+def test_local_commit_subscribers_hear_committed_tables_only(dbs):
+    daemon, _, _ = dbs
+    heard: list[frozenset[str]] = []
+    daemon.on_commit(heard.append)
+    with daemon.session() as s:
+        s.add(Resource(mac="52:54:00:00:00:03"))
+    assert heard == [frozenset({"resource"})]
+    with pytest.raises(RuntimeError), daemon.session() as s:
+        s.add(Kernel(name="k", kernel_path="k"))
+        s.flush()
+        raise RuntimeError("rolled back")
+    with daemon.session() as s:  # a unit of work that wrote nothing
+        s.get(Resource, 1)
+    assert heard == [frozenset({"resource"})]
+
+
+def test_token_cache_drops_a_lookup_that_raced_with_a_revocation():
+    from provisiond.tokencache import TokenCache
+
+    cache = TokenCache(limit=2)
+    gen = cache.generation
+    cache.put("a", 1, gen)
+    assert cache.get("a") == 1
+    started = cache.generation  # a lookup begins ...
+    cache.clear()  # ... a commit revokes tokens meanwhile ...
+    cache.put("b", 2, started)  # ... its answer is not kept
+    assert cache.get("a") is None and cache.get("b") is None
+    gen = cache.generation
+    for key in ("c", "d", "e"):  # bounded: full -> start over
+        cache.put(key, key, gen)
+    assert len(cache) <= 2 and cache.get("e") == "e"

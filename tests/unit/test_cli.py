@@ -6,32 +6,12 @@ import json
 import stat
 
 import pytest
-from click.testing import CliRunner
 
 from provisiond import config as configmod
 from provisiond import resources
-from provisiond.cli import main
-from provisiond.db import Database
 from provisiond.model import Image
-
-
-@pytest.fixture
-def cli(config_file):
-    runner = CliRunner()
-
-    def invoke(*args: str, ok: bool = True):
-        result = runner.invoke(main, ["--config", str(config_file), *args])
-        if ok:
-            assert result.exit_code == 0, result.output
-        return result
-
-    return invoke
-
-
-@pytest.fixture
-def db(config_file, cli) -> Database:
-    cli("init")
-    return Database(configmod.load(config_file).database_url)
+from tests.unit.clilab import cli as cli  # fixtures
+from tests.unit.clilab import db as db
 
 
 def test_init_twice_keeps_keys_and_password(cli, config_file):

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import struct
-from pathlib import Path
 
 import pytest
 
@@ -20,18 +18,7 @@ from pxe.dhcp.codec import (
     parse_user_class,
 )  # fmt: skip
 from tests.unit import dhcp_packets as pk
-
-GOLDEN = Path(__file__).parent / "golden" / "dhcp"
-
-
-def check_golden(name: str, text: str) -> None:
-    """Compare with golden/dhcp/<name>.txt; UPDATE_GOLDEN=1 rewrites it."""
-    path = GOLDEN / f"{name}.txt"
-    if os.environ.get("UPDATE_GOLDEN") == "1":
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-    assert path.exists(), f"missing golden file {path}; run with UPDATE_GOLDEN=1"
-    assert text == path.read_text()
+from tests.unit.dhcplab import GOLDEN, check_golden  # noqa: F401
 
 
 @pytest.mark.parametrize("name", sorted(pk.GOLDEN))

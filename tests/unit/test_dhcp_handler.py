@@ -2,60 +2,11 @@
 
 from __future__ import annotations
 
-import ipaddress
-from collections import Counter
-
 import pytest
 
-from provisiond import pxesettings
-from provisiond.boot import BootAction, BootSpec
-from provisiond.config import Config, SubnetConfig
 from pxe.dhcp.codec import ACK, NAK, OFFER, Opt, decode, dump
-from pxe.dhcp.handler import Handler
-from pxe.dhcp.pool import pools_for
 from tests.unit import dhcp_packets as pk
-from tests.unit.test_dhcp_codec import check_golden
-
-IP = ipaddress.IPv4Address
-T = 1_000_000.0
-
-
-def subnet(cidr: str, mode: str = "full", **kw) -> SubnetConfig:
-    net = ipaddress.IPv4Network(cidr)
-    if mode == "full":
-        kw.setdefault("range_start", net.network_address + 100)
-        kw.setdefault("range_end", net.network_address + 199)
-    return SubnetConfig(cidr=net, mode=mode, **kw)
-
-
-SUBNETS = (
-    subnet("10.9.0.0/24", router=IP("10.9.0.1"), dns=(IP("10.9.0.1"),), domain="lab.test"),
-    subnet("10.20.0.0/24", router=IP("10.20.0.254"), lease_time=600),  # behind a relay
-    subnet("10.30.0.0/24", mode="proxy"),  # another DHCP server gives addresses
-)
-
-
-class Policy:
-    def __init__(self, ignore: set[str] = frozenset()):
-        self.ignore, self.seen = ignore, []
-
-    def boot_spec(self, machine):
-        self.seen.append(machine)
-        return None if machine.mac in self.ignore else BootSpec(BootAction.AGENT)
-
-
-def make(ignore=frozenset(), subnets=SUBNETS, address="10.9.0.1"):
-    cfg = Config(interface="br0", address=IP(address), subnets=subnets)
-    stats: Counter = Counter()
-    policy = Policy(ignore)
-    h = Handler(
-        pxesettings.dhcp(cfg), policy, pools_for(subnets, address), lambda key: stats.update([key])
-    )
-    return h, stats, policy
-
-
-def run(h, raw: bytes, now: float = T, source=None):
-    return h.handle(decode(raw), now, source)
+from tests.unit.dhcplab import IP, SUBNETS, Policy, T, check_golden, make, run, subnet  # noqa: F401
 
 
 @pytest.mark.parametrize(

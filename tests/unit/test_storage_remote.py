@@ -181,3 +181,67 @@ def test_ensure_vg_without_devices_says_what_to_configure():
     r = RemoteFake().on(["vgs"], '{"report": [{"vg": []}]}')
     with pytest.raises(StorageError, match="no devices are configured"):
         LvmBackend("pv", runner=r).ensure_vg((), 0)
+
+
+class FlakyHost(RemoteFake):
+    """A storage host that is unreachable while ``down`` (as SshRunner reports it)."""
+
+    down = True
+
+    def run(self, argv, *, input=None, timeout=120.0, check=True):
+        from storage.ssh import HostDown
+
+        if self.down:
+            raise HostDown("storage host root@192.0.2.50:22: cannot connect (timed out)")
+        return super().run(argv, input=input, timeout=timeout, check=check)
+
+
+def test_service_marks_a_host_down_with_the_reason_then_up(tmp_path):
+    from provisiond.db import Database
+    from provisiond.storages import StorageManager, StorageService
+
+    c = cfg.parse(BASE + f'state_dir = "{tmp_path}"\n'
+                  f'database_url = "sqlite:///{tmp_path}/db.sqlite"\n'
+                  '[[storage]]\nname = "san"\nbackend = "lvm"\npath = "pv"\n'
+                  'host = "192.0.2.50"\n')  # fmt: skip
+    db = Database(c.database_url)
+    db.migrate()
+    manager = StorageManager(c)
+    host = FlakyHost().on(["lvs"], (FIX / "lvs-empty.json").read_text())
+    host.on(["python3"], '{"ok": true, "added": [], "removed": []}\n')
+    manager._ssh["san"] = host
+    service = StorageService(c, db, manager)
+    with db.session() as s:
+        manager.sync_rows(s)
+    assert not service.connect_host("san")
+    assert "cannot connect (timed out)" in service.host_down_reason("san")
+    assert service.exporter_for("san") is None
+    host.down = False
+    assert service.connect_host("san")
+    assert service.host_down_reason("san") is None
+    assert service.portal_for("san") == "192.0.2.50"
+    assert isinstance(service.exporter_for("san"), RemoteLioExporter)
+
+
+@pytest.mark.parametrize(
+    "name, attr, origin, pool",
+    [("app-c", "swi-a-s---", "master-c", ""),  # classic snapshot
+     ("app-t", "Vwi-a-tz--", "master-t", "pool0"),  # thin snapshot taken with -kn
+     ("master-c", "owi-a-s---", None, ""),  # origin of a classic snapshot
+     ("master-t", "Vwi-a-tz--", None, "pool0")],
+)  # fmt: skip
+def test_lvs_recorded_on_the_storage_vm(name, attr, origin, pool):
+    from storage.backends.lvm import parse_lvs
+
+    rows = {v.name: (v, a, p) for v, a, p in parse_lvs((FIX / "lvs-vm.json").read_text(), "pv")}
+    assert "pool0" not in rows  # the pool itself is not a volume
+    vol, got_attr, got_pool = rows[name]
+    assert (got_attr, vol.origin, got_pool, vol.size) == (attr, origin, pool, 64 << 20)
+    assert vol.path == f"/dev/pv/{name}"
+
+
+def test_clone_of_a_recorded_thin_origin_is_a_thin_snapshot():
+    r = RemoteFake().on(["lvs"], (FIX / "lvs-vm.json").read_text())
+    vol = LvmBackend("pvsan", thin_pool="pool0", runner=r).clone("master-t", "app-new")
+    assert ["lvcreate", "-s", "-kn", "-n", "app-new", "pvsan/master-t"] in r.calls
+    assert (vol.origin, vol.size) == ("master-t", 64 << 20)

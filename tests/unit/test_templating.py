@@ -33,7 +33,8 @@ def resource(firmware: str = "bios") -> Resource:
 
 
 INSTALLER_PARAMS = {"mirror_host": "mirror.example", "repo": "http://10.77.0.1/rocky",
-                    "windows_admin_password": "s3cret"}  # fmt: skip
+                    "windows_admin_password": "s3cret",
+                    "windows_share": "\\\\10.77.0.1\\win"}  # fmt: skip
 
 
 def vars_for(name="fai-debian-12", firmware="bios", **params):
@@ -69,6 +70,13 @@ ESCAPES = [
     ("text", "two\nlines", None),
     ("text", "cr\r", None),
     ("text", "esc\x1b[2J", None),
+    ("cmd", "\\\\10.77.0.1\\win", "\\\\10.77.0.1\\win"),
+    ("cmd", "share & del C:", None),
+    ("cmd", "a|b", None),
+    ("cmd", "%PATH%", None),
+    ("cmd", "a^b", None),
+    ("cmd", "a>b", None),
+    ("cmd", "two\nlines", None),
 ]
 
 
@@ -92,7 +100,8 @@ FORMATS = [
     ("post/10-x.sh", "shell"), ("target/etc/provisiond/firstboot.env", "shell"),
     ("ks.cfg", "shell"), ("user-data", "yaml"), ("meta-data", "yaml"), ("a.yaml", "yaml"),
     ("autounattend.xml", "xml"), ("cmdline", "cmdline"), ("target/etc/hostname", "text"),
-    ("preseed.cfg", "text"), ("partitions.sfdisk", "text"),
+    ("preseed.cfg", "text"), ("partitions.sfdisk", "text"), ("startnet.cmd", "cmd"),
+    ("x.bat", "cmd"),
 ]  # fmt: skip
 
 
@@ -246,3 +255,20 @@ def test_installer_cmdlines_carry_the_answer_url(renderer, name):
     line = renderer.cmdline(tset, vars_for(name))
     assert "http://10.77.0.1:8080/install/v1/7/tok123" in line
     assert "\n" not in line
+
+
+def test_windows_installer_gets_answer_and_startnet_as_initrds(renderer):
+    """WinPE (wimboot) reads no kernel arguments: the one-time answer URL and startnet.cmd
+    come as extra initrds that wimboot injects into X:\\Windows\\System32."""
+    tset = renderer.get("windows-unattend")
+    v = vars_for("windows-unattend")
+    urls = renderer.initrd_urls(tset, v)
+    base = "http://10.77.0.1:8080/install/v1/7/tok123"
+    assert urls == [f"{base}/autounattend.xml", f"{base}/startnet.cmd"]
+    cmd = renderer.render("windows-unattend", v)["startnet.cmd"]
+    assert "net use S: \\\\10.77.0.1\\win\n" in cmd
+    assert "S:\\setup.exe /unattend:X:\\Windows\\System32\\autounattend.xml" in cmd
+    with pytest.raises(TemplateError, match=r"startnet\.cmd.*cmd\.exe"):
+        renderer.render(
+            "windows-unattend", vars_for("windows-unattend", windows_share="\\\\h\\s & format c:")
+        )

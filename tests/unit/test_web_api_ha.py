@@ -119,3 +119,13 @@ def test_appliance_page_shows_ha_state(app, lab, api):
     assert 'id="ha-state">waiting<' in html
     assert "no standby available in HA pool &#39;rack1&#39;" in html
     assert "rack1" in html
+
+
+def test_appliance_list_shows_ha_state_and_pool(app, lab, api):
+    create(api, ha=True, ha_pool="rack1")
+    create(api, name="plain", resource=MACS[1])
+    client = app.test_client()
+    login(client, "viewer")
+    html = client.get("/appliances").get_data(as_text=True)
+    assert "state-ha-watching" in html and "(rack1)" in html
+    assert html.count("state-ha-") == 1  # the appliance without HA shows none

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from provisiond import resources
-from tests.unit.test_cli import cli, db  # noqa: F401
+from tests.unit.clilab import cli, db  # noqa: F401
 from tests.unit.web_fixtures import api, app, ctx, login, tokens  # noqa: F401
 
 

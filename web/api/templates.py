@@ -9,22 +9,21 @@ from __future__ import annotations
 
 from flask import jsonify
 
-from provisiond import installs, rootfs
+from provisiond import installs, rootfs, templatestore
 from provisiond.templating import Renderer
 from web.api import bp
+from web.api.auth import actor
 from web.api.common import body, ctx, typed
 
 
 def renderer() -> Renderer:
-    return Renderer(ctx().config.templates_dir / "install")
+    return templatestore.renderer(ctx().config, ctx().db)
 
 
 @bp.get("/templates")
 def template_list():
     items = [
-        {"name": t.name, "kind": t.kind, "description": t.description, "files": list(t.files),
-         "answer": t.answer}
-        for t in renderer().sets()
+        templatestore.summary(t) for t in renderer().sets()
     ]  # fmt: skip
     return jsonify({"items": items, "total": len(items)})
 
@@ -34,6 +33,44 @@ def template_show(name: str):
     r = renderer()
     tset = r.get(name)
     return jsonify({"name": name, "kind": tset.kind, "files": r.source(name)})
+
+
+SET_FIELDS = {"name", "kind", "description", "files", "answer", "cmdline", "modes", "initrds"}
+
+
+def _fields(data: dict) -> dict:
+    files = typed(data, "files", dict) or {}
+    out = {"files": {str(k): v for k, v in files.items()}, "kind": str(data.get("kind", ""))}
+    for key in ("description", "answer", "cmdline"):
+        out[key] = typed(data, key, str, "") or ""
+    out["modes"] = typed(data, "modes", dict, {}) or {}
+    out["initrds"] = typed(data, "initrds", list, []) or []
+    return out
+
+
+@bp.post("/templates")
+def template_create():
+    """Store a template set; it is checked in the sandbox first (400 names file and line)."""
+    data = body(SET_FIELDS, {"name", "kind", "files"})
+    with ctx().db.session() as s:
+        tset = templatestore.add(s, ctx().config, actor=actor(), name=str(data["name"]),
+                                 **_fields(data))  # fmt: skip
+    return jsonify(templatestore.summary(tset)), 201
+
+
+@bp.put("/templates/<name>")
+def template_replace(name: str):
+    data = body(SET_FIELDS - {"name"}, {"kind", "files"})
+    with ctx().db.session() as s:
+        tset = templatestore.update(s, ctx().config, actor=actor(), name=name, **_fields(data))
+    return jsonify(templatestore.summary(tset))
+
+
+@bp.delete("/templates/<name>")
+def template_delete(name: str):
+    with ctx().db.session() as s:
+        templatestore.remove(s, ctx().config, name, actor=actor())
+    return "", 204
 
 
 def render_preview(name: str, resource_ref: str, params: dict) -> dict:

@@ -1,0 +1,113 @@
+"""The kit of agent-backed jobs: a daemon job that runs a command on the idle agent.
+
+Owns what deploy (``local``), capture, erase and template installs share: the
+job's log line (:func:`job_log`), the command argument encoding
+(:func:`encode_arg`), queueing the agent command for this instance and
+waiting for its result (:func:`start_command`, :func:`wait_command`,
+:func:`cancel_command`), the stream side's check that a command is this
+resource's and still running (:func:`open_command`, :class:`Gone`), and the
+appliance a job works for (:func:`appliance_of`).
+"""
+
+from __future__ import annotations
+
+import time
+
+from sqlalchemy.orm import Session
+
+from provisiond import jobs, logs
+from provisiond.context import Context
+from provisiond.db import Database
+from provisiond.errors import Invalid, NotFound
+from provisiond.jobrunner import JobFailed
+from provisiond.lifecycle import JobState as JS
+from provisiond.model import Appliance, Job, Resource, utcnow
+
+log = logs.get("local")
+DEFAULT_TIMEOUT = 6 * 3600
+
+
+def job_log(db: Database, job_id: int, line: str) -> None:
+    log.info("job %d: %s", job_id, line)
+    with db.session() as s:
+        jobs.append_log(s.get(Job, job_id), line)
+
+
+def encode_arg(**kv: object) -> str:
+    return "".join(f"{k}={v}\n" for k, v in kv.items() if v is not None and v != "")
+
+
+def appliance_of(session: Session, job_id: int) -> Appliance | None:
+    """The appliance job ``job_id`` works for (None if it was removed meanwhile)."""
+    job = session.get(Job, job_id)
+    return session.get(Appliance, job.appliance_id) if job.appliance_id else None
+
+
+def start_command(ctx: Context, job_id: int, res_id: int, kind: str, arg: str, **params) -> int:
+    with ctx.db.session() as s:
+        res = s.get(Resource, res_id)
+        cmd = jobs.enqueue_command(s, res, kind, arg=arg, actor="daemon")
+        cmd.params = {**cmd.params, "parent": job_id, **params}
+        cmd.owner = ctx.config.instance  # this instance waits for it (wait_command)
+        parent = s.get(Job, job_id)
+        parent.params = {**(parent.params or {}), "command": cmd.id}
+        cmd_id = cmd.id
+    ctx.ring()
+    return cmd_id
+
+
+def wait_command(ctx: Context, job_id: int, cmd_id: int, timeout: float) -> str:
+    """Wait for the agent's result: its output's last line, or JobFailed with it."""
+    deadline = time.monotonic() + timeout
+    silent_limit = ctx.config.agent.heartbeat_timeout
+    while time.monotonic() < deadline:
+        with ctx.db.sessions() as s:
+            cmd, parent = s.get(Job, cmd_id), s.get(Job, job_id)
+            state, out = cmd.state, cmd.log
+            parent_state = parent.state if parent else JS.FAILED
+            res = s.get(Resource, cmd.resource_id) if cmd.resource_id else None
+            beat = res.last_heartbeat if res else None
+        last = next((ln for ln in reversed(out.splitlines()) if ln.strip()), "")
+        silent = (utcnow() - beat).total_seconds() if beat else 0.0
+        if state == JS.RUNNING and silent > silent_limit:
+            raise JobFailed(
+                f"the agent went silent for {silent:.0f} s during command {cmd_id} "
+                "(machine down, rebooted or off the network?)"
+            )
+        if state == JS.SUCCEEDED:
+            return last
+        if state in (JS.FAILED, JS.CANCELLED):
+            raise JobFailed(last or f"agent command {cmd_id} {state}")
+        if parent_state != JS.RUNNING:
+            raise JobFailed(f"job {job_id} is {parent_state}")
+        time.sleep(0.3)
+    raise JobFailed(
+        f"the agent did not finish command {cmd_id} within {timeout:.0f} s "
+        "(is it running? `provisiond resource show`)"
+    )
+
+
+def cancel_command(db: Database, job_id: int, reason: str) -> None:
+    """Fail the agent command of ``job_id`` if still open: its streams then answer 410."""
+    with db.session() as s:
+        parent = s.get(Job, job_id)
+        cmd_id = (parent.params or {}).get("command") if parent else None
+        cmd = s.get(Job, cmd_id) if cmd_id else None
+        if cmd is not None and cmd.state in (JS.QUEUED, JS.RUNNING):
+            jobs.transition(cmd, JS.FAILED, reason)
+
+
+# --- the stream side: is this command the resource's, and still running? -------
+
+
+def open_command(session, resource_id: int, cmd_id: int, kind: str) -> Job:
+    cmd = session.get(Job, cmd_id)
+    if cmd is None or cmd.resource_id != resource_id or cmd.kind != f"agent.{kind}":
+        raise NotFound(f"no {kind} command {cmd_id} for this resource")
+    if cmd.state != JS.RUNNING:
+        raise Gone(f"command {cmd_id} is {cmd.state}")
+    return cmd
+
+
+class Gone(Invalid):
+    status = 410
