@@ -1,8 +1,9 @@
 """Life cycles as data: the transition tables of resources, appliances and jobs.
 
 This module is the only place that says which state may follow which.
-Everything that changes a state calls :func:`check` (or the ``transition``
-helpers in :mod:`provisiond.services`), so an illegal move raises
+Everything that changes a state calls :func:`check` (through
+:func:`provisiond.resources.set_state`, :func:`provisiond.appliances.set_state`
+and :func:`provisiond.jobs.transition`), so an illegal move raises
 :class:`IllegalTransition` naming both states. ``TRANSIENT`` lists the states
 a daemon restart must not silently resume: on start-up the instance's own
 (and those of instances whose lease expired) become ``failed`` with the

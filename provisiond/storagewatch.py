@@ -12,7 +12,9 @@ instance's ``active`` sanboot appliances:
   the reason: event ``storage.fault``;
 - a machine that keeps fetching its SAN script after it became active
   (``iscsi.max_script_fetches`` times) is in a boot loop: ``failed`` with
-  that reason.
+  that reason. A reboot that came back is no loop: once its initiator is
+  logged in again and ``iscsi.boot_settle`` seconds passed without a fetch,
+  the count starts over (a SAN-booted OS holds its disk's session).
 
 Only restores, never removes: removing stale exports is start-up
 reconcile's job (:class:`provisiond.storages.StorageService`), and a
@@ -23,6 +25,7 @@ the same lock.
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass
 
 from sqlalchemy import or_, select
@@ -153,17 +156,32 @@ class StorageWatch:
             return None
 
     def _boot_loops(self, rows: list[Watched], done: dict[str, list[str]]) -> None:
-        limit = self.ctx.config.iscsi.max_script_fetches
+        limit, settle = self.ctx.config.iscsi.max_script_fetches, self.ctx.config.iscsi.boot_settle
+        fetches = self.ctx.san_fetches
         for row in rows:
             if row.name in done["failed"]:
                 continue
-            n = self.ctx.san_fetches.count(row.resource_id)
+            n, last = fetches.count(row.resource_id), fetches.last(row.resource_id)
+            if n and last is not None and time.monotonic() - last >= settle and self._in(row):
+                fetches.reset(row.resource_id)  # a reboot that came back: its OS holds the disk
+                continue
             if n >= limit:
                 reason = (
                     f"boot loop: the machine fetched its SAN script {n} times since it became "
                     "active (its OS does not boot from the target any more)"
                 )
                 self._fail(row, reason, done)
+
+    def _in(self, row: Watched) -> bool:
+        """Is the machine's initiator logged in to its target now?"""
+        exporter = self.storage.exporter_for(row.storage)
+        if exporter is None:
+            return False
+        try:
+            sessions = exporter.sessions(row.spec.target_iqn)
+        except (StorageError, CommandFailed):
+            return False
+        return any(x.initiator_iqn == row.spec.initiator_iqn for x in sessions)
 
     def _fault(self, row: Watched, why: str, done: dict[str, list[str]]) -> None:
         reason = f"storage fault: target {row.spec.target_iqn} of {row.name} {why}"

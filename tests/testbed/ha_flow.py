@@ -158,7 +158,12 @@ def kill(vm: Vm) -> float:
 
 def wait_takeover(bed: HaBed, name: str, spare: Vm, label: str, timeout: float = 240) -> float:
     """Seconds until the spare prints the clone's marker and the appliance is active on it."""
-    t_marker, _ = spare.wait_for_timed(rf"{MARKER} {label}", timeout)
+    try:
+        t_marker, _ = spare.wait_for_timed(rf"{MARKER} {label}", timeout)
+    except Exception as exc:  # say what provisiond did about it
+        log = (bed.tb.workdir / "provisiond.log").read_text(errors="replace").splitlines()
+        said = [x for x in log if any(w in x for w in (" ha", "sanboot", "job", name))]
+        raise AssertionError(f"{exc}\nprovisiond:\n" + "\n".join(said[-40:])) from None
     wait_until(
         lambda: (
             (a := appliance(bed, name))["state"] == "active"

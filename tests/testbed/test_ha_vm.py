@@ -23,7 +23,8 @@ from testbed import wait_until
 
 from tests.testbed import ha_flow
 
-pytestmark = pytest.mark.testbed
+# two idle boots, a SAN boot and a failover: ~3.5 min quiet, more under load
+pytestmark = [pytest.mark.testbed, pytest.mark.timeout(720)]
 MAC_A, MAC_B = "52:54:00:4a:0a:01", "52:54:00:4a:0a:02"
 
 

@@ -2,7 +2,7 @@
 events, users and tokens.
 
 Owns rendering and form handling only. Reads use the same queries and JSON
-shapes as the API (:mod:`web.api.present`, :func:`web.api.inventory.resource_query`);
+shapes as the API (:mod:`provisiond.present`, :func:`web.api.inventory.resource_query`);
 actions call the same view helpers or service functions, and a refused action
 is shown in plain words on the page it came from (a flash message, or the
 message next to the form field at fault).
