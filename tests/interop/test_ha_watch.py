@@ -4,7 +4,7 @@ Machines are diskless QEMUs (their QMP socket is the BMC, ``qemu`` driver);
 SAN exports live in a private ``tgtd`` in a lab namespace; the notification
 hook is a real shell command and a real HTTP server on loopback. The
 watcher's sweep (:meth:`HaWatcher.tick`) runs in the test's thread with
-``[ha] timeout = 2``. What the spare does after it is handed the appliance
+``[ha] timeout = 4``. What the spare does after it is handed the appliance
 (its agent reboots into the SAN target, tgt sees its login) is the test
 bed's part (tests/testbed/test_ha_vm.py); here the login is recorded the way
 the sanboot job records it.
@@ -46,7 +46,7 @@ from tests.qmpmachine import QEMU, Machine
 from web import create_app
 
 pytestmark = pytest.mark.interop
-TIMEOUT = 2
+TIMEOUT = 4  # [ha] timeout; a heartbeat older than half of it is "suspect"
 PREFIX = "iqn.2025-01.test.ha"
 INV = {"cpu": {"count": 1}, "memory_bytes": 64 << 20, "firmware": "bios"}
 
@@ -76,7 +76,7 @@ def world(tmp_path_factory):
     cfg_path = write_config(tmp)
     cfg_path.write_text(
         cfg_path.read_text()
-        + f"\n[ha]\ntimeout = {TIMEOUT}\nhold_down = 300\npower_timeout = 3\n"
+        + f"\n[ha]\ntimeout = {TIMEOUT}\nhold_down = 300\npower_timeout = 10\n"
         + f"notify_command = \"sh -c 'env | grep ^HA_ | sort >> {notify_log}; echo --- >> "
         + f"{notify_log}'\"\n"
         + f'notify_url = "http://127.0.0.1:{hook.server_port}/ha"\n'
@@ -232,9 +232,9 @@ def test_silent_os_with_unreachable_bmc_is_not_taken_over(world, tmp_path):
         token = hapools.new_reporter_token(s, s.scalars(
             select(Appliance).where(Appliance.name == "web3")).one())  # fmt: skip
     client = create_app(ctx).test_client()
+    w = HaWatcher(ctx, exporter=lambda: exporter)
     beat = client.post("/ha/v1/heartbeat", headers={"Authorization": f"Bearer {token}"})
     assert beat.status_code == 204
-    w = HaWatcher(ctx, exporter=lambda: exporter)
     d = w.tick()["web3"]
     assert d.state == "watching" and d.reason == "heartbeats arrive"
     time.sleep(TIMEOUT + 0.2)  # the OS stops reporting

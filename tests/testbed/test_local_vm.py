@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import sys
 from pathlib import Path
 
@@ -27,6 +26,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from tests.testbed.diskimage import build_boot_disk  # noqa: E402
+from tests.testbed.vmlab import in_order  # noqa: E402
 
 pytestmark = pytest.mark.testbed
 MAC1, MAC2 = "52:54:00:1c:00:01", "52:54:00:1c:00:02"
@@ -57,18 +57,6 @@ def boot_vm_with_disk(tb, name: str, mac: str, disk: Path) -> Vm:
     vm = Vm(spec, vm_dir).start(tb.ns_prefix)
     tb.vms.append(vm)
     return vm
-
-
-def in_order(vm: Vm, patterns: list[str]) -> bool:
-    """Whether console lines match ``patterns`` one after another (others in between)."""
-    todo = iter(patterns)
-    want = next(todo)
-    for _, text in vm.console_lines():
-        if re.search(want, text):
-            want = next(todo, None)
-            if want is None:
-                return True
-    return False
 
 
 def test_capture_one_disk_and_deploy_it_to_another_machine(testbed, boot_assets):

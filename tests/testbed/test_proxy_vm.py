@@ -35,7 +35,7 @@ sys.path.insert(0, str(REPO))
 from pxe.dhcp.codec import ACK, REQUEST, Opt, decode  # noqa: E402
 from tests.testbed.conftest import unique_ns  # noqa: E402
 from tests.testbed.diskimage import build_boot_disk  # noqa: E402
-from tests.testbed.test_sanboot_vm import btrfs_storage, cli  # noqa: E402
+from tests.testbed.vmlab import btrfs_storage, cli  # noqa: E402
 
 pytestmark = [
     pytest.mark.testbed,

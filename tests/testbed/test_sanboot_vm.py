@@ -24,6 +24,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from tests.testbed.diskimage import build_boot_disk  # noqa: E402
+from tests.testbed.vmlab import btrfs_storage, cli  # noqa: E402
 
 pytestmark = pytest.mark.testbed
 MACS = ("52:54:00:5b:00:01", "52:54:00:5b:00:02")
@@ -32,22 +33,6 @@ CONTROL_PORT = 300 + os.getpid() % 300
 
 def sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def btrfs_storage(workdir: Path) -> Path:
-    backing, mnt = workdir / "btrfs.img", workdir / "btrfs"
-    with open(backing, "wb") as fh:
-        fh.truncate(2 * 2**30)
-    subprocess.run(["mkfs.btrfs", "-q", str(backing)], check=True, capture_output=True)
-    mnt.mkdir()
-    subprocess.run(["mount", "-o", "loop", str(backing), str(mnt)], check=True)
-    return mnt / "images"
-
-
-def cli(tb, *args: str, timeout: float = 120) -> str:
-    res = tb.provisiond_cli(*args, timeout=timeout)
-    assert res.returncode == 0, f"provisiond {' '.join(args)}:\n{res.stdout}{res.stderr}"
-    return res.stdout
 
 
 def test_two_machines_san_boot_their_own_clones(testbed, boot_assets):

@@ -29,7 +29,7 @@ from testbed import OVMF, wait_until
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from tests.testbed.test_local_vm import in_order  # noqa: E402
+from tests.testbed.vmlab import in_order  # noqa: E402
 
 pytestmark = [pytest.mark.testbed, pytest.mark.timeout(1800)]
 DISK = "2G"

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -32,27 +31,12 @@ from provisiond.model import Image, Kernel
 from tests.conftest import write_config
 from tests.daemonlab import Daemon
 from tests.testbed.ui_flow import assign, chromium, login, open_resource, shell_run, shot
+from tests.testbed.vmlab import _skip_reasons
 
 REPO = Path(__file__).resolve().parents[2]
 ART = REPO / "artifacts" / "ui"
 MAC = "52:54:00:12:34:56"
 SSH_IP = "127.0.0.77"
-
-
-def _skip_reasons() -> list[str]:
-    out = []
-    for tool, pkg in (("chromium", "chromium"), ("chromedriver", "chromium-driver"),
-                      ("dropbear", "dropbear-bin"), ("dropbearkey", "dropbear-bin"),
-                      ("unshare", "util-linux")):  # fmt: skip
-        if not shutil.which(tool):
-            out.append(f"{tool} missing (apt-get install {pkg})")
-    try:
-        import selenium  # noqa: F401
-    except ImportError:
-        out.append("PyPI package selenium missing (.venv/bin/pip install selenium)")
-    if not (REPO / "web/static/vendor/xterm.js").exists():
-        out.append("front-end assets not vendored (run: bash web/vendor.sh)")
-    return out
 
 
 pytestmark = [

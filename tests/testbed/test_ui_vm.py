@@ -24,7 +24,6 @@ sys.path.insert(0, str(REPO))
 
 from tests.testbed.diskimage import build_boot_disk  # noqa: E402
 from tests.testbed.netns_thread import in_netns  # noqa: E402
-from tests.testbed.test_ui_e2e import _skip_reasons  # noqa: E402
 from tests.testbed.ui_flow import (  # noqa: E402
     assign,
     chromium,
@@ -34,6 +33,7 @@ from tests.testbed.ui_flow import (  # noqa: E402
     shot,
     wait,
 )
+from tests.testbed.vmlab import _skip_reasons  # noqa: E402
 
 pytestmark = [
     pytest.mark.testbed,
