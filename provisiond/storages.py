@@ -99,6 +99,12 @@ class StorageManager:
                 )  # fmt: skip
             return self._ssh[st.name]
 
+    def close(self) -> None:
+        """Close the SSH connections to storage hosts."""
+        with self._lock:
+            for runner in self._ssh.values():
+                runner.close()
+
     def host_exporter(self, name: str) -> Exporter:
         """The exporter on a storage host: LIO through the helper ("auto", "lio") or tgtadm."""
         st = self.settings(name)
@@ -334,8 +340,7 @@ class StorageService:
     def stop(self) -> None:
         """Exports stay: machines booted from them must not lose their disks."""
         self._stop.set()
-        for name in list(self.manager._ssh):
-            self.manager._ssh[name].close()
+        self.manager.close()
 
 
 def _storage_of(session: Session, spec: ExportSpec) -> str | None:

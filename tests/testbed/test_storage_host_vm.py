@@ -1,0 +1,494 @@
+"""A storage host on a real kernel: LVM snapshots and LIO exports driven over SSH.
+
+One QEMU storage VM per module (Debian 12 kernel with dm-thin and LIO,
+``debian-12-storage`` root file system, see vm-testbed/storagevm.py) on the
+test bed's bridge, reached by provisiond's storage code only through
+:class:`storage.ssh.SshRunner` with its pinned host key. On it: a volume
+group on a virtio disk with a thin pool, a bootable image imported (streamed
+over SSH, sha256 checked on the host) as a classic and as a thin master, a
+classic and a thin snapshot, each exported over LIO by the shipped helper
+with its ACL and CHAP. Real initiators check the exports from this machine
+(libiscsi's ``iscsi-inq``, QEMU's iSCSI driver): the right initiator and
+secret log in, a wrong secret or another initiator are refused, and a write
+through one export changes neither master nor the other clone. Two QEMU
+machines SAN-boot the clones with iPXE. Removing an export and its snapshot,
+the same export through tgt on the same host, reconcile (a stale target is
+removed, a wanted one kept, an orphaned clone deleted), provisiond itself
+(import, appliance start of a classic and a thin clone that two machines
+SAN-boot through its DHCP and iPXE, kill -9 and restart, stop and rm) and
+a host going down and coming back (StorageService marks it down with the
+reason, polls, marks it up) run against the same VM.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from testbed import Testbed, wait_until
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+import storagevm  # noqa: E402
+
+from storage.backends import LvmBackend  # noqa: E402
+from storage.exporters import ExportSpec, TgtExporter  # noqa: E402
+from storage.exporters.lio_remote import RemoteLioExporter  # noqa: E402
+from storage.images import import_image  # noqa: E402
+from storage.ssh import HostKeyMismatch, SshRunner, SshTarget  # noqa: E402
+from tests.testbed.conftest import unique_ns  # noqa: E402
+from tests.testbed.diskimage import build_boot_disk  # noqa: E402
+
+pytestmark = [pytest.mark.testbed, pytest.mark.timeout(900)]  # rootfs build + VM boot
+SUBNET = "10.78.0"
+HOST = f"{SUBNET}.50"
+VG, POOL = "pvsan", "pool0"
+GiB = 1 << 30
+PREFIX = "iqn.2025-01.test.storage"
+MARKER = "STORAGE-SAN-OK"
+SIZE_MIB = 24  # the boot disk: kernel + marker initrd; small, since the TCG guest hashes it
+IPXE_LKRN = Path("/usr/lib/ipxe/ipxe.lkrn")
+LVS = ["lvs", "--reportformat", "json", "-o", "lv_name,lv_size,origin,pool_lv,lv_attr",
+       "--units", "b", "--nosuffix", VG]  # fmt: skip
+
+
+def keypair(path: Path) -> Path:
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", path.name, "-f",
+                    str(path)], check=True, capture_output=True)  # fmt: skip
+    return path
+
+
+class Host:
+    """The booted storage VM and the ways to reach it."""
+
+    def __init__(self, tb: Testbed, vm, hostkey: Path, client: Path) -> None:
+        self.tb, self.vm, self.hostkey, self.client = tb, vm, hostkey, client
+        self.host_key_line = Path(f"{hostkey}.pub").read_text().strip()
+
+    def target(self, **kw) -> SshTarget:
+        return SshTarget(HOST, self.client, **{"host_key": self.host_key_line, **kw})
+
+    def runner(self, **kw) -> SshRunner:
+        return SshRunner(self.target(**kw), connect=storagevm.ns_connect(self.tb.ns))
+
+
+@pytest.fixture(scope="module")
+def storage_host(testbed_ready, tmp_path_factory):
+    from provisiond import rootfs
+
+    missing = [t for t in ("mmdebstrap", "mkfs.ext4", "iscsi-inq", "qemu-io", "ssh-keygen")
+               if subprocess.run(["which", t], capture_output=True).returncode]  # fmt: skip
+    if missing:
+        pytest.skip(f"storage VM needs {', '.join(missing)} (make deps)")
+    ref = rootfs.build("debian-12-storage", say=lambda line: print(line, flush=True))
+    assert ref.size > 0
+    files = storagevm.prepare(rootfs.archive_path("debian-12-storage"))
+    work = tmp_path_factory.mktemp("storagehost")
+    hostkey, client = keypair(work / "hostkey"), keypair(work / "client")
+    with Testbed(work / "tb", ns_name=unique_ns(), subnet=SUBNET) as tb:
+        vm = storagevm.boot(tb, files, "storage", "52:54:00:78:00:50", f"{HOST}/24", hostkey,
+                            Path(f"{client}.pub"))  # fmt: skip
+        t0 = time.monotonic()
+        m = vm.wait_for(storagevm.READY, timeout=300)
+        assert m.group(1) == "ready", vm.tail()
+        print(f"storage VM ready in {time.monotonic() - t0:.1f} s", flush=True)
+        yield Host(tb, vm, hostkey, client)
+
+
+@pytest.fixture(scope="module")
+def ssh(storage_host) -> SshRunner:
+    runner = storage_host.runner()
+    yield runner
+    runner.close()
+
+
+def sha_on_host(ssh: SshRunner, path: str) -> str:
+    return ssh.run(["sha256sum", path]).stdout.split()[0]
+
+
+def test_ssh_host_key_is_pinned(storage_host, ssh, tmp_path):
+    assert ssh.run(["uname", "-r"]).stdout.strip().endswith("-amd64")
+    # a wrong configured key: refused before any command runs
+    other = Path(f"{keypair(tmp_path / 'other')}.pub").read_text().strip()
+    wrong = storage_host.runner(host_key=other)
+    with pytest.raises(HostKeyMismatch, match="refusing to run anything"):
+        wrong.run(["touch", "/run/pinning-breached"])
+    assert ssh.run(["ls", "/run/pinning-breached"], check=False).rc != 0
+    # no configured key: pinned on first use, then held to it
+    pins = tmp_path / "storage-hostkeys.json"
+    tofu = storage_host.runner(host_key="", pins_path=pins)
+    assert tofu.run(["true"]).rc == 0
+    tofu.close()
+    assert json.loads(pins.read_text()) == {
+        f"{HOST}:22": " ".join(storage_host.host_key_line.split()[:2])
+    }
+    pins.write_text(json.dumps({f"{HOST}:22": other}))
+    with pytest.raises(HostKeyMismatch, match="pinned in"):
+        storage_host.runner(host_key="", pins_path=pins).run(["true"])
+
+
+@pytest.fixture(scope="module")
+def volumes(storage_host, ssh, tmp_path_factory):
+    """VG + thin pool on /dev/vdb, the boot disk imported as classic and thin masters."""
+    classic = LvmBackend(VG, runner=ssh)
+    thin = LvmBackend(VG, thin_pool=POOL, runner=ssh)
+    done = thin.ensure_vg(("/dev/vdb",), 1 * GiB)
+    assert done == [f"created volume group {VG} on /dev/vdb", f"created thin pool {VG}/{POOL}"]
+    assert thin.ensure_vg(("/dev/vdb",), 1 * GiB) == []  # idempotent
+    classic.check()
+    thin.check()
+    work = tmp_path_factory.mktemp("disk")
+    kernel = sorted(Path("/boot").glob("vmlinuz-*"))[-1]
+    disk = build_boot_disk(work / "master.raw", kernel, MARKER, "lvm", size_mib=SIZE_MIB)
+    want = hashlib.sha256(disk.read_bytes()).hexdigest()
+    for backend, name in ((classic, "master-c"), (thin, "master-t")):
+        got = import_image(backend, name, str(disk))
+        assert got.sha256 == want and got.volume.path == f"/dev/{VG}/{name}"
+    return classic, thin, want
+
+
+def test_lvm_classic_and_thin_snapshots_on_a_real_kernel(ssh, volumes):
+    classic, thin, want = volumes
+    c = classic.clone("master-c", "app-c")
+    t = thin.clone("master-t", "app-t")
+    assert (c.origin, t.origin) == ("master-c", "master-t")
+    report = ssh.run(LVS).stdout
+    if os.environ.get("PROVISIOND_RECORD_LVS"):  # tests/unit/fixtures/storage/lvs-vm.json
+        Path(os.environ["PROVISIOND_RECORD_LVS"]).write_text(report)
+    rows = {r["lv_name"]: r for r in json.loads(report)["report"][0]["lv"]}
+    assert rows["app-c"]["lv_attr"][0] == "s" and rows["app-c"]["origin"] == "master-c"
+    assert rows["master-c"]["lv_attr"][0] == "o"
+    assert rows["app-t"]["lv_attr"][0] == "V" and rows["app-t"]["pool_lv"] == POOL
+    assert rows["app-t"]["origin"] == "master-t"
+    for name in ("app-c", "app-t", "master-c", "master-t"):
+        got = ssh.run(["sh", "-c", f"head -c {SIZE_MIB << 20} /dev/{VG}/{name} | sha256sum"])
+        assert got.stdout[:64] == want, name
+    assert {v.name for v in thin.list()} >= {"app-c", "app-t", "master-c", "master-t"}
+
+
+def spec(name: str, secret: str) -> ExportSpec:
+    return ExportSpec(f"{PREFIX}:{name}", f"/dev/{VG}/{name}", f"{PREFIX}:init-{name}",
+                      name, secret)  # fmt: skip
+
+
+SECRETS = {"app-c": "ClassicSecret016", "app-t": "ThinSecret000016"}
+
+
+@pytest.fixture(scope="module")
+def exports(ssh, volumes):
+    lio = RemoteLioExporter(ssh, HOST, host="storage VM")
+    lio.check()
+    specs = [spec(n, s) for n, s in SECRETS.items()]
+    for s in specs:
+        lio.export(s)
+    return lio, specs
+
+
+def inq(tb: Testbed, initiator: str, user: str, secret: str, target: str):
+    url = f"iscsi://{user}%{secret}@{HOST}/{target}/0"
+    return tb.run_in_ns(["iscsi-inq", "-i", initiator, url], check=False, timeout=60)
+
+
+def test_lio_exports_with_acl_and_chap(storage_host, exports, ssh):
+    lio, specs = exports
+    listed = {s.target_iqn: s for s in lio.list_exports()}
+    for s in specs:
+        got = listed[s.target_iqn]
+        assert got.key() == s.with_lun(0).key() and got.chap_secret is None
+    tpg = f"/sys/kernel/config/target/iscsi/{specs[0].target_iqn}/tpgt_1/attrib"
+    attrs = ssh.run(["cat", f"{tpg}/authentication", f"{tpg}/generate_node_acls"]).stdout.split()
+    assert attrs == ["1", "0"]
+    tb = storage_host.tb
+    s = specs[0]
+    ok = inq(tb, s.initiator_iqn, s.chap_user, s.chap_secret, s.target_iqn)
+    assert ok.returncode == 0 and "LIO-ORG" in ok.stdout, ok.stdout + ok.stderr
+    bad_secret = inq(tb, s.initiator_iqn, s.chap_user, "WrongSecret00016", s.target_iqn)
+    assert bad_secret.returncode != 0
+    other_initiator = inq(tb, specs[1].initiator_iqn, s.chap_user, s.chap_secret, s.target_iqn)
+    assert other_initiator.returncode != 0
+
+
+def test_write_through_one_export_changes_neither_master_nor_other(storage_host, exports, ssh,
+                                                                   volumes):  # fmt: skip
+    _, specs = exports
+    _, _, want = volumes
+    s = next(x for x in specs if x.chap_user == "app-t")
+    opts = (f"driver=iscsi,transport=tcp,portal={HOST},target={s.target_iqn},lun=0,"
+            f"user={s.chap_user},password-secret=sec0,"
+            f"initiator-name={s.initiator_iqn}")  # fmt: skip
+    run = storage_host.tb.run_in_ns(
+        ["qemu-io", "--object", f"secret,id=sec0,data={s.chap_secret}", "--image-opts", opts,
+         "-c", "write -P 0xab 20M 64k", "-c", "flush"], check=False, timeout=120)  # fmt: skip
+    assert run.returncode == 0 and "wrote 65536" in run.stdout, run.stdout + run.stderr
+    head = f"head -c {SIZE_MIB << 20} /dev/{VG}/{{}} | sha256sum"
+    got = {n: ssh.run(["sh", "-c", head.format(n)]).stdout[:64]
+           for n in ("app-t", "app-c", "master-t", "master-c")}  # fmt: skip
+    assert got["app-t"] != want
+    assert got["app-c"] == got["master-t"] == got["master-c"] == want
+    # the block really holds what was written, read back on the host
+    back = ssh.run(["sh", "-c", f"dd if=/dev/{VG}/app-t bs=64k skip=320 count=1 status=none"
+                    " | sha256sum"]).stdout.split()[0]  # fmt: skip
+    assert back == hashlib.sha256(b"\xab" * 65536).hexdigest()
+
+
+def ipxe_script(s: ExportSpec, ip: str) -> str:
+    return (
+        "#!ipxe\n"
+        f"set net0/ip {ip}\nset net0/netmask 255.255.255.0\nifopen net0\n"
+        f"set initiator-iqn {s.initiator_iqn}\nset username {s.chap_user}\n"
+        f"set password {s.chap_secret}\n"
+        f"echo SAN boot of {s.target_iqn}\n"
+        f"sanboot iscsi:{HOST}:::0:{s.target_iqn}\n"
+    )
+
+
+def test_two_machines_san_boot_their_clones(storage_host, exports):
+    if not IPXE_LKRN.is_file():
+        pytest.skip(f"{IPXE_LKRN} missing (apt-get install ipxe)")
+    lio, specs = exports
+    tb = storage_host.tb
+    vms = []
+    for i, s in enumerate(specs):
+        script = tb.workdir / f"san{i}.ipxe"
+        script.write_text(ipxe_script(s, f"{SUBNET}.{61 + i}"))
+        vms.append(tb.boot_vm(f"san{i}", f"52:54:00:78:00:{61 + i:02x}", kernel=str(IPXE_LKRN),
+                              initrd=str(script), append=""))  # fmt: skip
+    # each initiator is seen logged in to its own target (only there) while its machine boots;
+    # once Linux runs from the disk, iPXE's session ends
+    seen: set[str] = set()
+
+    def booted() -> bool:
+        for s in specs:
+            if s.initiator_iqn not in seen:
+                got = [x.initiator_iqn for x in lio.sessions(s.target_iqn)]
+                assert got in ([], [s.initiator_iqn]), got
+                seen.update(got)
+        return all(MARKER in vm.console_text() for vm in vms)
+
+    wait_until(booted, 300, interval=0.5)
+    for vm in vms:
+        vm.wait_for(rf"{MARKER} lvm", 5)
+    assert seen == {s.initiator_iqn for s in specs}
+    for vm in vms:
+        vm.kill()
+        tb.vms.remove(vm)
+
+
+def test_unexport_and_remove_snapshot(ssh, exports, volumes):
+    lio, specs = exports
+    classic, _, _ = volumes
+    s = next(x for x in specs if x.chap_user == "app-c")
+    lio.unexport(s.target_iqn)
+    classic.delete("app-c")
+    assert s.target_iqn not in {x.target_iqn for x in lio.list_exports()}
+    assert classic.get("app-c") is None
+    names = {r["lv_name"] for r in json.loads(ssh.run(LVS).stdout)["report"][0]["lv"]}
+    assert "app-c" not in names and "master-c" in names
+    targets = ssh.run(["ls", "/sys/kernel/config/target/iscsi"]).stdout.split()
+    assert s.target_iqn not in targets
+
+
+def test_reconcile_removes_stale_and_keeps_wanted(ssh, exports, volumes):
+    lio, specs = exports
+    _, thin, _ = volumes
+    kept = next(x for x in specs if x.chap_user == "app-t")
+    stale = spec("stale-t", "StaleSecret00016")
+    thin.clone("master-t", "stale-t")
+    lio.export(stale)
+    added, removed = lio.reconcile_all([kept])
+    assert (added, removed) == ([], [stale.target_iqn])
+    assert [x.target_iqn for x in lio.list_exports()] == [kept.target_iqn]
+    added, removed = lio.reconcile_all([kept, stale])  # a lost wanted export comes back
+    assert (added, removed) == ([stale.target_iqn], [])
+    lio.reconcile_all([kept])
+    thin.delete("stale-t")
+
+
+TGT_PORT = 3261  # LIO holds 3260 on the host's address
+
+
+def test_tgt_exporter_on_the_same_host(storage_host, ssh, volumes):
+    """The same export through tgt (tgtadm over SSH) on the storage VM: ACL + CHAP, LUN 1."""
+    _, thin, _ = volumes
+    ssh.run(["sh", "-c", f"setsid tgtd --iscsi portal={HOST}:{TGT_PORT} "
+             "</dev/null >/dev/null 2>&1 &"])  # fmt: skip
+    tgt = TgtExporter(ssh)
+    wait_until(lambda: ssh.run(["tgtadm", "--lld", "iscsi", "--op", "show", "--mode", "target"],
+                               check=False).rc == 0, 30, interval=0.5)  # fmt: skip
+    try:
+        tgt.check()
+        thin.clone("master-t", "app-tgt")
+        s = spec("app-tgt", "TgtSecret0000016")
+        tgt.export(s)
+        assert [x.key() for x in tgt.list_exports()] == [s.with_lun(1).key()]
+        tb = storage_host.tb
+        url = f"iscsi://{s.chap_user}%{{}}@{HOST}:{TGT_PORT}/{s.target_iqn}/1"
+        ok = tb.run_in_ns(["iscsi-inq", "-i", s.initiator_iqn, url.format(s.chap_secret)],
+                          check=False, timeout=60)  # fmt: skip
+        assert ok.returncode == 0 and "IET" in ok.stdout, ok.stdout + ok.stderr
+        bad = tb.run_in_ns(["iscsi-inq", "-i", s.initiator_iqn, url.format("WrongSecret00016")],
+                           check=False, timeout=60)  # fmt: skip
+        assert bad.returncode != 0
+        tgt.unexport(s.target_iqn)
+        assert tgt.list_exports() == []
+        thin.delete("app-tgt")
+    finally:
+        ssh.run(["tgtadm", "--op", "delete", "--mode", "system"], check=False)
+
+
+def test_storage_host_down_and_back(storage_host, volumes, tmp_path):
+    """StorageService marks an unreachable host down with the reason and polls it back up."""
+    from provisiond import config as configmod
+    from provisiond.db import Database
+    from provisiond.model import Storage
+    from provisiond.storages import StorageManager, StorageService
+
+    h = storage_host
+    cfg = configmod.parse(
+        f'address = "{SUBNET}.1"\nstate_dir = "{tmp_path}"\n'
+        f'database_url = "sqlite:///{tmp_path}/db.sqlite"\n'
+        f'[[storage]]\nname = "san"\nbackend = "lvm"\npath = "{VG}"\nthin_pool = "{POOL}"\n'
+        f'host = "{HOST}"\nkey = "{h.client}"\nhost_key = "{h.host_key_line}"\n'
+    )
+    db = Database(cfg.database_url)
+    db.migrate()
+    manager = StorageManager(cfg)
+    manager._ssh["san"] = SshRunner(SshTarget(HOST, h.client, host_key=h.host_key_line,
+                                              connect_timeout=3),
+                                    connect=storagevm.ns_connect(h.tb.ns))  # fmt: skip
+    service = StorageService(cfg, db, manager)
+    service.poll_interval = 1.0
+
+    def state() -> tuple[str | None, str | None]:
+        with db.session() as s:
+            row = s.query(Storage).filter_by(name="san").one()
+            return row.host_state, row.host_reason
+
+    tap = h.vm.spec.tap
+    thin = LvmBackend(VG, thin_pool=POOL, runner=manager._ssh["san"])
+    thin.clone("master-t", "app-orphan")  # a clone the daemon died before recording
+    service.start()
+    try:
+        assert state() == ("up", None)
+        names = {v.name for v in thin.list()}
+        assert "app-orphan" not in names and {"master-t", "master-c"} <= names
+        assert RemoteLioExporter(manager._ssh["san"], HOST).list_exports() == []  # none wanted
+        assert service.exporter_for("san") is not None
+        h.tb.run_in_ns(["ip", "link", "set", tap, "down"])
+        manager._ssh["san"].close()
+        assert not service.connect_host("san")
+        st, reason = state()
+        assert st == "down" and HOST in reason and "cannot connect" in reason, reason
+        assert service.host_down_reason("san") == reason
+        service._poll("san")
+        h.tb.run_in_ns(["ip", "link", "set", tap, "up"])
+        wait_until(lambda: state() == ("up", None), 60, interval=0.5)
+        assert service.host_down_reason("san") is None
+    finally:
+        h.tb.run_in_ns(["ip", "link", "set", tap, "up"], check=False)
+        service.stop()
+
+
+MACS = ("52:54:00:78:00:71", "52:54:00:78:00:72")
+
+
+def cli(tb: Testbed, *args: str, timeout: float = 180) -> str:
+    res = tb.provisiond_cli(*args, timeout=timeout)
+    assert res.returncode == 0, f"provisiond {' '.join(args)}:\n{res.stdout}{res.stderr}"
+    return res.stdout
+
+
+def lv_rows(ssh: SshRunner) -> dict[str, dict]:
+    return {r["lv_name"]: r for r in json.loads(ssh.run(LVS).stdout)["report"][0]["lv"]}
+
+
+def test_daemon_sanboots_a_classic_and_a_thin_clone_from_the_storage_host(
+    storage_host, ssh, boot_assets, tmp_path
+):
+    """provisiond's own jobs: import, appliance start (snapshot + LIO export + SAN boot),
+    kill -9 and restart (reconcile: lost export back, stale target and orphan clone gone),
+    appliance stop + rm (export and snapshot removed)."""
+    h = storage_host
+    tb = h.tb
+    host = (f'backend = "lvm"\npath = "{VG}"\nhost = "{HOST}"\nkey = "{h.client}"\n'
+            f'host_key = "{h.host_key_line}"\ndevices = ["/dev/vdb"]\n')  # fmt: skip
+    config = tb.provisiond_config(heartbeat_interval=2) + (
+        "\n[iscsi]\nboot_timeout = 240\n"
+        f'\n[[storage]]\nname = "sanc"\n{host}'
+        f'\n[[storage]]\nname = "sant"\n{host}thin_pool = "{POOL}"\nthin_pool_size = {GiB}\n'
+        f'\n[images]\nimport_dirs = ["{tmp_path}"]\n'
+    )
+    lio = RemoteLioExporter(ssh, HOST)
+    kernel = sorted(Path("/boot").glob("vmlinuz-*"))[-1]
+    disk = build_boot_disk(tmp_path / "daemon.raw", kernel, MARKER, "daemon", size_mib=SIZE_MIB)
+    tb.start_provisiond(config)
+
+    def exported() -> list[str]:
+        return sorted(x.target_iqn for x in lio.list_exports())
+
+    def daemon_log() -> str:
+        return (tb.workdir / "provisiond.log").read_text(errors="replace")[-3000:]
+
+    def settle(predicate, what) -> None:
+        try:
+            wait_until(predicate, 120, interval=1)
+        except TimeoutError:
+            what = what() if callable(what) else what
+            pytest.fail(f"not within 120 s: {what}\ndaemon log:\n{daemon_log()}")
+
+    # start-up reconcile (after /healthz answers): nothing is wanted yet
+    settle(lambda: exported() == [], "no start-up reconcile")
+    cli(tb, "kernel", "add", "agent", "--kernel", str(boot_assets.kernel),
+        "--initrd", str(boot_assets.initrd), "--default")  # fmt: skip
+    for storage in ("sanc", "sant"):
+        out = cli(tb, "image", "import", str(disk), "--name", f"img-{storage}",
+                  "--storage", storage)  # fmt: skip
+        assert hashlib.sha256(disk.read_bytes()).hexdigest() in out
+    vms = [tb.boot_vm(f"app{i}", mac, reboot=True) for i, mac in enumerate(MACS)]
+    for mac in MACS:
+        wait_until(lambda m=mac: tb.resource_state(m) == "idle", 180, interval=0.5)
+    for i, (mac, storage) in enumerate(zip(MACS, ("sanc", "sant"), strict=True)):
+        cli(tb, "appliance", "create", "--resource", mac, "--image", f"img-{storage}",
+            "--mode", "sanboot", "--name", f"san{i}")  # fmt: skip
+        cli(tb, "appliance", "start", f"san{i}")
+    for vm in vms:
+        vm.wait_for(rf"{MARKER} daemon", 300)
+    for i in range(2):
+        settle(lambda n=i: json.loads(cli(tb, "appliance", "show", f"san{n}", "--json"))["state"]
+               == "active", lambda n=i: cli(tb, "appliance", "show", f"san{n}"))  # fmt: skip
+        app = json.loads(cli(tb, "appliance", "show", f"san{i}", "--json"))
+        assert "iSCSI login of" in app["state_reason"], app
+    rows = lv_rows(ssh)
+    assert rows["app-san0"]["lv_attr"][0] == "s" and rows["app-san0"]["origin"] == "image-img-sanc"
+    assert rows["app-san1"]["lv_attr"][0] == "V" and rows["app-san1"]["pool_lv"] == POOL
+    targets = exported()
+    assert len(targets) == 2
+
+    # kill -9; meanwhile one export is lost and a stale target and an orphan clone appear
+    pid = int((tb.run_dir / "provisiond.pid").read_text())
+    os.kill(pid, 9)
+    wait_until(lambda: not Path(f"/proc/{pid}").exists() or
+               "Z" in Path(f"/proc/{pid}/stat").read_text().split(")")[1][:3], 10)  # fmt: skip
+    lio.unexport(targets[1])
+    LvmBackend(VG, thin_pool=POOL, runner=ssh).clone("image-img-sant", "app-ghost")
+    lio.export(spec("app-ghost", "GhostSecret00016"))
+    tb.start_provisiond(config)
+    settle(lambda: exported() == targets and "app-ghost" not in lv_rows(ssh), "no reconcile")
+    assert "removed orphaned clone app-ghost" in daemon_log()
+
+    cli(tb, "appliance", "stop", "san1", "--wait")
+    cli(tb, "appliance", "rm", "san1")
+    assert exported() == targets[:1]
+    rows = lv_rows(ssh)
+    assert "app-san1" not in rows and "app-san0" in rows and "image-img-sant" in rows
+    tb.stop_daemon("provisiond")
+    for vm in vms:
+        vm.kill()
+        tb.vms.remove(vm)
