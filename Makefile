@@ -49,7 +49,7 @@ lint: venv
 	$(PY) tools/check_imports.py
 
 test: deps lint
-	$(VENV)/bin/pytest -q -rs $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -q -rs --durations=40 $(PYTEST_ARGS)
 
 unit: venv
 	$(VENV)/bin/pytest -q tests/unit

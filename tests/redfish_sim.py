@@ -63,9 +63,18 @@ def _error(status: int, message: str) -> web.Response:
 
 def make_app(bmc: Bmc) -> web.Application:
     async def root(_request):
-        body = {"@odata.id": "/redfish/v1/", "Systems": {"@odata.id": "/redfish/v1/Systems"}}
+        body = {
+            "@odata.id": "/redfish/v1/",
+            "@odata.type": "#ServiceRoot.v1_5_0.ServiceRoot",
+            "Id": "RootService",
+            "Name": "Simulated BMC",
+            "RedfishVersion": "1.6.0",
+            "UUID": "85775665-c110-4b85-8989-e6162170b3ec",
+            "Systems": {"@odata.id": "/redfish/v1/Systems"},
+        }
         if bmc.sessions:
             body["SessionService"] = {"@odata.id": "/redfish/v1/SessionService"}
+            body["Links"] = {"Sessions": {"@odata.id": "/redfish/v1/SessionService/Sessions"}}
         return web.json_response(body)
 
     async def login(request):
@@ -90,6 +99,11 @@ def make_app(bmc: Bmc) -> web.Application:
             },
         )
 
+    async def logout(request):
+        token = request.headers.get("X-Auth-Token")
+        bmc.tokens.discard(token)
+        return web.Response(status=204)
+
     @web.middleware
     async def guard(request, handler):
         bmc.requests += 1
@@ -110,7 +124,9 @@ def make_app(bmc: Bmc) -> web.Application:
         return web.json_response(
             {
                 "@odata.id": SYSTEM,
+                "@odata.type": "#ComputerSystem.v1_10_0.ComputerSystem",
                 "Id": "1",
+                "Name": "system",
                 "PowerState": bmc.power,
                 "Actions": {
                     "#ComputerSystem.Reset": {
@@ -141,6 +157,7 @@ def make_app(bmc: Bmc) -> web.Application:
     app.router.add_get("/redfish/v1", root)
     app.router.add_get("/redfish/v1/", root)
     app.router.add_post("/redfish/v1/SessionService/Sessions", login)
+    app.router.add_delete("/redfish/v1/SessionService/Sessions/{sid}", logout)
     app.router.add_get("/redfish/v1/Systems", systems)
     app.router.add_get(SYSTEM, system)
     app.router.add_post(f"{SYSTEM}/Actions/ComputerSystem.Reset", reset)
@@ -162,7 +179,7 @@ class RedfishSim:
 
     async def _start(self) -> None:
         for bmc in self.bmcs:
-            runner = web.AppRunner(make_app(bmc), access_log=None)
+            runner = web.AppRunner(make_app(bmc), access_log=None, shutdown_timeout=0.5)
             await runner.setup()
             site = web.TCPSite(runner, "127.0.0.1", 0, backlog=1024)
             await site.start()
@@ -170,8 +187,8 @@ class RedfishSim:
             self._runners.append(runner)
 
     async def _stop(self) -> None:
-        for runner in self._runners:
-            await runner.cleanup()
+        # all at once: a client's kept-alive connections hold each site up to shutdown_timeout
+        await asyncio.gather(*(runner.cleanup() for runner in self._runners))
 
     def __enter__(self) -> RedfishSim:
         self._thread.start()

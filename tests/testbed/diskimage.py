@@ -55,8 +55,13 @@ def marker_initramfs(out: Path) -> Path:
     return out
 
 
-def build_boot_disk(out: Path, kernel: Path, marker: str, label: str, size_mib: int = 64) -> Path:
-    """Write a bootable raw disk to ``out``; it prints ``marker label`` when booted."""
+def build_boot_disk(
+    out: Path, kernel: Path, marker: str, label: str, size_mib: int = 64, fill_mib: int = 0
+) -> Path:
+    """Write a bootable raw disk to ``out``; it prints ``marker label`` when booted.
+
+    ``fill_mib``: that much random data in ``/filler.bin`` (a file system in use).
+    """
     work = out.parent / f".{out.name}.build"
     work.mkdir(parents=True, exist_ok=True)
     initrd = marker_initramfs(work / "initrd.img")
@@ -78,6 +83,8 @@ def build_boot_disk(out: Path, kernel: Path, marker: str, label: str, size_mib: 
             shutil.copy(kernel, boot / "vmlinuz")
             shutil.copy(initrd, boot / "initrd.img")
             (mnt / "marker.txt").write_text(f"{marker} {label}\n")
+            if fill_mib:
+                (mnt / "filler.bin").write_bytes(os.urandom(fill_mib * 2**20))
             (boot / "extlinux" / "extlinux.conf").write_text(
                 "SERIAL 0 115200\nDEFAULT disk\nPROMPT 0\nTIMEOUT 0\nLABEL disk\n"
                 "  KERNEL /boot/vmlinuz\n  INITRD /boot/initrd.img\n"

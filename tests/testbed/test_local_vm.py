@@ -3,7 +3,10 @@
 VM1 has a bootable disk (MBR + extlinux + kernel + marker initramfs, built
 by :func:`diskimage.build_boot_disk`) but PXE-boots first, so it runs the idle
 agent; ``provisiond image capture`` uploads its ``/dev/vda`` as image
-``golden`` (size and sha256 recorded, equal to the disk file). VM2 has a
+``golden`` (size and sha256 recorded, equal to the disk file). The disk's
+ext2 partition is half full of random data; the capture (tcp transport)
+reads only the blocks partclone says are in use (the initrd's
+partclone.extfs), which the job log shows. VM2 has a
 blank disk of the same size; a ``local`` appliance of ``golden`` makes its
 agent stream the image onto ``/dev/vda``, verify it and reboot; the boot
 policy then answers with the local-disk iPXE script, SeaBIOS boots the disk
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -71,7 +75,7 @@ def test_capture_one_disk_and_deploy_it_to_another_machine(testbed, boot_assets)
     cli(tb, "kernel", "add", "agent", "--kernel", str(boot_assets.kernel),
         "--initrd", str(boot_assets.initrd), "--default")  # fmt: skip
     disk1 = build_boot_disk(tb.workdir / "golden-src.raw", boot_assets.kernel, MARKER, "golden",
-                            DISK_MIB)  # fmt: skip
+                            DISK_MIB, fill_mib=DISK_MIB // 2 - 8)  # fmt: skip
     disk1_sha = sha(disk1)
 
     vm1 = boot_vm_with_disk(tb, "cap1", MAC1, disk1)
@@ -88,6 +92,8 @@ def test_capture_one_disk_and_deploy_it_to_another_machine(testbed, boot_assets)
     assert sha(images / "image-golden.img") == disk1_sha
     capture = [j for j in cli_json(tb, "job", "list") if j["kind"] == "image.capture"]
     assert [j["state"] for j in capture] == ["succeeded"], capture
+    log = cli_json(tb, "job", "show", str(capture[0]["id"]))["log"]
+    assert re.search(r"partition 1 .*: extfs: \d+ MiB in use \(partclone\)", log), log
     assert sha(disk1) == disk1_sha  # capture only reads
     assert tb.resource_state(MAC1) == "idle"
     vm1.kill()

@@ -7,7 +7,7 @@
 # transport=tcp (provisiond/capturerx.py): capture_plan (lib/usedblocks.sh)
 # lists the chunks to read — only chunks with used blocks of the file systems
 # partclone knows, everything else whole. WORKERS workers each take every
-# WORKERS-th planned chunk and send it over ONE connection (nc SERVER PORT):
+# WORKERS-th planned chunk and send it over ONE connection (socat, else nc):
 # a hello "P <token> <worker> <workers>", then per chunk "C <index> <enc>
 # <length> <sha256>" + the bytes (zstd -1 when that saves 10 %), then
 # "E <count>"; the server answers "OK <count>" or "ERR <reason>". A chunk
@@ -148,7 +148,7 @@ capture_worker() {
 	while :; do
 		: >"$STREAM_TMP/list.$1"
 		echo 0 >"$STREAM_TMP/done.$1"
-		capture_frames "$1" "$2" <"$STREAM_TMP/plan.$1" | nc "$4" "$3" >"$STREAM_TMP/ans.$1" 2>&1
+		capture_frames "$1" "$2" <"$STREAM_TMP/plan.$1" | capture_send "$4" "$3" >"$STREAM_TMP/ans.$1" 2>&1
 		[ -f "$STREAM_TMP/w$1.err" ] && return 1 # a local read error: no retry
 		read -r _cw_ans _cw_rest <"$STREAM_TMP/ans.$1"
 		[ "$_cw_ans" = OK ] && [ "$_cw_rest" = "$(wc -l <"$STREAM_TMP/list.$1")" ] && return 0
@@ -161,6 +161,19 @@ capture_worker() {
 		log "capture: stream $1 answered '$(head -c 200 "$STREAM_TMP/ans.$1")'; retry $_cw_try"
 		sleep 1
 	done
+}
+
+# capture_send HOST PORT -> stdin to HOST:PORT, then the server's answer on stdout.
+# socat with 256 KiB buffers where the initrd has it: busybox nc moves a pipe in
+# small reads and costs ~5x the CPU per byte (bench/capture), the agent's
+# largest cost. -t: after stdin ends, wait for the answer (the server may
+# still be hashing a long zero tail).
+capture_send() {
+	if command -v socat >/dev/null 2>&1; then
+		socat -b 262144 -t 600 - "TCP:$1:$2"
+	else
+		nc "$1" "$2"
+	fi
 }
 
 # capture_frames W N -> stdout: the hello, the frames of the chunks listed on stdin, the end.
