@@ -28,6 +28,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from tests.testbed.diskimage import PART_START, build_boot_disk  # noqa: E402
+from tests.testbed.vmlab import btrfs_storage  # noqa: E402
 
 MARKER = "HA-SANBOOT-OK"
 POOL = "rack1"
@@ -41,16 +42,6 @@ def cli(tb: Testbed, *args: str, timeout: float = 180) -> str:
 
 def cli_json(tb: Testbed, *args: str):
     return json.loads(cli(tb, *args, "--json"))
-
-
-def btrfs_storage(workdir: Path) -> Path:
-    backing, mnt = workdir / "btrfs.img", workdir / "btrfs"
-    with open(backing, "wb") as fh:
-        fh.truncate(2 * 2**30)
-    subprocess.run(["mkfs.btrfs", "-q", str(backing)], check=True, capture_output=True)
-    mnt.mkdir()
-    subprocess.run(["mount", "-o", "loop", str(backing), str(mnt)], check=True)
-    return mnt / "images"
 
 
 @dataclass

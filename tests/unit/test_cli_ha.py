@@ -5,34 +5,19 @@ from __future__ import annotations
 import json
 
 import pytest
-from click.testing import CliRunner
 from sqlalchemy import select
 
-from provisiond import config as configmod
 from provisiond import resources
-from provisiond.cli import main
 from provisiond.db import Database
 from provisiond.model import Appliance, Image
 from provisiond.security import hash_token
+from tests.unit.clilab import cli as cli  # fixtures
+from tests.unit.clilab import db as db
 
 
 @pytest.fixture
-def cli(config_file):
-    runner = CliRunner()
-
-    def invoke(*args: str, ok: bool = True):
-        result = runner.invoke(main, ["--config", str(config_file), *args])
-        if ok:
-            assert result.exit_code == 0, result.output
-        return result
-
-    return invoke
-
-
-@pytest.fixture
-def db(config_file, cli) -> Database:
-    cli("init")
-    db = Database(configmod.load(config_file).database_url)
+def machines(db) -> Database:
+    """The lab database with three idle machines and an image."""
     with db.session() as s:
         for i in (1, 2, 3):
             resources.ensure(s, f"52:54:00:cc:00:0{i}").state = "idle"
@@ -40,7 +25,7 @@ def db(config_file, cli) -> Database:
     return db
 
 
-def test_create_spare_status_token(cli, db):
+def test_create_spare_status_token(cli, machines):
     cli("appliance", "create", "--resource", "52:54:00:cc:00:01", "--image", "img",
         "--mode", "sanboot", "--name", "web1", "--ha", "--ha-pool", "rack1")  # fmt: skip
     shown = json.loads(cli("appliance", "show", "web1", "--json").output)
@@ -59,7 +44,7 @@ def test_create_spare_status_token(cli, db):
     assert json.loads(cli("ha", "status", "--json").output)["spares"] == []
 
     token = cli("ha", "token", "web1").stdout.strip()
-    with db.sessions() as s:
+    with machines.sessions() as s:
         app = s.scalars(select(Appliance).where(Appliance.name == "web1")).one()
         assert app.ha_token_hash == hash_token(token) and token not in str(app.ha_token_hash)
 
@@ -71,15 +56,15 @@ def test_create_spare_status_token(cli, db):
         (("--ha", "--ha-pool", "Rack_1"), "HA pool 'Rack_1'"),
     ],
 )
-def test_bad_ha_input_is_refused(cli, db, args, words):
+def test_bad_ha_input_is_refused(cli, machines, args, words):
     res = cli("appliance", "create", "--resource", "52:54:00:cc:00:01", "--image", "img",
               "--mode", "sanboot", "--name", "web1", *args, ok=False)  # fmt: skip
     assert res.exit_code != 0 and words in res.output
-    with db.sessions() as s:
+    with machines.sessions() as s:
         assert s.scalars(select(Appliance)).first() is None
 
 
-def test_token_needs_ha_and_spare_needs_a_known_resource(cli, db):
+def test_token_needs_ha_and_spare_needs_a_known_resource(cli, machines):
     cli("appliance", "create", "--resource", "52:54:00:cc:00:01", "--image", "img",
         "--mode", "sanboot", "--name", "plain")  # fmt: skip
     res = cli("ha", "token", "plain", ok=False)
