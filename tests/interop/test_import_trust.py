@@ -25,15 +25,16 @@ from pathlib import Path
 
 import pytest
 
+from storage.exporters import TgtDaemon
 from tests.conftest import free_port
-from tests.daemonlab import Daemon
+from tests.daemonlab import Daemon, free_control_port
 from tests.webclient import Browser, init_and_start, kill
 
 pytestmark = pytest.mark.interop
 SECRET = "hunter2-url-password"
 
 
-def _config(tmp: Path, port: int, extra: str = "") -> Path:
+def _config(tmp: Path, port: int, control_port: int, extra: str = "") -> Path:
     text = f"""
 address = "127.0.0.1"
 http_port = {port}
@@ -45,6 +46,8 @@ dns = false
 [images]
 import_dirs = ["{tmp / "imports"}"]
 allow_networks = ["127.0.0.2/32"]
+[iscsi]
+tgt_control_port = {control_port}
 [[storage]]
 name = "local"
 backend = "file"
@@ -78,12 +81,14 @@ class _Served(http.server.SimpleHTTPRequestHandler):
 def web(tmp_path):
     (tmp_path / "imports").mkdir()
     (tmp_path / "imports" / "disk.raw").write_bytes(os.urandom(4096) + b"\0" * 4096)
-    d = Daemon(_config(tmp_path, free_port()))
+    control_port = free_control_port()  # never the system's tgtd on port 0
+    d = Daemon(_config(tmp_path, free_port(), control_port))
     password = init_and_start(d)
     b = Browser(d.base)
     assert b.login("admin", password).status == 302
     yield d, b, tmp_path
     kill(d)
+    TgtDaemon("127.0.0.1", control_port=control_port).stop()  # it outlives provisiond on purpose
 
 
 @pytest.fixture
@@ -176,7 +181,8 @@ def test_own_database_is_refused_and_data_survives_kill9(tmp_path):
     """Finding 4: the database outside state_dir but inside an import folder."""
     (tmp_path / "imports").mkdir()
     db = tmp_path / "imports" / "inventory.db"
-    d = Daemon(_config(tmp_path, free_port(), extra=""))
+    control_port = free_control_port()
+    d = Daemon(_config(tmp_path, free_port(), control_port))
     text = d.cfg_path.read_text().replace(
         'state_dir = ', f'database_url = "sqlite:///{db}"\nstate_dir = ', 1)  # fmt: skip
     d.cfg_path.write_text(text)
@@ -201,6 +207,7 @@ def test_own_database_is_refused_and_data_survives_kill9(tmp_path):
         assert _images(d) == []
     finally:
         kill(d)
+        TgtDaemon("127.0.0.1", control_port=control_port).stop()
 
 
 def test_internal_urls_are_refused(web, www):

@@ -29,6 +29,7 @@ from vm import Vm, VmSpec
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
+from tests.daemonlab import free_control_port  # noqa: E402
 from tests.testbed.diskimage import build_boot_disk  # noqa: E402
 from tests.testbed.vmlab import in_order  # noqa: E402
 
@@ -69,6 +70,7 @@ def test_capture_one_disk_and_deploy_it_to_another_machine(testbed, boot_assets)
     tb = testbed
     images = tb.workdir / "images"
     config = tb.provisiond_config(heartbeat_interval=2) + (
+        f"\n[iscsi]\ntgt_control_port = {free_control_port()}\n"  # never a stray tgtd's port 0
         f'\n[[storage]]\nname = "local"\nbackend = "file"\npath = "{images}"\n'
     )
     tb.start_provisiond(config)
