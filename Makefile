@@ -12,6 +12,9 @@ APT_PACKAGES := qemu-system-x86 qemu-utils ipxe busybox-static dropbear-bin tgt 
   mmdebstrap e2fsprogs systemd openipmi ipmitool partclone nftables
 # issue 12: Debian's netboot installer (tests/testbed/test_template_installer_vm.py)
 APT_PACKAGES += debian-installer-12-netboot-amd64
+# issue 16: QEMU's iSCSI block driver (qemu-io --image-opts driver=iscsi in test_storage_host_vm);
+# issue 15: mkntfs and ntfs-3g for bench/capture's NTFS disk
+APT_PACKAGES += qemu-block-extra ntfs-3g
 PYTEST_ARGS ?=
 
 .PHONY: test demo deps apt venv vendor lint unit initrd clean
