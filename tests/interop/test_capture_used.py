@@ -53,7 +53,7 @@ def loop_over(path: Path, offset: int, size: int) -> str:
 def test_ext4_capture_reads_used_blocks_only_and_deploys_fsck_clean(lab, tmp_path):  # noqa: F811
     why = _have("sfdisk", "mke2fs", "e2fsck", "debugfs", "losetup", "partclone.extfs")
     if why:
-        pytest.skip(why)
+        pytest.skip(reason=why)
     _lab, d, agent = lab
     a = agent(DISK)
     files = tmp_path / "files"

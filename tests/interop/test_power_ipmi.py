@@ -103,7 +103,7 @@ class Bmc:
 def bmc(tmp_path):
     for exe in ("ipmi_sim", "ipmitool"):
         if not shutil.which(exe):
-            pytest.skip(f"needs {exe} (apt-get install openipmi ipmitool)")
+            pytest.skip(reason=f"needs {exe} (apt-get install openipmi ipmitool)")
     b = Bmc(tmp_path)
     yield b
     b.stop()
@@ -158,7 +158,7 @@ def test_ipmi_wrong_credentials(bmc, user, password):
 
 def test_ipmi_unreachable():
     if not shutil.which("ipmitool"):
-        pytest.skip("needs ipmitool (apt-get install ipmitool)")
+        pytest.skip(reason="needs ipmitool (apt-get install ipmitool)")
     with pytest.raises(BmcUnreachable, match="does not answer"):
         driver_for(settings(free_udp_port())).status()
 

@@ -96,7 +96,7 @@ def test_unreachable_bmc():
 def test_https_with_an_untrusted_certificate_is_refused(tmp_path):
     """A BMC whose certificate is not trusted is not given the password."""
     if not shutil.which("openssl"):
-        pytest.skip("needs openssl to make a certificate")
+        pytest.skip(reason="needs openssl to make a certificate")
     cert, key = tmp_path / "c.pem", tmp_path / "k.pem"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
                     "-subj", "/CN=127.0.0.1", "-keyout", str(key), "-out", str(cert)],
@@ -149,7 +149,7 @@ def _htpasswd(path: Path, user: str, password: str) -> None:
 def sushy(tmp_path):
     exe = Path(sys.executable).with_name("sushy-emulator")
     if not exe.exists():
-        pytest.skip("needs sushy-tools (pip install sushy-tools; in the test extras)")
+        pytest.skip(reason="needs sushy-tools (pip install sushy-tools; in the test extras)")
     _htpasswd(tmp_path / "htpasswd", "admin", "s3cret")
     (tmp_path / "state").mkdir()
     conf = tmp_path / "emulator.conf"

@@ -86,7 +86,7 @@ def storage_host(testbed_ready, tmp_path_factory):
     missing = [t for t in ("mmdebstrap", "mkfs.ext4", "iscsi-inq", "qemu-io", "ssh-keygen")
                if subprocess.run(["which", t], capture_output=True).returncode]  # fmt: skip
     if missing:
-        pytest.skip(f"storage VM needs {', '.join(missing)} (make deps)")
+        pytest.skip(reason=f"storage VM needs {', '.join(missing)} (make deps)")
     ref = rootfs.build("debian-12-storage", say=lambda line: print(line, flush=True))
     assert ref.size > 0
     files = storagevm.prepare(rootfs.archive_path("debian-12-storage"))
@@ -251,7 +251,7 @@ def ipxe_script(s: ExportSpec, ip: str) -> str:
 
 def test_two_machines_san_boot_their_clones(storage_host, exports):
     if not IPXE_LKRN.is_file():
-        pytest.skip(f"{IPXE_LKRN} missing (apt-get install ipxe)")
+        pytest.skip(reason=f"{IPXE_LKRN} missing (apt-get install ipxe)")
     lio, specs = exports
     tb = storage_host.tb
     vms = []

@@ -110,14 +110,14 @@ def test_fs_tool_reads_real_magic(tmp_path, mkfs, want):
         fh.truncate(64 * MiB)
     if mkfs:
         if not shutil.which(mkfs[0]):
-            pytest.skip(f"needs {mkfs[0]}")
+            pytest.skip(reason=f"needs {mkfs[0]}")
         subprocess.run([*mkfs, str(img)], check=True, capture_output=True)
     assert sh(f"fs_tool {img}", tmp_path).stdout.strip() == want
 
 
 def test_partitions_from_a_real_mbr(tmp_path):
     if not shutil.which("sfdisk"):
-        pytest.skip("needs sfdisk (fdisk)")
+        pytest.skip(reason="needs sfdisk (fdisk)")
     img = tmp_path / "d.img"
     with open(img, "wb") as fh:
         fh.truncate(64 * MiB)
