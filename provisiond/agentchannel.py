@@ -62,7 +62,7 @@ def authenticate(db: Database, authorization: str) -> Caller | None:
 
 def lookup(db: Database, digest: str) -> Caller | None:
     """The caller whose token has this digest (a read), or None."""
-    with db.sessions() as s:
+    with db.reader() as s:
         row = s.execute(
             select(Resource.id, Resource.state).where(Resource.agent_token_hash == digest)
         ).first()
@@ -81,7 +81,7 @@ def register(
     """
     if not isinstance(body, dict):
         raise Invalid("register: body must be a JSON object", field="body")
-    with ctx.db.session() as s:
+    with ctx.db.transaction() as s:
         res = s.get(Resource, resource_id)
         resources.register(s, res, body, source_ip)
         racks.adopt(res, ctx.config.instance)  # this rack reaches the machine now
@@ -100,7 +100,7 @@ def heartbeat(ctx: Context, caller: Caller) -> None:
     """Record a heartbeat in memory; offline -> idle in the database."""
     ctx.liveness.touch(caller.resource_id)
     if heartbeat_needs_db(caller):
-        with ctx.db.session() as s:
+        with ctx.db.transaction() as s:
             res = s.get(Resource, caller.resource_id)
             resources.heartbeat(s, res)
             racks.adopt(res, ctx.config.instance)
@@ -115,7 +115,7 @@ def next_command(ctx: Context, resource_id: int) -> str | None:
     """
     if not has_command(ctx.db, resource_id):
         return None
-    with ctx.db.session() as s:
+    with ctx.db.transaction() as s:
         job = jobs.next_command(s, s.get(Resource, resource_id), owner=ctx.config.instance)
         if job is None:
             return None
@@ -129,7 +129,7 @@ def next_command(ctx: Context, resource_id: int) -> str | None:
 def complete_command(
     ctx: Context, resource_id: int, job_id: int, exit_code: int, output: bytes
 ) -> None:
-    with ctx.db.session() as s:
+    with ctx.db.transaction() as s:
         jobs.complete_command(s, s.get(Resource, resource_id), job_id, exit_code, output)
     ctx.ring()
 
@@ -140,7 +140,7 @@ def _queued():
 
 def has_command(db: Database, resource_id: int) -> bool:
     """True when ``resource_id`` has a queued agent command (a read)."""
-    with db.sessions() as s:
+    with db.reader() as s:
         return (
             s.scalars(_queued().where(Job.resource_id == resource_id).limit(1)).first() is not None
         )
@@ -148,5 +148,5 @@ def has_command(db: Database, resource_id: int) -> bool:
 
 def resources_with_commands(db: Database) -> set[int]:
     """Ids of resources that have a queued agent command (one query)."""
-    with db.sessions() as s:
+    with db.reader() as s:
         return set(s.scalars(_queued().distinct()))

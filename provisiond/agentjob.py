@@ -29,7 +29,7 @@ DEFAULT_TIMEOUT = 6 * 3600
 
 def job_log(db: Database, job_id: int, line: str) -> None:
     log.info("job %d: %s", job_id, line)
-    with db.session() as s:
+    with db.transaction() as s:
         jobs.append_log(s.get(Job, job_id), line)
 
 
@@ -44,7 +44,7 @@ def appliance_of(session: Session, job_id: int) -> Appliance | None:
 
 
 def start_command(ctx: Context, job_id: int, res_id: int, kind: str, arg: str, **params) -> int:
-    with ctx.db.session() as s:
+    with ctx.db.transaction() as s:
         res = s.get(Resource, res_id)
         cmd = jobs.enqueue_command(s, res, kind, arg=arg, actor="daemon")
         cmd.params = {**cmd.params, "parent": job_id, **params}
@@ -61,7 +61,7 @@ def wait_command(ctx: Context, job_id: int, cmd_id: int, timeout: float) -> str:
     deadline = time.monotonic() + timeout
     silent_limit = ctx.config.agent.heartbeat_timeout
     while time.monotonic() < deadline:
-        with ctx.db.sessions() as s:
+        with ctx.db.reader() as s:
             cmd, parent = s.get(Job, cmd_id), s.get(Job, job_id)
             state, out = cmd.state, cmd.log
             parent_state = parent.state if parent else JS.FAILED
@@ -89,7 +89,7 @@ def wait_command(ctx: Context, job_id: int, cmd_id: int, timeout: float) -> str:
 
 def cancel_command(db: Database, job_id: int, reason: str) -> None:
     """Fail the agent command of ``job_id`` if still open: its streams then answer 410."""
-    with db.session() as s:
+    with db.transaction() as s:
         parent = s.get(Job, job_id)
         cmd_id = (parent.params or {}).get("command") if parent else None
         cmd = s.get(Job, cmd_id) if cmd_id else None

@@ -128,7 +128,7 @@ class Daemon:
         self.lock = instance.InstanceLock.acquire(self.config)
         private_state(self.config.state_dir, self.config.sqlite_path)
         self.ctx.db.migrate()
-        with self.ctx.db.session() as s:
+        with self.ctx.db.transaction() as s:
             instance.register(s, self.config)
             failed = recovery.recover(s, self.config.instance)
         if failed:

@@ -242,7 +242,7 @@ def stopped(session: Session, app: Appliance, reason: str) -> None:
 
 def fail_job(db, job_id: int, reason: str) -> None:
     """A deployer's ``fail`` hook: the job's appliance (and machine) -> failed."""
-    with db.session() as s:
+    with db.transaction() as s:
         job = s.get(Job, job_id)
         app = s.get(Appliance, job.appliance_id) if job and job.appliance_id else None
         if app is not None:

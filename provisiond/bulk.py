@@ -44,7 +44,7 @@ def resolve(db: Database, refs: list[str]) -> list[tuple[int, str]]:
     if len(refs) > MAX:
         raise Invalid(f"resources: at most {MAX} per request", field="resources")
     found, missing = [], []
-    with db.sessions() as s:
+    with db.reader() as s:
         for ref in dict.fromkeys(refs):
             try:
                 r = resources.find(s, ref)
@@ -97,7 +97,7 @@ def _get(session, rid: int) -> Resource:
 def _release(db, target, actor, *, erase, **_) -> Item:
     rid, name = target
     try:
-        with db.session() as s:
+        with db.transaction() as s:
             job = release.release(s, _get(s, rid), erase, actor)
             job_id = job.id if job else None
     except (ProvisiondError, IllegalTransition) as exc:
@@ -108,7 +108,7 @@ def _release(db, target, actor, *, erase, **_) -> Item:
 def _assign(db, target, actor, *, mode, image, kernel, **_) -> Item:
     rid, name = target
     try:
-        with db.session() as s:
+        with db.transaction() as s:
             res = _get(s, rid)
             app = appliances.create(s, name=f"app-{name}", resource=res, mode=mode,
                                     image=image, kernel=kernel, actor=actor)  # fmt: skip

@@ -139,7 +139,7 @@ def list_digest(m: chunks.Manifest) -> str:
 def store_chunk(
     db: Database, resource_id: int, cmd_id: int, index: int, digest: str, enc: str, body: bytes
 ) -> None:
-    with db.sessions() as s:
+    with db.reader() as s:
         cmd = open_command(s, resource_id, cmd_id, "capture")
         path, size = cmd.params["path"], int(cmd.params["size"])
     try:
@@ -169,7 +169,7 @@ class CaptureJob:
 
     def run(self, job_id: int) -> str:
         db = self.ctx.db
-        with db.sessions() as s:
+        with db.reader() as s:
             job = s.get(Job, job_id)
             p, res = dict(job.params), s.get(Resource, job.resource_id)
             size, res_id, res_name = disk_size(res.inventory, p["disk"]), res.id, res.display_name
@@ -181,7 +181,7 @@ class CaptureJob:
             vol = backend.create(vol_name, size)
         except StorageError as exc:
             raise JobFailed(f"cannot create volume {vol_name}: {exc}")
-        with db.session() as s:
+        with db.transaction() as s:
             s.get(Job, job_id).params = {**p, "volume": vol_name}
             s.get(Job, job_id).bytes_total = size
         if p.get("transport", "http") == "tcp":
@@ -204,7 +204,7 @@ class CaptureJob:
                 f"captured volume does not match what the agent read "
                 f"({len(m.chunks)} chunks on the server, agent said {last!r})"
             )
-        with db.session() as s:
+        with db.transaction() as s:
             self.manager.sync_rows(s)
             s.flush()
             st = s.scalars(select(Storage).where(Storage.name == settings.name)).one()
@@ -244,7 +244,7 @@ class CaptureJob:
                     f"({size} bytes, tcp port {rx.port}, {workers} streams)")  # fmt: skip
             t0 = time.monotonic()
             last = wait_command(self.ctx, job_id, cmd_id, DEFAULT_TIMEOUT)
-            with db.sessions() as s:
+            with db.reader() as s:
                 said = (s.get(Job, cmd_id).log or "").splitlines()
             for line in said:  # the agent's plan: what it read of which partition, and why
                 if line.startswith(("plan:", "partition ", "no partition", "read ")):
@@ -267,7 +267,7 @@ class CaptureJob:
 
     def fail(self, job_id: int, reason: str) -> None:
         cancel_command(self.ctx.db, job_id, reason)
-        with self.ctx.db.sessions() as s:
+        with self.ctx.db.reader() as s:
             p = dict(s.get(Job, job_id).params)
         if p.get("volume"):
             try:

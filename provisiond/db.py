@@ -55,9 +55,9 @@ class Database:
     def __init__(self, url: str) -> None:
         self.url = url
         self.engine = make_engine(url)
-        self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self.reader = sessionmaker(self.engine, expire_on_commit=False)
         self._committed: list[changes.Subscriber] = []
-        changes.install(self.sessions, url, self._committed)  # PostgreSQL: NOTIFY the others
+        changes.install(self.reader, url, self._committed)  # PostgreSQL: NOTIFY the others
         # SQLite has one writer at a time; its busy handler makes waiting writers
         # sleep in 1..100 ms steps, so under concurrent writes (a boot storm: boot
         # scripts, registrations) throughput collapses and threads pile up on the
@@ -68,11 +68,14 @@ class Database:
         self._turn = threading.RLock() if url.startswith("sqlite") else None
 
     @contextlib.contextmanager
-    def session(self) -> Iterator[Session]:
-        """A unit of work: commits on success, rolls back on error."""
+    def transaction(self) -> Iterator[Session]:
+        """A unit of work that writes: commits on success, rolls back on error.
+
+        Reads that change nothing use :attr:`reader` (a plain session factory that never
+        commits), so a write and a read are told apart by name, not by one letter."""
         got = self._turn is not None and self._turn.acquire(timeout=BUSY_TIMEOUT_MS / 1000)
         try:
-            with self.sessions() as s:
+            with self.reader() as s:
                 try:
                     yield s
                     s.commit()

@@ -217,7 +217,7 @@ class HaWatcher:
         return out
 
     def _read(self) -> list[_Watched]:
-        with self.ctx.db.sessions() as s:
+        with self.ctx.db.reader() as s:
             rows = s.scalars(select(Appliance).where(Appliance.ha.is_(True))).all()
             return [
                 _Watched(
@@ -240,7 +240,7 @@ class HaWatcher:
     def _candidates(self, w: _Watched) -> list[Candidate]:
         if not w.pool:
             return []
-        with self.ctx.db.sessions() as s:
+        with self.ctx.db.reader() as s:
             busy = select(Appliance.resource_id)
             rows = s.scalars(
                 select(Resource).where(
@@ -255,7 +255,7 @@ class HaWatcher:
     # -- power ------------------------------------------------------------------
 
     def _driver(self, resource_id: int):
-        with self.ctx.db.sessions() as s:
+        with self.ctx.db.reader() as s:
             res = s.get(Resource, resource_id)
             settings = settings_of(res, self._open)
         if settings is None:
@@ -329,7 +329,7 @@ class HaWatcher:
             return
         why = f"HA failover of {w.name}: {d.reason.split(': failing over')[0]}"
         try:
-            with self.ctx.db.session() as s:
+            with self.ctx.db.transaction() as s:
                 app = s.get(Appliance, w.app_id)
                 target = s.get(Resource, spare.resource_id)
                 appliances.move(s, app, target, f"fenced ({fenced}); {why}")
@@ -355,7 +355,7 @@ class HaWatcher:
     def _claim(self, w: _Watched, reason: str) -> bool:
         """Take the failover for this daemon (one transaction; daemons sharing a database
         race here and exactly one wins): ha_state -> fencing."""
-        with self.ctx.db.session() as s:
+        with self.ctx.db.transaction() as s:
             won = s.execute(
                 update(Appliance)
                 .where(
@@ -389,7 +389,7 @@ class HaWatcher:
                 self._record(w, HaState.WATCHING, reason, event="ha.recovered")
                 self.notify(Notice("recovered", w.name, HaState.WATCHING, reason, "", w.resource))
             elif w.state in (AS.FAILED, AS.STOPPED):
-                with self.ctx.db.sessions() as s:
+                with self.ctx.db.reader() as s:
                     why = s.get(Appliance, w.app_id).state_reason
                 reason = f"the start on {w.resource} failed: {why}"
                 self._record(w, HaState.FAILED, reason, notify_on={HaState.FAILED})
@@ -406,7 +406,7 @@ class HaWatcher:
     ) -> None:
         """Store ha_state/ha_reason; an event (and a notice) only when the state changes."""
         changed = w.ha_state != state
-        with self.ctx.db.session() as s:
+        with self.ctx.db.transaction() as s:
             s.execute(
                 update(Appliance)
                 .where(Appliance.id == w.app_id)

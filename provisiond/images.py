@@ -58,7 +58,7 @@ class JobProgress:
         if now - self._last < self.every and done < total:
             return
         self._last = now
-        with self.db.session() as s:
+        with self.db.transaction() as s:
             job = s.get(Job, self.job_id)
             job.bytes_done, job.bytes_total = done, total
             job.rate = done / max(now - self.t0, 1e-6)
@@ -79,7 +79,7 @@ def import_from(
     config = manager.config
     path, url_check = importpolicy.checked_source(config, source)
     shown = redact_url(source)
-    with db.session() as s:
+    with db.transaction() as s:
         if s.scalars(select(Image.id).where(Image.name == name)).first():
             raise Conflict(f"image '{name}' already exists; pick another name", field="name")
         manager.sync_rows(s)
@@ -96,7 +96,7 @@ def import_from(
     except (StorageError, OSError) as exc:
         _finish(db, job_id, JS.FAILED, f"import of {shown} failed: {exc}")
         raise Invalid(f"import of {shown} failed: {exc}", field="source")
-    with db.session() as s:
+    with db.transaction() as s:
         st = s.scalars(select(Storage).where(Storage.name == settings.name)).one()
         vol = Volume(storage_id=st.id, name=volume_name, path=result.volume.path,
                      size=result.size)  # fmt: skip
@@ -115,7 +115,7 @@ def import_from(
 
 
 def _finish(db: Database, job_id: int, state: JS, outcome: str) -> None:
-    with db.session() as s:
+    with db.transaction() as s:
         jobs.transition(s.get(Job, job_id), state, outcome)
 
 

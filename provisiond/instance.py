@@ -223,7 +223,7 @@ class LeaseKeeper:
                 "restart provisiond so it takes the lock again",
                 self.config.instance,
             )
-        with self.db.session() as s:
+        with self.db.transaction() as s:
             renew(s, self.config)
 
     def start(self) -> None:
@@ -232,7 +232,7 @@ class LeaseKeeper:
     def stop(self) -> None:
         self._loop.stop()
         try:
-            with self.db.session() as s:
+            with self.db.transaction() as s:
                 expire(s, self.config)
         except Exception:
             log.exception("could not end the lease of instance '%s'", self.config.instance)

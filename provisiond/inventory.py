@@ -105,7 +105,7 @@ class Inventory:
 
     # loading ---------------------------------------------------------------
     def _fingerprint_now(self) -> tuple[Any, ...]:
-        with self._db.sessions() as s:
+        with self._db.reader() as s:
             return tuple(
                 tuple(s.execute(select(func.count(), func.max(col))).one())
                 for col in (
@@ -118,12 +118,12 @@ class Inventory:
 
     def resource_fingerprint(self) -> tuple[Any, ...]:
         """Row count and newest ``updated_at`` of resources (heartbeats keep the latter)."""
-        with self._db.sessions() as s:
+        with self._db.reader() as s:
             return tuple(s.execute(select(func.count(), func.max(Resource.updated_at))).one())
 
     def _boot_fingerprint_now(self) -> tuple[Any, ...]:
         """The part of the fingerprint that decides boot scripts: appliances, kernels."""
-        with self._db.sessions() as s:
+        with self._db.reader() as s:
             return tuple(
                 tuple(s.execute(select(func.count(), func.max(col))).one())
                 for col in (Appliance.updated_at, Kernel.updated_at)
@@ -179,7 +179,7 @@ class Inventory:
         self._fingerprint = fp
 
     def _load(self) -> Snapshot:
-        with self._db.sessions() as s:
+        with self._db.reader() as s:
             apps: dict[int, ApplianceView] = {}
             for a in s.scalars(select(Appliance)):
                 apps[a.resource_id] = ApplianceView(

@@ -73,7 +73,7 @@ class JobRunner:
         if not self.handlers:
             return []
         claimed = []
-        with self.db.session() as s:
+        with self.db.transaction() as s:
             query = select(Job.id).where(Job.state == JS.QUEUED, Job.kind.in_(list(self.handlers)))
             if self.owner is not None:  # only the rack that reaches the machine (racks.py)
                 query = query.where(racks.claimable(self.owner))
@@ -97,7 +97,7 @@ class JobRunner:
                 s.execute(update(model).where(model.id == obj_id).values(owner=self.owner))
 
     def execute(self, job_id: int) -> None:
-        with self.db.sessions() as s:
+        with self.db.reader() as s:
             kind = s.get(Job, job_id).kind
         handler = self.handlers[kind]
         log.info("job %d (%s) running", job_id, kind)
@@ -118,7 +118,7 @@ class JobRunner:
         log.info("job %d (%s) succeeded: %s", job_id, kind, outcome)
 
     def _finish(self, job_id: int, state: JS, outcome: str) -> None:
-        with self.db.session() as s:
+        with self.db.transaction() as s:
             job = s.get(Job, job_id)
             if job.state == JS.RUNNING:
                 jobs.append_log(job, outcome)
@@ -140,7 +140,7 @@ class ByMode:
         self.db, self.by_mode = db, by_mode
 
     def _handler(self, job_id: int) -> Handler:
-        with self.db.sessions() as s:
+        with self.db.reader() as s:
             job = s.get(Job, job_id)
             app = s.get(Appliance, job.appliance_id) if job.appliance_id else None
             mode = app.mode if app else None

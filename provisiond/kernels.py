@@ -61,7 +61,7 @@ def build_agent(
             f"initrd build for kernel {kver} failed (exit {proc.returncode}); see the lines above"
         )
     rel = out.relative_to(config.boot_assets_dir)
-    with db.session() as s:
+    with db.transaction() as s:
         s.execute(update(Kernel).values(is_default=False))
         k = s.scalars(select(Kernel).where(Kernel.name == name)).first()
         if k is None:
@@ -106,7 +106,7 @@ def add(
     if initrd_file is not None:
         shutil.copyfile(initrd_file, out / "initrd.img")
     rel = out.relative_to(config.boot_assets_dir)
-    with db.session() as s:
+    with db.transaction() as s:
         if default:
             s.execute(update(Kernel).values(is_default=False))
         k = s.scalars(select(Kernel).where(Kernel.name == name)).first()

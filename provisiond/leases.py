@@ -129,7 +129,7 @@ class SqlLeaseStore:
     # -- reads (start-up and periodic) ---------------------------------------
     def load_leases(self, now: float) -> list[LeaseRow]:
         """Every lease still worth remembering (bound, released or declined)."""
-        with self.db.session() as s:
+        with self.db.transaction() as s:
             rows = s.execute(select(Lease)).scalars().all()
             return [
                 LeaseRow(r.ip, r.mac, r.subnet, r.state, r.hostname, _to_epoch(r.expires_at))
@@ -138,7 +138,7 @@ class SqlLeaseStore:
 
     def load_reservations(self) -> dict[str, str]:
         """mac -> reserved ip, from Resource rows with ``reserved_ip`` set."""
-        with self.db.session() as s:
+        with self.db.transaction() as s:
             q = select(Resource.mac, Resource.reserved_ip).where(Resource.reserved_ip.is_not(None))
             return {mac.lower(): ip for mac, ip in s.execute(q)}
 

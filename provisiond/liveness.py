@@ -52,7 +52,7 @@ class Liveness:
             .values(last_heartbeat=bindparam("beat"), updated_at=table.c.updated_at)
         )
         try:
-            with db.session() as s:
+            with db.transaction() as s:
                 s.connection().execute(
                     stmt, [{"rid": rid, "beat": beat} for rid, beat in rows.items()]
                 )

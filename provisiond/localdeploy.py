@@ -82,7 +82,7 @@ def _compressor():
 
 def ensure_manifest(db: Database, image_id: int, job_id: int | None = None) -> chunks.Manifest:
     """The image's cached manifest, computed (one read of the volume) when missing."""
-    with db.sessions() as s:
+    with db.reader() as s:
         img = s.get(Image, image_id)
         if img is None or img.volume is None:
             raise JobFailed("the image has no master volume")
@@ -94,7 +94,7 @@ def ensure_manifest(db: Database, image_id: int, job_id: int | None = None) -> c
     t0 = time.monotonic()
     with open(path, "rb") as fh:
         m = chunks.scan(fh, size, compress=_compressor())
-    with db.session() as s:
+    with db.transaction() as s:
         img = s.get(Image, image_id)
         img.manifest = m.to_json()
         img.sha256 = img.sha256 or m.sha256
@@ -112,7 +112,7 @@ def ensure_manifest(db: Database, image_id: int, job_id: int | None = None) -> c
 
 
 def deploy_source(db: Database, resource_id: int, cmd_id: int) -> tuple[str, chunks.Manifest]:
-    with db.sessions() as s:
+    with db.reader() as s:
         cmd = open_command(s, resource_id, cmd_id, "deploy")
         img = s.get(Image, cmd.params.get("image_id"))
         if img is None or img.volume is None or not img.manifest:
@@ -145,7 +145,7 @@ MAX_BYTES = 2**63 - 1  # the BIGINT columns' range
 def report_progress(db: Database, resource_id: int, cmd_id: int, done: int, total: int) -> None:
     if not (-MAX_BYTES <= done <= MAX_BYTES and -MAX_BYTES <= total <= MAX_BYTES):
         raise Invalid(f"progress {done} {total} is out of range (bytes, below 2**63)", field="body")
-    with db.session() as s:
+    with db.transaction() as s:
         cmd = s.get(Job, cmd_id)
         if cmd is None or cmd.resource_id != resource_id:
             raise NotFound(f"no command {cmd_id} for this resource")
@@ -211,7 +211,7 @@ class LocalStart:
 
     def run(self, job_id: int) -> str:
         db = self.ctx.db
-        with db.sessions() as s:
+        with db.reader() as s:
             app = appliance_of(s, job_id)
             if app.image is None or app.image.volume is None:
                 raise JobFailed(f"appliance {app.name}: its image has no master volume")
@@ -223,7 +223,7 @@ class LocalStart:
                 self.ctx.config, app.resource
             )
         m = ensure_manifest(db, image_id, job_id)
-        with db.session() as s:
+        with db.transaction() as s:
             job = s.get(Job, job_id)
             job.bytes_total, job.image_id = m.data_bytes, image_id
         transport = params.get("transport", "http")
@@ -266,7 +266,7 @@ class LocalStart:
             if sender:
                 sender.stop()
         job_log(db, job_id, f"agent: {last}")
-        with db.session() as s:
+        with db.transaction() as s:
             job = s.get(Job, job_id)
             job.bytes_done = job.bytes_total
             if not appliances.booted(s, res_id, "image written and verified by the agent"):
@@ -287,7 +287,7 @@ class LocalStop:
         self.ctx = ctx
 
     def run(self, job_id: int) -> str:
-        with self.ctx.db.session() as s:
+        with self.ctx.db.transaction() as s:
             appliances.stopped(s, appliance_of(s, job_id),
                                "local disk left as it is")  # fmt: skip
         self.ctx.inventory.refresh()

@@ -164,7 +164,7 @@ class Outcome:
 
 
 def _load(config: Config, db: Database, resource_id: int) -> tuple[str, PowerSettings]:
-    with db.sessions() as s:
+    with db.reader() as s:
         res = s.get(Resource, resource_id)
         if res is None:
             raise NotFound(f"resource {resource_id} not found")
@@ -179,7 +179,7 @@ def _load(config: Config, db: Database, resource_id: int) -> tuple[str, PowerSet
 
 
 def _record(db: Database, resource_id: int, state: PowerState | None, error: str | None) -> None:
-    with db.session() as s:
+    with db.transaction() as s:
         res = s.get(Resource, resource_id)
         if res is None:
             return
@@ -207,13 +207,13 @@ def act(config: Config, db: Database, resource_id: int, action: PowerAction | st
     except PowerError as exc:
         _record(db, resource_id, None, str(exc))
         if action != PowerAction.STATUS:
-            with db.session() as s:
+            with db.transaction() as s:
                 events.record(s, actor, f"resource.power_{action}", name, f"failed: {exc}")
         log.warning("power %s of %s failed: %s", action, name, exc)
         raise
     _record(db, resource_id, state, None)
     if action != PowerAction.STATUS:
-        with db.session() as s:
+        with db.transaction() as s:
             events.record(s, actor, f"resource.power_{action}", name, f"via {st.driver}")
         log.info("power %s of %s via %s", action, name, st.driver)
     return Outcome(name, action.value, state, f"via {st.driver}")
@@ -229,7 +229,7 @@ def boot(config: Config, db: Database, resource_id: int, actor: str = "daemon") 
     None when the resource has no power driver (the caller falls back to asking
     the agent or the operator). Raises PowerError when the BMC fails.
     """
-    with db.sessions() as s:
+    with db.reader() as s:
         res = s.get(Resource, resource_id)
         if res is None or not res.power_driver:
             return None
@@ -271,7 +271,7 @@ def _poll_one(st: PowerSettings) -> tuple[PowerState | None, str | None]:
 def sweep(config: Config, db: Database, pool: ThreadPoolExecutor | None = None) -> Sweep:
     """Read the power state of every resource with a driver (this instance's or no one's)."""
     t0 = time.monotonic()
-    with db.sessions() as s:
+    with db.reader() as s:
         rows = s.scalars(
             select(Resource).where(
                 Resource.power_driver.is_not(None),
@@ -294,7 +294,7 @@ def sweep(config: Config, db: Database, pool: ThreadPoolExecutor | None = None) 
             pool.shutdown(wait=False)
     out = Sweep(count=len(results))
     now = utcnow()
-    with db.session() as s:
+    with db.transaction() as s:
         for rid, state, err in results:
             res = s.get(Resource, rid)
             if res is None:

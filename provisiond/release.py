@@ -85,7 +85,7 @@ class EraseJob:
 
     def run(self, job_id: int) -> str:
         db = self.ctx.db
-        with db.sessions() as s:
+        with db.reader() as s:
             job = s.get(Job, job_id)
             mode, res = job.params["mode"], s.get(Resource, job.resource_id)
             res_id, res_name, disks = res.id, res.display_name, _disks(res.inventory)
@@ -96,7 +96,7 @@ class EraseJob:
         job_log(db, job_id, f"asked the agent of {res_name} to erase {', '.join(disks)} ({mode})")
         last = wait_command(self.ctx, job_id, cmd_id, ERASE_TIMEOUT)
         job_log(db, job_id, f"agent: {last}")
-        with db.session() as s:
+        with db.transaction() as s:
             res = s.get(Resource, res_id)
             resources.set_state(s, res, RS.IDLE, f"erased ({mode})")
         self.ctx.inventory.refresh()
@@ -104,7 +104,7 @@ class EraseJob:
 
     def fail(self, job_id: int, reason: str) -> None:
         cancel_command(self.ctx.db, job_id, reason)
-        with self.ctx.db.session() as s:
+        with self.ctx.db.transaction() as s:
             res = s.get(Resource, s.get(Job, job_id).resource_id)
             if res is not None and res.state == RS.RELEASING:
                 resources.set_state(s, res, RS.FAILED, reason)

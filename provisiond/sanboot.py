@@ -51,12 +51,12 @@ class SanbootStart:
 
     def _log(self, job_id: int, line: str) -> None:
         log.info("job %d: %s", job_id, line)
-        with self.ctx.db.session() as s:
+        with self.ctx.db.transaction() as s:
             jobs.append_log(s.get(Job, job_id), line)
 
     def run(self, job_id: int) -> str:
         db = self.ctx.db
-        with db.session() as s:
+        with db.transaction() as s:
             app = appliance_of(s, job_id)
             image = app.image
             if image is None or image.volume is None:
@@ -97,7 +97,7 @@ class SanbootStart:
         except StorageError as exc:
             raise JobFailed(f"clone of image {image.name} failed: {exc}") from exc
         target, initiator = iqns(cfg, app_name, res_name)
-        with db.sessions() as s:
+        with db.reader() as s:
             self.ctx.san_fetches.reset(s.get(Job, job_id).resource_id)  # a new boot attempt
         spec = ExportSpec(
             target_iqn=target,
@@ -113,7 +113,7 @@ class SanbootStart:
         except StorageError as exc:
             raise JobFailed(f"export of {clone_name} as {target} failed: {exc}") from exc
         self._log(job_id, f"exported {clone_name} as {target} lun {spec.lun} for {initiator}")
-        with db.session() as s:
+        with db.transaction() as s:
             app = appliance_of(s, job_id)
             if app.volume is None:
                 row = Volume(storage_id=storage_id, name=clone_name, path=vol.path,
@@ -152,12 +152,12 @@ class SanbootStart:
         """Watch the boot (bounded by boot_timeout) until :func:`bootchain.judge` decides."""
         cfg = self.ctx.config.iscsi
         fetches = self.ctx.san_fetches
-        with self.ctx.db.sessions() as s:
+        with self.ctx.db.reader() as s:
             res_id = s.get(Job, job_id).resource_id
         t0 = time.monotonic()
         login_at, login_ever, where = None, False, ""
         while True:
-            with self.ctx.db.sessions() as s:
+            with self.ctx.db.reader() as s:
                 app = appliance_of(s, job_id)
                 if app is None or app.state == AS.FAILED:
                     raise JobFailed("appliance failed or was removed while starting")
@@ -185,7 +185,7 @@ class SanbootStart:
                     f"iSCSI login of {initiator} from {where}; booted (no SAN script "
                     f"fetch for {cfg.boot_settle} s after it)"
                 )
-                with self.ctx.db.session() as s:
+                with self.ctx.db.transaction() as s:
                     appliances.booted(s, res_id, evidence)
                 fetches.reset(res_id)  # from now on, fetches count against the running OS
                 self.ctx.inventory.refresh()
@@ -210,7 +210,7 @@ class SanbootStop:
         self.ctx, self.storage = ctx, storage
 
     def run(self, job_id: int) -> str:
-        with self.ctx.db.session() as s:
+        with self.ctx.db.transaction() as s:
             app = appliance_of(s, job_id)
             target = (app.params or {}).get("target_iqn")
             storage_name = app.volume.storage.name if app.volume else None
@@ -222,7 +222,7 @@ class SanbootStop:
                 exporter.unexport(target)
             except StorageError as exc:
                 raise JobFailed(f"unexport of {target} failed: {exc}")
-        with self.ctx.db.session() as s:
+        with self.ctx.db.transaction() as s:
             appliances.stopped(s, appliance_of(s, job_id),
                                "export removed")  # fmt: skip
         self.ctx.inventory.refresh()

@@ -42,13 +42,13 @@ class Scheduler:
 
     def tick(self) -> None:
         self._liveness.flush(self._db)
-        with self._db.session() as s:
+        with self._db.transaction() as s:
             stale = resources.mark_stale_offline(s, self._config.agent.heartbeat_timeout)
             names = [r.display_name for r in stale]
         for name in names:
             log.warning("%s missed heartbeats for %d s: offline", name,
                         self._config.agent.heartbeat_timeout)  # fmt: skip
-        with self._db.session() as s:  # racks whose lease expired lose their machines
+        with self._db.transaction() as s:  # racks whose lease expired lose their machines
             gone = racks.sweep_expired(s, self._config.instance)
         for what in gone:
             log.warning("%s", what)

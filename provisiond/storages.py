@@ -207,7 +207,7 @@ class StorageService:
 
     def host_down_reason(self, storage: str) -> str | None:
         """Why ``storage``'s host is down (None: up, or not a storage host)."""
-        with self.db.session() as s:
+        with self.db.transaction() as s:
             row = s.scalars(select(Storage).where(Storage.name == storage)).first()
             if row is None or row.host_state != "down":
                 return None
@@ -224,7 +224,7 @@ class StorageService:
             backend.check()
             exporter = self.manager.host_exporter(name)
             exporter.check()
-            with self.db.session() as s:
+            with self.db.transaction() as s:
                 wanted = wanted_exports(s, self.same_host(name))
             if isinstance(exporter, RemoteLioExporter):
                 added, removed = exporter.reconcile_all(wanted)
@@ -253,7 +253,7 @@ class StorageService:
         They are left when the daemon died between cloning and recording the
         clone. Masters and volumes provisiond did not name are never touched.
         """
-        with self.db.session() as s:
+        with self.db.transaction() as s:
             known = set(
                 s.scalars(
                     select(Volume.name).join(Storage).where(Storage.name.in_(self.same_host(name)))
@@ -277,7 +277,7 @@ class StorageService:
             self._poll(name)
 
     def _mark(self, name: str, state: str, reason: str | None) -> None:
-        with self.db.session() as s:
+        with self.db.transaction() as s:
             row = s.scalars(select(Storage).where(Storage.name == name)).first()
             if row is not None:
                 row.host_state, row.host_reason = state, reason
@@ -300,7 +300,7 @@ class StorageService:
         for st in self.local_storages:
             self.manager.backend(st.name).check()  # raises with the exact reason
             log.info("storage %s: %s at %s ok", st.name, st.backend, st.path)
-        with self.db.session() as s:
+        with self.db.transaction() as s:
             self.manager.sync_rows(s)
         for st in self.config.storages:
             if st.host and not self.connect_host(st.name):
@@ -312,7 +312,7 @@ class StorageService:
             self._ensure_tgtd()
         exporter.check()
         self.exporter = exporter
-        with self.db.session() as s:
+        with self.db.transaction() as s:
             local = {st.name for st in self.local_storages}
             wanted = [w for w in wanted_exports(s) if _storage_of(s, w) in local]
         added, removed = reconcile(exporter, wanted)

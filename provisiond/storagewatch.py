@@ -81,7 +81,7 @@ class StorageWatch:
     def watched(self) -> list[Watched]:
         me = self.ctx.config.instance
         out = []
-        with self.ctx.db.sessions() as s:
+        with self.ctx.db.reader() as s:
             rows = s.scalars(
                 select(Appliance).where(
                     Appliance.mode == "sanboot",
@@ -190,7 +190,7 @@ class StorageWatch:
 
     def _fail(self, row: Watched, reason: str, done: dict[str, list[str]]) -> None:
         log.error("appliance %s: %s", row.name, reason)
-        with self.ctx.db.session() as s:
+        with self.ctx.db.transaction() as s:
             app = s.get(Appliance, row.app_id)
             if app is not None and app.state == AS.ACTIVE:
                 appliances.fail(s, app, reason)
@@ -199,5 +199,5 @@ class StorageWatch:
 
     def _event(self, action: str, row: Watched, detail: str) -> None:
         log.warning("appliance %s: %s", row.name, detail)
-        with self.ctx.db.session() as s:
+        with self.ctx.db.transaction() as s:
             events.record(s, "storage", action, row.name, detail)

@@ -103,7 +103,7 @@ class TemplateStart:
         r = renderer(ctx)
         token = new_token()
         waiting = None
-        with db.session() as s:
+        with db.transaction() as s:
             job = s.get(Job, job_id)
             app = s.get(Appliance, job.appliance_id)
             res = app.resource
@@ -122,7 +122,7 @@ class TemplateStart:
             ctx.inventory.refresh()
             ctx.ring()
             return self._wait_report(*waiting)
-        with db.session() as s:
+        with db.transaction() as s:
             job = s.get(Job, job_id)
             app = s.get(Appliance, job.appliance_id)
             res = app.resource
@@ -150,14 +150,14 @@ class TemplateStart:
         try:
             last = wait_command(ctx, job_id, cmd_id, float(params.get("timeout", INSTALL_TIMEOUT)))
         except JobFailed:
-            with db.sessions() as s:
+            with db.reader() as s:
                 out = s.get(Job, cmd_id).log.splitlines()
             job_log(db, job_id, "agent output (last lines):\n" + "\n".join(out[-25:]))
             raise
         finally:
             path.unlink(missing_ok=True)
         job_log(db, job_id, f"agent: {last}")
-        with db.session() as s:
+        with db.transaction() as s:
             app = appliance_of(s, job_id)
             stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
             app.params = {**(app.params or {}), "installed": stamp}
@@ -198,7 +198,7 @@ class TemplateStart:
     def _wait_report(self, job_id: int, res_name: str, timeout: float) -> str:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            with self.ctx.db.sessions() as s:
+            with self.ctx.db.reader() as s:
                 job = s.get(Job, job_id)
                 app = s.get(Appliance, job.appliance_id) if job.appliance_id else None
                 state, reported = (app.state if app else None), (job.params or {}).get("reported")
@@ -227,7 +227,7 @@ class TemplateStop:
         self.ctx = ctx
 
     def run(self, job_id: int) -> str:
-        with self.ctx.db.session() as s:
+        with self.ctx.db.transaction() as s:
             app = appliance_of(s, job_id)
             app.params = {k: v for k, v in (app.params or {}).items() if k not in INSTALL_KEYS}
             appliances.stopped(s, app, "installed disk left as it is")
@@ -242,7 +242,7 @@ class TemplateStop:
 
 
 def bundle_for(ctx: Context, resource_id: int, cmd_id: int) -> Path:
-    with ctx.db.sessions() as s:
+    with ctx.db.reader() as s:
         cmd = open_command(s, resource_id, cmd_id, "install")
         path = Path(cmd.params.get("bundle", ""))
     if not path.is_file():
@@ -253,7 +253,7 @@ def bundle_for(ctx: Context, resource_id: int, cmd_id: int) -> Path:
 def report_in(ctx: Context, token: str, ip: str | None, hostname: str, hostkey: str) -> str:
     """The installed OS calls back once: pin its host key, appliance and resource active."""
     digest = hash_token(token)
-    with ctx.db.session() as s:
+    with ctx.db.transaction() as s:
         running = s.scalars(
             select(Job).where(Job.kind == "appliance.start", Job.state == JS.RUNNING)
         ).all()
@@ -303,7 +303,7 @@ def installer_progress(ctx: Context, resource_id: int, token: str, step: str) ->
     """
     if not _STEP.match(step):
         raise Invalid(f"installer step {step[:40]!r}: one word of a-z, 0-9 and '-'", "step")
-    with ctx.db.session() as s:
+    with ctx.db.transaction() as s:
         job = _running_install(s, resource_id, token)
         app = s.get(Appliance, job.appliance_id) if job and job.appliance_id else None
         if job is None or app is None or app.state != AS.STARTING:
@@ -320,7 +320,7 @@ def installer_progress(ctx: Context, resource_id: int, token: str, step: str) ->
 
 def answer_file(ctx: Context, resource_id: int, token: str, path: str) -> str:
     """A rendered file of the installing resource's set, only while it installs (else 404)."""
-    with ctx.db.sessions() as s:
+    with ctx.db.reader() as s:
         job = _running_install(s, resource_id, token)
         app = s.get(Appliance, job.appliance_id) if job and job.appliance_id else None
         if job is None or app is None or app.state != AS.STARTING:

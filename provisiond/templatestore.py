@@ -78,7 +78,7 @@ def stored_sets(session: Session) -> dict[str, TemplateSet]:
 
 def renderer(config: Config, db: Database) -> Renderer:
     """The shipped sets and the stored ones, as they are in the database now."""
-    with db.sessions() as s:
+    with db.reader() as s:
         stored = stored_sets(s)
     return Renderer(shipped_root(config), stored)
 

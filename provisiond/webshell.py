@@ -167,5 +167,5 @@ class ShellManager:
             pass
 
     def _event(self, actor: str, action: str, target: str, detail: str) -> None:
-        with self.db.session() as s:
+        with self.db.transaction() as s:
             events.record(s, actor, action, target, detail)

@@ -276,7 +276,7 @@ def daemon(tmp_path):
 
 def _register_kernel(d: Daemon) -> None:
     db = Database(d.cfg.database_url)
-    with db.session() as s:
+    with db.transaction() as s:
         s.add(Kernel(name="agent", kernel_path="kernels/agent/vmlinuz",
                      initrd_path="kernels/agent/initrd.img", is_default=True))  # fmt: skip
     db.dispose()

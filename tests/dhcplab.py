@@ -85,7 +85,7 @@ def script(tmp_path) -> Path:
 def leases(tmp: Path) -> dict[str, tuple[str, str]]:
     db = Database(f"sqlite:///{tmp}/p.db")
     try:
-        with db.session() as s:
+        with db.transaction() as s:
             return {r.ip: (r.mac, r.state) for r in s.execute(select(Lease)).scalars()}
     finally:
         db.dispose()

@@ -86,7 +86,7 @@ def script(mac: str) -> Response:
 
 
 def _discover(ctx: Context, mac: str) -> None:
-    with ctx.db.session() as s:
+    with ctx.db.transaction() as s:
         resources.ensure(s, mac)
     ctx.inventory.request_refresh()
 
@@ -94,7 +94,7 @@ def _discover(ctx: Context, mac: str) -> None:
 def _mint(ctx: Context, mac: str) -> str:
     """This boot's agent token (the resource is created on first sight)."""
     token = new_token()
-    with ctx.db.session() as s:
+    with ctx.db.transaction() as s:
         res = resources.ensure(s, mac)
         resources.new_boot(s, res, hash_token(token), ctx.config.agent.hostkey_pinning)
     ctx.inventory.request_refresh()

@@ -26,7 +26,7 @@ bp = Blueprint("hareport", __name__, url_prefix="/ha/v1")
 def heartbeat():
     header = request.headers.get("Authorization", "")
     token = header[7:].strip() if header.startswith("Bearer ") else ""
-    with current_app.extensions["provisiond"].db.session() as s:
+    with current_app.extensions["provisiond"].db.transaction() as s:
         name = hapools.heartbeat(s, token) if token else None
     if name is None:
         return Response("missing or invalid HA reporter token\n", status=401, mimetype="text/plain")

@@ -86,7 +86,7 @@ def api_token(database_url: str) -> str:
     from provisiond.db import Database
 
     db = Database(database_url)
-    with db.session() as s:
+    with db.transaction() as s:
         user = users.create(s, "bench", "bench-password-1", "admin", "bench")
         _, secret = users.create_token(s, user, "bench", "bench")
     db.dispose()
@@ -100,7 +100,7 @@ def offline_events(database_url: str) -> int:
     from provisiond.model import Event
 
     db = Database(database_url)
-    with db.sessions() as s:
+    with db.reader() as s:
         n = s.scalar(
             select(func.count()).where(
                 Event.action == "resource.state", Event.detail.like("%-> offline%")

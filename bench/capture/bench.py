@@ -156,7 +156,7 @@ class Bench:
     def wait_job(self, job_id: int) -> tuple[str, str]:
         deadline = time.monotonic() + LEG_TIMEOUT
         while time.monotonic() < deadline:
-            with self.db.sessions() as s:
+            with self.db.reader() as s:
                 job = s.get(Job, job_id)
                 if job.state in ("succeeded", "failed"):
                     return job.state, job.log or job.outcome or ""

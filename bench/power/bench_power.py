@@ -70,7 +70,7 @@ def provisiond_world(workdir: Path, urls: list[str], concurrency: int):
     cfg = configmod.load(path)
     db = Database(cfg.database_url)
     db.migrate()
-    with db.session() as s:
+    with db.transaction() as s:
         for i, url in enumerate(urls):
             r = resources.ensure(s, f"52:54:{i >> 24 & 255:02x}:{i >> 16 & 255:02x}:"
                                     f"{i >> 8 & 255:02x}:{i & 255:02x}")  # fmt: skip

@@ -104,7 +104,7 @@ class Bench:
         make_image(src, size, fill)
         self.d.cli("image", "import", str(src), "--name", name)
         src.unlink()
-        with self.db.sessions() as s:
+        with self.db.reader() as s:
             img = next(i for i in s.query(Image).all() if i.name == name)
             image_id, vol = img.id, Path(img.volume.path)
         t1 = time.monotonic()
@@ -141,7 +141,7 @@ class Bench:
     def wait_job(self, job_id: int) -> tuple[str, str]:
         deadline = time.monotonic() + LEG_TIMEOUT
         while time.monotonic() < deadline:
-            with self.db.sessions() as s:
+            with self.db.reader() as s:
                 job = s.get(Job, job_id)
                 state, params = job.state, dict(job.params or {})
                 if state in ("succeeded", "failed"):

@@ -48,7 +48,7 @@ def populate(ctx, n: int) -> None:
         }
         for i in range(n)
     ]  # fmt: skip
-    with ctx.db.session() as s:
+    with ctx.db.transaction() as s:
         s.execute(insert(Resource), rows)
         users.create(s, "bench", "bench-password", "viewer", "bench")
 

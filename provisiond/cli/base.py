@@ -126,7 +126,7 @@ def wait_job(env: Env, job_id: int, timeout: float = 3600) -> None:
     shown, deadline = 0, time.monotonic() + timeout
     bar = ProgressBar(f"job {job_id}")
     while time.monotonic() < deadline:
-        with env.db.session() as s:
+        with env.db.transaction() as s:
             job = jobs.get(s, job_id)
             lines = job.log.splitlines()
             state, outcome = job.state, job.outcome

@@ -65,7 +65,7 @@ def init(env: Env) -> None:
     private_state(cfg.state_dir, cfg.sqlite_path)
     cfg.boot_assets_dir.mkdir(parents=True, exist_ok=True)
     env.db.migrate()
-    with env.db.session() as s:
+    with env.db.transaction() as s:
         if s.scalars(select(User).where(User.name == "admin")).first() is None:
             password = new_password()
             s.add(User(name="admin", password_hash=hash_password(password), role="admin"))
@@ -157,7 +157,7 @@ def job_group() -> None:
 @handle_errors
 def job_list(env: Env, state: str | None, as_json: bool) -> None:
     """List jobs (deploys, captures, erases, imports), newest first."""
-    with env.db.session() as s:
+    with env.db.transaction() as s:
         q = select(Job).order_by(Job.id.desc()).limit(200)
         if state:
             q = q.where(Job.state == state)
@@ -172,7 +172,7 @@ def job_list(env: Env, state: str | None, as_json: bool) -> None:
 @handle_errors
 def job_show(env: Env, job_id: int, as_json: bool) -> None:
     """Show one job: state, progress, log and outcome."""
-    with env.db.session() as s:
+    with env.db.transaction() as s:
         job = jobs.get(s, job_id)
         data = {**present.job(job), "log": job.log}
     emit(as_json, data)
@@ -190,7 +190,7 @@ def event_group() -> None:
 @handle_errors
 def event_list(env: Env, limit: int, as_json: bool) -> None:
     """List the latest inventory events (who changed what, when)."""
-    with env.db.session() as s:
+    with env.db.transaction() as s:
         q = select(Event).order_by(Event.id.desc()).limit(limit)
         rows = [present.event(e) for e in s.scalars(q)]
     emit(as_json, rows, ["at", "actor", "action", "target", "detail"])

@@ -20,7 +20,7 @@ def ha_group() -> None:
 @handle_errors
 def ha_spare(env: Env, resource_ref: str, pool: str) -> None:
     """Make RESOURCE a spare of an HA pool (it takes over while it is idle)."""
-    with env.db.session() as s:
+    with env.db.transaction() as s:
         res = resources.find(s, resource_ref)
         hapools.set_pool(s, res, pool or None, ACTOR)
         name = res.display_name
@@ -33,7 +33,7 @@ def ha_spare(env: Env, resource_ref: str, pool: str) -> None:
 @handle_errors
 def ha_status(env: Env, as_json: bool) -> None:
     """HA appliances (state, reason, last failover) and the spares of each pool."""
-    with env.db.sessions() as s:
+    with env.db.reader() as s:
         data = hapools.status(s)
     if as_json:
         emit(True, data)
@@ -50,7 +50,7 @@ def ha_status(env: Env, as_json: bool) -> None:
 @handle_errors
 def ha_token(env: Env, appliance_ref: str) -> None:
     """A new heartbeat token for the appliance's OS reporter (printed once)."""
-    with env.db.session() as s:
+    with env.db.transaction() as s:
         app = appliances.find(s, appliance_ref)
         if not app.ha:
             raise click.UsageError(f"appliance '{app.name}' has no HA; create it with --ha")

@@ -33,7 +33,7 @@ def resource_group() -> None:
 @handle_errors
 def resource_list(env: Env, state: str | None, as_json: bool) -> None:
     """List resources (machines found by MAC) with state and address."""
-    with env.db.session() as s:
+    with env.db.transaction() as s:
         q = select(Resource).order_by(Resource.id)
         if state:
             q = q.where(Resource.state == state)
@@ -48,7 +48,7 @@ def resource_list(env: Env, state: str | None, as_json: bool) -> None:
 @handle_errors
 def resource_show(env: Env, ref: str, as_json: bool) -> None:
     """Show one resource: hardware inventory, state, appliance."""
-    with env.db.session() as s:
+    with env.db.transaction() as s:
         r = resources.find(s, ref)
         data = present.resource(r, detail=True)
     emit(as_json, data)
@@ -60,7 +60,7 @@ def resource_show(env: Env, ref: str, as_json: bool) -> None:
 @handle_errors
 def resource_rm(env: Env, ref: str) -> None:
     """Remove a resource record (refused while an appliance uses it)."""
-    with env.db.session() as s:
+    with env.db.transaction() as s:
         r = resources.find(s, ref)
         name = r.display_name
         resources.delete(s, r, ACTOR)
@@ -73,7 +73,7 @@ def resource_rm(env: Env, ref: str) -> None:
 @handle_errors
 def resource_accept_key(env: Env, ref: str) -> None:
     """Trust the new host key a key-changed resource presented (like known_hosts)."""
-    with env.db.session() as s:
+    with env.db.transaction() as s:
         r = resources.accept_key(s, resources.find(s, ref), ACTOR)
         name, fp = r.display_name, r.hostkey_fingerprint
     click.echo(f"resource {name}: host key {fp} accepted; idle")
@@ -87,7 +87,7 @@ def resource_accept_key(env: Env, ref: str) -> None:
 def resource_enroll(env: Env, mac: str, as_json: bool) -> None:
     """Issue an agent token for MAC by hand (a machine that does not PXE-boot here)."""
     cfg = env.config
-    with env.db.session() as s:
+    with env.db.transaction() as s:
         r, token = resources.enroll(s, mac, cfg.agent.hostkey_pinning, ACTOR)
         name = r.display_name
     args = (f"provisiond.url={cfg.http_base} provisiond.agent={cfg.agent_base} "
@@ -105,7 +105,7 @@ def resource_release(env: Env, ref: str, erase: str | None, wait: bool) -> None:
     """Give a machine back to the idle pool (disks erased on request)."""
     from provisiond import release
 
-    with env.db.session() as s:
+    with env.db.transaction() as s:
         r = resources.find(s, ref)
         job = release.release(s, r, erase, ACTOR)
         name, job_id = r.display_name, job.id if job else None
@@ -132,7 +132,7 @@ def image_group() -> None:
 @handle_errors
 def image_list(env: Env, as_json: bool) -> None:
     """List images with their storage, size and state."""
-    with env.db.session() as s:
+    with env.db.transaction() as s:
         rows = [present.image(i) for i in s.scalars(select(Image).order_by(Image.id))]
     emit(as_json, rows, ["id", "name", "format", "size", "state"])
 
@@ -174,7 +174,7 @@ def image_capture(
     """Upload a disk of an idle resource as a new image (the disk must not be in use)."""
     from provisiond import capture
 
-    with env.db.session() as s:
+    with env.db.transaction() as s:
         job = capture.capture(s, resources.find(s, resource_ref), disk, name, storage, ACTOR,
                               transport=transport, workers=workers)  # fmt: skip
         job_id = job.id
@@ -192,7 +192,7 @@ def image_rm(env: Env, ref: str) -> None:
     from provisiond import images
     from provisiond.storages import StorageManager
 
-    with env.db.session() as s:
+    with env.db.transaction() as s:
         img = images.find(s, ref)
         name = img.name
         images.remove(s, StorageManager(env.config), img, ACTOR)
@@ -206,7 +206,7 @@ def image_rm(env: Env, ref: str) -> None:
 @handle_errors
 def image_show(env: Env, ref: str, as_json: bool) -> None:
     """Show one image: storage, volume, size, clones."""
-    with env.db.session() as s:
+    with env.db.transaction() as s:
         img = appliances._by_name(s, Image, ref, "image")
         emit(as_json, present.image(img))
 
@@ -222,7 +222,7 @@ def kernel_group() -> None:
 @handle_errors
 def kernel_list(env: Env, as_json: bool) -> None:
     """List network-boot kernels; the default boots idle resources."""
-    with env.db.session() as s:
+    with env.db.transaction() as s:
         rows = [present.kernel(k) for k in s.scalars(select(Kernel).order_by(Kernel.id))]
     emit(as_json, rows, ["id", "name", "version", "kernel_path", "initrd_path", "is_default"])
 

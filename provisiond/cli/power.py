@@ -46,7 +46,7 @@ def _options(pairs: tuple[str, ...]) -> dict:
 @handle_errors
 def resource_power(env: Env, ref: str, action: str, as_json: bool) -> None:
     """Switch a machine on, off, power-cycle it, or read its power state (through its BMC)."""
-    with env.db.sessions() as s:
+    with env.db.reader() as s:
         res_id = resources.find(s, ref).id
     try:
         out = powerctl.act(env.config, env.db, res_id, action, ACTOR)
@@ -76,7 +76,7 @@ def resource_set_power(env: Env, ref: str, driver: str, address: str, user: str,
                        as_json: bool) -> None:  # fmt: skip
     """Store how to switch a machine (the password is sealed with the server key)."""
     password = _read_password(password_file) if password_file else None
-    with env.db.session() as s:
+    with env.db.transaction() as s:
         r = resources.find(s, ref)
         powerctl.set_power(s, env.config, r, driver, address, user, password,
                            _options(option_pairs), ACTOR)  # fmt: skip
@@ -95,7 +95,7 @@ def resource_set_power(env: Env, ref: str, driver: str, address: str, user: str,
 @handle_errors
 def resource_clear_power(env: Env, ref: str) -> None:
     """Forget a machine's power settings (and its sealed password)."""
-    with env.db.session() as s:
+    with env.db.transaction() as s:
         r = resources.find(s, ref)
         powerctl.clear_power(s, r, ACTOR)
         name = r.display_name

@@ -16,7 +16,7 @@ from provisiond.cli.base import (
 
 
 def _remote_target(env: Env, ref: str) -> tuple[str, str, str]:
-    with env.db.session() as s:
+    with env.db.transaction() as s:
         return resources.remote_target(resources.find(s, ref))
 
 
@@ -29,7 +29,7 @@ def login(env: Env, ref: str) -> None:
     from provisiond import remote
 
     name, ip, hostkey = _remote_target(env, ref)
-    with env.db.session() as s:
+    with env.db.transaction() as s:
         events.record(s, ACTOR, "resource.login", name, f"ssh root@{ip}")
     try:
         client = remote.connect(ip, hostkey, env.config.ssh_key_path)
@@ -52,7 +52,7 @@ def run(env: Env, ref: str, command: tuple[str, ...]) -> None:
 
     name, ip, hostkey = _remote_target(env, ref)
     cmd = " ".join(command)
-    with env.db.session() as s:
+    with env.db.transaction() as s:
         events.record(s, ACTOR, "resource.run", name, cmd)
     try:
         client = remote.connect(ip, hostkey, env.config.ssh_key_path)

@@ -63,7 +63,7 @@ def template_render(env: Env, name: str, resource_ref: str, params, as_json: boo
     """Print exactly what the machine would get (the one-time token is a placeholder)."""
     overrides = _params(params)
     ref = rootfs.lookup(overrides.get("rootfs", installs.DEFAULTS["rootfs"]))
-    with env.db.sessions() as s:
+    with env.db.reader() as s:
         out = installs.preview(s, env.config, renderer(env), name, resource_ref, overrides, ref)
     if as_json:
         emit(True, out)
@@ -122,7 +122,7 @@ def _store_options(fn):
 def template_add(env: Env, name, source, kind, files, answer, cmdline, description) -> None:
     """Store a template set in the database (checked in the sandbox first)."""
     fields = _set_fields(name, source, kind, files, answer, cmdline, description)
-    with env.db.session() as s:
+    with env.db.transaction() as s:
         tset = templatestore.add(s, env.config, actor=ACTOR, **fields)
     click.echo(f"template {tset.name} stored ({tset.kind}, {len(tset.files)} files)")
 
@@ -134,7 +134,7 @@ def template_add(env: Env, name, source, kind, files, answer, cmdline, descripti
 def template_update(env: Env, name, source, kind, files, answer, cmdline, description) -> None:
     """Replace a stored template set (checked in the sandbox first)."""
     fields = _set_fields(name, source, kind, files, answer, cmdline, description)
-    with env.db.session() as s:
+    with env.db.transaction() as s:
         tset = templatestore.update(s, env.config, actor=ACTOR, **fields)
     click.echo(f"template {tset.name} updated ({tset.kind}, {len(tset.files)} files)")
 
@@ -145,7 +145,7 @@ def template_update(env: Env, name, source, kind, files, answer, cmdline, descri
 @handle_errors
 def template_rm(env: Env, name: str) -> None:
     """Remove a stored template set (not while an appliance uses it)."""
-    with env.db.session() as s:
+    with env.db.transaction() as s:
         templatestore.remove(s, env.config, name, actor=ACTOR)
     click.echo(f"template {name} removed")
 

@@ -35,7 +35,7 @@ def appliance_group() -> None:
 @handle_errors
 def appliance_list(env: Env, as_json: bool) -> None:
     """List appliances with resource, image, mode and state."""
-    with env.db.session() as s:
+    with env.db.transaction() as s:
         rows = [present.appliance(a) for a in s.scalars(select(Appliance).order_by(Appliance.id))]
     emit(as_json, rows, ["id", "name", "resource", "image", "mode", "state"])
 
@@ -47,7 +47,7 @@ def appliance_list(env: Env, as_json: bool) -> None:
 @handle_errors
 def appliance_show(env: Env, ref: str, as_json: bool) -> None:
     """Show one appliance: resource, kernel, image, mode, parameters."""
-    with env.db.session() as s:
+    with env.db.transaction() as s:
         emit(as_json, present.appliance(appliances.find(s, ref)))
 
 
@@ -81,7 +81,7 @@ def appliance_create(
     extra = _params(params)
     if disk:
         extra["disk"] = disk
-    with env.db.session() as s:
+    with env.db.transaction() as s:
         res = resources.find(s, resource_ref)
         app = appliances.create(
             s,
@@ -100,7 +100,7 @@ def appliance_create(
 
 
 def _appliance_action(env: Env, ref: str, action: Callable, wait: bool) -> None:
-    with env.db.session() as s:
+    with env.db.transaction() as s:
         app = appliances.find(s, ref)
         job = action(s, app, ACTOR)
         name, job_id = app.name, job.id
@@ -143,7 +143,7 @@ def appliance_rm(env: Env, ref: str, keep_volume: bool) -> None:
     def delete_volume(vol) -> None:
         manager.backend(vol.storage.name).delete(vol.name)
 
-    with env.db.session() as s:
+    with env.db.transaction() as s:
         app = appliances.find(s, ref)
         name = app.name
         appliances.remove(s, app, ACTOR, None if keep_volume else delete_volume)

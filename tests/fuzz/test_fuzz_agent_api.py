@@ -87,7 +87,7 @@ def world(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("agentfuzz")
     ctx = build_context(configmod.load(write_config(tmp)))
     ctx.db.migrate()
-    with ctx.db.session() as s:
+    with ctx.db.transaction() as s:
         admin = users.create(s, "admin", "correct horse battery", "admin", "test")
         _, api_token = users.create_token(s, admin, "fuzz", "test")
         res = Resource(mac=MAC, state="new", agent_token_hash=hash_token(TOKEN))
@@ -113,7 +113,7 @@ class World(tuple):
 
 
 def _reset(ctx, rid: int) -> None:
-    with ctx.db.session() as s:
+    with ctx.db.transaction() as s:
         res = s.get(Resource, rid)
         res.state, res.ip, res.inventory, res.macs = "new", None, {}, []
         res.hostkey = res.hostkey_fingerprint = res.last_heartbeat = None
@@ -126,7 +126,7 @@ def _row(obj) -> dict:
 
 def _snapshot(ctx, job_id: int | None = None) -> tuple:
     """Every resource row, the command's row, and how many jobs and events exist."""
-    with ctx.db.sessions() as s:
+    with ctx.db.reader() as s:
         resources = [_row(r) for r in s.scalars(select(Resource).order_by(Resource.id))]
         job = _row(s.get(Job, job_id)) if job_id is not None else None
         counts = (s.scalar(select(func.count(Job.id))), s.scalar(select(func.count(Event.id))))
@@ -191,7 +191,7 @@ def test_register_any_body_is_2xx_or_4xx_and_4xx_changes_nothing(world, body):
 
 
 def _running_command(ctx, rid: int, kind: str = "agent.shell", params=None) -> int:
-    with ctx.db.session() as s:
+    with ctx.db.transaction() as s:
         job = Job(kind=kind, state="running", resource_id=rid, params=params or {})
         s.add(job)
         s.flush()
@@ -218,7 +218,7 @@ def test_command_result_any_header_and_body(world, code, body, stale):
     resp = client.post(f"/agent/v1/commands/{job_id}/result", data=body, headers=headers)
     _check(resp, before, ctx, job_id)
     if resp.status_code < 300:
-        with ctx.db.sessions() as s:
+        with ctx.db.reader() as s:
             assert s.get(Job, job_id).state in ("succeeded", "failed")
 
 

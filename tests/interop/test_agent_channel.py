@@ -39,7 +39,7 @@ def channel(tmp_path):
     ctx.db.migrate()
     ctx.inventory.refresh()
     tokens = {}
-    with ctx.db.session() as s:
+    with ctx.db.transaction() as s:
         for i in range(3):
             res = resources.ensure(s, f"52:54:00:00:10:{i:02x}")
             tokens[res.id] = new_token()
@@ -125,7 +125,7 @@ def test_a_waiting_poll_does_no_database_work_and_liveness_is_group_committed(ch
     for tok in tokens.values():
         assert call(base, "POST", "/agent/v1/heartbeat", tok, b"")[0] == 204
     time.sleep(agentd.FLUSH_S + 1.0)
-    with ctx.db.sessions() as s:
+    with ctx.db.reader() as s:
         for rid in tokens:
             assert s.get(Resource, rid).last_heartbeat >= before
 
@@ -133,7 +133,7 @@ def test_a_waiting_poll_does_no_database_work_and_liveness_is_group_committed(ch
 def test_liveness_writes_every_agent_in_one_transaction(tmp_path):
     db = Database(f"sqlite:///{tmp_path}/l.db")
     db.migrate()
-    with db.session() as s:
+    with db.transaction() as s:
         ids = [resources.ensure(s, f"52:54:00:00:20:{i:02x}").id for i in range(100)]
     live = Liveness()
     for rid in ids:
@@ -142,7 +142,7 @@ def test_liveness_writes_every_agent_in_one_transaction(tmp_path):
     event.listen(db.engine, "commit", lambda _c: commits.append(1))
     assert live.flush(db) == 100 and len(commits) == 1
     assert live.flush(db) == 0  # nothing new: nothing written
-    with db.sessions() as s:
+    with db.reader() as s:
         assert all(s.get(Resource, rid).last_heartbeat is not None for rid in ids)
     db.dispose()
 
@@ -161,7 +161,7 @@ def test_a_queued_command_wakes_the_poll(channel):
     th = threading.Thread(target=poll)
     th.start()
     time.sleep(1.0)
-    with ctx.db.session() as s:
+    with ctx.db.transaction() as s:
         job = jobs.enqueue_command(s, s.get(Resource, rid), "run", "echo hi")
     ctx.ring()
     th.join(25)
@@ -176,7 +176,7 @@ def test_a_queued_command_wakes_the_poll(channel):
                                                          "X-Exit-Code": "0"})  # fmt: skip
     with urllib.request.urlopen(req, timeout=10) as resp:
         assert resp.status == 204
-    with ctx.db.sessions() as s:
+    with ctx.db.reader() as s:
         assert jobs.get(s, job.id).state == "succeeded"
 
     # queued by another process (a second engine, no ring): found by the sweep
@@ -184,7 +184,7 @@ def test_a_queued_command_wakes_the_poll(channel):
     th.start()
     time.sleep(1.0)
     other = Database(ctx.config.database_url)
-    with other.session() as s:
+    with other.transaction() as s:
         job2 = jobs.enqueue_command(s, s.get(Resource, rid), "run", "echo again")
     other.dispose()
     th.join(25)

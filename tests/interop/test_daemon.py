@@ -29,12 +29,12 @@ def test_health_stop_within_5s_and_restart_recovery(daemon):
     assert daemon.stop() < 5
     assert daemon.proc.returncode == 0
     db = Database(daemon.cfg.database_url)
-    with db.session() as s:
+    with db.transaction() as s:
         r = resources.ensure(s, "52:54:00:00:00:01")
         r.state = "deploying"
     daemon.start()
     assert daemon.stop() < 5
-    with db.session() as s:
+    with db.transaction() as s:
         r = resources.find(s, "52:54:00:00:00:01")
         assert (r.state, r.state_reason) == ("failed", "daemon restarted during deploying")
 
@@ -85,7 +85,7 @@ def test_boot_script_register_commands_and_tokens(daemon):
     assert daemon.get("/agent/v1/commands?wait=1", new_token)[0] == 204
     assert time.monotonic() - t0 >= 0.9
     db = Database(daemon.cfg.database_url)
-    with db.session() as s:
+    with db.transaction() as s:
         job = jobs.enqueue_command(s, resources.find(s, mac), "run", "uname -r")
         job_id = job.id
     status, cmd = daemon.get("/agent/v1/commands?wait=5", new_token)

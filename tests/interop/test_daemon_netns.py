@@ -84,7 +84,7 @@ def test_pxe_client_dhcp_tftp_dns_http_through_the_daemon(lab_daemon, tmp_path, 
 
     # the lease is durable in the database the daemon shares with the CLI
     db = Database(database_url)
-    with db.session() as s:
+    with db.transaction() as s:
         leases = [(x.ip, x.mac, x.state) for x in s.scalars(select(Lease))]
     db.dispose()
     assert (ip, MAC, "bound") in leases

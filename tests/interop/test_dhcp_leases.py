@@ -73,7 +73,7 @@ def row(ip: str, mac: str = "52:54:00:00:00:01", state: str = "bound", **kw) -> 
 
 
 def rows_in(db: Database) -> dict[str, tuple]:
-    with db.session() as s:
+    with db.transaction() as s:
         return {r.ip: (r.mac, r.state, r.hostname, r.expires_at) for r in s.scalars(select(Lease))}
 
 
@@ -92,7 +92,7 @@ def test_sqlite_datetime_text_is_sqlalchemys_own(tmp_path):
     """SQLite compares DateTime as text: the raw path must store SQLAlchemy's exact format."""
     d = Database(f"sqlite:///{tmp_path / 'p.db'}")
     d.migrate()
-    with d.session() as s:
+    with d.transaction() as s:
         s.add(Lease(ip="10.5.0.9", mac="m", subnet="n", state="bound", hostname="",
                     expires_at=dt.datetime(2027, 1, 15, 8, 0, 0)))  # fmt: skip
     store = SqlLeaseStore(d, LOG)

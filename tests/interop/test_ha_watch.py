@@ -125,14 +125,14 @@ def running_appliance(ctx, exporter, vols, name: str, res: Resource, s) -> None:
 
 
 def app_row(ctx, name: str) -> Appliance:
-    with ctx.db.sessions() as s:
+    with ctx.db.reader() as s:
         app = s.scalars(select(Appliance).where(Appliance.name == name)).one()
         s.expunge(app)
         return app
 
 
 def res_of(ctx, mac: str) -> Resource:
-    with ctx.db.sessions() as s:
+    with ctx.db.reader() as s:
         r = s.scalars(select(Resource).where(Resource.mac == mac)).one()
         s.expunge(r)
         return r
@@ -147,7 +147,7 @@ A, B, C, D, E, F = (f"52:54:00:4a:00:0{i}" for i in range(1, 7))
 
 def test_power_off_is_fenced_and_taken_over_by_the_spare(world):
     ctx, exporter, vols, m, notify_log = world
-    with ctx.db.session() as s:
+    with ctx.db.transaction() as s:
         a = add_machine(s, A, "active", qmp=m["a"])
         add_machine(s, B, "idle", "p")
         running_appliance(ctx, exporter, vols, "web1", a, s)
@@ -172,7 +172,7 @@ def test_power_off_is_fenced_and_taken_over_by_the_spare(world):
     assert a_row.state == "failed" and "fenced" in a_row.state_reason
     assert b_row.state == "deploying"
     assert f"{PREFIX}:web1" not in targets(exporter)  # A can never write to it again
-    with ctx.db.sessions() as s:
+    with ctx.db.reader() as s:
         job = s.scalars(select(Job).where(Job.kind == "appliance.start")).one()
         assert (job.state, job.resource_id) == (JS.QUEUED, b_row.id)
         actions = [e.action for e in s.scalars(select(Event).where(Event.target == "web1"))]
@@ -180,7 +180,7 @@ def test_power_off_is_fenced_and_taken_over_by_the_spare(world):
 
     assert w.tick()["web1"].state == "failing-over"  # in flight: no second move
     assert app_row(ctx, "web1").resource_id == b_row.id
-    with ctx.db.session() as s:  # what the sanboot job records when tgt sees B log in
+    with ctx.db.transaction() as s:  # what the sanboot job records when tgt sees B log in
         assert appliances.booted(s, b_row.id, "iSCSI login (recorded by the test)")
     w.tick()
     app = app_row(ctx, "web1")
@@ -195,7 +195,7 @@ def test_power_off_is_fenced_and_taken_over_by_the_spare(world):
 
 def test_second_failure_waits_for_a_standby(world):
     ctx, exporter, vols, m, _ = world
-    with ctx.db.session() as s:
+    with ctx.db.transaction() as s:
         d_res = add_machine(s, D, "active", qmp=m["d"])
         running_appliance(ctx, exporter, vols, "web2", d_res, s)
     w = HaWatcher(ctx, exporter=lambda: exporter)
@@ -211,7 +211,7 @@ def test_second_failure_waits_for_a_standby(world):
     assert app.resource_id == res_of(ctx, D).id and app.state == "active"
     assert any(h["event"] == "waiting" for h in Hook.got)
 
-    with ctx.db.session() as s:  # a standby joins the pool
+    with ctx.db.transaction() as s:  # a standby joins the pool
         hapools.set_pool(s, add_machine(s, C, "idle"), "p")
     d = w.tick()["web2"]
     assert d.action == "failover" and d.spare.name == "r-5254004a0003"
@@ -223,7 +223,7 @@ def test_silent_os_with_unreachable_bmc_is_not_taken_over(world, tmp_path):
     ctx, exporter, vols, _, _ = world
     alive_pid = tmp_path / "bmc.pid"
     alive_pid.write_text(f"{os.getpid()}\n")  # the machine may well run: nothing proves it off
-    with ctx.db.session() as s:
+    with ctx.db.transaction() as s:
         e = add_machine(s, E, "active")
         e.power_driver, e.power_address = "qemu", str(tmp_path / "no-bmc.sock")
         e.power_options = {"pidfile": str(alive_pid)}

@@ -61,7 +61,7 @@ def racks(tmp_path):
 
 
 def _in_flight(db: Database) -> dict[str, tuple[str, str, str | None]]:
-    with db.sessions() as s:
+    with db.reader() as s:
         job = s.scalars(select(Job).where(Job.kind == "appliance.start")).one()
         app, res = s.get(Appliance, job.appliance_id), s.get(Resource, job.resource_id)
         return {
@@ -110,14 +110,14 @@ def test_restarting_one_rack_leaves_the_others_deploy_alone(racks, tmp_path):
     assert f"pid {r2.proc.pid} on " in refused.stderr
     assert "another process holds the lock of instance 'r2'" in refused.stderr
     assert _in_flight(db) == in_flight
-    with db.sessions() as s:
+    with db.reader() as s:
         assert s.get(Instance, "r2").pid == r2.proc.pid
 
     # r2 dies; once its lease (3 x 1 s) has expired, r1's next start fails its work
     r2.stop(signal.SIGKILL)
     deadline = time.monotonic() + 30
     while True:
-        with db.sessions() as s:
+        with db.reader() as s:
             if s.get(Instance, "r2").expires_at < utcnow():
                 break
         assert time.monotonic() < deadline

@@ -36,7 +36,7 @@ def env(config_file, tmp_path):
     run("init")
     cfg = configmod.load(config_file)
     db = Database(cfg.database_url)
-    with db.session() as s:
+    with db.transaction() as s:
         resources.ensure(s, MAC).name = "node7"
     (tmp_path / "pw").write_text(PASSWORD + "\n")
     yield run, db, cfg, tmp_path / "pw"
@@ -50,7 +50,7 @@ def test_set_power_act_and_show(env):
         out = run("resource", "set-power", "node7", "--driver", "redfish", "--address", url,
                   "--user", "admin", "--password-file", str(pwfile)).stdout  # fmt: skip
         assert "power driver redfish" in out and "sealed" in out and PASSWORD not in out
-        with db.sessions() as s:
+        with db.reader() as s:
             row = s.get(Resource, resources.find(s, "node7").id)
             assert row.power_secret.startswith("sealed:v1:") and PASSWORD not in row.power_secret
             assert powerctl.box(cfg).open(row.power_secret) == PASSWORD
@@ -67,7 +67,7 @@ def test_set_power_act_and_show(env):
         assert bmc.resets == ["On", "PowerCycle", "ForceOff"]
         listing = run("resource", "list", "--json").stdout
         assert json.loads(listing)[0]["power_state"] == "off"
-    with db.sessions() as s:
+    with db.reader() as s:
         details = [e.detail for e in s.query(Event).filter(Event.action.like("resource.%power%"))]
     assert any("driver redfish" in d for d in details) and len(details) >= 4
     assert all(PASSWORD not in d for d in details)
@@ -80,7 +80,7 @@ def test_unreachable_and_refused_are_clear_and_recorded(env):
         "--user", "admin", "--password-file", str(pwfile))  # fmt: skip
     p = run("resource", "power", "node7", "on", ok=False)
     assert p.returncode == 1 and "unreachable: redfish" in p.stderr and "cannot connect" in p.stderr
-    with db.sessions() as s:
+    with db.reader() as s:
         assert "cannot connect" in resources.find(s, "node7").power_error
     with RedfishSim(1, password="another") as sim:
         run("resource", "set-power", "node7", "--driver", "redfish", "--address", sim.urls()[0],
@@ -105,7 +105,7 @@ def test_bad_settings_change_nothing(env, args, message):
     run, db, _cfg, _pw = env
     p = run("resource", "set-power", "node7", *args, ok=False)
     assert p.returncode in (1, 2) and message in p.stderr
-    with db.sessions() as s:
+    with db.reader() as s:
         assert resources.find(s, "node7").power_driver is None
 
 
@@ -115,6 +115,6 @@ def test_power_without_driver_and_clear_power(env):
     assert "has no power driver" in p.stderr and "set-power node7" in p.stderr
     run("resource", "set-power", "node7", "--driver", "wol")
     run("resource", "clear-power", "node7")
-    with db.sessions() as s:
+    with db.reader() as s:
         r = resources.find(s, "node7")
         assert r.power_driver is None and r.power_secret is None

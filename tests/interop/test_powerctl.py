@@ -31,7 +31,7 @@ def world(tmp_path):
 
 
 def add(cfg, db, n: int, url: str, password: str = "s3cret") -> int:
-    with db.session() as s:
+    with db.transaction() as s:
         r = resources.ensure(s, f"52:54:00:00:10:{n:02x}")
         powerctl.set_power(s, cfg, r, "redfish", url, "admin", password, {}, "test")
         s.flush()
@@ -46,12 +46,12 @@ def test_sweep_reads_every_bmc_and_records_failures(world):
         ids = [add(cfg, db, i, url) for i, url in enumerate(sim.urls())]
         dead = add(cfg, db, 50, f"http://127.0.0.1:{free_port()}")
         refused = add(cfg, db, 51, sim.urls()[0], password="wrong")
-        with db.session() as s:
+        with db.transaction() as s:
             resources.ensure(s, "52:54:00:00:10:ff")  # no driver: not polled
         out = powerctl.sweep(cfg, db)
     assert out.count == 14 and out.states == {"on": 4, "off": 8} and out.errors == 2
     assert "14 resources" in out.summary() and "2 failed" in out.summary()
-    with db.sessions() as s:
+    with db.reader() as s:
         states = [s.get(Resource, i).power_state for i in ids]
         assert states == ["on" if i % 3 == 0 else "off" for i in range(12)]
         assert "cannot connect" in s.get(Resource, dead).power_error
@@ -72,7 +72,7 @@ def test_boot_switches_on_or_cycles(world):
 
 def test_boot_without_driver_falls_back_and_failure_is_advice(world):
     cfg, db = world
-    with db.session() as s:
+    with db.transaction() as s:
         bare = resources.ensure(s, "52:54:00:00:20:01")
         s.flush()
         bare_id = bare.id
@@ -104,5 +104,5 @@ def test_poller_service_sweeps_on_its_interval(world):
                 time.sleep(0.1)
         finally:
             poller.stop()
-    with db.sessions() as s:
+    with db.reader() as s:
         assert s.get(Resource, rid).power_state == "on"

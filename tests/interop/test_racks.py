@@ -67,26 +67,26 @@ def test_a_commit_is_notified_to_every_listener_with_its_tables(pg_url):
         queues.append(q)
     cli = Database(pg_url)
     try:
-        with cli.session() as s:
+        with cli.transaction() as s:
             s.add(Kernel(name="k1", kernel_path="k1/vmlinuz"))
             s.add(Resource(mac="52:54:00:2a:00:01"))
         for q in queues:
             assert _next(q) == frozenset({"kernel", "resource"})
         # a rolled-back transaction notifies nobody
-        with pytest.raises(RuntimeError), cli.session() as s:
+        with pytest.raises(RuntimeError), cli.transaction() as s:
             s.add(Kernel(name="k2", kernel_path="k2/vmlinuz"))
             s.flush()
             raise RuntimeError("rolled back")
         # a heartbeat group commit (Core executemany) is not an inventory change
         table = Resource.__table__
-        with cli.session() as s:
+        with cli.transaction() as s:
             s.connection().execute(
                 update(table)
                 .where(table.c.id == bindparam("rid"))
                 .values(last_heartbeat=bindparam("beat")),
                 [{"rid": 1, "beat": utcnow()}],
             )
-        with cli.session() as s:
+        with cli.transaction() as s:
             s.add(Kernel(name="k3", kernel_path="k3/vmlinuz"))
         for q in queues:  # the next thing each listener hears is k3, nothing before it
             assert _next(q) == frozenset({"kernel"})
@@ -115,7 +115,7 @@ def _rack(lab: Lab, work, url: str, name: str) -> LabDaemon:
 
 
 def _resource(db: Database, mac: str) -> Resource:
-    with db.sessions() as s:
+    with db.reader() as s:
         return s.scalars(select(Resource).where(Resource.mac == mac)).one()
 
 
@@ -150,7 +150,7 @@ def two_racks(tmp_path, pg_url):
 
 
 def _api_token(db: Database) -> str:
-    with db.session() as s:
+    with db.transaction() as s:
         admin = s.scalars(select(User).where(User.name == "admin")).one()
         return users.create_token(s, admin, "racks-test", "test")[1]
 
@@ -171,7 +171,7 @@ def test_two_racks_share_one_inventory_and_survive_each_other(two_racks, tmp_pat
     code, text = r2.boot_script(clients["r2"], MACS["r2"], source=leased)
     assert code == 200 and "provisiond.token=" not in text, text  # no kernel yet
     leased = r2.dhcp_boot(clients["r2"])
-    with db.session() as s:
+    with db.transaction() as s:
         s.add(Kernel(name="k0", kernel_path="k0/vmlinuz", initrd_path="k0/initrd.img",
                      is_default=True))  # fmt: skip
     code, text = r2.boot_script(clients["r2"], MACS["r2"], source=leased)
@@ -203,7 +203,7 @@ def test_two_racks_share_one_inventory_and_survive_each_other(two_racks, tmp_pat
         agent.disk.write_bytes(b"\xaa" * (8 * MiB))
         mac = MACS[runs_on]
         racks[queued_by].cli("resource", "release", mac, "--erase", "quick", "--wait")
-        with db.sessions() as s:
+        with db.reader() as s:
             job = s.scalars(
                 select(Job).where(Job.kind == "resource.erase").order_by(Job.id.desc())
             ).first()

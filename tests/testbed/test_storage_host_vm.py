@@ -367,7 +367,7 @@ def test_storage_host_down_and_back(storage_host, volumes, tmp_path):
     service.poll_interval = 1.0
 
     def state() -> tuple[str | None, str | None]:
-        with db.session() as s:
+        with db.transaction() as s:
             row = s.query(Storage).filter_by(name="san").one()
             return row.host_state, row.host_reason
 

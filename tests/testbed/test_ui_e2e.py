@@ -73,7 +73,7 @@ def daemon(tmp_path):
     assert init.returncode == 0, init.stderr
     d.password = re.search(r"store it now\): (\S+)", init.stdout).group(1)
     db = Database(d.cfg.database_url)
-    with db.session() as s:
+    with db.transaction() as s:
         s.add(Kernel(name="agent", kernel_path="kernels/agent/vmlinuz",
                      initrd_path="kernels/agent/initrd.img", is_default=True))  # fmt: skip
         s.add(Image(name="debian-12", size=2 * 2**30, sha256="ab" * 32, state="ready"))

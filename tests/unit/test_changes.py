@@ -45,7 +45,7 @@ def test_payload_round_trip(text, tables):
 
 def test_changed_tables_names_what_a_session_flushes(dbs):
     daemon, _, _ = dbs
-    with daemon.session() as s:
+    with daemon.transaction() as s:
         assert changes.changed_tables(s) == set()
         s.add(Kernel(name="k", kernel_path="k"))
         s.add(Resource(mac="52:54:00:00:00:01"))
@@ -61,7 +61,7 @@ def test_feed_delivers_a_commit_of_another_connection(dbs):
     try:
         time.sleep(changes.POLL_S * 2)
         assert not got.is_set(), "nothing committed yet, nothing delivered"
-        with cli.session() as s:
+        with cli.transaction() as s:
             s.add(Kernel(name="k", kernel_path="k"))
         assert got.wait(5), "a commit by another connection was not delivered"
     finally:
@@ -76,7 +76,7 @@ def test_a_subscriber_that_raises_does_not_stop_the_others(dbs):
     feed.subscribe(lambda tables: got.set())
     feed.start()
     try:
-        with cli.session() as s:
+        with cli.transaction() as s:
             s.add(Kernel(name="k", kernel_path="k"))
         assert got.wait(5)
     finally:
@@ -89,7 +89,7 @@ def test_boot_check_sees_a_kernel_added_by_another_process_at_once(dbs):
     inv.refresh()
     assert inv.snapshot.default_kernel is None
     assert inv.ensure_boot_current() is False  # unchanged: no reload
-    with cli.session() as s:
+    with cli.transaction() as s:
         s.add(Kernel(name="k", kernel_path="k/vmlinuz", is_default=True))
     assert inv.ensure_boot_current() is True
     assert inv.snapshot.default_kernel is not None
@@ -101,7 +101,7 @@ def test_boot_check_ignores_resource_churn(dbs):
     daemon, cli, _ = dbs
     inv = Inventory(daemon)
     inv.refresh()
-    with cli.session() as s:
+    with cli.transaction() as s:
         s.add(Resource(mac="52:54:00:00:00:02"))
     # a registration is not a boot decision's input: the coalesced refresher loads it
     assert inv.ensure_boot_current() is False
@@ -113,14 +113,14 @@ def test_local_commit_subscribers_hear_committed_tables_only(dbs):
     daemon, _, _ = dbs
     heard: list[frozenset[str]] = []
     daemon.on_commit(heard.append)
-    with daemon.session() as s:
+    with daemon.transaction() as s:
         s.add(Resource(mac="52:54:00:00:00:03"))
     assert heard == [frozenset({"resource"})]
-    with pytest.raises(RuntimeError), daemon.session() as s:
+    with pytest.raises(RuntimeError), daemon.transaction() as s:
         s.add(Kernel(name="k", kernel_path="k"))
         s.flush()
         raise RuntimeError("rolled back")
-    with daemon.session() as s:  # a unit of work that wrote nothing
+    with daemon.transaction() as s:  # a unit of work that wrote nothing
         s.get(Resource, 1)
     assert heard == [frozenset({"resource"})]
 

@@ -27,7 +27,7 @@ def test_init_twice_keeps_keys_and_password(cli, config_file):
 
 
 def test_resource_list_show_rm_and_json(cli, db):
-    with db.session() as s:
+    with db.transaction() as s:
         resources.ensure(s, "52:54:00:aa:bb:01")
         r = resources.ensure(s, "52:54:00:aa:bb:02")
         r.name, r.ip = "web1", "10.77.0.50"
@@ -54,7 +54,7 @@ def test_errors_name_the_object_and_what_to_do(cli, db):
 
 
 def test_appliance_create_refuses_bad_input_and_changes_nothing(cli, db):
-    with db.session() as s:
+    with db.transaction() as s:
         resources.ensure(s, "52:54:00:aa:bb:03")
         s.add(Image(name="debian", size=1))
     r = cli("appliance", "create", "--resource", "r-525400aabb03", "--mode", "sanboot", ok=False)
@@ -71,7 +71,7 @@ def test_appliance_create_refuses_bad_input_and_changes_nothing(cli, db):
     shown = json.loads(cli("appliance", "show", "web", "--json").output)
     assert shown["params"] == {"disk": "/dev/vda"} and shown["state"] == "stopped"
     # a machine that is busy elsewhere is refused, and nothing changes
-    with db.session() as s:
+    with db.transaction() as s:
         resources.ensure(s, "52:54:00:aa:bb:05").state = "releasing"
     cli("appliance", "create", "--resource", "r-525400aabb05", "--mode", "template",
         "--name", "inst")  # fmt: skip
@@ -110,7 +110,7 @@ def test_host_key_pinning_per_boot_or_per_resource(db, cli, pinning, new_boot_st
     """'boot': a new boot's first key is pinned; 'resource': any other key needs accept-key."""
     mac = "52:54:00:00:0b:01"
     body = {"mac": mac, "hostkey": KEY_A, "inventory": {}}
-    with db.session() as s:
+    with db.transaction() as s:
         res, _token = resources.enroll(s, mac, pinning, "test")
         resources.register(s, res, body, "10.0.0.5")
         assert (res.state, res.ip) == ("idle", "10.0.0.5")
@@ -121,7 +121,7 @@ def test_host_key_pinning_per_boot_or_per_resource(db, cli, pinning, new_boot_st
             resources.remote_target(res)
     out = cli("resource", "accept-key", mac).output
     assert "accepted; idle" in out
-    with db.session() as s:
+    with db.transaction() as s:
         res = resources.find(s, mac)
         assert (res.state, res.hostkey, res.ip) == ("idle", KEY_B, "10.0.0.6")
         assert resources.remote_target(res) == (res.display_name, "10.0.0.6", KEY_B)

@@ -18,7 +18,7 @@ from tests.unit.clilab import db as db
 @pytest.fixture
 def machines(db) -> Database:
     """The lab database with three idle machines and an image."""
-    with db.session() as s:
+    with db.transaction() as s:
         for i in (1, 2, 3):
             resources.ensure(s, f"52:54:00:cc:00:0{i}").state = "idle"
         s.add(Image(name="img", size=1))
@@ -44,7 +44,7 @@ def test_create_spare_status_token(cli, machines):
     assert json.loads(cli("ha", "status", "--json").output)["spares"] == []
 
     token = cli("ha", "token", "web1").stdout.strip()
-    with machines.sessions() as s:
+    with machines.reader() as s:
         app = s.scalars(select(Appliance).where(Appliance.name == "web1")).one()
         assert app.ha_token_hash == hash_token(token) and token not in str(app.ha_token_hash)
 
@@ -60,7 +60,7 @@ def test_bad_ha_input_is_refused(cli, machines, args, words):
     res = cli("appliance", "create", "--resource", "52:54:00:cc:00:01", "--image", "img",
               "--mode", "sanboot", "--name", "web1", *args, ok=False)  # fmt: skip
     assert res.exit_code != 0 and words in res.output
-    with machines.sessions() as s:
+    with machines.reader() as s:
         assert s.scalars(select(Appliance)).first() is None
 
 

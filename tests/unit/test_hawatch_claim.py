@@ -16,7 +16,7 @@ def test_only_one_watcher_claims_a_failover(tmp_path):
     ctx = build_context(configmod.load(write_config(tmp_path)))
     ctx.db.migrate()
     try:
-        with ctx.db.session() as s:
+        with ctx.db.transaction() as s:
             res = resources.ensure(s, "52:54:00:dd:00:01")
             res.state = "active"
             s.add(Image(name="img", size=1))
@@ -32,7 +32,7 @@ def test_only_one_watcher_claims_a_failover(tmp_path):
             assert two._read()[0].ha_state == "fencing"
             decisions = two.tick()  # a claimed appliance is in flight for everyone
             assert decisions == {}
-            with ctx.db.sessions() as s:
+            with ctx.db.reader() as s:
                 row = s.scalars(select(Appliance)).one()
                 assert row.ha_reason == "fencing r-525400dd0001: power is off for 31 s"
         finally:

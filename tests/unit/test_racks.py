@@ -63,7 +63,7 @@ class _Nop:
 @pytest.mark.parametrize(("owner", "claimed"), [c[1:] for c in CLAIMS],
                          ids=[c[0] for c in CLAIMS])  # fmt: skip
 def test_a_runner_claims_only_jobs_of_machines_its_rack_reaches(db, owner, claimed):
-    with db.session() as s:
+    with db.transaction() as s:
         _lease(s, ME, 30)
         _lease(s, "r2", 30)
         _lease(s, "r3", -1)
@@ -78,7 +78,7 @@ def test_a_runner_claims_only_jobs_of_machines_its_rack_reaches(db, owner, claim
         assert runner.claim() == []  # claimed once, never twice
     finally:
         runner.stop()
-    with db.session() as s:
+    with db.transaction() as s:
         job = s.get(Job, job_id)
         assert (job.state, job.owner) == (("running", ME) if claimed else ("queued", None))
         if claimed and res_id is not None:
@@ -86,7 +86,7 @@ def test_a_runner_claims_only_jobs_of_machines_its_rack_reaches(db, owner, claim
 
 
 def test_two_runners_claim_one_job_once(db):
-    with db.session() as s:
+    with db.transaction() as s:
         s.add(Job(kind="resource.erase", state="queued"))
     a = JobRunner(db, {"resource.erase": _Nop()}, owner="r1")
     b = JobRunner(db, {"resource.erase": _Nop()}, owner="r2")
@@ -98,7 +98,7 @@ def test_two_runners_claim_one_job_once(db):
 
 
 def test_sweep_puts_an_expired_racks_machines_offline_and_fails_its_work(db):
-    with db.session() as s:
+    with db.transaction() as s:
         _lease(s, ME, 30)
         _lease(s, "r2", 30)
         _lease(s, "r3", -2)
@@ -116,10 +116,10 @@ def test_sweep_puts_an_expired_racks_machines_offline_and_fails_its_work(db):
         mine_deploying = _resource(s, "52:54:00:00:00:06", ME, "deploying").id
         deploying_id, app_id = deploying.id, app.id
         expired_at = s.get(Instance, "r3").expires_at
-    with db.session() as s:
+    with db.transaction() as s:
         changed = racks.sweep_expired(s, ME)
     assert len(changed) == 4, changed  # the idle machine; job, appliance, deploying machine
-    with db.session() as s:
+    with db.transaction() as s:
         state = {rid: (r.state, r.state_reason) for rid in (mine, live, dead, dead_active,
                  deploying_id, mine_deploying) for r in [s.get(Resource, rid)]}  # fmt: skip
         assert state[mine] == ("idle", "")
@@ -132,14 +132,14 @@ def test_sweep_puts_an_expired_racks_machines_offline_and_fails_its_work(db):
         assert s.get(Appliance, app_id).state == "failed"
         events = s.scalars(select(Event.detail).where(Event.action == "resource.state")).all()
         assert any("idle -> offline: rack r3 stopped heartbeating" in e for e in events)
-    with db.session() as s:  # a second sweep finds nothing more to do
+    with db.transaction() as s:  # a second sweep finds nothing more to do
         assert racks.sweep_expired(s, ME) == []
 
 
 def test_sweep_does_nothing_while_every_lease_holds(db):
-    with db.session() as s:
+    with db.transaction() as s:
         _lease(s, ME, 30)
         _lease(s, "r2", 30)
         _resource(s, "52:54:00:00:00:02", "r2")
-    with db.session() as s:
+    with db.transaction() as s:
         assert racks.sweep_expired(s, ME) == []

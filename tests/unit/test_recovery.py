@@ -71,14 +71,14 @@ CASES = [
 @pytest.mark.parametrize(("owner", "lease", "job_state", "want"), [c[1:] for c in CASES],
                          ids=[c[0] for c in CASES])  # fmt: skip
 def test_recovery_fails_only_orphaned_work(db, owner, lease, job_state, want):
-    with db.session() as s:
+    with db.transaction() as s:
         if lease is not None:
             _lease(s, "r2", lease)
         _lease(s, ME, 30)
         res_id, app_id, job_id = _work(s, owner, job_state)
-    with db.session() as s:
+    with db.transaction() as s:
         failed = recovery.recover(s, ME, NOW)
-    with db.session() as s:
+    with db.transaction() as s:
         res, app, job = s.get(Resource, res_id), s.get(Appliance, app_id), s.get(Job, job_id)
         if want is None:
             assert failed == []
@@ -92,15 +92,15 @@ def test_recovery_fails_only_orphaned_work(db, owner, lease, job_state, want):
 
 
 def test_recovery_is_per_owner_on_one_database(db):
-    with db.session() as s:
+    with db.transaction() as s:
         _lease(s, "r2", 30)
         _lease(s, "r3", -5)
         mine = _work(s, ME, mac="52:54:00:00:00:01")
         alive = _work(s, "r2", mac="52:54:00:00:00:02")
         dead = _work(s, "r3", mac="52:54:00:00:00:03")
-    with db.session() as s:
+    with db.transaction() as s:
         recovery.recover(s, ME, NOW)
-    with db.session() as s:
+    with db.transaction() as s:
         states = {ids: s.get(Resource, ids[0]).state_reason for ids in (mine, alive, dead)}
     assert states == {
         mine: "daemon restarted during deploying",
@@ -112,7 +112,7 @@ def test_recovery_is_per_owner_on_one_database(db):
 def test_lease_register_renew_expire_and_alive(db, tmp_path):
     cfg = configmod.parse(f'instance = "r1"\nstate_dir = "{tmp_path}"\n[lease]\n'
                           "heartbeat_interval = 2\nexpiry = 3")  # fmt: skip
-    with db.session() as s:
+    with db.transaction() as s:
         row = instance.register(s, cfg, NOW)
         assert (row.pid, row.expires_at) == (os.getpid(), NOW + dt.timedelta(seconds=6))
         assert instance.alive(s, NOW + dt.timedelta(seconds=5)) == {"r1"}
@@ -180,21 +180,21 @@ def _deploy_in_flight(s, sha256: str = MANIFEST.sha256):
 
 
 def _late(db, cmd_id, code=0, output=VERIFIED):
-    with db.session() as s:
+    with db.transaction() as s:
         recovery.recover(s, ME)
-    with db.session() as s:
+    with db.transaction() as s:
         cmd = s.get(Job, cmd_id)
         jobs.complete_command(s, s.get(Resource, cmd.resource_id), cmd_id, code, output)
-    with db.session() as s:
+    with db.transaction() as s:
         late = select(Event).where(Event.action == "agent.late_result")
         return [e.detail for e in s.scalars(late)]
 
 
 def test_late_verified_deploy_after_a_restart_is_adopted(db):
-    with db.session() as s:
+    with db.transaction() as s:
         res_id, app_id, cmd_id = _deploy_in_flight(s)
     events = _late(db, cmd_id)
-    with db.session() as s:
+    with db.transaction() as s:
         res, app, cmd = s.get(Resource, res_id), s.get(Appliance, app_id), s.get(Job, cmd_id)
         assert (res.state, app.state) == ("active", "active")
         assert "sha256 verified" in res.state_reason
@@ -213,16 +213,16 @@ LATE_KEPT = [
 @pytest.mark.parametrize(("code", "change", "why"), [c[1:] for c in LATE_KEPT],
                          ids=[c[0] for c in LATE_KEPT])  # fmt: skip
 def test_late_result_that_cannot_be_adopted_is_recorded_and_explained(db, code, change, why):
-    with db.session() as s:
+    with db.transaction() as s:
         res_id, app_id, cmd_id = _deploy_in_flight(
             s, sha256="ee" * 32 if change == "image" else MANIFEST.sha256
         )
     if change == "retry":
-        with db.session() as s:
+        with db.transaction() as s:
             recovery.recover(s, ME)
             s.add(Job(kind="appliance.stop", state="failed", appliance_id=app_id))
     events = _late(db, cmd_id, code)
-    with db.session() as s:
+    with db.transaction() as s:
         res = s.get(Resource, res_id)
         assert (res.state, s.get(Appliance, app_id).state) == ("failed", "failed")
         if code == 0:
@@ -234,7 +234,7 @@ def test_late_result_that_cannot_be_adopted_is_recorded_and_explained(db, code, 
 
 
 def test_commands_are_owned_by_who_queued_them_or_who_handed_them_out(db):
-    with db.session() as s:
+    with db.transaction() as s:
         res = resources.ensure(s, "52:54:00:00:00:09")
         by_cli = jobs.enqueue_command(s, res, "run", arg="true")
         by_daemon = jobs.enqueue_command(s, res, "reboot")

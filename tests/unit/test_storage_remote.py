@@ -211,7 +211,7 @@ def test_service_marks_a_host_down_with_the_reason_then_up(tmp_path):
     host.on(["python3"], '{"ok": true, "added": [], "removed": []}\n')
     manager._ssh["san"] = host
     service = StorageService(c, db, manager)
-    with db.session() as s:
+    with db.transaction() as s:
         manager.sync_rows(s)
     assert not service.connect_host("san")
     assert "cannot connect (timed out)" in service.host_down_reason("san")

@@ -37,7 +37,7 @@ def test_bundle_is_a_tar_with_the_declared_modes():
 @pytest.fixture
 def starting(ctx):
     """A template appliance being started: its job runs with a callback token."""
-    with ctx.db.session() as s:
+    with ctx.db.transaction() as s:
         res = resources.ensure(s, MAC)
         app = appliances.create(s, name="tpl1", resource=res, mode="template",
                                 params={"hostname": "tpl1"})  # fmt: skip
@@ -56,11 +56,11 @@ def spec_of(ctx):
 
 def test_policy_agent_while_installing_disk_after(ctx, starting):
     assert spec_of(ctx).action == BootAction.DEPLOY  # the agent runs the install
-    with ctx.db.session() as s:
+    with ctx.db.transaction() as s:
         app = appliances.find(s, "tpl1")
         app.params = {**app.params, "installed": "2026-01-01T00:00:00Z"}
     assert spec_of(ctx).action == BootAction.LOCAL_DISK  # the agent's reboot
-    with ctx.db.session() as s:
+    with ctx.db.transaction() as s:
         app = appliances.find(s, "tpl1")
         app.params = {"hostname": "tpl1"}
         appliances.booted(s, app.resource_id)
@@ -76,11 +76,11 @@ def test_report_in_once_with_the_token(app, ctx, starting):
     client = app.test_client()
     assert done(client, "wrong-token-wrong-token").status_code == 401
     assert client.post("/install/v1/done").status_code == 401
-    with ctx.db.sessions() as s:
+    with ctx.db.reader() as s:
         assert appliances.find(s, "tpl1").state == "starting"
     ok = done(client, "one-time-token-123456")
     assert ok.status_code == 200 and ok.get_json()["state"] == "active"
-    with ctx.db.sessions() as s:
+    with ctx.db.reader() as s:
         app_ = appliances.find(s, "tpl1")
         res = resources.find(s, MAC)
         job = s.get(Job, starting["job"])

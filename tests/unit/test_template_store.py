@@ -27,13 +27,13 @@ def empty_rootfs_cache(tmp_path, monkeypatch):
 
 @pytest.fixture
 def machine(ctx):
-    with ctx.db.session() as s:
+    with ctx.db.transaction() as s:
         r = resources.ensure(s, "52:54:00:12:34:57")
         r.name, r.inventory = "web3", {"disks": [{"name": "vda"}], "firmware": "bios"}
 
 
 def stored(ctx) -> list[str]:
-    with ctx.db.sessions() as s:
+    with ctx.db.reader() as s:
         return [t.name for t in s.query(Template).all()]
 
 
@@ -136,7 +136,7 @@ def test_ui_form_stores_and_shows_errors(app, ctx, machine):
 
 
 def test_cli_add_update_rm(cli, db, tmp_path):
-    with db.session() as s:
+    with db.transaction() as s:
         resources.ensure(s, "52:54:00:aa:bb:09").name = "web9"
     src = tmp_path / "myset"
     (src / "target" / "etc").mkdir(parents=True)

@@ -13,7 +13,7 @@ from tests.unit.web_fixtures import PASSWORD, api, app, ctx, tokens  # noqa: F40
 
 @pytest.fixture
 def many(ctx):
-    with ctx.db.session() as s:
+    with ctx.db.transaction() as s:
         for i in range(120):
             r = resources.ensure(s, f"52:54:00:00:{i // 256:02x}:{i % 256:02x}")
             r.state = "idle" if i % 3 == 0 else "new"
@@ -78,7 +78,7 @@ def test_resource_create_show_rename_delete(api, ctx):
     assert clash.status_code == 409 and clash.get_json()["field"] == "name"
     assert api("DELETE", "/resources/web2").status_code == 204
     assert api("GET", "/resources/web2").status_code == 404
-    with ctx.db.sessions() as s:
+    with ctx.db.reader() as s:
         actions = [e.action for e in s.scalars(select(Event).order_by(Event.id))]
         actors = {e.actor for e in s.scalars(select(Event).where(Event.action.like("resource.%")))}
     assert "resource.renamed" in actions and "resource.removed" in actions
@@ -116,14 +116,14 @@ def test_release_erase_and_capture_are_jobs_or_clear_refusals(api, ctx):
     assert bad.status_code == 400 and bad.get_json()["field"] == "erase"
     bad = api("POST", f"{ref}/capture", json={"disk": "/dev/vda"})
     assert bad.status_code == 400 and bad.get_json()["field"] == "name"
-    with ctx.db.sessions() as s:
+    with ctx.db.reader() as s:
         assert s.scalars(select(Resource)).one().state == "new"
     # no agent runs on it (it never booted): erase and capture are refused, nothing changes
     resp = api("POST", f"{ref}/erase", json={"mode": "quick"})
     assert resp.status_code == 409 and "runs no agent" in resp.get_json()["error"]
     resp = api("POST", f"{ref}/capture", json={"disk": "/dev/vda", "name": "golden"})
     assert resp.status_code == 409, resp.get_json()
-    with ctx.db.sessions() as s:
+    with ctx.db.reader() as s:
         assert s.scalars(select(Resource)).one().state == "new"
     resp = api("POST", f"{ref}/release")
     assert resp.status_code == 202 and resp.get_json() == {"status": "idle"}
@@ -147,7 +147,7 @@ def test_kernel_and_storage_crud(api):
 
 def test_appliance_create_validates_and_lists(api, ctx):
     api("POST", "/resources", json={"mac": "52:54:00:00:00:01"})
-    with ctx.db.session() as s:
+    with ctx.db.transaction() as s:
         s.add(Image(name="debian", size=1024))
     bad = api("POST", "/appliances", json={"resource": "52:54:00:00:00:01", "mode": "floppy"})
     assert bad.status_code == 400 and bad.get_json()["field"] == "mode"

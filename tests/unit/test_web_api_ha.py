@@ -15,7 +15,7 @@ MACS = ("52:54:00:aa:00:01", "52:54:00:aa:00:02", "52:54:00:aa:00:03")
 
 @pytest.fixture
 def lab(ctx):
-    with ctx.db.session() as s:
+    with ctx.db.transaction() as s:
         for mac in MACS:
             resources.ensure(s, mac).state = "idle"
         s.add(Image(name="img", size=1))
@@ -49,7 +49,7 @@ def test_bad_ha_input_is_refused_and_changes_nothing(api, lab, extra, status, fi
     resp = create(api, **extra)
     assert resp.status_code == status, resp.get_json()
     assert resp.get_json()["field"] == field
-    with lab.db.sessions() as s:
+    with lab.db.reader() as s:
         assert s.scalars(select(Appliance)).first() is None
 
 
@@ -73,7 +73,7 @@ def test_spares_status_and_pool_removal(api, lab):
     bad = api("PUT", f"/resources/{MACS[1]}/ha-pool", json={"pool": "no spaces"})
     assert bad.status_code == 400 and bad.get_json()["field"] == "ha_pool"
     assert api("PUT", f"/resources/{MACS[1]}/ha-pool", json={}).status_code == 400
-    with lab.db.sessions() as s:
+    with lab.db.reader() as s:
         assert s.scalars(select(Event).where(Event.action == "ha.spare")).all()
 
 
@@ -103,14 +103,14 @@ def test_reporter_token_and_heartbeats(api, app, lab):
         client.post("/ha/v1/heartbeat", headers={"Authorization": f"Bearer {token}"}).status_code
         == 401
     )
-    with lab.db.sessions() as s:
+    with lab.db.reader() as s:
         detail = " ".join(e.detail for e in s.scalars(select(Event)))
     assert token not in detail  # the token is never in the audit trail
 
 
 def test_appliance_page_shows_ha_state(app, lab, api):
     create(api, ha=True, ha_pool="rack1")
-    with lab.db.session() as s:
+    with lab.db.transaction() as s:
         a = s.scalars(select(Appliance)).one()
         a.ha_state, a.ha_reason = "waiting", "waiting: no standby available in HA pool 'rack1'"
     client = app.test_client()

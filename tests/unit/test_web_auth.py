@@ -130,7 +130,7 @@ def test_form_without_the_csrf_token_is_refused(app, ctx, token):
     resp = client.post("/users", data=data)
     assert resp.status_code == 400
     assert "CSRF" in resp.get_data(as_text=True)
-    with ctx.db.sessions() as s:
+    with ctx.db.reader() as s:
         assert s.scalars(select(User).where(User.name == "mallory")).first() is None
     data["csrf_token"] = csrf_of(client)
     assert client.post("/users", data=data).status_code == 302
@@ -163,7 +163,7 @@ def test_repeated_failures_are_slowed_down(app, ctx):
     assert codes == [401, 401, 401, 429]
     assert login(client, "admin").status_code == 429  # even the right password must wait
     assert "Wait" in login(client, "admin").get_data(as_text=True)
-    with ctx.db.sessions() as s:
+    with ctx.db.reader() as s:
         from provisiond.model import Event
 
         fails = s.scalars(select(Event).where(Event.action == "user.login_failed")).all()
@@ -174,7 +174,7 @@ def test_role_change_ends_the_session_and_applies_at_the_next_login(app, ctx):
     client = app.test_client()
     login(client, "operator")
     assert client.get("/users").status_code == 403
-    with ctx.db.session() as s:
+    with ctx.db.transaction() as s:
         users.update(s, users.find(s, "operator"), "test", role="admin")
     assert client.get("/users").status_code == 302  # issue 11 finding 6: session ended
     login(client, "operator")
@@ -240,7 +240,7 @@ def test_accept_key_is_for_admins_in_api_and_ui(app, api, ctx):
 
     key_a = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDk7nSx0ucIm2yZ0FuvAOZSnD0LNZ7v1zJ6Ju2Kb2W5X"
     key_b = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHZ1dGhlaXJzLWtleS1pcy1ub3Qtb3Vycy0wMDAwMDAw"
-    with ctx.db.session() as s:
+    with ctx.db.transaction() as s:
         res, _ = resources.enroll(s, "52:54:00:00:0c:01", "boot", "test")
         resources.register(s, res, {"mac": res.mac, "hostkey": key_a, "inventory": {}}, "10.0.0.5")
         resources.register(s, res, {"mac": res.mac, "hostkey": key_b, "inventory": {}}, "10.0.0.5")

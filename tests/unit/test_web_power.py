@@ -52,7 +52,7 @@ def scripted():
 
 
 def add(ctx, n: int, state: str = "idle") -> str:
-    with ctx.db.session() as s:
+    with ctx.db.transaction() as s:
         r = resources.ensure(s, f"52:54:00:00:30:{n:02x}")
         r.name, r.state = f"node{n}", state
     return f"node{n}"
@@ -76,7 +76,7 @@ def test_settings_are_admin_only_and_the_password_never_comes_back(api, ctx):
         assert SECRET not in text and "sealed:" not in text
     shown = api("GET", f"/resources/{name}/power").get_json()
     assert shown["driver"] == "scripted" and shown["password_set"] is True
-    with ctx.db.sessions() as s:
+    with ctx.db.reader() as s:
         assert s.query(Resource).filter_by(name=name).one().power_secret.startswith("sealed:v1:")
     # omitting the password keeps it; "" removes it
     api("PUT", f"/resources/{name}/power", json={"driver": "scripted", "address": "bmc1b"})
@@ -139,7 +139,7 @@ def test_actions_record_state_and_failures_are_told_apart(api, ctx, scripted):
     assert r.status_code == 409 and "has no power driver" in r.get_json()["error"]
     r = api("POST", f"/resources/{good}/power", json={"action": "explode"})
     assert r.status_code == 400 and "use on, off, cycle or status" in r.get_json()["error"]
-    with ctx.db.sessions() as s:
+    with ctx.db.reader() as s:
         actions = {e.action for e in s.query(Event)}
     assert {"resource.set_power", "resource.power_on", "resource.power_off"} <= actions
 
@@ -201,7 +201,7 @@ def test_bulk_release_and_assign(api, ctx):
     a, b, c = add(ctx, 30, "failed"), add(ctx, 31, "offline"), add(ctx, 32)
     out = api("POST", "/resources/bulk", json={"resources": [a, b], "action": "release"}).get_json()
     assert out["ok"] == 2 and all(i["detail"] == "idle" for i in out["results"])
-    with ctx.db.sessions() as s:
+    with ctx.db.reader() as s:
         assert {r.state for r in s.query(Resource).filter(Resource.name.in_([a, b]))} == {"idle"}
     api("POST", "/appliances", json={"resource": c, "mode": "template", "name": "taken"})
     body = {"resources": [a, b, c], "action": "assign", "mode": "template"}
@@ -210,7 +210,7 @@ def test_bulk_release_and_assign(api, ctx):
     by = {i["resource"]: i for i in out["results"]}
     assert "appliance app-node30 starting" in by[a]["detail"]
     assert "already belongs to appliance 'taken'" in by[c]["detail"]
-    with ctx.db.sessions() as s:
+    with ctx.db.reader() as s:
         apps = {x.name: x.state for x in s.query(Appliance)}
     assert apps == {"taken": "stopped", "app-node30": "starting", "app-node31": "starting"}
 
@@ -227,7 +227,7 @@ def ui(app, role: str):
 
 
 def rid_of(ctx, name: str) -> int:
-    with ctx.db.sessions() as s:
+    with ctx.db.reader() as s:
         return resources.find(s, name).id
 
 
@@ -259,7 +259,7 @@ def test_ui_power_settings_form_is_admin_only_and_write_only(app, ctx):
 def api_state(ctx, name):
     from provisiond import powerctl
 
-    with ctx.db.sessions() as s:
+    with ctx.db.reader() as s:
         return powerctl.describe(resources.find(s, name))
 
 

@@ -19,7 +19,7 @@ def empty_rootfs_cache(tmp_path, monkeypatch):
 
 @pytest.fixture
 def machine(ctx):
-    with ctx.db.session() as s:
+    with ctx.db.transaction() as s:
         r = resources.ensure(s, "52:54:00:12:34:56")
         r.name, r.inventory = "web1", {"disks": [{"name": "vda"}], "firmware": "uefi"}
 
@@ -70,7 +70,7 @@ def test_ui_preview_shows_files_and_errors(app, machine):
 
 
 def test_cli_template_list_show_render(cli, db):
-    with db.session() as s:
+    with db.transaction() as s:
         r = resources.ensure(s, "52:54:00:aa:bb:01")
         r.name = "web2"
     assert "fai-debian-12" in cli("template", "list").output

@@ -21,7 +21,7 @@ def app(tmp_path):
     cfg = configmod.load(write_config(tmp_path))
     ctx = build_context(cfg)
     ctx.db.migrate()
-    with ctx.db.session() as s:
+    with ctx.db.transaction() as s:
         for role in ROLES:
             users.create(s, role, PASSWORD, role, "test")
     flask_app = create_app(ctx)
@@ -49,7 +49,7 @@ def login(client, name: str, password: str = PASSWORD):
 def tokens(app):
     """One API token per role."""
     out = {}
-    with app.extensions["provisiond"].db.session() as s:
+    with app.extensions["provisiond"].db.transaction() as s:
         for role in ROLES:
             _, secret = users.create_token(s, users.find(s, role), "t", "test")
             out[role] = secret

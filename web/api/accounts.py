@@ -26,7 +26,7 @@ def me():
 @bp.get("/users")
 @requires("admin")
 def user_list():
-    with ctx().db.sessions() as s:
+    with ctx().db.reader() as s:
         return jsonify(paginate(s, select(User).order_by(User.id), users.user_dict))
 
 
@@ -34,7 +34,7 @@ def user_list():
 @requires("admin")
 def user_create():
     data = body({"name", "password", "role"}, {"name", "password"})
-    with ctx().db.session() as s:
+    with ctx().db.transaction() as s:
         user = users.create(
             s,
             typed(data, "name", str),
@@ -48,7 +48,7 @@ def user_create():
 @bp.get("/users/<ref>")
 @requires("admin")
 def user_show(ref: str):
-    with ctx().db.sessions() as s:
+    with ctx().db.reader() as s:
         return jsonify(users.user_dict(users.find(s, ref)))
 
 
@@ -56,7 +56,7 @@ def user_show(ref: str):
 @requires("admin")
 def user_update(ref: str):
     data = body({"role", "password"})
-    with ctx().db.session() as s:
+    with ctx().db.transaction() as s:
         user = users.update(
             s,
             users.find(s, ref),
@@ -70,7 +70,7 @@ def user_update(ref: str):
 @bp.delete("/users/<ref>")
 @requires("admin")
 def user_delete(ref: str):
-    with ctx().db.session() as s:
+    with ctx().db.transaction() as s:
         users.delete(s, users.find(s, ref), actor())
     return "", 204
 
@@ -81,7 +81,7 @@ def token_list():
     query = select(ApiToken).order_by(ApiToken.id)
     if not p.can("admin"):
         query = query.where(ApiToken.user_id == p.user_id)
-    with ctx().db.sessions() as s:
+    with ctx().db.reader() as s:
         return jsonify(paginate(s, query, users.token_dict))
 
 
@@ -89,7 +89,7 @@ def token_list():
 def token_create():
     data = body({"name", "user"}, {"name"})
     p = current()
-    with ctx().db.session() as s:
+    with ctx().db.transaction() as s:
         owner_ref = typed(data, "user", str)
         if owner_ref and owner_ref != p.name and not p.can("admin"):
             raise users.Invalid("only an admin may create tokens for another user", field="user")
@@ -100,6 +100,6 @@ def token_create():
 
 @bp.delete("/tokens/<int:token_id>")
 def token_delete(token_id: int):
-    with ctx().db.session() as s:
+    with ctx().db.transaction() as s:
         users.delete_token(s, users.find_token(s, token_id, current()), actor())
     return "", 204

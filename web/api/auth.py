@@ -85,7 +85,7 @@ def _bearer() -> str | None:
 def _load_principal() -> Principal | None:
     db = current_app.extensions["provisiond"].db
     token = _bearer() if is_api() else None
-    with db.sessions() as s:
+    with db.reader() as s:
         if token:
             return users.authenticate_token(s, token)
         sid = session.get("sid")

@@ -17,7 +17,7 @@ from web.api.common import body, ctx
 
 @bp.get("/ha")
 def ha_status():
-    with ctx().db.sessions() as s:
+    with ctx().db.reader() as s:
         return jsonify(hapools.status(s))
 
 
@@ -29,7 +29,7 @@ def resource_ha_pool(ref: str):
     pool = data["pool"]
     if pool is not None and not isinstance(pool, str):
         raise Invalid("pool must be a string (or null: no pool)", field="ha_pool")
-    with ctx().db.session() as s:
+    with ctx().db.transaction() as s:
         res = resources.find(s, ref)
         hapools.set_pool(s, res, pool, actor())
         out = present.resource(res, detail=True)
@@ -38,7 +38,7 @@ def resource_ha_pool(ref: str):
 
 @bp.post("/appliances/<ref>/ha-token")
 def appliance_ha_token(ref: str):
-    with ctx().db.session() as s:
+    with ctx().db.transaction() as s:
         app = appliances.find(s, ref)
         if not app.ha:
             raise Invalid(f"appliance '{app.name}' has no HA; create it with --ha", field="ha")

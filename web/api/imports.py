@@ -39,7 +39,7 @@ def _manager():
 
 
 def _find_job(name: str, since_id: int) -> Job | None:
-    with ctx().db.sessions() as s:
+    with ctx().db.reader() as s:
         for job in s.scalars(
             select(Job).where(Job.kind == "image.import", Job.id > since_id).order_by(Job.id)
         ):
@@ -58,7 +58,7 @@ def start_import(data: dict | None = None, who: str | None = None):
     name, source = typed(data, "name", str), typed(data, "source", str)
     storage = typed(data, "storage", str)
     c, who, manager = ctx(), who or actor(), _manager()
-    with c.db.sessions() as s:
+    with c.db.reader() as s:
         since = s.scalar(select(Job.id).order_by(Job.id.desc()).limit(1)) or 0
     failure: list[BaseException] = []
 
@@ -91,7 +91,7 @@ def start_import(data: dict | None = None, who: str | None = None):
 def remove_image(ref: str):
     from provisiond import images
 
-    with ctx().db.session() as s:
+    with ctx().db.transaction() as s:
         images.remove(s, _manager(), images.find(s, ref), actor=actor())
     ctx().inventory.refresh()
     return "", 204

@@ -54,7 +54,7 @@ def _pairs(hexdigits: str) -> list[str]:
 def resource_list():
     from flask import request
 
-    with ctx().db.sessions() as s:
+    with ctx().db.reader() as s:
         query = resource_query(request.args.get("state"), request.args.get("q"))
         return jsonify(paginate(s, query, present.resource))
 
@@ -62,7 +62,7 @@ def resource_list():
 @bp.post("/resources")
 def resource_create():
     data = body({"mac", "name"}, {"mac"})
-    with ctx().db.session() as s:
+    with ctx().db.transaction() as s:
         try:
             res = resources.ensure(s, str(data["mac"]), actor=actor())
         except ValueError:
@@ -86,7 +86,7 @@ def rename(session: Session, res: Resource, name: Any) -> None:
 
 @bp.get("/resources/<ref>")
 def resource_show(ref: str):
-    with ctx().db.sessions() as s:
+    with ctx().db.reader() as s:
         res = resources.find(s, ref)
         out = present.resource(res, detail=True)
         app = s.scalars(select(Appliance).where(Appliance.resource_id == res.id)).first()
@@ -97,7 +97,7 @@ def resource_show(ref: str):
 @bp.patch("/resources/<ref>")
 def resource_update(ref: str):
     data = body({"name"})
-    with ctx().db.session() as s:
+    with ctx().db.transaction() as s:
         res = resources.find(s, ref)
         if "name" in data:
             rename(s, res, data["name"])
@@ -108,7 +108,7 @@ def resource_update(ref: str):
 
 @bp.delete("/resources/<ref>")
 def resource_delete(ref: str):
-    with ctx().db.session() as s:
+    with ctx().db.transaction() as s:
         resources.delete(s, resources.find(s, ref), actor())
     ctx().inventory.refresh()
     return "", 204
@@ -118,7 +118,7 @@ def resource_delete(ref: str):
 @requires("admin")
 def resource_accept_key(ref: str):
     """Trust the host key a key-changed resource presented (admin only)."""
-    with ctx().db.session() as s:
+    with ctx().db.transaction() as s:
         res = resources.accept_key(s, resources.find(s, ref), actor())
         out = present.resource(res, detail=True)
     ctx().inventory.refresh()
@@ -127,7 +127,7 @@ def resource_accept_key(ref: str):
 
 @bp.post("/resources/<ref>/reboot")
 def resource_reboot(ref: str):
-    with ctx().db.session() as s:
+    with ctx().db.transaction() as s:
         job = jobs.enqueue_command(s, resources.find(s, ref), "reboot", actor=actor())
         out = present.job(job)
     ctx().ring()
@@ -140,7 +140,7 @@ def resource_run(ref: str):
     """Queue a shell command for the resource's agent: {"command": "..."} -> 202 job."""
     data = body({"command"}, {"command"})
     command = typed(data, "command", str)
-    with ctx().db.session() as s:
+    with ctx().db.transaction() as s:
         job = jobs.enqueue_command(s, resources.find(s, ref), "run", command, actor=actor())
         out = present.job(job)
     ctx().ring()
@@ -163,7 +163,7 @@ def _queued(job) -> tuple[Any, int]:
 def resource_release(ref: str):
     """Back to idle; with {"erase": "quick"|"full"} an erase job first."""
     data = _optional_body({"erase"})
-    with ctx().db.session() as s:
+    with ctx().db.transaction() as s:
         job = release.release(s, resources.find(s, ref), typed(data, "erase", str), actor())
         return _queued(job)
 
@@ -172,7 +172,7 @@ def resource_release(ref: str):
 def resource_erase(ref: str):
     """Erase every disk ({"mode": "quick"|"full"}, default quick), then idle."""
     data = _optional_body({"mode"})
-    with ctx().db.session() as s:
+    with ctx().db.transaction() as s:
         res = resources.find(s, ref)
         job = release.release(s, res, typed(data, "mode", str, "quick"), actor())
         return _queued(job)
@@ -182,7 +182,7 @@ def resource_erase(ref: str):
 def resource_capture(ref: str):
     """Capture a disk of an idle resource into a new image (a job)."""
     data = body({"disk", "name", "storage"}, required={"disk", "name"})
-    with ctx().db.session() as s:
+    with ctx().db.transaction() as s:
         job = capture.capture(
             s,
             resources.find(s, ref),
@@ -210,13 +210,13 @@ def image_list():
         query = query.where(Image.state == request.args["state"])
     if request.args.get("q"):
         query = query.where(Image.name.like(f"%{request.args['q']}%"))
-    with ctx().db.sessions() as s:
+    with ctx().db.reader() as s:
         return jsonify(paginate(s, query, present.image))
 
 
 @bp.get("/images/<ref>")
 def image_show(ref: str):
-    with ctx().db.sessions() as s:
+    with ctx().db.reader() as s:
         img = appliances._by_name(s, Image, ref, "image")
         return jsonify({**present.image(img), "used_by": image_used_by(s, img)})
 
@@ -231,7 +231,7 @@ def image_import():
 @bp.patch("/images/<ref>")
 def image_update(ref: str):
     data = body({"name", "os"})
-    with ctx().db.session() as s:
+    with ctx().db.transaction() as s:
         img = appliances._by_name(s, Image, ref, "image")
         if "name" in data:
             name = typed(data, "name", str)
@@ -284,14 +284,14 @@ def _apply_kernel(session: Session, k: Kernel, data: dict[str, Any]) -> None:
 
 @bp.get("/kernels")
 def kernel_list():
-    with ctx().db.sessions() as s:
+    with ctx().db.reader() as s:
         return jsonify(paginate(s, select(Kernel).order_by(Kernel.id), present.kernel))
 
 
 @bp.post("/kernels")
 def kernel_create():
     data = body(KERNEL_FIELDS, {"name", "kernel_path"})
-    with ctx().db.session() as s:
+    with ctx().db.transaction() as s:
         if s.scalars(select(Kernel.id).where(Kernel.name == data["name"])).first():
             raise Conflict(f"kernel '{data['name']}' already exists", field="name")
         k = Kernel(name="", kernel_path="")
@@ -306,14 +306,14 @@ def kernel_create():
 
 @bp.get("/kernels/<ref>")
 def kernel_show(ref: str):
-    with ctx().db.sessions() as s:
+    with ctx().db.reader() as s:
         return jsonify(present.kernel(appliances._by_name(s, Kernel, ref, "kernel")))
 
 
 @bp.patch("/kernels/<ref>")
 def kernel_update(ref: str):
     data = body(KERNEL_FIELDS)
-    with ctx().db.session() as s:
+    with ctx().db.transaction() as s:
         k = appliances._by_name(s, Kernel, ref, "kernel")
         _apply_kernel(s, k, data)
         events.record(s, actor(), "kernel.updated", k.name, ", ".join(sorted(data)))
@@ -324,7 +324,7 @@ def kernel_update(ref: str):
 
 @bp.delete("/kernels/<ref>")
 def kernel_delete(ref: str):
-    with ctx().db.session() as s:
+    with ctx().db.transaction() as s:
         k = appliances._by_name(s, Kernel, ref, "kernel")
         used = list(s.scalars(select(Appliance.name).where(Appliance.kernel_id == k.id)))
         if used:
@@ -357,14 +357,14 @@ def _apply_storage(st: Storage, data: dict[str, Any]) -> None:
 
 @bp.get("/storages")
 def storage_list():
-    with ctx().db.sessions() as s:
+    with ctx().db.reader() as s:
         return jsonify(paginate(s, select(Storage).order_by(Storage.id), present.storage))
 
 
 @bp.post("/storages")
 def storage_create():
     data = body({"name", "backend", "path", "exporter"}, {"name", "backend", "path"})
-    with ctx().db.session() as s:
+    with ctx().db.transaction() as s:
         if s.scalars(select(Storage.id).where(Storage.name == data["name"])).first():
             raise Conflict(f"storage '{data['name']}' already exists", field="name")
         st = Storage(name="", backend="file", path="", exporter="auto")
@@ -381,7 +381,7 @@ def _storage(s: Session, ref: str) -> Storage:
 
 @bp.get("/storages/<ref>")
 def storage_show(ref: str):
-    with ctx().db.sessions() as s:
+    with ctx().db.reader() as s:
         st = _storage(s, ref)
         vols = s.scalars(select(Volume).where(Volume.storage_id == st.id)).all()
         out = present.storage(st)
@@ -392,7 +392,7 @@ def storage_show(ref: str):
 @bp.patch("/storages/<ref>")
 def storage_update(ref: str):
     data = body({"name", "path", "exporter"})
-    with ctx().db.session() as s:
+    with ctx().db.transaction() as s:
         st = _storage(s, ref)
         if (
             "path" in data
@@ -406,7 +406,7 @@ def storage_update(ref: str):
 
 @bp.delete("/storages/<ref>")
 def storage_delete(ref: str):
-    with ctx().db.session() as s:
+    with ctx().db.transaction() as s:
         st = _storage(s, ref)
         if s.scalars(select(Volume.id).where(Volume.storage_id == st.id)).first():
             raise Conflict(f"storage '{st.name}' still holds volumes; remove its images first")

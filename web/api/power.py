@@ -29,7 +29,7 @@ def power_error(exc: PowerError):
 
 @bp.get("/resources/<ref>/power")
 def resource_power_show(ref: str):
-    with ctx().db.sessions() as s:
+    with ctx().db.reader() as s:
         res = resources.find(s, ref)
         return jsonify({"resource": res.display_name, **powerctl.describe(res)})
 
@@ -39,7 +39,7 @@ def resource_power_show(ref: str):
 def resource_power_set(ref: str):
     """Store power settings; omit ``password`` to keep the stored one, "" to remove it."""
     data = body({"driver", "address", "user", "password", "options"}, {"driver"})
-    with ctx().db.session() as s:
+    with ctx().db.transaction() as s:
         res = resources.find(s, ref)
         powerctl.set_power(
             s,
@@ -58,7 +58,7 @@ def resource_power_set(ref: str):
 @bp.delete("/resources/<ref>/power")
 @requires("admin")
 def resource_power_clear(ref: str):
-    with ctx().db.session() as s:
+    with ctx().db.transaction() as s:
         powerctl.clear_power(s, resources.find(s, ref), actor())
     return "", 204
 
@@ -66,7 +66,7 @@ def resource_power_clear(ref: str):
 @bp.post("/resources/<ref>/power")
 def resource_power_act(ref: str):
     data = body({"action"}, {"action"})
-    with ctx().db.sessions() as s:
+    with ctx().db.reader() as s:
         res_id = resources.find(s, ref).id
     try:
         out = powerctl.act(ctx().config, ctx().db, res_id, str(data["action"]), actor())

@@ -52,7 +52,7 @@ def _fields(data: dict) -> dict:
 def template_create():
     """Store a template set; it is checked in the sandbox first (400 names file and line)."""
     data = body(SET_FIELDS, {"name", "kind", "files"})
-    with ctx().db.session() as s:
+    with ctx().db.transaction() as s:
         tset = templatestore.add(s, ctx().config, actor=actor(), name=str(data["name"]),
                                  **_fields(data))  # fmt: skip
     return jsonify(templatestore.summary(tset)), 201
@@ -61,14 +61,14 @@ def template_create():
 @bp.put("/templates/<name>")
 def template_replace(name: str):
     data = body(SET_FIELDS - {"name"}, {"kind", "files"})
-    with ctx().db.session() as s:
+    with ctx().db.transaction() as s:
         tset = templatestore.update(s, ctx().config, actor=actor(), name=name, **_fields(data))
     return jsonify(templatestore.summary(tset))
 
 
 @bp.delete("/templates/<name>")
 def template_delete(name: str):
-    with ctx().db.session() as s:
+    with ctx().db.transaction() as s:
         templatestore.remove(s, ctx().config, name, actor=actor())
     return "", 204
 
@@ -76,7 +76,7 @@ def template_delete(name: str):
 def render_preview(name: str, resource_ref: str, params: dict) -> dict:
     overrides = {str(k): str(v) for k, v in params.items()}
     ref = rootfs.lookup(overrides.get("rootfs", installs.DEFAULTS["rootfs"]))
-    with ctx().db.sessions() as s:
+    with ctx().db.reader() as s:
         return installs.preview(s, ctx().config, renderer(), name, resource_ref, overrides, ref)
 
 

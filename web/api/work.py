@@ -32,14 +32,14 @@ def appliance_list():
             query = query.where(getattr(Appliance, key) == request.args[key])
     if request.args.get("q"):
         query = query.where(Appliance.name.like(f"%{request.args['q']}%"))
-    with ctx().db.sessions() as s:
+    with ctx().db.reader() as s:
         return jsonify(paginate(s, query, present.appliance))
 
 
 def create_appliance(data: dict, who: str) -> dict:
     """Create (and with ``start`` true, start) an appliance in one unit of work."""
     params = typed(data, "params", dict, {}) or {}
-    with ctx().db.session() as s:
+    with ctx().db.transaction() as s:
         res = resources.find(s, str(data["resource"]))
         app = appliances.create(
             s,
@@ -69,7 +69,7 @@ def appliance_create():
 
 @bp.get("/appliances/<ref>")
 def appliance_show(ref: str):
-    with ctx().db.sessions() as s:
+    with ctx().db.reader() as s:
         app = appliances.find(s, ref)
         out = present.appliance(app)
         out["jobs"] = [
@@ -84,7 +84,7 @@ def appliance_show(ref: str):
 @bp.patch("/appliances/<ref>")
 def appliance_update(ref: str):
     data = body({"params", "ha"})
-    with ctx().db.session() as s:
+    with ctx().db.transaction() as s:
         app = appliances.find(s, ref)
         if app.state not in (AS.STOPPED, AS.FAILED):
             raise Conflict(f"appliance '{app.name}' is {app.state}; stop it before editing it")
@@ -102,14 +102,14 @@ def appliance_update(ref: str):
 
 @bp.delete("/appliances/<ref>")
 def appliance_delete(ref: str):
-    with ctx().db.session() as s:
+    with ctx().db.transaction() as s:
         appliances.remove(s, appliances.find(s, ref), actor())
     ctx().inventory.refresh()
     return "", 204
 
 
 def _appliance_action(ref: str, action) -> tuple:
-    with ctx().db.session() as s:
+    with ctx().db.transaction() as s:
         app = appliances.find(s, ref)
         action(s, app, actor())
         out = present.appliance(app)
@@ -144,20 +144,20 @@ def job_query():
 
 @bp.get("/jobs")
 def job_list():
-    with ctx().db.sessions() as s:
+    with ctx().db.reader() as s:
         return jsonify(paginate(s, job_query(), present.job))
 
 
 @bp.get("/jobs/<int:job_id>")
 def job_show(job_id: int):
-    with ctx().db.sessions() as s:
+    with ctx().db.reader() as s:
         job = jobs.get(s, job_id)
         return jsonify({**present.job(job), "log": job.log})
 
 
 @bp.post("/jobs/<int:job_id>/cancel")
 def job_cancel(job_id: int):
-    with ctx().db.session() as s:
+    with ctx().db.transaction() as s:
         job = jobs.get(s, job_id)
         if job.state != JS.QUEUED:
             raise Invalid(
@@ -190,5 +190,5 @@ def event_query():
 
 @bp.get("/events")
 def event_list():
-    with ctx().db.sessions() as s:
+    with ctx().db.reader() as s:
         return jsonify(paginate(s, event_query(), present.event))

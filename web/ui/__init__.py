@@ -61,7 +61,7 @@ def login():
     if wait > 0:
         msg = f"Too many failed attempts. Wait {int(wait) + 1} seconds, then try again."
         return render_template("login.html", next=nxt, name=name, errors={"password": msg}), 429
-    with ctx().db.session() as s:
+    with ctx().db.transaction() as s:
         principal = users.authenticate_password(s, name, request.form.get("password", ""))
         if principal is None:
             events.record(s, f"web:{name[:40]}", "user.login_failed", name[:64], address)
@@ -71,7 +71,7 @@ def login():
         msg = "Wrong user name or password."
         return render_template("login.html", next=nxt, name=name, errors={"password": msg}), 401
     throttle.succeeded(address, name)
-    with ctx().db.session() as s:
+    with ctx().db.transaction() as s:
         sid = users.open_session(
             s, principal.user_id, current_app.config["PERMANENT_SESSION_LIFETIME"]
         )
@@ -86,7 +86,7 @@ def login():
 def logout():
     from web.api.auth import current
 
-    with ctx().db.session() as s:
+    with ctx().db.transaction() as s:
         events.record(s, f"web:{current().name}", "user.logout", current().name, "")
         if isinstance(session.get("sid"), str):
             users.close_session(s, session["sid"])

@@ -36,7 +36,7 @@ FIELDS = ("resource", "image", "mode", "name", "params", "disk", "template")
 
 
 def _choices(selected: str) -> tuple[list, list]:
-    with ctx().db.sessions() as s:
+    with ctx().db.reader() as s:
         idle = s.scalars(
             select(Resource).where(Resource.state == "idle").order_by(Resource.id).limit(500)
         ).all()
@@ -92,7 +92,7 @@ def _data(form: dict) -> dict:
         if not form.get(key):
             raise Invalid(f"{label} is required for mode {form['mode']}", field=key)
         params[key] = form[key]
-    with ctx().db.sessions() as s:
+    with ctx().db.reader() as s:
         res = resources.find(s, form["resource"])
         if res.state != "idle":
             raise Invalid(f"resource {res.display_name} is {res.state}, not idle", "resource")
@@ -116,7 +116,7 @@ def assign():
     try:
         data = _data(form)
         if request.form.get("step") != "confirm":
-            with ctx().db.sessions() as s:
+            with ctx().db.reader() as s:
                 res = resources.find(s, form["resource"])
                 summary = {"resource": res.display_name, "ip": res.ip, "mac": res.mac}
             return render_template("assign_confirm.html", form=form, data=data, summary=summary)

@@ -49,7 +49,7 @@ def _action(back: str, fn, *args, ok: str = ""):
 
 @bp.get("/")
 def dashboard():
-    with ctx().db.sessions() as s:
+    with ctx().db.reader() as s:
         counts = dict(
             s.execute(select(Resource.state, func.count()).group_by(Resource.state)).all()
         )
@@ -75,7 +75,7 @@ def dashboard():
 @bp.get("/resources")
 def resource_list():
     state, q = request.args.get("state", ""), request.args.get("q", "")
-    with ctx().db.sessions() as s:
+    with ctx().db.reader() as s:
         rows, pager = _page(s, inventory.resource_query(state or None, q or None))
         states = [r for (r,) in s.execute(select(Resource.state).distinct())]
         return render_template(
@@ -90,7 +90,7 @@ def resource_list():
 
 @bp.get("/resources/<int:rid>")
 def resource_show(rid: int):
-    with ctx().db.sessions() as s:
+    with ctx().db.reader() as s:
         res = resources.find(s, str(rid))
         app = s.scalars(select(Appliance).where(Appliance.resource_id == res.id)).first()
         history = s.scalars(
@@ -141,7 +141,7 @@ def resource_action(rid: int, action: str):
 
 @bp.get("/appliances")
 def appliance_list():
-    with ctx().db.sessions() as s:
+    with ctx().db.reader() as s:
         rows, pager = _page(s, select(Appliance).order_by(Appliance.id))
         return render_template(
             "appliances.html", rows=[present.appliance(a) for a in rows], pg=pager
@@ -150,7 +150,7 @@ def appliance_list():
 
 @bp.get("/appliances/<ref>")
 def appliance_show(ref: str):
-    with ctx().db.sessions() as s:
+    with ctx().db.reader() as s:
         app = appliances.find(s, ref)
         app_jobs = s.scalars(
             select(Job).where(Job.appliance_id == app.id).order_by(Job.id.desc()).limit(20)
@@ -179,7 +179,7 @@ def appliance_action(ref: str, action: str):
 
 @bp.get("/images")
 def image_list():
-    with ctx().db.sessions() as s:
+    with ctx().db.reader() as s:
         rows, pager = _page(s, select(Image).order_by(Image.id))
         out = [{**present.image(i), "used_by": inventory.image_used_by(s, i)} for i in rows]
         storages = [st.name for st in ctx().config.storages]
@@ -197,7 +197,7 @@ def image_import():
     try:
         resp, _status = imports.start_import(data, actor())
     except ProvisiondError as exc:
-        with ctx().db.sessions() as s:
+        with ctx().db.reader() as s:
             rows, pager = _page(s, select(Image).order_by(Image.id))
             out = [{**present.image(i), "used_by": inventory.image_used_by(s, i)} for i in rows]
         errors = {exc.field or "source": exc.message}
@@ -221,14 +221,14 @@ def image_action(ref: str, action: str):
 
 @bp.get("/kernels")
 def kernel_list():
-    with ctx().db.sessions() as s:
+    with ctx().db.reader() as s:
         rows, pager = _page(s, select(Kernel).order_by(Kernel.id))
         return render_template("kernels.html", rows=[present.kernel(k) for k in rows], pg=pager)
 
 
 @bp.get("/storages")
 def storage_list():
-    with ctx().db.sessions() as s:
+    with ctx().db.reader() as s:
         rows, pager = _page(s, select(Storage).order_by(Storage.id))
         return render_template("storages.html", rows=[present.storage(st) for st in rows], pg=pager)
 
@@ -238,14 +238,14 @@ def storage_list():
 
 @bp.get("/jobs")
 def job_list():
-    with ctx().db.sessions() as s:
+    with ctx().db.reader() as s:
         rows, pager = _page(s, work.job_query())
         return render_template("jobs.html", rows=[present.job(j) for j in rows], pg=pager)
 
 
 @bp.get("/jobs/<int:job_id>")
 def job_show(job_id: int):
-    with ctx().db.sessions() as s:
+    with ctx().db.reader() as s:
         job = jobs.get(s, job_id)
         return render_template("job.html", j={**present.job(job), "log": job.log})
 
@@ -257,7 +257,7 @@ def job_cancel(job_id: int):
 
 @bp.get("/events")
 def event_list():
-    with ctx().db.sessions() as s:
+    with ctx().db.reader() as s:
         rows, pager = _page(s, work.event_query())
         return render_template(
             "events.html",
@@ -271,7 +271,7 @@ def event_list():
 
 
 def _users_page(errors: dict, form: dict, status: int = 200):
-    with ctx().db.sessions() as s:
+    with ctx().db.reader() as s:
         rows = [users.user_dict(u) for u in s.scalars(select(User).order_by(User.id))]
     return render_template(
         "users.html", rows=rows, roles=users.ROLES, errors=errors, form=form
@@ -289,7 +289,7 @@ def user_list():
 def user_create():
     form = {k: request.form.get(k, "") for k in ("name", "password", "role")}
     try:
-        with ctx().db.session() as s:
+        with ctx().db.transaction() as s:
             users.create(s, form["name"].strip(), form["password"], form["role"], actor())
     except ProvisiondError as exc:
         return _users_page({exc.field or "name": exc.message}, form, exc.status)
@@ -301,7 +301,7 @@ def user_create():
 @requires("admin")
 def user_action(uid: int, action: str):
     def run() -> None:
-        with ctx().db.session() as s:
+        with ctx().db.transaction() as s:
             user = users.find(s, str(uid))
             if action == "delete":
                 users.delete(s, user, actor())
@@ -318,7 +318,7 @@ def user_action(uid: int, action: str):
 @bp.get("/tokens")
 def token_list():
     p = current()
-    with ctx().db.sessions() as s:
+    with ctx().db.reader() as s:
         query = select(ApiToken).order_by(ApiToken.id)
         if not p.can("admin"):
             query = query.where(ApiToken.user_id == p.user_id)
@@ -330,7 +330,7 @@ def token_list():
 def token_create():
     p = current()
     try:
-        with ctx().db.session() as s:
+        with ctx().db.transaction() as s:
             tok, secret = users.create_token(
                 s, s.get(User, p.user_id), request.form.get("name", ""), actor()
             )
@@ -343,7 +343,7 @@ def token_create():
 @bp.post("/tokens/<int:token_id>/delete")
 def token_delete(token_id: int):
     def run() -> None:
-        with ctx().db.session() as s:
+        with ctx().db.transaction() as s:
             users.delete_token(s, users.find_token(s, token_id, current()), actor())
 
     return _action("/tokens", run, ok="token revoked")

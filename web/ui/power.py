@@ -26,7 +26,7 @@ from web.ui import bp
 @bp.app_template_global()
 def image_names() -> list[str]:
     """Image names for the bulk assign form."""
-    with ctx().db.sessions() as s:
+    with ctx().db.reader() as s:
         return list(s.scalars(select(Image.name).order_by(Image.name)))
 
 
@@ -54,7 +54,7 @@ def resource_power_settings(rid: int):
     if f.get("clear_password"):
         password = ""
     try:
-        with ctx().db.session() as s:
+        with ctx().db.transaction() as s:
             res = resources.find(s, str(rid))
             powerctl.set_power(s, ctx().config, res, f.get("driver", ""), f.get("address", ""),
                                f.get("user", ""), password, _options(f.get("options", "")),
@@ -69,7 +69,7 @@ def resource_power_settings(rid: int):
 @bp.post("/resources/<int:rid>/power/clear")
 @requires("admin")
 def resource_power_clear(rid: int):
-    with ctx().db.session() as s:
+    with ctx().db.transaction() as s:
         powerctl.clear_power(s, resources.find(s, str(rid)), actor())
     flash("power settings removed", "ok")
     return redirect(f"/resources/{rid}")

@@ -39,14 +39,14 @@ def manager() -> ShellManager:
 @bp.get("/resources/<int:rid>/shell")
 @requires("operator")
 def shell_page(rid: int):
-    with ctx().db.sessions() as s:
+    with ctx().db.reader() as s:
         res = resources.find(s, str(rid))
         return render_template("shell.html", rid=rid, name=res.display_name, state=res.state)
 
 
 @bp.post("/resources/<int:rid>/shell")
 def shell_open(rid: int):
-    with ctx().db.sessions() as s:
+    with ctx().db.reader() as s:
         res = resources.find(s, str(rid))
         if res.state != "idle":
             raise Invalid(f"{res.display_name} is {res.state}: the web shell is for idle resources")

@@ -46,7 +46,7 @@ def template_store():
     try:
         if not store["path"]:
             raise Invalid("give the file's path, e.g. preseed.cfg", field="path")
-        with ctx().db.session() as s:
+        with ctx().db.transaction() as s:
             fn = templatestore.update if store["replace"] else templatestore.add
             tset = fn(s, ctx().config, actor=actor(), **fields)
     except ProvisiondError as exc:
@@ -59,7 +59,7 @@ def template_store():
 @requires("operator")
 def template_delete(name: str):
     def run() -> None:
-        with ctx().db.session() as s:
+        with ctx().db.transaction() as s:
             templatestore.remove(s, ctx().config, name, actor=actor())
 
     return _action("/templates", run, ok=f"template {name} removed")
@@ -68,7 +68,7 @@ def template_delete(name: str):
 def _page(store: dict, errors: dict):
     sets = renderer().sets()
     form = {k: request.args.get(k, "").strip() for k in ("template", "resource", "params")}
-    with ctx().db.sessions() as s:
+    with ctx().db.reader() as s:
         machines = [(r.display_name, r.ip or r.mac) for r in
                     s.scalars(select(Resource).order_by(Resource.id).limit(500))]  # fmt: skip
     preview, error = None, ""
