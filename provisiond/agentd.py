@@ -49,13 +49,14 @@ from typing import Any
 
 from aiohttp import web
 
-from provisiond import agentchannel, logs
+from provisiond import agentchannel, logs, priority
 from provisiond.context import Context
 
 log = logs.get("agentd")
 FLUSH_S = 1.0  # group commit of heartbeats
 SWEEP_S = 1.0  # catch commands queued by other processes
 MAX_WAIT = 30.0
+REPORT_S = 60.0  # the channel's own figures, in the log
 
 
 class Waiters:
@@ -94,12 +95,19 @@ class AgentChannel:
     def __init__(self, ctx: Context, workers: int) -> None:
         self.ctx = ctx
         self.waiters = Waiters()
-        self.pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="agentdb")
+        self.pool = concurrent.futures.ThreadPoolExecutor(
+            workers, thread_name_prefix="agentdb",
+            initializer=priority.favour, initargs=("agent database pool",),
+        )  # fmt: skip
         # token lookups (every request, reads only) never queue behind writers
         self.auth_pool = concurrent.futures.ThreadPoolExecutor(
-            max(2, workers // 2), thread_name_prefix="agentauth"
-        )
+            max(2, workers // 2), thread_name_prefix="agentauth",
+            initializer=priority.favour, initargs=("agent token pool",),
+        )  # fmt: skip
         self.kick = asyncio.Event()
+        # resources with a queued agent command as of the last sweep: a poll of any
+        # other resource waits without a database read (the next sweep wakes it)
+        self.pending: set[int] = set()
 
     async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
         """``fn(*args)`` in the database pool."""
@@ -132,7 +140,9 @@ class AgentChannel:
         try:
             while True:
                 ev.clear()  # registered before the check: a wake after it is not lost
-                text = await self.run(agentchannel.next_command, self.ctx, resource_id)
+                text = None
+                if resource_id in self.pending:  # else a sweep will find it and wake us
+                    text = await self.run(agentchannel.next_command, self.ctx, resource_id)
                 remaining = deadline - loop.time()
                 if text is not None or remaining <= 0:
                     return text
@@ -149,10 +159,11 @@ class AgentChannel:
         while True:
             try:
                 await asyncio.wait_for(self.kick.wait(), SWEEP_S)
+                rung = True
             except TimeoutError:
-                pass
+                rung = False
             self.kick.clear()
-            if not self.waiters.ids():
+            if not rung and not self.waiters.ids():
                 continue
             try:
                 ids = await self.run(agentchannel.resources_with_commands, self.ctx.db)
@@ -160,7 +171,29 @@ class AgentChannel:
                 log.exception("command sweep failed (retrying)")
                 await asyncio.sleep(SWEEP_S)
                 continue
+            self.pending = ids
             self.waiters.wake(ids)
+
+    async def watch(self, every: float = 0.5) -> None:
+        """Every ``REPORT_S``: the loop's worst lateness, waiting polls, token cache use (log)."""
+        loop = asyncio.get_running_loop()
+        worst, since = 0.0, loop.time()
+        tokens = self.ctx.tokens
+        hits, misses = tokens.hits, tokens.misses
+        while True:
+            t0 = loop.time()
+            await asyncio.sleep(every)
+            worst = max(worst, loop.time() - t0 - every)
+            if loop.time() - since < REPORT_S:
+                continue
+            if len(self.waiters) or tokens.hits + tokens.misses != hits + misses:
+                log.info(
+                    "agent channel: %d polls waiting; token cache %d hits, %d misses; "
+                    "event loop at most %.0f ms late",
+                    len(self.waiters), tokens.hits - hits, tokens.misses - misses, worst * 1000,
+                )  # fmt: skip
+            worst, since = 0.0, loop.time()
+            hits, misses = tokens.hits, tokens.misses
 
     async def flusher(self) -> None:
         while True:
@@ -220,6 +253,7 @@ class AgentServer:
         log.info("agent channel on http://%s:%d", self._host, self._port)
 
     def _run(self, started: concurrent.futures.Future) -> None:
+        priority.favour("agent channel")
         asyncio.set_event_loop(self._loop)
         try:
             self._loop.run_until_complete(self._main(started))
@@ -247,7 +281,8 @@ class AgentServer:
             raise
         loop = asyncio.get_running_loop()
         self._undo_ring = self._ctx.on_ring(lambda: loop.call_soon_threadsafe(channel.kick.set))
-        tasks = [asyncio.create_task(channel.sweeper()), asyncio.create_task(channel.flusher())]
+        tasks = [asyncio.create_task(channel.sweeper()), asyncio.create_task(channel.flusher()),
+                 asyncio.create_task(channel.watch())]  # fmt: skip
         started.set_result(None)
         await self._stopped.wait()
         self._undo_ring()
