@@ -167,7 +167,8 @@ class DhcpService:
             first = sock.recvfrom(4096)
         except OSError:  # the receive timeout (EAGAIN), or the socket closed at stop
             return
-        stats, handle, now = self.stats, self.handler.handle, time.time()
+        stats, handle, now, sightings = self.stats, self.handler.handle, time.time(), self.sightings
+        recvfrom, sendto = sock.recvfrom, sock.sendto
         rows: list[LeaseRow] = []
         acks: list[Reply] = []
         with self._lock:
@@ -187,29 +188,32 @@ class DhcpService:
                     log.exception("dhcp: unexpected error handling a request from %s", src)
                     reply = None
                 if reply is not None:
-                    seen = self.sightings and sighting(
+                    seen = sightings and sighting(
                         packet, reply.kind, reply.data, src if proxy else None
                     )
                     if seen:  # before the reply leaves: the boot script may follow at once
-                        self.sightings.booted(*seen)
+                        sightings.booted(*seen)
                     if reply.durable:
                         rows += reply.durable
                         if reply.data:
                             acks.append(reply)
                     elif reply.data:
-                        self._sendto(sock, reply)
+                        try:
+                            sendto(reply.data, reply.dest)
+                        except OSError as exc:
+                            self._send_failed(reply, exc)
                 if not rows or n == DRAIN:
                     break  # drain only to group-commit lease rows (saves a recv per OFFER)
                 try:
-                    data, src = sock.recvfrom(4096, socket.MSG_DONTWAIT)
+                    data, src = recvfrom(4096, socket.MSG_DONTWAIT)
                 except OSError:  # nothing more queued (EAGAIN)
                     break
         if rows and self.store.write(rows):  # ACKs leave only after their rows committed
             for reply in acks:
-                self._sendto(sock, reply)
+                try:
+                    sendto(reply.data, reply.dest)
+                except OSError as exc:
+                    self._send_failed(reply, exc)
 
-    def _sendto(self, sock: socket.socket, reply: Reply) -> None:
-        try:
-            sock.sendto(reply.data, reply.dest)
-        except OSError as exc:
-            self.warn.warning("send", "dhcp: send to %s failed: %s", reply.dest, exc)
+    def _send_failed(self, reply: Reply, exc: OSError) -> None:
+        self.warn.warning("send", "dhcp: send to %s failed: %s", reply.dest, exc)
