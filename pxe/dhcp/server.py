@@ -44,6 +44,7 @@ log = get("dhcp")
 STAT_KEYS = ("received", "offered", "acked", "nak", "dropped_malformed", "ignored")
 WAIT = 0.25  # seconds a serve step blocks for the first datagram (stop stays prompt)
 DRAIN = 256  # datagrams handled per serve step at most (one lease commit per step)
+RCVBUF = 4 << 20  # SO_RCVBUF asked for (the kernel doubles it, capped by net.core.rmem_max)
 
 
 class DhcpStartError(RuntimeError):
@@ -130,7 +131,7 @@ class DhcpService:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, self.settings.interface.encode())
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
         s.bind((host, port))
         # blocking, with a kernel receive timeout: recvfrom is one syscall (a Python
         # socket timeout would poll() first); EAGAIN on timeout ends the step
