@@ -48,7 +48,7 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from provisiond.boot import BootAction, BootSpec
+from pxe.boot import BootAction, BootSpec
 from pxe.dhcp import bootfile
 from pxe.dhcp.codec import DhcpPacket
 
