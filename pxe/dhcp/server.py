@@ -174,7 +174,7 @@ class DhcpService:
         except OSError:  # the receive timeout (EAGAIN), or the socket closed at stop
             return
         stats, handle, now, sightings = self.stats, self.handler.handle, time.time(), self.sightings
-        recvfrom, sendto = sock.recvfrom, sock.sendto
+        recvfrom, sendto, observer = sock.recvfrom, sock.sendto, self.observer
         rows: list[LeaseRow] = []
         acks: list[Reply] = []
         with self._lock:
@@ -183,8 +183,8 @@ class DhcpService:
                 stats["received"] += 1
                 try:
                     packet = decode(data)
-                    if self.observer is not None:
-                        self.observer(packet)
+                    if observer is not None:
+                        observer(packet)
                     reply = handle(packet, now, src if proxy else None)
                 except DhcpDecodeError as exc:  # also a malformed option read late
                     stats["dropped_malformed"] += 1
