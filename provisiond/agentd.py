@@ -42,8 +42,10 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import gc
 import resource
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -57,6 +59,27 @@ FLUSH_S = 1.0  # group commit of heartbeats
 SWEEP_S = 1.0  # catch commands queued by other processes
 MAX_WAIT = 30.0
 REPORT_S = 60.0  # the channel's own figures, in the log
+
+
+class GcPauses:
+    """The longest garbage-collector pause since the last :meth:`take` (``gc.callbacks``)."""
+
+    def __init__(self) -> None:
+        self._t0 = 0.0
+        self.worst = 0.0
+        self.full = 0
+
+    def __call__(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._t0 = time.perf_counter()
+        else:
+            self.worst = max(self.worst, time.perf_counter() - self._t0)
+            self.full += info.get("generation") == 2
+
+    def take(self) -> tuple[float, int]:
+        out = self.worst, self.full
+        self.worst, self.full = 0.0, 0
+        return out
 
 
 class Waiters:
@@ -175,25 +198,30 @@ class AgentChannel:
             self.waiters.wake(ids)
 
     async def watch(self, every: float = 0.5) -> None:
-        """Every ``REPORT_S``: the loop's worst lateness, waiting polls, token cache use (log)."""
+        """Every ``REPORT_S`` in the log: waiting polls, token cache use, the loop's worst
+        lateness and the longest garbage-collector pause (which stops every thread)."""
         loop = asyncio.get_running_loop()
-        worst, since = 0.0, loop.time()
-        tokens = self.ctx.tokens
-        hits, misses = tokens.hits, tokens.misses
-        while True:
-            t0 = loop.time()
-            await asyncio.sleep(every)
-            worst = max(worst, loop.time() - t0 - every)
-            if loop.time() - since < REPORT_S:
-                continue
-            if len(self.waiters) or tokens.hits + tokens.misses != hits + misses:
-                log.info(
-                    "agent channel: %d polls waiting; token cache %d hits, %d misses; "
-                    "event loop at most %.0f ms late",
-                    len(self.waiters), tokens.hits - hits, tokens.misses - misses, worst * 1000,
-                )  # fmt: skip
-            worst, since = 0.0, loop.time()
-            hits, misses = tokens.hits, tokens.misses
+        tokens, pauses = self.ctx.tokens, GcPauses()
+        worst, since, calls = 0.0, loop.time(), (tokens.hits, tokens.misses)
+        gc.callbacks.append(pauses)
+        try:
+            while True:
+                t0 = loop.time()
+                await asyncio.sleep(every)
+                worst = max(worst, loop.time() - t0 - every)
+                if loop.time() - since < REPORT_S:
+                    continue
+                gc_worst, gc_full = pauses.take()
+                hits, misses = tokens.hits - calls[0], tokens.misses - calls[1]
+                if len(self.waiters) or hits or misses:
+                    log.info(
+                        "agent channel: %d polls waiting; token cache %d hits, %d misses; "
+                        "event loop at most %.0f ms late; longest GC pause %.0f ms (%d full)",
+                        len(self.waiters), hits, misses, worst * 1000, gc_worst * 1000, gc_full,
+                    )  # fmt: skip
+                worst, since, calls = 0.0, loop.time(), (tokens.hits, tokens.misses)
+        finally:
+            gc.callbacks.remove(pauses)
 
     async def flusher(self) -> None:
         while True:
