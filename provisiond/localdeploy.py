@@ -56,6 +56,7 @@ from provisiond.agentjob import (
 from provisiond.context import Context
 from provisiond.db import Database
 from provisiond.errors import Invalid, NotFound
+from provisiond.fanout import FanoutHub
 from provisiond.jobrunner import JobFailed
 from provisiond.lifecycle import JobState as JS
 from provisiond.model import Image, Job
@@ -208,6 +209,7 @@ class RawSender:
 class LocalStart:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
+        self.hub = FanoutHub(ctx)
 
     def run(self, job_id: int) -> str:
         db = self.ctx.db
@@ -230,9 +232,13 @@ class LocalStart:
         if transport not in ("http", "nc"):
             raise JobFailed(f"transport {transport!r}: use http or nc")
         sender = None
-        if transport == "nc":
+        # several machines of one bulk start: one multicast for all (provisiond/fanout.py)
+        cmd_id = self._fanout_command(job_id, transport, image_id, m, params)
+        if cmd_id is not None:
+            transport = "multicast fan-out"
+        if cmd_id is None and transport == "nc":
             sender = RawSender(str(self.ctx.config.address), path, m.size, res_ip).start()
-        arg = encode_arg(
+        arg = cmd_id is None and encode_arg(
             disk=disk,
             transport=transport,
             size=m.size,
@@ -243,7 +249,8 @@ class LocalStart:
             retries=params.get("retries", 5),
             timeout=params.get("chunk_timeout", 30),
         )
-        cmd_id = start_command(self.ctx, job_id, res_id, "deploy", arg, image_id=image_id)
+        if cmd_id is None:
+            cmd_id = start_command(self.ctx, job_id, res_id, "deploy", arg, image_id=image_id)
         if wake:  # a machine that is off: its agent runs the command once it boots
             job_log(
                 db,
@@ -275,6 +282,14 @@ class LocalStart:
         return (
             f"active: {image_name} written to {disk} of {res_name} and verified; booting from disk"
         )
+
+    def _fanout_command(self, job_id, transport, image_id, m, params) -> int | None:
+        """The command of this job in a fan-out session (bulk start of one image), or None."""
+        with self.ctx.db.reader() as s:
+            fan = (s.get(Job, job_id).params or {}).get("fanout")
+        if not fan or transport != "http" or params.get("fanout") in ("off", "0", False):
+            return None
+        return self.hub.command_for(job_id, fan, image_id, m, params, default_disk)
 
     def fail(self, job_id: int, reason: str) -> None:
         cancel_command(self.ctx.db, job_id, reason)
