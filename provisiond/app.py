@@ -38,11 +38,11 @@ from provisiond.release import EraseJob
 from provisiond.sanboot import SanbootStart, SanbootStop
 from provisiond.scheduler import Scheduler
 from provisiond.security import check_tls_pair, private_state
-from provisiond.service import Service
 from provisiond.storages import StorageManager, StorageService
 from provisiond.storagewatch import StorageWatch
 from provisiond.templatedeploy import TemplateStart, TemplateStop
 from pxe.http.ipxe import IpxeRenderer
+from pxe.service import Service
 
 log = logs.get("daemon")
 

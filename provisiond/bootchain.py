@@ -36,7 +36,7 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from provisiond.boot import BootAction, BootSpec
+from pxe.boot import BootAction, BootSpec
 
 FAULT_ENV, FAULT_FILE_ENV = "PROVISIOND_TEST_FAULT", "PROVISIOND_TEST_FAULT_FILE"
 FAULTS = ("wrong-chap", "wrong-lun", "wrong-portal")

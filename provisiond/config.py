@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from provisiond import shipped
-from provisiond.boot import script_problem
+from pxe.boot import script_problem
 
 DEFAULT_PATH = Path("/etc/provisiond/provisiond.toml")
 ENV_VAR = "PROVISIOND_CONFIG"

@@ -15,7 +15,6 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from provisiond.boot import BootPolicy
 from provisiond.bootchain import SanFetches
 from provisiond.boots import BootRegistry
 from provisiond.config import Config
@@ -23,6 +22,7 @@ from provisiond.db import Database
 from provisiond.inventory import Inventory
 from provisiond.liveness import Liveness
 from provisiond.tokencache import TokenCache
+from pxe.boot import BootPolicy
 from pxe.http.ipxe import IpxeRenderer
 
 

@@ -24,9 +24,9 @@ appliance mode template, starting       DEPLOY: the agent, which installs
 
 from __future__ import annotations
 
-from provisiond.boot import BootAction, BootSpec, Machine, SanTarget
 from provisiond.config import Config
 from provisiond.inventory import Inventory, KernelView, ResourceView
+from pxe.boot import BootAction, BootSpec, Machine, SanTarget
 
 
 class DatabasePolicy:

@@ -23,9 +23,9 @@ from pathlib import Path
 from flask import Blueprint, Response, abort, current_app, request, send_file
 
 from provisiond import bootchain, logs, resources
-from provisiond.boot import BootAction, BootSpec, Firmware, Machine, normalize_mac
 from provisiond.context import Context
 from provisiond.security import hash_token, new_token
+from pxe.boot import BootAction, BootSpec, Firmware, Machine, normalize_mac
 
 bp = Blueprint("boot", __name__)
 log = logs.get("http")
