@@ -67,7 +67,8 @@ def _protocol_services(ctx: Context) -> Iterator[Service]:
         from pxe.dhcp.server import DhcpService
 
         store = SqlLeaseStore(ctx.db, logs.get("dhcp"))
-        yield DhcpService(pxesettings.dhcp(cfg), ctx.policy, store, sightings=ctx.boots)
+        yield DhcpService(pxesettings.dhcp(cfg), ctx.policy, store, sightings=ctx.boots,
+                          observer=ctx.os_dhcp.observe)  # fmt: skip
     if cfg.services.tftp:
         from pxe.tftp.server import TftpService
 
