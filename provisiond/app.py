@@ -19,7 +19,7 @@ import signal
 import threading
 from collections.abc import Iterator
 
-from provisiond import assets, instance, logs, pxesettings, recovery, sdnotify
+from provisiond import assets, images, instance, logs, pxesettings, recovery, sdnotify
 from provisiond.agentd import AgentServer
 from provisiond.boots import BootRegistry
 from provisiond.capture import CaptureJob
@@ -183,6 +183,7 @@ class Daemon:
             },
         )
         other_jobs = {"image.capture": CaptureJob(ctx, manager), "resource.erase": EraseJob(ctx)}
+        other_jobs[images.IMPORT] = images.ImportJob(ctx.db, manager)
         self.services += [
             storage,
             StorageWatch(ctx, storage),
