@@ -436,7 +436,7 @@ async def main(args: argparse.Namespace) -> dict:
     # does the same: provisiond.priority.settle_gc)
     gc.collect()
     gc.freeze()
-    gc.set_threshold(50_000, 20, 100)
+    gc.set_threshold(7_000, 10, 100)
 
     addrs = Addresses()
 
