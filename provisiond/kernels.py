@@ -16,11 +16,11 @@ from pathlib import Path
 from sqlalchemy import select, update
 
 from provisiond import events, shipped
-from provisiond.boot import script_problem
 from provisiond.config import Config
 from provisiond.db import Database
 from provisiond.errors import Invalid, ProvisiondError
 from provisiond.model import Kernel
+from pxe.boot import script_problem
 
 
 def newest_kernel(modroot: Path = Path("/lib/modules")) -> str:
