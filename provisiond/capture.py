@@ -177,6 +177,12 @@ class CaptureJob:
             res_ip = res.ip
         settings = self.manager.settings(p.get("storage"))
         backend = self.manager.backend(settings.name)
+        remote = self.manager.runner_for(settings.name)
+        if getattr(remote, "remote", False) and p.get("transport", "http") != "tcp":
+            raise JobFailed(
+                f"storage {settings.name} is on a storage host: capture onto it needs the tcp "
+                "transport (its chunks are verified on the host)"
+            )
         vol_name = f"image-{p['name']}"
         try:
             vol = backend.create(vol_name, size)
@@ -185,12 +191,6 @@ class CaptureJob:
         with db.transaction() as s:
             s.get(Job, job_id).params = {**p, "volume": vol_name}
             s.get(Job, job_id).bytes_total = size
-        remote = self.manager.runner_for(settings.name)
-        if getattr(remote, "remote", False) and p.get("transport", "http") != "tcp":
-            raise JobFailed(
-                f"storage {settings.name} is on a storage host: capture onto it needs the tcp "
-                "transport (its chunks are verified on the host)"
-            )
         if p.get("transport", "http") == "tcp":
             sink = None
             if getattr(remote, "remote", False):  # a storage host: chunks checked and written there

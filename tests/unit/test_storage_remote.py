@@ -297,3 +297,37 @@ def test_appliance_start_on_a_down_host_fails_with_the_reason_and_the_host_shows
     with pytest.raises(JobFailed, match=r"storage host of san is down: .*cannot connect"):
         start.run(job_id)
     assert len(host.calls) == calls  # nothing was tried on the host
+
+
+def test_capture_onto_a_storage_host_needs_the_tcp_transport(tmp_path):
+    """The http transport writes chunks into a local file: refused for a storage host."""
+    from types import SimpleNamespace
+
+    from provisiond.capture import CaptureJob
+    from provisiond.db import Database
+    from provisiond.jobrunner import JobFailed
+    from provisiond.model import Job, Resource
+    from provisiond.storages import StorageManager
+
+    c = cfg.parse(BASE + f'state_dir = "{tmp_path}"\n'
+                  f'database_url = "sqlite:///{tmp_path}/db.sqlite"\n'
+                  '[[storage]]\nname = "san"\nbackend = "lvm"\npath = "pv"\n'
+                  'host = "192.0.2.50"\n')  # fmt: skip
+    db = Database(c.database_url)
+    db.migrate()
+    manager = StorageManager(c)
+    manager._ssh["san"] = RemoteFake().on(["lvs"], (FIX / "lvs-empty.json").read_text())
+    with db.transaction() as s:
+        res = Resource(mac="52:54:00:00:00:02", state="idle",
+                       inventory={"disks": [{"name": "sda", "size_bytes": 8 << 20}]})  # fmt: skip
+        s.add(res)
+        s.flush()
+        job = Job(kind="image.capture", state="running", resource_id=res.id,
+                  params={"disk": "/dev/sda", "name": "cap", "storage": "san",
+                          "transport": "http"})  # fmt: skip
+        s.add(job)
+        s.flush()
+        job_id = job.id
+    with pytest.raises(JobFailed, match="needs the tcp transport"):
+        CaptureJob(SimpleNamespace(db=db, config=c), manager).run(job_id)
+    assert not any(call[0] == "lvcreate" for call in manager._ssh["san"].calls)  # nothing made
