@@ -248,7 +248,8 @@ def one_run(args: argparse.Namespace, n: int, work: Path, db_url: str) -> dict:
                    "--relay", relay, "--probe-src", f"{lab.net}.2", "--agents", str(n),
                    "--duration", str(args.duration), "--wait", str(args.wait),
                    "--commands-per-s", str(args.commands_per_s), "--api-token", token,
-                   "--storm-limit", str(args.storm_limit), "--ready", str(work / "ready"),
+                   "--storm-limit", str(args.storm_limit), "--storm-window",
+                   str(args.storm_window), "--ready", str(work / "ready"),
                    "--out", str(out), "--nice", str(args.load_nice)]  # fmt: skip
             sampler = load_sampler = spy = pg_cpu0 = None
             load = client.popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -294,6 +295,7 @@ def main() -> int:
     ap.add_argument("--wait", type=int, default=30)
     ap.add_argument("--commands-per-s", type=float, default=2.0)
     ap.add_argument("--storm-limit", type=float, default=300)
+    ap.add_argument("--storm-window", type=float, default=10, help="boots start within this")
     ap.add_argument(
         "--db",
         default="sqlite",
@@ -304,7 +306,7 @@ def main() -> int:
     ap.add_argument("--database-url", default="", help="run against this database instead")
     ap.add_argument("--code", type=Path, default=None, help="run the daemon from this tree")
     ap.add_argument("--label", default="")
-    ap.add_argument("--load-nice", type=int, default=0, help="nice increment of load.py")
+    ap.add_argument("--load-nice", type=int, default=-10, help="nice increment of load.py")
     ap.add_argument("--py-spy", type=Path, default=None, help="profile the daemon into this dir")
     ap.add_argument("--py-spy-s", type=float, default=60, help="seconds of profile")
     ap.add_argument("--py-spy-gil", action="store_true", help="sample only the GIL's holder")
