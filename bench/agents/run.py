@@ -11,11 +11,25 @@ the whole run, so each one is *wrongly* offline). One JSON line per run is
 printed and appended to ``--results``.
 
     sudo .venv/bin/python bench/agents/run.py --agents 100,500 --duration 300
+    # issue 10's goals, SQLite and PostgreSQL alternating, PASS/FAIL per goal:
+    sudo .venv/bin/python bench/agents/run.py --agents 2000 --db sqlite,postgresql --duration 600
     sudo .venv/bin/python bench/agents/run.py --agents 200 --duration 60 \\
         --code /tmp/provisiond-main      # the same load against another checkout
 
-``--code DIR`` runs the daemon from another source tree (``git archive main``
-unpacked), for before/after comparisons with the same load. Bounded: each
+``--db postgresql`` starts a private PostgreSQL cluster per run
+(tests/pg.py: unix socket only, ``fsync=on``, ``synchronous_commit=off``)
+and samples its CPU as well. ``--repeat K`` interleaves K rounds of every
+db and N. After the runs a summary prints, per goal of issue 10, the
+median and range over the runs and PASS/FAIL (tails and RSS judged on the
+median; wrongly offline, unregistered agents and undelivered commands must
+be 0 in every run); the exit code is 0 only if every goal passed. The
+load generator runs at nice -10 (``--load-nice``): it is the measuring
+instrument, and its own CPU, RSS and event-loop lateness are reported so a
+starved instrument is visible. ``--py-spy DIR`` profiles the daemon during
+the steady state. ``--code DIR`` runs the daemon from another source tree
+(``git archive main`` unpacked), for before/after comparisons with the same
+load. ``--agents 5000`` needs 11,000 open files (checked before the run);
+the relayed /18 holds 16,000 addresses. Bounded: each
 run stops by itself (load.py's --duration; the harness kills it after
 duration + storm limit + 120 s).
 """
