@@ -285,8 +285,9 @@ def one_run(args: argparse.Namespace, n: int, work: Path, db_url: str) -> dict:
             usage["load_rss_max_mib"] = load_usage.get("rss_max_mib")
             if pg_cpu0 is not None and sampler and len(sampler.cpu) >= 2:
                 pg_cpu1 = postgres_cpu(db_url)
-                span = sampler.cpu[-1][0] - sampler.cpu[0][0]
-                usage["postgres_cpu_pct"] = round(100 * (pg_cpu1 - pg_cpu0[1]) / span, 1)
+                if pg_cpu1 is not None:
+                    span = pg_cpu1[0] - pg_cpu0[0]
+                    usage["postgres_cpu_pct"] = round(100 * (pg_cpu1[1] - pg_cpu0[1]) / span, 1)
             if spy is not None:
                 spy.wait(timeout=60)
             if not out.exists():
