@@ -50,9 +50,9 @@ from sqlalchemy import select
 from provisiond import agentchannel, capturerx, chunks, events
 from provisiond.agentjob import (
     DEFAULT_TIMEOUT,
+    JobScope,
     cancel_command,
     encode_arg,
-    job_log,
     open_command,
     start_command,
     wait_command,
@@ -168,10 +168,9 @@ class CaptureJob:
         self.ctx, self.manager = ctx, manager
 
     def run(self, job_id: int) -> str:
-        db = self.ctx.db
+        db, scope = self.ctx.db, JobScope(self.ctx, job_id)
         with db.reader() as s:
-            job = s.get(Job, job_id)
-            p, res = dict(job.params), s.get(Resource, job.resource_id)
+            p, res = dict(scope.job(s).params), scope.resource(s)
             size, res_id, res_name = disk_size(res.inventory, p["disk"]), res.id, res.display_name
             res_ip = res.ip
         settings = self.manager.settings(p.get("storage"))
@@ -182,20 +181,18 @@ class CaptureJob:
         except StorageError as exc:
             raise JobFailed(f"cannot create volume {vol_name}: {exc}")
         with db.transaction() as s:
-            s.get(Job, job_id).params = {**p, "volume": vol_name}
-            s.get(Job, job_id).bytes_total = size
+            job = scope.job(s)
+            job.params, job.bytes_total = {**p, "volume": vol_name}, size
         if p.get("transport", "http") == "tcp":
-            m, last = self._run_tcp(job_id, p, res_id, res_ip, res_name, vol.path, size)
+            m, last = self._run_tcp(scope, p, res_id, res_ip, res_name, vol.path, size)
         else:
             arg = encode_arg(disk=p["disk"], size=size, retries=5, timeout=30)
             cmd_id = start_command(
                 self.ctx, job_id, res_id, "capture", arg, path=vol.path, size=size
             )
-            job_log(
-                db, job_id, f"asked the agent of {res_name} to upload {p['disk']} ({size} bytes)"
-            )
+            scope.log(f"asked the agent of {res_name} to upload {p['disk']} ({size} bytes)")
             last = wait_command(self.ctx, job_id, cmd_id, DEFAULT_TIMEOUT)
-            job_log(db, job_id, f"agent: {last}")
+            scope.log(f"agent: {last}")
             with open(vol.path, "rb") as fh:
                 m = chunks.scan(fh, size)
         want = dict(kv.split("=", 1) for kv in last.split() if "=" in kv)
@@ -227,8 +224,8 @@ class CaptureJob:
             events.record(s, "daemon", "image.captured", img.name, f"{res_name}:{p['disk']}")
         return f"image {p['name']}: {size} bytes, {len(m.chunks)} data chunks, sha256 {m.sha256}"
 
-    def _run_tcp(self, job_id, p, res_id, res_ip, res_name, path, size):
-        db = self.ctx.db
+    def _run_tcp(self, scope: JobScope, p, res_id, res_ip, res_name, path, size):
+        db, job_id = self.ctx.db, scope.job_id
 
         def auth(token: str) -> bool:
             caller = agentchannel.authenticate(db, f"Bearer {token}")
@@ -240,16 +237,16 @@ class CaptureJob:
             arg = encode_arg(disk=p["disk"], size=size, retries=5, timeout=30, transport="tcp",
                              port=rx.port, workers=workers)  # fmt: skip
             cmd_id = start_command(self.ctx, job_id, res_id, "capture", arg, path=path, size=size)
-            job_log(db, job_id, f"asked the agent of {res_name} to send {p['disk']} "
-                    f"({size} bytes, tcp port {rx.port}, {workers} streams)")  # fmt: skip
+            scope.log(f"asked the agent of {res_name} to send {p['disk']} "
+                      f"({size} bytes, tcp port {rx.port}, {workers} streams)")  # fmt: skip
             t0 = time.monotonic()
             last = wait_command(self.ctx, job_id, cmd_id, DEFAULT_TIMEOUT)
             with db.reader() as s:
                 said = (s.get(Job, cmd_id).log or "").splitlines()
             for line in said:  # the agent's plan: what it read of which partition, and why
                 if line.startswith(("plan:", "partition ", "no partition", "read ")):
-                    job_log(db, job_id, f"agent: {line}")
-            job_log(db, job_id, f"agent: {last}")
+                    scope.log(f"agent: {line}")
+            scope.log(f"agent: {last}")
             deadline = time.monotonic() + 10
             while rx.lanes_done() < workers and time.monotonic() < deadline:
                 time.sleep(0.05)  # the agent's result can overtake a lane's last bytes
@@ -259,8 +256,8 @@ class CaptureJob:
                 raise JobFailed(f"capture incomplete: {exc}; lane errors: {rx.errors[:3]}")
             rx.finish()
             took = time.monotonic() - t0
-            job_log(db, job_id, f"received {len(m.chunks)} chunks ({rx.received_bytes} bytes) "
-                    f"in {took:.1f} s; refused connections: {rx.refused}")  # fmt: skip
+            scope.log(f"received {len(m.chunks)} chunks ({rx.received_bytes} bytes) "
+                      f"in {took:.1f} s; refused connections: {rx.refused}")  # fmt: skip
             return m, last
         finally:
             rx.stop()

@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from provisiond import events, importpolicy, jobs
 from provisiond.db import Database
-from provisiond.errors import Conflict, Invalid, NotFound
+from provisiond.errors import Conflict, Invalid
 from provisiond.lifecycle import JobState as JS
 from provisiond.model import Appliance, Image, Job, Storage, Volume, utcnow
 from provisiond.storages import StorageManager
@@ -31,16 +31,6 @@ from storage.images import import_image
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,100}$")
 Progress = Callable[[int, int], None]
-
-
-def find(session: Session, ref: str) -> Image:
-    cond = Image.name == ref
-    if ref.isdigit():
-        cond = cond | (Image.id == int(ref))
-    img = session.scalars(select(Image).where(cond)).first()
-    if img is None:
-        raise NotFound(f"image '{ref}' not found; see `provisiond image list`", field="image")
-    return img
 
 
 class JobProgress:

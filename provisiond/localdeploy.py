@@ -45,6 +45,7 @@ from provisiond import appliances, chunks, logs, powerctl, resources
 from provisiond.agentjob import (
     DEFAULT_TIMEOUT,
     Gone,
+    JobScope,
     appliance_of,
     cancel_command,
     encode_arg,
@@ -210,9 +211,9 @@ class LocalStart:
         self.ctx = ctx
 
     def run(self, job_id: int) -> str:
-        db = self.ctx.db
+        db, scope = self.ctx.db, JobScope(self.ctx, job_id)
         with db.reader() as s:
-            app = appliance_of(s, job_id)
+            app = scope.appliance(s)
             if app.image is None or app.image.volume is None:
                 raise JobFailed(f"appliance {app.name}: its image has no master volume")
             image_id, path, image_name = app.image.id, app.image.volume.path, app.image.name
@@ -224,7 +225,7 @@ class LocalStart:
             )
         m = ensure_manifest(db, image_id, job_id)
         with db.transaction() as s:
-            job = s.get(Job, job_id)
+            job = scope.job(s)
             job.bytes_total, job.image_id = m.data_bytes, image_id
         transport = params.get("transport", "http")
         if transport not in ("http", "nc"):
@@ -245,16 +246,12 @@ class LocalStart:
         )
         cmd_id = start_command(self.ctx, job_id, res_id, "deploy", arg, image_id=image_id)
         if wake:  # a machine that is off: its agent runs the command once it boots
-            job_log(
-                db,
-                job_id,
+            scope.log(
                 powerctl.boot_or_advise(
                     self.ctx.config, db, res_id, "start its agent", "localdeploy"
                 ),
             )
-        job_log(
-            db,
-            job_id,
+        scope.log(
             f"asked the agent of {res_name} to write {image_name} to {disk} "
             f"({transport}, command {cmd_id})",
         )
@@ -265,9 +262,9 @@ class LocalStart:
         finally:
             if sender:
                 sender.stop()
-        job_log(db, job_id, f"agent: {last}")
+        scope.log(f"agent: {last}")
         with db.transaction() as s:
-            job = s.get(Job, job_id)
+            job = scope.job(s)
             job.bytes_done = job.bytes_total
             if not appliances.booted(s, res_id, "image written and verified by the agent"):
                 raise JobFailed("the appliance left 'starting' while its disk was written")

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 from sqlalchemy import select
 
-from provisiond import appliances, present, resources
+from provisiond import lookup, present, resources
 from provisiond.cli.base import (
     ACTOR,
     Env,
@@ -193,7 +193,7 @@ def image_rm(env: Env, ref: str) -> None:
     from provisiond.storages import StorageManager
 
     with env.db.transaction() as s:
-        img = images.find(s, ref)
+        img = lookup.find(s, Image, ref)
         name = img.name
         images.remove(s, StorageManager(env.config), img, ACTOR)
     click.echo(f"removed image {name}")
@@ -207,7 +207,7 @@ def image_rm(env: Env, ref: str) -> None:
 def image_show(env: Env, ref: str, as_json: bool) -> None:
     """Show one image: storage, volume, size, clones."""
     with env.db.transaction() as s:
-        img = appliances._by_name(s, Image, ref, "image")
+        img = lookup.find(s, Image, ref)
         emit(as_json, present.image(img))
 
 

@@ -17,10 +17,10 @@ import time
 from flask import jsonify
 from sqlalchemy import select
 
-from provisiond import logs, present
+from provisiond import logs, lookup, present
 from provisiond.errors import Invalid
 from provisiond.importpolicy import redact_url
-from provisiond.model import Job
+from provisiond.model import Image, Job
 from web.api.auth import actor
 from web.api.common import body, ctx, typed
 
@@ -92,6 +92,6 @@ def remove_image(ref: str):
     from provisiond import images
 
     with ctx().db.transaction() as s:
-        images.remove(s, _manager(), images.find(s, ref), actor=actor())
+        images.remove(s, _manager(), lookup.find(s, Image, ref), actor=actor())
     ctx().inventory.refresh()
     return "", 204

@@ -16,7 +16,16 @@ from flask import jsonify
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
-from provisiond import appliances, capture, events, jobs, kernels, present, release, resources
+from provisiond import (
+    capture,
+    events,
+    jobs,
+    kernels,
+    lookup,
+    present,
+    release,
+    resources,
+)
 from provisiond.errors import Conflict, Invalid
 from provisiond.model import Appliance, Image, Kernel, Resource, Storage, Volume
 from web.api import bp
@@ -217,7 +226,7 @@ def image_list():
 @bp.get("/images/<ref>")
 def image_show(ref: str):
     with ctx().db.reader() as s:
-        img = appliances._by_name(s, Image, ref, "image")
+        img = lookup.find(s, Image, ref)
         return jsonify({**present.image(img), "used_by": image_used_by(s, img)})
 
 
@@ -232,7 +241,7 @@ def image_import():
 def image_update(ref: str):
     data = body({"name", "os"})
     with ctx().db.transaction() as s:
-        img = appliances._by_name(s, Image, ref, "image")
+        img = lookup.find(s, Image, ref)
         if "name" in data:
             name = typed(data, "name", str)
             if (
@@ -307,14 +316,14 @@ def kernel_create():
 @bp.get("/kernels/<ref>")
 def kernel_show(ref: str):
     with ctx().db.reader() as s:
-        return jsonify(present.kernel(appliances._by_name(s, Kernel, ref, "kernel")))
+        return jsonify(present.kernel(lookup.find(s, Kernel, ref)))
 
 
 @bp.patch("/kernels/<ref>")
 def kernel_update(ref: str):
     data = body(KERNEL_FIELDS)
     with ctx().db.transaction() as s:
-        k = appliances._by_name(s, Kernel, ref, "kernel")
+        k = lookup.find(s, Kernel, ref)
         _apply_kernel(s, k, data)
         events.record(s, actor(), "kernel.updated", k.name, ", ".join(sorted(data)))
         out = present.kernel(k)
@@ -325,7 +334,7 @@ def kernel_update(ref: str):
 @bp.delete("/kernels/<ref>")
 def kernel_delete(ref: str):
     with ctx().db.transaction() as s:
-        k = appliances._by_name(s, Kernel, ref, "kernel")
+        k = lookup.find(s, Kernel, ref)
         used = list(s.scalars(select(Appliance.name).where(Appliance.kernel_id == k.id)))
         if used:
             raise Conflict(f"kernel '{k.name}' is used by appliances: {', '.join(used)}")
@@ -376,7 +385,7 @@ def storage_create():
 
 
 def _storage(s: Session, ref: str) -> Storage:
-    return appliances._by_name(s, Storage, ref, "storage")
+    return lookup.find(s, Storage, ref)
 
 
 @bp.get("/storages/<ref>")

@@ -13,7 +13,7 @@ from __future__ import annotations
 from flask import flash, redirect, render_template, request
 from sqlalchemy import func, select
 
-from provisiond import appliances, jobs, present, resources, users
+from provisiond import jobs, lookup, present, resources, users
 from provisiond.errors import ProvisiondError
 from provisiond.importpolicy import redact_url
 from provisiond.lifecycle import IllegalTransition
@@ -151,7 +151,7 @@ def appliance_list():
 @bp.get("/appliances/<ref>")
 def appliance_show(ref: str):
     with ctx().db.reader() as s:
-        app = appliances.find(s, ref)
+        app = lookup.find(s, Appliance, ref)
         app_jobs = s.scalars(
             select(Job).where(Job.appliance_id == app.id).order_by(Job.id.desc()).limit(20)
         ).all()
@@ -302,7 +302,7 @@ def user_create():
 def user_action(uid: int, action: str):
     def run() -> None:
         with ctx().db.transaction() as s:
-            user = users.find(s, str(uid))
+            user = lookup.find(s, User, str(uid))
             if action == "delete":
                 users.delete(s, user, actor())
             elif action == "role":
