@@ -109,6 +109,20 @@ def _finish(db: Database, job_id: int, state: JS, outcome: str) -> None:
         jobs.transition(s.get(Job, job_id), state, outcome)
 
 
+def change(session: Session, img: Image, fields: dict[str, str | None], actor: str) -> Image:
+    """Rename an image (a name no other image has) and/or set its ``os``."""
+    if "name" in fields:
+        name = fields["name"]
+        taken = select(Image.id).where(Image.name == name, Image.id != img.id)
+        if not name or session.scalars(taken).first():
+            raise Conflict(f"image name {name!r} is empty or taken", field="name")
+        img.name = name
+    if "os" in fields:
+        img.os = fields["os"]
+    events.record(session, actor, "image.updated", img.name, ", ".join(sorted(fields)))
+    return img
+
+
 def clones_of(session: Session, img: Image) -> list[str]:
     names = [a.name for a in session.scalars(select(Appliance).where(Appliance.image_id == img.id))]
     if img.volume_id:

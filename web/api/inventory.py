@@ -16,23 +16,13 @@ from flask import jsonify
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
-from provisiond import (
-    capture,
-    events,
-    jobs,
-    kernels,
-    lookup,
-    present,
-    release,
-    resources,
-)
+from provisiond import capture, events, images, jobs, kernels, lookup, present, release, resources
 from provisiond.errors import Conflict, Invalid
 from provisiond.model import Appliance, Image, Kernel, Resource, Storage, Volume
 from web.api import bp
 from web.api.auth import actor, requires
 from web.api.common import body, ctx, paginate, typed
 
-_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _MAC_CHARS = re.compile(r"^[0-9a-fA-F:.-]+$")
 
 
@@ -77,20 +67,10 @@ def resource_create():
         except ValueError:
             raise Invalid(f"mac {data['mac']!r} is not a MAC address", field="mac")
         if data.get("name"):
-            rename(s, res, data["name"])
+            resources.rename(s, res, data["name"], actor())
         out = present.resource(res, detail=True)
     ctx().inventory.refresh()
     return jsonify(out), 201
-
-
-def rename(session: Session, res: Resource, name: Any) -> None:
-    if not isinstance(name, str) or not _LABEL.match(name):
-        raise Invalid("name: lower-case letters, digits and '-' (a DNS label)", field="name")
-    other = session.scalars(select(Resource.id).where(Resource.name == name)).first()
-    if other is not None and other != res.id:
-        raise Conflict(f"another resource is already named '{name}'", field="name")
-    events.record(session, actor(), "resource.renamed", res.display_name, f"-> {name}")
-    res.name = name
 
 
 @bp.get("/resources/<ref>")
@@ -109,7 +89,7 @@ def resource_update(ref: str):
     with ctx().db.transaction() as s:
         res = resources.find(s, ref)
         if "name" in data:
-            rename(s, res, data["name"])
+            resources.rename(s, res, data["name"], actor())
         out = present.resource(res, detail=True)
     ctx().inventory.refresh()
     return jsonify(out)
@@ -241,18 +221,8 @@ def image_import():
 def image_update(ref: str):
     data = body({"name", "os"})
     with ctx().db.transaction() as s:
-        img = lookup.find(s, Image, ref)
-        if "name" in data:
-            name = typed(data, "name", str)
-            if (
-                not name
-                or s.scalars(select(Image.id).where(Image.name == name, Image.id != img.id)).first()
-            ):
-                raise Conflict(f"image name {name!r} is empty or taken", field="name")
-            img.name = name
-        if "os" in data:
-            img.os = typed(data, "os", str)
-        events.record(s, actor(), "image.updated", img.name, ", ".join(sorted(data)))
+        fields = {k: typed(data, k, str) for k in ("name", "os") if k in data}
+        img = images.change(s, lookup.find(s, Image, ref), fields, actor())
         return jsonify(present.image(img))
 
 
@@ -267,28 +237,12 @@ def image_delete(ref: str):
 
 
 KERNEL_FIELDS = {"name", "version", "kernel_path", "initrd_path", "cmdline", "is_default"}
-KERNEL_TEXT = ("version", "kernel_path", "initrd_path", "cmdline")
 
 
-def _apply_kernel(session: Session, k: Kernel, data: dict[str, Any]) -> None:
-    for key in ("name", *KERNEL_TEXT):
-        if key in data:
-            setattr(k, key, typed(data, key, str))
-    if not k.name or not k.kernel_path:
-        raise Invalid(
-            "name and kernel_path are required", field="name" if not k.name else "kernel_path"
-        )
-    kernels.check_script_fields({key: getattr(k, key) for key in ("name", *KERNEL_TEXT)})
-    for key in ("kernel_path", "initrd_path"):
-        path = getattr(k, key) or ""
-        if path.startswith("/") or ".." in path.split("/"):
-            raise Invalid(f"{key} must be relative to the boot assets directory", field=key)
-    if typed(data, "is_default", bool):
-        for other in session.scalars(select(Kernel).where(Kernel.is_default)):
-            other.is_default = False
-        k.is_default = True
-    elif data.get("is_default") is False:
-        k.is_default = False
+def _kernel_fields(data: dict[str, Any]) -> tuple[dict[str, Any], bool | None]:
+    """The body's typed kernel fields and is_default; the rules are kernels.check's."""
+    fields = {k: typed(data, k, str) for k in ("name", *kernels.TEXT_FIELDS) if k in data}
+    return fields, typed(data, "is_default", bool)
 
 
 @bp.get("/kernels")
@@ -301,13 +255,7 @@ def kernel_list():
 def kernel_create():
     data = body(KERNEL_FIELDS, {"name", "kernel_path"})
     with ctx().db.transaction() as s:
-        if s.scalars(select(Kernel.id).where(Kernel.name == data["name"])).first():
-            raise Conflict(f"kernel '{data['name']}' already exists", field="name")
-        k = Kernel(name="", kernel_path="")
-        _apply_kernel(s, k, data)
-        s.add(k)
-        s.flush()
-        events.record(s, actor(), "kernel.created", k.name, k.kernel_path)
+        k = kernels.create(s, *_kernel_fields(data), actor())
         out = present.kernel(k)
     ctx().inventory.refresh()
     return jsonify(out), 201
@@ -323,9 +271,7 @@ def kernel_show(ref: str):
 def kernel_update(ref: str):
     data = body(KERNEL_FIELDS)
     with ctx().db.transaction() as s:
-        k = lookup.find(s, Kernel, ref)
-        _apply_kernel(s, k, data)
-        events.record(s, actor(), "kernel.updated", k.name, ", ".join(sorted(data)))
+        k = kernels.change(s, lookup.find(s, Kernel, ref), *_kernel_fields(data), actor())
         out = present.kernel(k)
     ctx().inventory.refresh()
     return jsonify(out)
@@ -334,12 +280,7 @@ def kernel_update(ref: str):
 @bp.delete("/kernels/<ref>")
 def kernel_delete(ref: str):
     with ctx().db.transaction() as s:
-        k = lookup.find(s, Kernel, ref)
-        used = list(s.scalars(select(Appliance.name).where(Appliance.kernel_id == k.id)))
-        if used:
-            raise Conflict(f"kernel '{k.name}' is used by appliances: {', '.join(used)}")
-        events.record(s, actor(), "kernel.removed", k.name, "")
-        s.delete(k)
+        kernels.remove(s, lookup.find(s, Kernel, ref), actor())
     ctx().inventory.refresh()
     return "", 204
 
