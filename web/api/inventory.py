@@ -1,10 +1,12 @@
 """REST views of the inventory: resources, images, kernels and storages.
 
-Owns ``/api/v1/{resources,images,kernels,storages}``. State changes call the
-service modules (:mod:`provisiond.resources`, :mod:`provisiond.jobs`,
-:mod:`provisiond.images`, :mod:`provisiond.release`, :mod:`provisiond.capture`);
-long work answers 202 with its job. Kernel and storage records and resource
-names are plain rows edited here with an audit event each.
+Owns ``/api/v1/{resources,images,kernels,storages}`` — views only. State
+changes and their rules are the core's (:mod:`provisiond.resources` with
+renaming, :mod:`provisiond.jobs`, :mod:`provisiond.images`,
+:mod:`provisiond.kernels`, :mod:`provisiond.release`,
+:mod:`provisiond.capture`), so the CLI applies the same ones; long work
+answers 202 with its job. Storages are read-only here: the configuration's
+``[[storage]]`` tables are their one source (:mod:`provisiond.storages`).
 """
 
 from __future__ import annotations
@@ -16,12 +18,22 @@ from flask import jsonify
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
-from provisiond import capture, events, images, jobs, kernels, lookup, present, release, resources
-from provisiond.errors import Conflict, Invalid
-from provisiond.model import Appliance, Image, Kernel, Resource, Storage, Volume
+from provisiond import (
+    capture,
+    images,
+    jobs,
+    kernels,
+    lookup,
+    present,
+    release,
+    resources,
+    storages,
+)
+from provisiond.errors import Invalid
+from provisiond.model import Appliance, Image, Kernel, Resource, Volume
 from web.api import bp
 from web.api.auth import actor, requires
-from web.api.common import body, ctx, paginate, typed
+from web.api.common import body, ctx, page_args, paginate, typed
 
 _MAC_CHARS = re.compile(r"^[0-9a-fA-F:.-]+$")
 
@@ -286,80 +298,41 @@ def kernel_delete(ref: str):
 
 
 # ---------------------------------------------------------------- storages
-
-BACKENDS = ("file", "reflink", "lvm")
-EXPORTERS = ("auto", "tgt", "lio")
-
-
-def _apply_storage(st: Storage, data: dict[str, Any]) -> None:
-    for key in ("name", "path"):
-        if key in data:
-            setattr(st, key, typed(data, key, str))
-    if "backend" in data:
-        if data["backend"] not in BACKENDS:
-            raise Invalid(f"backend must be one of {', '.join(BACKENDS)}", field="backend")
-        st.backend = data["backend"]
-    if "exporter" in data:
-        if data["exporter"] not in EXPORTERS:
-            raise Invalid(f"exporter must be one of {', '.join(EXPORTERS)}", field="exporter")
-        st.exporter = data["exporter"]
+# The configuration's [[storage]] tables are the one source (provisiond.storages):
+# these views list them and refuse writes with the edit to make instead.
 
 
 @bp.get("/storages")
 def storage_list():
+    limit, offset = page_args()
     with ctx().db.reader() as s:
-        return jsonify(paginate(s, select(Storage).order_by(Storage.id), present.storage))
+        items = [present.declared_storage(d) for d in storages.declared(ctx().config, s)]
+    page = items[offset : offset + limit]
+    return jsonify({"items": page, "total": len(items), "limit": limit, "offset": offset})
 
 
 @bp.post("/storages")
 def storage_create():
-    data = body({"name", "backend", "path", "exporter"}, {"name", "backend", "path"})
-    with ctx().db.transaction() as s:
-        if s.scalars(select(Storage.id).where(Storage.name == data["name"])).first():
-            raise Conflict(f"storage '{data['name']}' already exists", field="name")
-        st = Storage(name="", backend="file", path="", exporter="auto")
-        _apply_storage(st, data)
-        s.add(st)
-        s.flush()
-        events.record(s, actor(), "storage.created", st.name, f"{st.backend} {st.path}")
-        return jsonify(present.storage(st)), 201
-
-
-def _storage(s: Session, ref: str) -> Storage:
-    return lookup.find(s, Storage, ref)
+    raise storages.read_only()
 
 
 @bp.get("/storages/<ref>")
 def storage_show(ref: str):
     with ctx().db.reader() as s:
-        st = _storage(s, ref)
-        vols = s.scalars(select(Volume).where(Volume.storage_id == st.id)).all()
-        out = present.storage(st)
+        d = storages.find_declared(ctx().config, s, ref)
+        out = present.declared_storage(d)
+        vols = s.scalars(select(Volume).where(Volume.storage_id == d.row.id)) if d.row else []
         out["volumes"] = [{"id": v.id, "name": v.name, "size": v.size} for v in vols]
         return jsonify(out)
 
 
 @bp.patch("/storages/<ref>")
 def storage_update(ref: str):
-    data = body({"name", "path", "exporter"})
-    with ctx().db.transaction() as s:
-        st = _storage(s, ref)
-        if (
-            "path" in data
-            and s.scalars(select(Volume.id).where(Volume.storage_id == st.id)).first()
-        ):
-            raise Conflict(f"storage '{st.name}' holds volumes; its path cannot change", "path")
-        _apply_storage(st, data)
-        events.record(s, actor(), "storage.updated", st.name, ", ".join(sorted(data)))
-        return jsonify(present.storage(st))
+    with ctx().db.reader() as s:
+        raise storages.read_only(storages.find_declared(ctx().config, s, ref))
 
 
 @bp.delete("/storages/<ref>")
 def storage_delete(ref: str):
-    with ctx().db.transaction() as s:
-        st = _storage(s, ref)
-        if s.scalars(select(Volume.id).where(Volume.storage_id == st.id)).first():
-            raise Conflict(f"storage '{st.name}' still holds volumes; remove its images first")
-        events.record(s, actor(), "storage.removed", st.name, "")
-        s.delete(st)
-    return "", 204
+    with ctx().db.reader() as s:
+        raise storages.read_only(storages.find_declared(ctx().config, s, ref))
