@@ -19,7 +19,7 @@ import signal
 import threading
 from collections.abc import Iterator
 
-from provisiond import assets, instance, logs, pxesettings, recovery, sdnotify
+from provisiond import assets, images, instance, logs, pxesettings, recovery, sdnotify
 from provisiond.agentd import AgentServer
 from provisiond.boots import BootRegistry
 from provisiond.capture import CaptureJob
@@ -38,11 +38,11 @@ from provisiond.release import EraseJob
 from provisiond.sanboot import SanbootStart, SanbootStop
 from provisiond.scheduler import Scheduler
 from provisiond.security import check_tls_pair, private_state
-from provisiond.service import Service
 from provisiond.storages import StorageManager, StorageService
 from provisiond.storagewatch import StorageWatch
 from provisiond.templatedeploy import TemplateStart, TemplateStop
 from pxe.http.ipxe import IpxeRenderer
+from pxe.service import Service
 
 log = logs.get("daemon")
 
@@ -67,7 +67,8 @@ def _protocol_services(ctx: Context) -> Iterator[Service]:
         from pxe.dhcp.server import DhcpService
 
         store = SqlLeaseStore(ctx.db, logs.get("dhcp"))
-        yield DhcpService(pxesettings.dhcp(cfg), ctx.policy, store, sightings=ctx.boots)
+        yield DhcpService(pxesettings.dhcp(cfg), ctx.policy, store, sightings=ctx.boots,
+                          observer=ctx.os_dhcp.observe)  # fmt: skip
     if cfg.services.tftp:
         from pxe.tftp.server import TftpService
 
@@ -182,6 +183,7 @@ class Daemon:
             },
         )
         other_jobs = {"image.capture": CaptureJob(ctx, manager), "resource.erase": EraseJob(ctx)}
+        other_jobs[images.IMPORT] = images.ImportJob(ctx.db, manager)
         self.services += [
             storage,
             StorageWatch(ctx, storage),

@@ -18,6 +18,18 @@ storage watch (:mod:`provisiond.storagewatch`) use:
     boot, e.g. a wrong LUN). It fails after ``iscsi.max_script_fetches``
     fetches (a boot loop), or when ``iscsi.boot_timeout`` passes; each reason
     says what was seen and what to check.
+:class:`OsDhcp` (``ctx.os_dhcp``) and :func:`judge_disk`
+    the same for a ``local`` deploy (:mod:`provisiond.localdeploy`): once the
+    agent has written the disk and rebooted, the machine's local-boot script
+    fetches are counted in ``ctx.local_fetches`` (a :class:`SanFetches`), and
+    the DHCP service hands every request it decodes to
+    :meth:`OsDhcp.observe`, which keeps, for the MACs a deploy watches, the
+    requests of a DHCP client that is not a network-boot client (no PXE or
+    HTTPClient vendor class, no iPXE user class or options) sent after that
+    MAC's local-boot script was served: the booted OS's own DHCP client.
+    :func:`judge_disk` is the rule: a report-in with the deploy's one-time
+    token proves the boot; for an image without a report-in slot
+    (:mod:`provisiond.reportslot`) the booted OS's DHCP request does.
 Test fault injection
     ``PROVISIOND_TEST_FAULT`` (a comma-separated list) or
     ``PROVISIOND_TEST_FAULT_FILE`` (a file holding that list, read on every
@@ -36,7 +48,9 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from provisiond.boot import BootAction, BootSpec
+from pxe.boot import BootAction, BootSpec
+from pxe.dhcp import bootfile
+from pxe.dhcp.codec import DhcpPacket
 
 FAULT_ENV, FAULT_FILE_ENV = "PROVISIOND_TEST_FAULT", "PROVISIOND_TEST_FAULT_FILE"
 FAULTS = ("wrong-chap", "wrong-lun", "wrong-portal")
@@ -125,6 +139,106 @@ def judge(
         )
         return Verdict("failed", f"{what}; the machine fetched its SAN script {times} ({hint})")
     return Verdict("wait")
+
+
+# -- local deploys: did the written disk boot? ---------------------------------
+@dataclass(frozen=True)
+class OsSeen:
+    """DHCP requests of a watched MAC's booted OS (after its local-boot script)."""
+
+    count: int = 0
+    ip: str | None = None  # the address it asked for or holds (option 50 / ciaddr)
+    vendor: str = ""  # its vendor class (option 60), printable and short
+    armed: bool = False  # its local-boot script was served: from now on a request counts
+
+
+_PRINTABLE = str.maketrans({c: None for c in map(chr, range(32))} | {"\x7f": None})
+
+
+class OsDhcp:
+    """Booted-OS DHCP requests of the MACs a local deploy watches (thread-safe).
+
+    :meth:`observe` runs on the DHCP serve thread for every decoded request:
+    one dict lookup for a MAC nobody watches.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._seen: dict[str, OsSeen] = {}
+
+    def watch(self, mac: str) -> None:
+        with self._lock:
+            self._seen[mac] = OsSeen()
+
+    def unwatch(self, mac: str) -> None:
+        with self._lock:
+            self._seen.pop(mac, None)
+
+    def arm(self, mac: str) -> None:
+        """The machine got its local-boot script: the next OS DHCP request is its OS's."""
+        with self._lock:
+            if mac in self._seen:
+                self._seen[mac] = replace(self._seen[mac], armed=True)
+
+    def seen(self, mac: str) -> OsSeen:
+        with self._lock:
+            return self._seen.get(mac, OsSeen())
+
+    def observe(self, p: DhcpPacket) -> None:
+        if p.chaddr not in self._seen or p.op != 1 or bootfile.detect(p) is not None:
+            return
+        vendor = (p.text_opt(60) or "").translate(_PRINTABLE)[:48]
+        ip = p.ip_opt(50) or (p.ciaddr if p.ciaddr != "0.0.0.0" else None)
+        with self._lock:
+            old = self._seen.get(p.chaddr)
+            if old is not None and old.armed:
+                self._seen[p.chaddr] = OsSeen(old.count + 1, ip or old.ip, vendor, True)
+
+
+@dataclass(frozen=True)
+class DiskSeen:
+    """What a starting local appliance's watcher saw since the agent rebooted the machine."""
+
+    fetches: int  # local-boot scripts served
+    os_dhcp: OsSeen  # DHCP of the booted OS
+    reported: str | None  # the name it reported in as (None: no report-in yet)
+    now: float
+    started: float  # when the agent's result arrived (monotonic)
+
+
+def judge_disk(
+    seen: DiskSeen, *, what: str, phones_home: bool, max_fetches: int, timeout: float
+) -> Verdict:
+    """Did the written disk boot? ``what`` = "wrote and verified IMAGE on DISK of MACHINE"."""
+    times = f"{seen.fetches} time{'s' if seen.fetches != 1 else ''}"
+    dhcp = seen.os_dhcp
+    via = f" (vendor class {dhcp.vendor!r})" if dhcp.vendor else ""
+    if seen.reported:
+        return Verdict("active", f"the booted OS reported in as {seen.reported}")
+    if dhcp.count and not phones_home:
+        return Verdict("active", f"the booted OS's DHCP client asked for "
+                                 f"{dhcp.ip or 'an address'}{via} after its local-boot script "
+                                 "(the image has no report-in slot)")  # fmt: skip
+    if seen.fetches >= max_fetches:
+        return Verdict("failed", f"{what}; boot loop: the machine fetched its local-boot script "
+                                 f"{times} without its OS coming up (does the image boot on "
+                                 "this machine? see its console)")  # fmt: skip
+    if seen.now - seen.started < timeout:
+        return Verdict("wait")
+    if dhcp.count:  # only an image that phones home gets here with a DHCP request seen
+        return Verdict("failed", f"{what}; its OS came up (DHCP for {dhcp.ip or 'an address'}"
+                                 f"{via}) but did not report in within {timeout:g} s (does "
+                                 "the image's report-in service run? can it reach provisiond's "
+                                 "HTTP port?); the machine fetched its local-boot script "
+                                 f"{times} since")  # fmt: skip
+    if seen.fetches == 0:
+        return Verdict("failed", f"{what}; the machine did not PXE-boot within {timeout:g} s "
+                                 "after the agent rebooted it (is PXE first in its boot order? "
+                                 "did it power off?)")  # fmt: skip
+    proof = "no report-in and no DHCP request" if phones_home else "no DHCP request"
+    return Verdict("failed", f"{what}; {proof} from the booted OS within {timeout:g} s; the "
+                             f"machine fetched its local-boot script {times} since (does the "
+                             "disk boot? see its console)")  # fmt: skip
 
 
 # -- test fault injection -----------------------------------------------------

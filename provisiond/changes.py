@@ -38,7 +38,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
 
 from provisiond import logs
-from provisiond.service import LoopThread
+from pxe.service import LoopThread
 
 log = logs.get("changes")
 CHANNEL = "provisiond"

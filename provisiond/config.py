@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from provisiond import shipped
-from provisiond.boot import script_problem
+from pxe.boot import script_problem
 
 DEFAULT_PATH = Path("/etc/provisiond/provisiond.toml")
 ENV_VAR = "PROVISIOND_CONFIG"
@@ -110,6 +110,15 @@ class IscsiConfig:
 
 
 @dataclass(frozen=True)
+class LocalConfig:
+    """``[local]``: how a ``local`` deploy proves the written disk booted (localdeploy.py)."""
+
+    boot_timeout: int = 600  # seconds from the agent's reboot to the booted OS's proof
+    max_script_fetches: int = 6  # local-boot script fetches without the OS up: a boot loop
+    confirm_boot: bool = False  # wait for the booted OS (False: active once written)
+
+
+@dataclass(frozen=True)
 class LeaseConfig:
     """How this instance proves it is alive to the others on one database."""
 
@@ -193,6 +202,7 @@ class Config:
     http: HttpConfig = field(default_factory=HttpConfig)
     power: PowerConfig = field(default_factory=PowerConfig)
     ha: HaConfig = field(default_factory=HaConfig)
+    local: LocalConfig = field(default_factory=LocalConfig)
     subnets: tuple[SubnetConfig, ...] = ()
     storages: tuple[StorageConfig, ...] = ()
     source: str = "<defaults>"
@@ -334,6 +344,7 @@ _TOP = {
     "iscsi", "subnet", "storage", "images", "http", "ha",
 }  # fmt: skip
 _TOP.add("power")
+_TOP.add("local")
 
 
 def _build(raw: dict[str, Any], source: str) -> Config:
@@ -385,6 +396,7 @@ def _build(raw: dict[str, Any], source: str) -> Config:
         http=http,
         power=_power(raw.get("power", {})),
         ha=_ha(raw.get("ha", {})),
+        local=_local(raw.get("local", {})),
         subnets=subnets,
         storages=storages,
         source=source,
@@ -549,6 +561,16 @@ def _lease(raw: dict[str, Any]) -> LeaseConfig:
     return LeaseConfig(
         heartbeat_interval=t.int("heartbeat_interval", d.heartbeat_interval, 1, 3600),
         expiry=t.int("expiry", d.expiry, 2, 100),
+    )
+
+
+def _local(raw: dict[str, Any]) -> LocalConfig:
+    t = _Table(raw, "local", {"boot_timeout", "max_script_fetches", "confirm_boot"})
+    d = LocalConfig()
+    return LocalConfig(
+        confirm_boot=t.bool("confirm_boot", d.confirm_boot),
+        boot_timeout=t.int("boot_timeout", d.boot_timeout, 10, 86400),
+        max_script_fetches=t.int("max_script_fetches", d.max_script_fetches, 2, 1000),
     )
 
 

@@ -15,14 +15,14 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from provisiond.boot import BootPolicy
-from provisiond.bootchain import SanFetches
+from provisiond.bootchain import OsDhcp, SanFetches
 from provisiond.boots import BootRegistry
 from provisiond.config import Config
 from provisiond.db import Database
 from provisiond.inventory import Inventory
 from provisiond.liveness import Liveness
 from provisiond.tokencache import TokenCache
+from pxe.boot import BootPolicy
 from pxe.http.ipxe import IpxeRenderer
 
 
@@ -37,6 +37,8 @@ class Context:
     liveness: Liveness = field(default_factory=Liveness)
     tokens: TokenCache = field(default_factory=TokenCache)  # agent tokens looked up
     san_fetches: SanFetches = field(default_factory=SanFetches)  # SAN scripts served per machine
+    local_fetches: SanFetches = field(default_factory=SanFetches)  # local-boot scripts, the same
+    os_dhcp: OsDhcp = field(default_factory=OsDhcp)  # booted OSes' DHCP (local deploys watch)
     _wakers: list[Callable[[], None]] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 

@@ -61,7 +61,7 @@ from provisiond.power import (
     load_builtin,
     settings_of,
 )
-from provisiond.service import LoopThread
+from pxe.service import LoopThread
 
 log = logs.get("ha")
 POWER_WORKERS = 8

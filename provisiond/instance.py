@@ -42,7 +42,7 @@ from provisiond import logs
 from provisiond.config import Config
 from provisiond.db import Database
 from provisiond.model import Instance, utcnow
-from provisiond.service import LoopThread
+from pxe.service import LoopThread
 
 log = logs.get("instance")
 LOCK_FILE = "provisiond.lock"

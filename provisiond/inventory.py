@@ -32,7 +32,7 @@ from sqlalchemy import func, select
 from provisiond import logs
 from provisiond.db import Database
 from provisiond.model import Appliance, Kernel, Lease, Resource
-from provisiond.service import LoopThread
+from pxe.service import LoopThread
 
 log = logs.get("inventory")
 MIN_GAP = 0.5  # seconds between requested reloads

@@ -24,7 +24,7 @@ from provisiond import jobs, logs, lookup, racks
 from provisiond.db import Database
 from provisiond.lifecycle import JobState as JS
 from provisiond.model import Appliance, Job, Resource, utcnow
-from provisiond.service import LoopThread
+from pxe.service import LoopThread
 
 log = logs.get("jobs")
 

@@ -21,11 +21,11 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from provisiond import events, shipped
-from provisiond.boot import script_problem
 from provisiond.config import Config
 from provisiond.db import Database
 from provisiond.errors import Conflict, Invalid, ProvisiondError
 from provisiond.model import Appliance, Kernel
+from pxe.boot import script_problem
 
 
 def newest_kernel(modroot: Path = Path("/lib/modules")) -> str:

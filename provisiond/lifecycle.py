@@ -4,7 +4,7 @@ This module is the only place that says which state may follow which.
 Everything that changes a state calls :func:`check` (through
 :func:`provisiond.resources.set_state`, :func:`provisiond.appliances.set_state`
 and :func:`provisiond.jobs.transition`), so an illegal move raises
-:class:`IllegalTransition` naming both states. ``TRANSIENT`` lists the states
+:class:`IllegalTransition` naming both states. ``TRANSIENT_*`` list the states
 a daemon restart must not silently resume: on start-up the instance's own
 (and those of instances whose lease expired) become ``failed`` with the
 reason ``daemon restarted during <state>`` (:mod:`provisiond.recovery`).

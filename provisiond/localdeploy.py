@@ -19,10 +19,41 @@ capture, erase and template installs).
        job only (the resource's address only, one connection) and sends the
        raw volume bytes, as ``nc SERVER PORT | dd of=DISK`` expects; the agent
        then compares one sha256 of the disk region with the manifest's.
-    3. exit 0 → appliance and resource ``active``; the agent reboots and the
-       boot policy answers "boot the local disk". Anything else (checksum
-       mismatch, short disk, lost connection beyond retries, timeout) →
-       ``failed`` with the agent's reason; never ``active``.
+    3. exit 0 → the appliance's ``written`` param is set, so the boot policy
+       answers "boot the local disk" when the agent reboots the machine.
+       Anything else (checksum mismatch, short disk, lost connection beyond
+       retries, timeout) → ``failed`` with the agent's reason; never ``active``.
+    4. watch the boot (``[local] confirm_boot``; off: ``active`` at step 3):
+       the appliance stays ``starting`` until the booted OS shows it is up,
+       decided by :func:`provisiond.bootchain.judge_disk`:
+
+       * **report-in** (an image built for provisiond): the image reserves a
+         report-in slot (:mod:`provisiond.reportslot`), the daemon mints a
+         one-time token (only its hash is kept, in the job's params, as a
+         template install does), the agent fetches this deploy's record over
+         its authenticated stream API and writes it into the slot after the
+         verification, and the booted OS calls ``POST /install/v1/done``
+         with it: :func:`provisiond.templatedeploy.report_in`, one code path
+         for both modes. Only this proves the boot for such an image: the
+         token went to that machine's disk only, over the agent's channel.
+       * **the booted OS's DHCP request** (any other image: nothing is needed
+         in it): after the local-boot script was served to that MAC, the
+         daemon's DHCP service (full or proxy; it hears the broadcast either
+         way) sees a request from that MAC of a client that is not a PXE
+         ROM, iPXE or UEFI HTTP (:class:`provisiond.bootchain.OsDhcp`). It
+         shows a kernel and its network came up from the disk; it is not
+         authenticated (anyone on the segment can send it with that MAC), so
+         it is taken only where no report-in can come — the same trade as
+         Ironic's and Foreman's "the machine rebooted" for images without an
+         agent, but with a sign of life from the disk's OS.
+       * neither within ``local.boot_timeout`` s, or ``local.max_script_fetches``
+         fetches of the local-boot script (iPXE retries it when the disk does
+         not boot: a boot loop) → ``failed`` with what was written and what
+         was seen (e.g. "wrote and verified golden on /dev/vda of dep2; no
+         report-in and no DHCP request from the booted OS within 600 s; the
+         machine fetched its local-boot script 1 time since"). A retry
+         (``appliance start``) after the fault is fixed runs the whole chain
+         again.
 
 Zero chunks: with ``zeros=write`` (default) the agent zeroes what the image
 leaves empty (a regular-file target is truncated, a block device gets
@@ -40,8 +71,9 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
-from provisiond import appliances, chunks, logs, powerctl, resources
+from provisiond import appliances, bootchain, chunks, logs, powerctl, reportslot, resources
 from provisiond.agentjob import (
     DEFAULT_TIMEOUT,
     Gone,
@@ -58,8 +90,10 @@ from provisiond.context import Context
 from provisiond.db import Database
 from provisiond.errors import Invalid, NotFound
 from provisiond.jobrunner import JobFailed
+from provisiond.lifecycle import ApplianceState as AS
 from provisiond.lifecycle import JobState as JS
 from provisiond.model import Image, Job
+from provisiond.security import hash_token, new_token, write_private
 
 log = logs.get("local")
 SLICE = 256 * 1024  # bytes handed to the WSGI server at once (stays in its memory buffer)
@@ -206,18 +240,39 @@ class RawSender:
 # --- the handlers -------------------------------------------------------------
 
 
+def slot_path(ctx: Context, job_id: int) -> Path:
+    """This deploy's report-in record (0600; it holds the one-time token)."""
+    return ctx.config.state_dir / "installs" / f"local-{job_id}.slot"
+
+
+def report_record(db: Database, resource_id: int, cmd_id: int) -> bytes:
+    """The report-in record the agent writes into the disk's slot (web/stream.py)."""
+    with db.reader() as s:
+        cmd = open_command(s, resource_id, cmd_id, "deploy")
+        path = cmd.params.get("report_slot")
+    if not path or not os.path.isfile(path):
+        raise NotFound(f"deploy command {cmd_id} has no report-in record")
+    with open(path, "rb") as fh:
+        return fh.read()
+
+
+POLL = 1.0  # seconds between looks at the boot's evidence
+
+
 class LocalStart:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
 
     def run(self, job_id: int) -> str:
         db, scope = self.ctx.db, JobScope(self.ctx, job_id)
-        with db.reader() as s:
+        with db.transaction() as s:
             app = scope.appliance(s)
             if app.image is None or app.image.volume is None:
                 raise JobFailed(f"appliance {app.name}: its image has no master volume")
+            app.params = {k: v for k, v in (app.params or {}).items() if k != "written"}
             image_id, path, image_name = app.image.id, app.image.volume.path, app.image.name
             res_id, res_ip, res_name = app.resource_id, app.resource.ip, app.resource.display_name
+            mac = app.resource.mac
             params = dict(app.params or {})
             disk = params.get("disk") or default_disk(app.resource.inventory)
             wake = app.resource.power_driver and not powerctl.agent_heard(
@@ -230,6 +285,19 @@ class LocalStart:
         transport = params.get("transport", "http")
         if transport not in ("http", "nc"):
             raise JobFailed(f"transport {transport!r}: use http or nc")
+        confirm = self.ctx.config.local.confirm_boot
+        phones_home = confirm and reportslot.read_slot(path, m.size)
+        slot = slot_path(self.ctx, job_id) if phones_home else None
+        if slot is not None:
+            token = new_token()
+            record = reportslot.record(f"{self.ctx.config.http_base}/install/v1/done", token)
+            slot.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            write_private(slot, record)
+            with db.transaction() as s:
+                job = scope.job(s)
+                job.params = {**(job.params or {}), "callback_hash": hash_token(token)}
+            scope.log(f"{image_name} has a report-in slot: its booted OS reports in "
+                      "with a one-time token")  # fmt: skip
         sender = None
         if transport == "nc":
             sender = RawSender(str(self.ctx.config.address), path, m.size, res_ip).start()
@@ -243,8 +311,10 @@ class LocalStart:
             zeros=params.get("zeros", "write"),
             retries=params.get("retries", 5),
             timeout=params.get("chunk_timeout", 30),
+            report_offset=slot and reportslot.OFFSET,
         )
-        cmd_id = start_command(self.ctx, job_id, res_id, "deploy", arg, image_id=image_id)
+        extra = {"report_slot": str(slot)} if slot else {}
+        cmd_id = start_command(self.ctx, job_id, res_id, "deploy", arg, image_id=image_id, **extra)
         if wake:  # a machine that is off: its agent runs the command once it boots
             scope.log(
                 powerctl.boot_or_advise(
@@ -262,18 +332,83 @@ class LocalStart:
         finally:
             if sender:
                 sender.stop()
+            if slot is not None:
+                slot.unlink(missing_ok=True)
         scope.log(f"agent: {last}")
-        with db.transaction() as s:
-            job = scope.job(s)
-            job.bytes_done = job.bytes_total
-            if not appliances.booted(s, res_id, "image written and verified by the agent"):
-                raise JobFailed("the appliance left 'starting' while its disk was written")
-        self.ctx.inventory.refresh()
-        return (
-            f"active: {image_name} written to {disk} of {res_name} and verified; booting from disk"
+        if not confirm:
+            with db.transaction() as s:
+                job = scope.job(s)
+                job.bytes_done = job.bytes_total
+                if not appliances.booted(s, res_id, "image written and verified by the agent"):
+                    raise JobFailed("the appliance left 'starting' while its disk was written")
+            self.ctx.inventory.refresh()
+            return (
+                f"active: {image_name} written to {disk} of {res_name} and verified; "
+                "booting from disk"
+            )
+        self.ctx.local_fetches.reset(res_id)  # a new boot attempt: count from here
+        self.ctx.os_dhcp.watch(mac)
+        try:
+            with db.transaction() as s:
+                job = scope.job(s)
+                job.bytes_done = job.bytes_total
+                app = scope.appliance(s)
+                if app is None or app.state != AS.STARTING:
+                    raise JobFailed("the appliance left 'starting' while its disk was written")
+                stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+                app.params = {**(app.params or {}), "written": stamp}
+            self.ctx.inventory.refresh()
+            self.ctx.ring()
+            proof = "its report-in" if phones_home else "its DHCP request"
+            limit = self.ctx.config.local.boot_timeout
+            scope.log(f"written and verified; waiting for the booted OS of {res_name} "
+                      f"({proof}, up to {limit} s)")  # fmt: skip
+            what = f"wrote and verified {image_name} on {disk} of {res_name}"
+            verdict = self._watch(job_id, res_id, mac, what, phones_home)
+        finally:
+            self.ctx.os_dhcp.unwatch(mac)
+        return f"active: {image_name} written to {disk} of {res_name}, verified and booted: " + (
+            verdict
         )
 
+    def _watch(self, job_id: int, res_id: int, mac: str, what: str, phones_home: bool) -> str:
+        """Until :func:`bootchain.judge_disk` decides (bounded by ``local.boot_timeout``)."""
+        ctx, cfg, scope = self.ctx, self.ctx.config.local, JobScope(self.ctx, job_id)
+        t0, dhcp_logged = time.monotonic(), False
+        while True:
+            with ctx.db.reader() as s:
+                job = scope.job(s)
+                app = scope.appliance(s)
+                reported = (job.params or {}).get("reported")
+                state, job_state = (app.state if app else None), job.state
+            if job_state != JS.RUNNING or state not in (AS.STARTING, AS.ACTIVE):
+                raise JobFailed(f"the appliance left 'starting' ({state}) before its OS was seen")
+            dhcp = ctx.os_dhcp.seen(mac)
+            if dhcp.count and not dhcp_logged:
+                dhcp_logged = True
+                scope.log(f"DHCP request of the booted OS seen "
+                          f"({dhcp.ip or 'no address yet'}, vendor class "
+                          f"{dhcp.vendor or 'none'})")  # fmt: skip
+            verdict = bootchain.judge_disk(
+                bootchain.DiskSeen(ctx.local_fetches.count(res_id), dhcp, reported,
+                                   time.monotonic(), t0),
+                what=what, phones_home=phones_home, max_fetches=cfg.max_script_fetches,
+                timeout=cfg.boot_timeout,
+            )  # fmt: skip
+            if verdict.state == "failed":
+                raise JobFailed(verdict.reason)
+            if verdict.state == "active":
+                if not reported:  # a report-in made it active already
+                    with ctx.db.transaction() as s:
+                        if not appliances.booted(s, res_id, verdict.reason):
+                            raise JobFailed("the appliance left 'starting' before its OS was seen")
+                ctx.inventory.refresh()
+                scope.log(verdict.reason)
+                return verdict.reason
+            time.sleep(POLL)
+
     def fail(self, job_id: int, reason: str) -> None:
+        slot_path(self.ctx, job_id).unlink(missing_ok=True)
         cancel_command(self.ctx.db, job_id, reason)
         appliances.fail_job(self.ctx.db, job_id, reason)
         self.ctx.inventory.refresh()

@@ -12,7 +12,8 @@ unknown MAC / new / idle / offline /    AGENT: the idle-agent kernel + initrd
 failed / releasing                      (the default Kernel)
 appliance mode sanboot, starting/active SANBOOT: iSCSI target from params
 appliance mode local, starting          DEPLOY: the agent, which streams
-appliance mode local, active            LOCAL_DISK: boot the machine's disk
+appliance mode local, active / written  LOCAL_DISK: boot the machine's disk
+  (starting, the agent wrote the disk)
 appliance mode template, installed /    LOCAL_DISK: boot the installed disk
   active
 appliance mode template, starting,      KERNEL: the installer kernel + initrd
@@ -24,9 +25,9 @@ appliance mode template, starting       DEPLOY: the agent, which installs
 
 from __future__ import annotations
 
-from provisiond.boot import BootAction, BootSpec, Machine, SanTarget
 from provisiond.config import Config
 from provisiond.inventory import Inventory, KernelView, ResourceView
+from pxe.boot import BootAction, BootSpec, Machine, SanTarget
 
 
 class DatabasePolicy:
@@ -69,7 +70,7 @@ class DatabasePolicy:
                 chap_secret=params.get("chap_secret", ""),
             )
             return BootSpec(BootAction.SANBOOT, san=san, resource_id=view.id, label="sanboot")
-        if mode == "local" and state == "active":
+        if mode == "local" and (state == "active" or params.get("written")):
             return BootSpec(BootAction.LOCAL_DISK, resource_id=view.id, label="local disk")
         if mode == "local":
             spec = self._agent_spec(view)

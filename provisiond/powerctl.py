@@ -39,7 +39,7 @@ from provisiond.errors import Conflict, Invalid, NotFound
 from provisiond.model import Resource, utcnow
 from provisiond.power import PowerAction, PowerError, PowerSettings, PowerState
 from provisiond.secretbox import SecretBox, for_state_dir
-from provisiond.service import LoopThread
+from pxe.service import LoopThread
 
 log = logs.get("power")
 

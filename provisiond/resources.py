@@ -27,12 +27,12 @@ from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from provisiond import events, lifecycle
-from provisiond.boot import normalize_mac
 from provisiond.errors import Conflict, Invalid, NotFound
 from provisiond.hardware import parse_inventory
 from provisiond.lifecycle import ResourceState as RS
 from provisiond.model import Appliance, Job, Resource, utcnow
 from provisiond.security import hash_token, new_token, ssh_fingerprint
+from pxe.boot import normalize_mac
 
 #: states in which a resource runs the agent and its per-boot token is valid
 AGENT_STATES = frozenset(

@@ -18,7 +18,7 @@ from provisiond.config import Config
 from provisiond.db import Database
 from provisiond.inventory import Inventory
 from provisiond.liveness import Liveness
-from provisiond.service import LoopThread
+from pxe.service import LoopThread
 
 log = logs.get("scheduler")
 

@@ -34,8 +34,8 @@ from provisiond import appliances, bootchain, events, logs
 from provisiond.context import Context
 from provisiond.lifecycle import ApplianceState as AS
 from provisiond.model import Appliance
-from provisiond.service import LoopThread
 from provisiond.storages import StorageService
+from pxe.service import LoopThread
 from storage.backends.base import StorageError
 from storage.exporters import ExportSpec
 from storage.runner import CommandFailed

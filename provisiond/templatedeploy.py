@@ -249,7 +249,11 @@ def bundle_for(ctx: Context, resource_id: int, cmd_id: int) -> Path:
 
 
 def report_in(ctx: Context, token: str, ip: str | None, hostname: str, hostkey: str) -> str:
-    """The installed OS calls back once: pin its host key, appliance and resource active."""
+    """The installed OS calls back once: pin its host key, appliance and resource active.
+
+    Also the report-in of a ``local`` deploy's booted OS (:mod:`provisiond.localdeploy`,
+    the token from its disk's report-in slot): one path for both modes.
+    """
     digest = hash_token(token)
     with ctx.db.transaction() as s:
         running = s.scalars(
@@ -269,7 +273,7 @@ def report_in(ctx: Context, token: str, ip: str | None, hostname: str, hostkey: 
             res.ip = ip
         job.params = {k: v for k, v in job.params.items() if k != "callback_hash"}
         job.params = {**job.params, "reported": hostname or res.display_name}
-        appliances.booted(s, res.id)
+        appliances.booted(s, res.id, f"the booted OS reported in as {hostname or res.display_name}")
         name = res.display_name
     ctx.inventory.refresh()
     log.info("%s: the installed OS reported in as %s", name, hostname)

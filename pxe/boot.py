@@ -5,8 +5,7 @@ us about the asker), :class:`BootSpec` (the answer) and the
 :class:`BootPolicy` protocol. DHCP, TFTP, HTTP and DNS all ask
 ``policy.boot_spec(machine)`` at request time; ``None`` means "ignore this
 machine". Standard library only, so codecs and servers can import it freely.
-This is a port of ``pxe``: :class:`provisiond.policy.DatabasePolicy` implements it
-(``provisiond.boot`` re-exports these names).
+This is a port of ``pxe``: :class:`provisiond.policy.DatabasePolicy` implements it.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ once the service is listening (so errors such as "address in use" surface at
 start-up); ``stop`` returns within a couple of seconds. :class:`LoopThread`
 is the shared helper for services that run a receive loop in a thread;
 :func:`run_until_signal` runs one service alone (``python -m pxe.dhcp``...).
-Part of ``pxe`` (standard library only); ``provisiond.service`` re-exports it.
+Part of ``pxe`` (standard library only); the daemon's services import it from here.
 """
 
 from __future__ import annotations

@@ -10,7 +10,9 @@ reason, and changes nothing (no token replaced, no resource created).
 Fetching a SAN script does not make its appliance active: the sanboot job
 watches for the initiator's iSCSI login. Each SAN script served is counted
 (``ctx.san_fetches``, :mod:`provisiond.bootchain`): a machine that keeps
-fetching it is in a boot loop and its appliance fails. Test fault injection
+fetching it is in a boot loop and its appliance fails. Local-boot scripts are
+counted the same way (``ctx.local_fetches``) and arm the watch for the booted
+OS's DHCP request (``ctx.os_dhcp``; :mod:`provisiond.localdeploy`). Test fault injection
 (``PROVISIOND_TEST_FAULT``) is applied to SAN scripts here. ``GET /assets/<path>`` streams
 files from the boot assets directory with Range support, confined to that
 directory. Both are unauthenticated by design.
@@ -23,9 +25,9 @@ from pathlib import Path
 from flask import Blueprint, Response, abort, current_app, request, send_file
 
 from provisiond import bootchain, logs, resources
-from provisiond.boot import BootAction, BootSpec, Firmware, Machine, normalize_mac
 from provisiond.context import Context
 from provisiond.security import hash_token, new_token
+from pxe.boot import BootAction, BootSpec, Firmware, Machine, normalize_mac
 
 bp = Blueprint("boot", __name__)
 log = logs.get("http")
@@ -76,6 +78,10 @@ def script(mac: str) -> Response:
         if faults:
             log.warning("TEST FAULT injected into the SAN script of %s: %s", mac, sorted(faults))
             spec = bootchain.inject(spec, faults)
+    if spec is not None and spec.action == BootAction.LOCAL_DISK and spec.resource_id is not None:
+        n = ctx.local_fetches.fetched(spec.resource_id)  # a local deploy watches these
+        ctx.os_dhcp.arm(mac)
+        log.info("local-boot script for %s: fetch %d", mac, n)
     try:
         text = ctx.renderer.render(spec, mac, extra)
     except ValueError as exc:  # UnsafeScriptValue: a stored value older than the input checks

@@ -16,6 +16,9 @@ GET  /agent/v1/stream/<cmd>/manifest                    text: header + chunk lin
 GET  /agent/v1/stream/<cmd>/chunks?start=P&step=N       framed chunks (chunks.py)
 POST /agent/v1/stream/<cmd>/progress  body "DONE TOTAL" 204
 PUT  /agent/v1/stream/<cmd>/chunk/<index>?sha256=&enc=  204; 422 on a checksum error
+GET  /agent/v1/stream/<cmd>/report-in                   the deploy's report-in record
+                                                        (4 KiB; 404 if the image has
+                                                        no slot; reportslot.py)
 =====================================================  =========================
 """
 
@@ -64,6 +67,13 @@ def _int(name: str, default: int) -> int:
 def manifest(resource_id: int, cmd_id: int):
     _path, m = localdeploy.deploy_source(_ctx().db, resource_id, cmd_id)
     return Response(m.text(), mimetype="text/plain")
+
+
+@bp.get("/stream/<int:cmd_id>/report-in")
+@agent_auth
+def report_in_record(resource_id: int, cmd_id: int):
+    record = localdeploy.report_record(_ctx().db, resource_id, cmd_id)
+    return Response(record, mimetype="application/octet-stream")
 
 
 @bp.get("/stream/<int:cmd_id>/chunks")

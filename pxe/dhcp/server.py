@@ -20,7 +20,9 @@ the busy timeout.
     DhcpService(settings, policy, store, sightings=boots).start()   # returns once listening
 
 A reply to a network-boot client is reported to the ``sightings`` port
-(``pxe.dhcp.sightings``): "this MAC booted with this address now".
+(``pxe.dhcp.sightings``): "this MAC booted with this address now". An
+``observer`` (optional) sees every decoded request, answered or not (the
+core's watch for a booted OS's own DHCP client, ``provisiond.bootchain``).
 """
 
 from __future__ import annotations
@@ -29,9 +31,10 @@ import socket
 import struct
 import threading
 import time
+from collections.abc import Callable
 
 from pxe.boot import BootPolicy
-from pxe.dhcp.codec import DhcpDecodeError, decode
+from pxe.dhcp.codec import DhcpDecodeError, DhcpPacket, decode
 from pxe.dhcp.handler import Handler, Reply
 from pxe.dhcp.leases import LeaseStore
 from pxe.dhcp.pool import LeaseRow, Pool, pools_for
@@ -61,6 +64,7 @@ class DhcpService:
         *,
         client_port: int = 68,
         sightings: BootSightings | None = None,
+        observer: Callable[[DhcpPacket], None] | None = None,
     ) -> None:
         if not isinstance(settings, DhcpSettings):
             raise TypeError(
@@ -68,6 +72,7 @@ class DhcpService:
             )
         self.settings, self.policy, self.store = settings, policy, store
         self.sightings = sightings
+        self.observer = observer  # sees every decoded request (the booted-OS watch)
         self.client_port = client_port
         self.stats: dict[str, int] = dict.fromkeys(STAT_KEYS, 0)
         self.warn = RateLimitedLog(WARN_EVERY, log)
@@ -176,6 +181,8 @@ class DhcpService:
                 stats["received"] += 1
                 try:
                     packet = decode(data)
+                    if self.observer is not None:
+                        self.observer(packet)
                     reply = handle(packet, now, src if proxy else None)
                 except DhcpDecodeError as exc:  # also a malformed option read late
                     stats["dropped_malformed"] += 1

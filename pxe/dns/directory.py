@@ -4,7 +4,7 @@ Owns the :class:`NameDirectory` protocol (what the DNS service asks) and
 :class:`StaticDirectory`, a dict-backed implementation for unit tests and
 fixed entries. The database-backed implementation lives in
 :mod:`provisiond.inventory` and answers from memory (DNS never waits on the
-database); ``provisiond.directory`` re-exports these names. Names are short
+database). Names are short
 host names without the domain, lower case:
 a resource's name, or ``r-<mac without colons>`` when it has none;
 appliances by their name.

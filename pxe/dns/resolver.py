@@ -1,7 +1,7 @@
 """DNS decisions: what to answer for one parsed query (no sockets, no clock).
 
 Owns the authoritative zone for the configured domain and the reverse
-(PTR) answers, both read from a :class:`provisiond.directory.NameDirectory`:
+(PTR) answers, both read from a :class:`pxe.dns.directory.NameDirectory`:
 
 - ``<name>.<domain>`` A (and ANY) -> the directory's address, AA set;
   other types of a known name -> NOERROR, no data, SOA in authority

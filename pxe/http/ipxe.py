@@ -1,10 +1,10 @@
 """iPXE scripts rendered from a BootSpec through Jinja2 templates.
 
-Owns turning a :class:`provisiond.boot.BootSpec` into the text of an iPXE
+Owns turning a :class:`pxe.boot.BootSpec` into the text of an iPXE
 script (``templates/ipxe/*.ipxe.j2``, StrictUndefined). Everything that lands
 in a script is validated first: kernel arguments, paths and iSCSI names may
 not carry newlines, control characters, ``;``, ``&&``, ``||``, ``#`` words
-or iPXE's own ``${`` expansion (:func:`provisiond.boot.script_problem`, the
+or iPXE's own ``${`` expansion (:func:`pxe.boot.script_problem`, the
 same rule the API and CLI apply at input time), so no input can inject a
 second command into the script.
 """

@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 
 from provisiond import pxesettings
 from provisiond.config import Config, DnsConfig, ServicesConfig
-from provisiond.directory import StaticDirectory
+from pxe.dns.directory import StaticDirectory
 from pxe.dns.resolver import Zone, resolve
 from pxe.dns.server import DnsService
 from pxe.dns.wire import (

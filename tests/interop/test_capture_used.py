@@ -1,7 +1,7 @@
 """Capture over the tcp transport reads only used blocks; the deployed file system is fsck-clean.
 
 The real daemon and the real agent (busybox sh + the initrd's partclone,
-sfdisk, openssl, zstd) as in test_stream.py. The agent's disk is a regular
+sfdisk, openssl, zstd) from tests/streamlab.py, as in test_stream.py. The agent's disk is a regular
 file with an MBR table and one ext4 partition (mke2fs -d, -E offset); its
 partition device ``/dev/vda1`` is a loop device over that region (the
 kernel's partition node in a real machine). The free blocks of the file
@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.interop.test_stream import MAC, MiB, job_of, lab  # noqa: F401 (fixture)
+from tests.streamlab import MAC, MiB, job_of
+from tests.streamlab import lab as lab  # a fixture
 
 pytestmark = [pytest.mark.interop, pytest.mark.timeout(300)]
 DISK = 96 * MiB
@@ -50,7 +51,7 @@ def loop_over(path: Path, offset: int, size: int) -> str:
                           check=True).stdout.strip()  # fmt: skip
 
 
-def test_ext4_capture_reads_used_blocks_only_and_deploys_fsck_clean(lab, tmp_path):  # noqa: F811
+def test_ext4_capture_reads_used_blocks_only_and_deploys_fsck_clean(lab, tmp_path):
     why = _have("sfdisk", "mke2fs", "e2fsck", "debugfs", "losetup", "partclone.extfs")
     if why:
         pytest.skip(reason=why)

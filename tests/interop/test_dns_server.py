@@ -20,7 +20,7 @@ from dnslib import RCODE, DNSRecord
 
 from provisiond import pxesettings
 from provisiond.config import Config, DnsConfig, ServicesConfig
-from provisiond.directory import StaticDirectory
+from pxe.dns.directory import StaticDirectory
 from pxe.dns.server import DnsService, DnsStartError
 
 pytestmark = [

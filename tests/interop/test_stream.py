@@ -12,51 +12,19 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import shutil
 import signal
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.agentlab import BUSYBOX
-from tests.daemonlab import LabDaemon, lab_config
+from tests.daemonlab import LabDaemon
 from tests.hostagent import HostAgent
 from tests.netlab import Lab, sh
+from tests.streamlab import MAC, MiB, job_of
+from tests.streamlab import lab as lab  # a fixture
 
 pytestmark = [pytest.mark.interop, pytest.mark.timeout(240)]
-MAC = "52:54:00:5b:00:01"
-MiB = 2**20
-
-
-@pytest.fixture
-def lab(tmp_path):
-    if BUSYBOX is None or not shutil.which("curl"):
-        pytest.skip(reason="needs busybox (busybox-static) and curl")
-    with Lab("strm") as lab:
-        extra = f'[[storage]]\nname = "local"\nbackend = "file"\npath = "{tmp_path / "images"}"\n'
-        extra += f'[images]\nimport_dirs = ["{tmp_path}"]\n'
-        d = LabDaemon(lab, tmp_path, lab_config(lab, tmp_path / "state", extra))
-        d.cli("init")
-        d.add_fake_kernel()
-        d.start()
-        client = lab.add_client(mac=MAC, address=f"{lab.net}.50")
-        agents: list[HostAgent] = []
-
-        def agent(disk_size: int = 64 * MiB) -> HostAgent:
-            agents.append(HostAgent(d, client, tmp_path, MAC, disk_size))
-            deadline = time.monotonic() + 30
-            while d.cli_json("resource", "show", MAC)["state"] != "idle":
-                assert time.monotonic() < deadline, agents[-1].log()
-                time.sleep(0.3)
-            return agents[-1]
-
-        try:
-            yield lab, d, agent
-        finally:
-            for a in agents:
-                a.stop()
-            d.stop()
 
 
 def make_image(path: Path, size: int = 48 * MiB) -> bytes:
@@ -70,10 +38,6 @@ def make_image(path: Path, size: int = 48 * MiB) -> bytes:
         fh.seek(size - 4096)
         fh.write(os.urandom(4096))
     return path.read_bytes()
-
-
-def job_of(out: str) -> int:
-    return int(re.search(r"job (\d+)", out).group(1))
 
 
 def deploy(d, tmp_path, agent, *params: str, image: bytes | None = None) -> tuple[int, bytes]:

@@ -8,8 +8,8 @@ from collections import Counter
 from pathlib import Path
 
 from provisiond import pxesettings
-from provisiond.boot import BootAction, BootSpec
 from provisiond.config import Config, SubnetConfig
+from pxe.boot import BootAction, BootSpec
 from pxe.dhcp.codec import decode
 from pxe.dhcp.handler import Handler
 from pxe.dhcp.pool import pools_for

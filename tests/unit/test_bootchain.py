@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from provisiond import bootchain
-from provisiond.boot import BootAction, BootSpec, SanTarget
 from provisiond.bootchain import SanFetches, Seen, judge
 from provisiond.config import ConfigError, parse
+from pxe.boot import BootAction, BootSpec, SanTarget
 
 INI, T = "iqn.2025-01.test:r1", "iqn.2025-01.test:app1"
 RULE = {"initiator": INI, "target": T, "max_fetches": 6, "settle": 20, "timeout": 600}

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from provisiond.boot import Architecture as A
-from provisiond.boot import Firmware as F
+from pxe.boot import Architecture as A
+from pxe.boot import Firmware as F
 from pxe.dhcp import bootfile
 from pxe.dhcp.codec import decode
 from tests.unit import dhcp_packets as pk

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from dnslib import OPCODE, QTYPE, RCODE, DNSRecord
 
-from provisiond.directory import StaticDirectory
+from pxe.dns.directory import StaticDirectory
 from pxe.dns.resolver import Outcome, Zone, ptr_address, resolve
 
 ZONE = Zone(domain="lab.test", ttl=30, ns_address="10.0.0.1")

@@ -39,7 +39,7 @@ CASES = [
     ("pxe/dhcp/codec.py", "import struct\nfrom dataclasses import dataclass\n", False),
     ("pxe/dhcp/codec.py", "import scapy.all\n", True),  # third party in a codec
     ("pxe/tftp/codec.py", "from pxe.boot import Machine\n", True),
-    ("web/boot.py", "from provisiond.boot import normalize_mac\n", False),
+    ("web/boot.py", "from pxe.boot import normalize_mac\n", False),
 ]
 
 

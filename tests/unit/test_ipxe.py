@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from provisiond import shipped
-from provisiond.boot import BootAction, BootSpec, SanTarget
+from pxe.boot import BootAction, BootSpec, SanTarget
 from pxe.http.ipxe import IpxeRenderer, UnsafeScriptValue
 
 BASE = "http://10.77.0.1:8080"

@@ -9,11 +9,11 @@ import tarfile
 import pytest
 
 from provisiond import appliances, lookup, resources
-from provisiond.boot import BootAction, Machine
 from provisiond.model import Appliance, Job
 from provisiond.policy import DatabasePolicy
 from provisiond.security import hash_token
 from provisiond.templatedeploy import make_bundle
+from pxe.boot import BootAction, Machine
 from tests.unit.web_fixtures import app, ctx  # noqa: F401
 
 MAC = "52:54:00:7e:00:09"

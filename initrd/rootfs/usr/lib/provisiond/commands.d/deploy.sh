@@ -2,7 +2,7 @@
 #
 # Owns: cmd_deploy ID ARG OUTFILE. ARG (base64) holds key=value lines from
 # provisiond/localdeploy.py: disk, transport (http|nc), size, sha256, port,
-# workers, zeros (write|skip), retries, timeout. Steps (http):
+# workers, zeros (write|skip), retries, timeout, report_offset. Steps (http):
 #   1. GET  .../stream/ID/manifest; refuse a disk smaller than the image;
 #   2. zeros=write: make what the image leaves empty read as zeros (a file
 #      target is truncated, a block device gets /dev/zero over the zero runs);
@@ -13,7 +13,9 @@
 #      verification overlaps the transfer of the next chunk; a cut or stalled
 #      stream resumes from the next unverified chunk (bounded retries without
 #      progress); a read-back mismatch fails the deploy;
-#   4. the result is reported and the machine reboots into its disk
+#   4. report_offset= (an image with a report-in slot): the deploy's record
+#      (GET .../stream/ID/report-in) is written over the slot;
+#   5. the result is reported and the machine reboots into its disk
 #      (AFTER_RESULT).
 # nc: "nc SERVER PORT | dd of=DISK", then one sha256 of the image region.
 # The last output line is the outcome shown to operators.
@@ -52,7 +54,23 @@ deploy_run() {
 	case "$(arg_get transport "$STREAM_TMP/arg")" in
 	nc) deploy_nc "$1" ;;
 	*) deploy_http "$1" ;;
-	esac
+	esac || return
+	_slot=$(arg_get report_offset "$STREAM_TMP/arg")
+	[ -z "$_slot" ] || report_slot "$1" "$_slot"
+}
+
+# report_slot ID OFFSET -> this deploy's report-in record (4 KiB, one-time
+# token) written over the image's slot at byte OFFSET, after the verification
+# (provisiond/reportslot.py); the booted OS reads it and reports in.
+report_slot() {
+	api_get "/agent/v1/stream/$1/report-in" "$STREAM_TMP/slot" ||
+		deploy_fail "report-in record not available (HTTP $API_STATUS)" || return
+	[ "$(wc -c <"$STREAM_TMP/slot")" -eq 4096 ] ||
+		deploy_fail "report-in record is not 4096 bytes" || return
+	dd if="$STREAM_TMP/slot" of="$DISK" bs=4096 seek=$(($2 / 4096)) count=1 \
+		conv=notrunc,fsync 2>/dev/null || deploy_fail "writing the report-in slot failed" || return
+	rm -f "$STREAM_TMP/slot"
+	echo "deployed and verified; report-in record written at byte $2 of $DISK"
 }
 
 deploy_http() {

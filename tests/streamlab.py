@@ -1,0 +1,58 @@
+"""The daemon-and-agent lab of the local deploy / capture interop tests.
+
+Owns the ``lab`` fixture (the real daemon in a Lab namespace with a file
+storage and a fake kernel, plus a factory for the real agent script on a
+client whose disk is a regular file) and the small helpers the tests share:
+the client's ``MAC``, ``MiB`` and :func:`job_of`. Used by
+tests/interop/test_stream.py and tests/interop/test_capture_used.py.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import time
+
+import pytest
+
+from tests.agentlab import BUSYBOX
+from tests.daemonlab import LabDaemon, lab_config
+from tests.hostagent import HostAgent
+from tests.netlab import Lab
+
+MAC = "52:54:00:5b:00:01"
+MiB = 2**20
+
+
+@pytest.fixture
+def lab(tmp_path):
+    if BUSYBOX is None or not shutil.which("curl"):
+        pytest.skip(reason="needs busybox (busybox-static) and curl")
+    with Lab("strm") as lab:
+        extra = f'[[storage]]\nname = "local"\nbackend = "file"\npath = "{tmp_path / "images"}"\n'
+        extra += f'[images]\nimport_dirs = ["{tmp_path}"]\n'
+        d = LabDaemon(lab, tmp_path, lab_config(lab, tmp_path / "state", extra))
+        d.cli("init")
+        d.add_fake_kernel()
+        d.start()
+        client = lab.add_client(mac=MAC, address=f"{lab.net}.50")
+        agents: list[HostAgent] = []
+
+        def agent(disk_size: int = 64 * MiB) -> HostAgent:
+            agents.append(HostAgent(d, client, tmp_path, MAC, disk_size))
+            deadline = time.monotonic() + 30
+            while d.cli_json("resource", "show", MAC)["state"] != "idle":
+                assert time.monotonic() < deadline, agents[-1].log()
+                time.sleep(0.3)
+            return agents[-1]
+
+        try:
+            yield lab, d, agent
+        finally:
+            for a in agents:
+                a.stop()
+            d.stop()
+
+
+def job_of(out: str) -> int:
+    return int(re.search(r"job (\d+)", out).group(1))
