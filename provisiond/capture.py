@@ -42,12 +42,9 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import time
 
-from sqlalchemy import select
-
-from provisiond import agentchannel, capturerx, chunks, events
+from provisiond import agentchannel, capturerx, chunks, events, images
 from provisiond.agentjob import (
     DEFAULT_TIMEOUT,
     JobScope,
@@ -62,12 +59,10 @@ from provisiond.db import Database
 from provisiond.errors import Conflict, Invalid
 from provisiond.jobrunner import JobFailed
 from provisiond.lifecycle import JobState as JS
-from provisiond.model import Image, Job, Resource, Storage, Volume
+from provisiond.model import Job, Resource
 from provisiond.resources import AGENT_STATES
 from provisiond.storages import StorageManager
 from storage.backends import StorageError
-
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,100}$")
 
 
 class ChecksumError(Invalid):
@@ -97,10 +92,7 @@ def capture(
     workers: int = DEFAULT_WORKERS,
 ) -> Job:
     """Queue an ``image.capture`` job (the daemon's job runner does the work)."""
-    if not _NAME.match(name):
-        raise Invalid(f"image name {name!r}: letters, digits and . _ + - only", field="name")
-    if session.scalars(select(Image.id).where(Image.name == name)).first():
-        raise Conflict(f"image '{name}' already exists; pick another name", field="name")
+    images.check_name(session, name)
     if res.state not in AGENT_STATES or not res.agent_token_hash:
         raise Conflict(f"resource {res.display_name} is {res.state} and runs no agent")
     if not disk.startswith("/dev/") or disk_size(res.inventory, disk) is None:
@@ -175,7 +167,7 @@ class CaptureJob:
             res_ip = res.ip
         settings = self.manager.settings(p.get("storage"))
         backend = self.manager.backend(settings.name)
-        vol_name = f"image-{p['name']}"
+        vol_name = images.master_volume(p["name"])
         try:
             vol = backend.create(vol_name, size)
         except StorageError as exc:
@@ -201,27 +193,11 @@ class CaptureJob:
                 f"captured volume does not match what the agent read "
                 f"({len(m.chunks)} chunks on the server, agent said {last!r})"
             )
+        master = images.Master(p["name"], settings.name, vol_name, vol.path, size, m.sha256,
+                               m.to_json())  # fmt: skip
         with db.transaction() as s:
-            self.manager.sync_rows(s)
-            s.flush()
-            st = s.scalars(select(Storage).where(Storage.name == settings.name)).one()
-            row = Volume(storage_id=st.id, name=vol_name, path=vol.path, size=size)
-            s.add(row)
-            s.flush()
-            img = Image(
-                name=p["name"],
-                format="raw",
-                size=size,
-                sha256=m.sha256,
-                volume_id=row.id,
-                manifest=m.to_json(),
-                state="ready",
-            )
-            s.add(img)
-            s.flush()
-            job = s.get(Job, job_id)
-            job.image_id, job.bytes_done = img.id, size
-            events.record(s, "daemon", "image.captured", img.name, f"{res_name}:{p['disk']}")
+            images.register(s, self.manager, job_id, master, "daemon", "image.captured",
+                            f"{res_name}:{p['disk']}")  # fmt: skip
         return f"image {p['name']}: {size} bytes, {len(m.chunks)} data chunks, sha256 {m.sha256}"
 
     def _run_tcp(self, scope: JobScope, p, res_id, res_ip, res_name, path, size):
