@@ -62,6 +62,7 @@ from provisiond.lifecycle import JobState as JS
 from provisiond.model import Job, Resource
 from provisiond.resources import AGENT_STATES
 from provisiond.storages import StorageManager
+from storage import remotewrite
 from storage.backends import StorageError
 
 
@@ -167,6 +168,12 @@ class CaptureJob:
             res_ip = res.ip
         settings = self.manager.settings(p.get("storage"))
         backend = self.manager.backend(settings.name)
+        remote = self.manager.runner_for(settings.name)
+        if getattr(remote, "remote", False) and p.get("transport", "http") != "tcp":
+            raise JobFailed(
+                f"storage {settings.name} is on a storage host: capture onto it needs the tcp "
+                "transport (its chunks are verified on the host)"
+            )
         vol_name = images.master_volume(p["name"])
         try:
             vol = backend.create(vol_name, size)
@@ -176,7 +183,13 @@ class CaptureJob:
             job = scope.job(s)
             job.params, job.bytes_total = {**p, "volume": vol_name}, size
         if p.get("transport", "http") == "tcp":
-            m, last = self._run_tcp(scope, p, res_id, res_ip, res_name, vol.path, size)
+            sink = None
+            if getattr(remote, "remote", False):  # a storage host: chunks checked and written there
+                try:
+                    sink = remotewrite.RemoteWriter(remote, vol.path)
+                except StorageError as exc:
+                    raise JobFailed(f"cannot write to {vol.path} on {settings.host}: {exc}")
+            m, last = self._run_tcp(scope, p, res_id, res_ip, res_name, vol.path, size, sink)
         else:
             arg = encode_arg(disk=p["disk"], size=size, retries=5, timeout=30)
             cmd_id = start_command(
@@ -200,14 +213,15 @@ class CaptureJob:
                             f"{res_name}:{p['disk']}")  # fmt: skip
         return f"image {p['name']}: {size} bytes, {len(m.chunks)} data chunks, sha256 {m.sha256}"
 
-    def _run_tcp(self, scope: JobScope, p, res_id, res_ip, res_name, path, size):
+    def _run_tcp(self, scope: JobScope, p, res_id, res_ip, res_name, path, size, sink=None):
         db, job_id = self.ctx.db, scope.job_id
 
         def auth(token: str) -> bool:
             caller = agentchannel.authenticate(db, f"Bearer {token}")
             return caller is not None and caller.resource_id == res_id
 
-        rx = capturerx.Receiver(str(self.ctx.config.address), path, size, res_ip, auth).start()
+        rx = capturerx.Receiver(str(self.ctx.config.address), path, size, res_ip, auth,
+                                sink=sink).start()  # fmt: skip
         try:
             workers = int(p.get("workers") or DEFAULT_WORKERS)
             arg = encode_arg(disk=p["disk"], size=size, retries=5, timeout=30, transport="tcp",
@@ -230,7 +244,10 @@ class CaptureJob:
                 m = rx.manifest()
             except capturerx.FrameError as exc:
                 raise JobFailed(f"capture incomplete: {exc}; lane errors: {rx.errors[:3]}")
-            rx.finish()
+            try:
+                rx.finish()
+            except StorageError as exc:  # the storage host refused a chunk or the end
+                raise JobFailed(f"capture onto {path} failed: {exc}")
             took = time.monotonic() - t0
             scope.log(f"received {len(m.chunks)} chunks ({rx.received_bytes} bytes) "
                       f"in {took:.1f} s; refused connections: {rx.refused}")  # fmt: skip

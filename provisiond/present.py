@@ -83,6 +83,9 @@ def storage(st: Storage) -> dict[str, Any]:
         "backend": st.backend,
         "path": st.path,
         "exporter": st.exporter,
+        "host": st.host,  # a storage host (driven over SSH), or None: this machine
+        "host_state": st.host_state,  # "up" | "down" (its appliances cannot start) | None
+        "host_reason": st.host_reason,  # why it is down
     }
 
 
@@ -98,6 +101,7 @@ def declared_storage(d) -> dict[str, Any]:
         "exporter": src.exporter,
         "host": (st.host if st is not None else row.host) or None,
         "host_state": row.host_state if row is not None else None,
+        "host_reason": row.host_reason if row is not None else None,
         "declared": st is not None,
     }
 
