@@ -96,14 +96,42 @@ def local_boot_script(d, client) -> str:
     return text
 
 
-def test_the_booted_os_dhcp_request_makes_an_image_without_slot_active(lab, tmp_path):
+def test_without_a_slot_the_booted_os_dhcp_proves_the_boot_and_faults_fail(lab, tmp_path):
+    """One machine, three attempts: a boot loop, a disk that never comes up, a good boot."""
     d, client, agent = lab
     image, job = start(d, tmp_path, slot=False)
     wait_written(d, agent, job)
     assert agent.disk.read_bytes()[: len(image)] == image
+    for _ in range(4):  # iPXE: "local disk boot failed; retrying in 10 s", again and again
+        local_boot_script(d, client)
+    done = d.wait_job(job, timeout=15)
+    assert done["state"] == "failed" and "boot loop" in done["outcome"], done
+    assert "4 times" in done["outcome"], done
+    # the failed machine PXE-boots into the agent again, not into its disk
+    code, text = d.boot_script(client, MAC)
+    assert code in (200, 403) and "booting from the local disk" not in text, text
+
+    # start again: iPXE boots the disk ... which never comes up
+    job = job_id(d.cli("appliance", "start", "loc").stdout)
+    wait_written(d, agent, job)
+    local_boot_script(d, client)
+    t0 = time.monotonic()
+    done = d.wait_job(job, timeout=60)
+    assert done["state"] == "failed", done
+    assert time.monotonic() - t0 < 50  # boot_timeout = 30 s, polled once a second
+    reason = done["outcome"]
+    for words in ("wrote and verified img on /dev/vda", "no DHCP request from the booted OS "
+                  "within 30 s", "fetched its local-boot script 1 time since"):  # fmt: skip
+        assert words in reason, reason
+    app = d.cli_json("appliance", "show", "loc")
+    assert app["state"] == "failed" and "no DHCP request" in app["state_reason"], app
+    assert d.cli_json("resource", "show", MAC)["state"] == "failed"
+    assert "no DHCP request from the booted OS" in d.cli("event", "list").stdout
+
+    # fixed (say, the disk's boot order): start again; the whole chain runs again
+    job = job_id(d.cli("appliance", "start", "loc").stdout)
+    wait_written(d, agent, job)
     d.dhcp_boot(client, vendor=OS_VENDOR)  # before the local-boot script: not its OS yet
-    time.sleep(2)
-    assert state(d) == "starting"
     d.dhcp_boot(client)  # the PXE ROM of the reboot: not an OS either
     local_boot_script(d, client)
     time.sleep(2)
@@ -147,45 +175,3 @@ def test_an_image_with_a_slot_is_active_only_after_its_report_in(lab, tmp_path):
     seen += d.cli("event", "list").stdout + d.log.read_text()
     assert token not in seen
     assert not list((tmp_path / "state" / "installs").glob("local-*"))  # record file removed
-
-
-def test_no_sign_of_the_booted_os_fails_with_the_reason_and_a_retry_works(lab, tmp_path):
-    d, client, agent = lab
-    _image, job = start(d, tmp_path, slot=False)
-    wait_written(d, agent, job)
-    local_boot_script(d, client)  # iPXE boots the disk ... which never comes up
-    t0 = time.monotonic()
-    done = d.wait_job(job, timeout=60)
-    assert done["state"] == "failed", done
-    assert time.monotonic() - t0 < 50  # boot_timeout = 30 s, polled once a second
-    reason = done["outcome"]
-    for words in ("wrote and verified img on /dev/vda", "no DHCP request from the booted OS "
-                  "within 30 s", "fetched its local-boot script 1 time since"):  # fmt: skip
-        assert words in reason, reason
-    app = d.cli_json("appliance", "show", "loc")
-    assert app["state"] == "failed" and "no DHCP request" in app["state_reason"], app
-    assert d.cli_json("resource", "show", MAC)["state"] == "failed"
-    assert "no DHCP request from the booted OS" in d.cli("event", "list").stdout
-    # the failed machine PXE-boots into the agent again, not into its disk
-    code, text = d.boot_script(client, MAC)
-    assert code in (200, 403) and "booting from the local disk" not in text, text
-
-    # fixed (say, the disk's boot order): start again; the whole chain runs again
-    job2 = job_id(d.cli("appliance", "start", "loc").stdout)
-    wait_written(d, agent, job2)
-    local_boot_script(d, client)
-    d.dhcp_boot(client, vendor=OS_VENDOR)
-    done = d.wait_job(job2, timeout=30)
-    assert done["state"] == "succeeded", done
-    assert state(d) == "active"
-
-
-def test_a_boot_loop_fails_before_the_timeout(lab, tmp_path):
-    d, client, agent = lab
-    _image, job = start(d, tmp_path, slot=False)
-    wait_written(d, agent, job)
-    for _ in range(4):  # iPXE: "local disk boot failed; retrying in 10 s", again and again
-        local_boot_script(d, client)
-    done = d.wait_job(job, timeout=15)
-    assert done["state"] == "failed" and "boot loop" in done["outcome"], done
-    assert "4 times" in done["outcome"], done
