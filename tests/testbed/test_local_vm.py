@@ -43,7 +43,7 @@ from tests.daemonlab import free_control_port  # noqa: E402
 from tests.testbed.diskimage import build_boot_disk  # noqa: E402
 from tests.testbed.vmlab import in_order  # noqa: E402
 
-pytestmark = pytest.mark.testbed
+pytestmark = [pytest.mark.testbed, pytest.mark.timeout(900)]
 MAC1, MAC2 = "52:54:00:1c:00:01", "52:54:00:1c:00:02"
 DISK_MIB = 64
 MARKER = "LOCALBOOT-OK"

@@ -118,9 +118,10 @@ def test_report_slot_refuses_unsafe_values(url, token):
 
 def test_local_settings():
     assert parse("").local.boot_timeout == 600
-    cfg = parse("[local]\nboot_timeout = 30\nmax_script_fetches = 3\nconfirm_boot = true\n")
+    assert parse("").local.confirm_boot is True
+    cfg = parse("[local]\nboot_timeout = 30\nmax_script_fetches = 3\nconfirm_boot = false\n")
     assert (cfg.local.boot_timeout, cfg.local.max_script_fetches, cfg.local.confirm_boot) == (
-        30, 3, True)  # fmt: skip
+        30, 3, False)  # fmt: skip
     for bad in ("boot_timeout = 1", "max_script_fetches = 1", "confirm_boot = 1", "nope = 1"):
         with pytest.raises(ConfigError):
             parse(f"[local]\n{bad}\n")
