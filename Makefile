@@ -15,6 +15,8 @@ APT_PACKAGES += debian-installer-12-netboot-amd64
 # issue 16: QEMU's iSCSI block driver (qemu-io --image-opts driver=iscsi in test_storage_host_vm);
 # issue 15: mkntfs and ntfs-3g for bench/capture's NTFS disk
 APT_PACKAGES += qemu-block-extra ntfs-3g
+# issue 15: fan-out deploys over multicast (udp-sender in the daemon, udp-receiver in the initrd)
+APT_PACKAGES += udpcast
 PYTEST_ARGS ?=
 
 .PHONY: test demo deps apt venv vendor lint unit initrd clean

@@ -5,7 +5,7 @@
 #   - Debian busybox-static (/bin/busybox + applet symlinks),
 #   - dropbear-bin (dropbear, dropbearkey), zstd, openssl, and for the "install"
 #     command sfdisk (fdisk), mke2fs (e2fsprogs), mkfs.fat (dosfstools), with
-#     their shared libraries,
+#     their shared libraries, udp-receiver (udpcast: fan-out deploys),
 #   - the NIC/disk kernel modules listed in initrd/modules.list (+ dependencies)
 #     taken from the kernel being served,
 #   - initrd/rootfs/ (/init, the agent, the udhcpc script, /etc files).
@@ -31,7 +31,7 @@ BUSYBOX=${BUSYBOX:-/bin/busybox}
 EXTRA_BINS=${EXTRA_BINS:-"/usr/sbin/dropbear /usr/bin/dropbearkey /usr/bin/zstd /usr/bin/openssl \
   /usr/sbin/sfdisk /usr/sbin/mke2fs /usr/sbin/mkfs.fat \
   /usr/sbin/partclone.extfs /usr/sbin/partclone.ntfs /usr/sbin/partclone.fat /usr/sbin/partclone.xfs \
-  /usr/sbin/partclone.btrfs /usr/bin/socat"}
+  /usr/sbin/partclone.btrfs /usr/bin/socat /usr/bin/udp-receiver"}
 # configuration files the extra binaries read (mke2fs: the ext4 feature defaults)
 # (libgcc_s: glibc dlopens it when partclone's threads exit; ldd does not list it)
 EXTRA_FILES=${EXTRA_FILES:-"/etc/mke2fs.conf /lib/x86_64-linux-gnu/libgcc_s.so.1"}
@@ -56,7 +56,7 @@ parse_args() {
   [ -f "$BOOTDIR/vmlinuz-$KVER" ] || die "no kernel image $BOOTDIR/vmlinuz-$KVER"
   [ -x "$BUSYBOX" ] || die "$BUSYBOX missing (apt-get install busybox-static)"
   for b in $EXTRA_BINS; do
-    [ -x "$b" ] || die "$b missing (apt-get install dropbear-bin zstd openssl fdisk e2fsprogs dosfstools partclone socat)"
+    [ -x "$b" ] || die "$b missing (apt-get install dropbear-bin zstd openssl fdisk e2fsprogs dosfstools partclone socat udpcast)"
   done
   for f in $EXTRA_FILES; do [ -f "$f" ] || die "$f missing (apt-get install e2fsprogs libgcc-s1)"; done
 }

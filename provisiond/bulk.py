@@ -7,11 +7,14 @@ exist (an unknown one refuses the whole request: nothing is changed), at most
 work, so one machine's failure (a BMC that does not answer, a resource that
 already has an appliance) does not undo the others; the result lists every
 resource with what happened to it. Power actions run ``[power] concurrency`` at
-a time.
+a time. Assigning one image to two or more machines in ``local`` mode marks
+their start jobs as one fan-out group: they receive the image together over
+multicast (:mod:`provisiond.fanout`).
 """
 
 from __future__ import annotations
 
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
@@ -74,8 +77,12 @@ def run(config: Config, db: Database, refs: list[str], action: str, *, erase: st
         with ThreadPoolExecutor(workers, thread_name_prefix="bulk") as pool:
             return list(pool.map(lambda t: _power(config, db, t, action, actor), targets))
     one = _release if action == "release" else _assign
-    return [one(db, t, actor, erase=erase or None, mode=mode, image=image, kernel=kernel)
-            for t in targets]  # fmt: skip
+    # one image to several local-mode machines: their deploys share one multicast (fanout.py)
+    fanout = None
+    if action == "assign" and mode == "local" and image and len(targets) >= 2:
+        fanout = {"group": f"bulk-{uuid.uuid4().hex[:10]}", "size": len(targets)}
+    return [one(db, t, actor, erase=erase or None, mode=mode, image=image, kernel=kernel,
+                fanout=fanout) for t in targets]  # fmt: skip
 
 
 def _power(config, db, target, action, actor) -> Item:
@@ -105,7 +112,7 @@ def _release(db, target, actor, *, erase, **_) -> Item:
     return Item(name, True, f"erasing ({erase}), job {job_id}" if job_id else "idle")
 
 
-def _assign(db, target, actor, *, mode, image, kernel, **_) -> Item:
+def _assign(db, target, actor, *, mode, image, kernel, fanout=None, **_) -> Item:
     rid, name = target
     try:
         with db.transaction() as s:
@@ -113,6 +120,8 @@ def _assign(db, target, actor, *, mode, image, kernel, **_) -> Item:
             app = appliances.create(s, name=f"app-{name}", resource=res, mode=mode,
                                     image=image, kernel=kernel, actor=actor)  # fmt: skip
             job = appliances.start(s, app, actor)
+            if fanout:
+                job.params = {**(job.params or {}), "fanout": fanout}
             app_name, job_id = app.name, job.id
     except (ProvisiondError, IllegalTransition) as exc:
         return Item(name, False, str(exc))

@@ -1,9 +1,11 @@
 """Images: importing master images onto a storage, and removing them.
 
-Owns the Image and master Volume rows. ``import_from`` streams a raw or
-qcow2 file (or an http(s) URL) into a new volume of a configured storage
-with progress, records the sha256 and size, and tracks the work as a Job so
-the UI and API see it. What may be imported (import folders, no internal
+Owns the Image and master Volume rows. An import streams a raw or qcow2
+file (or an http(s) URL) into a new volume of a configured storage with
+progress, records the sha256 and size, and is a Job the UI and API see:
+``queue_import`` checks it and queues it for the daemon's job runner, whose
+:class:`ImportJob` does the work; the CLI's ``import_from`` runs the same
+work in its own process. What may be imported (import folders, no internal
 URLs) is :mod:`provisiond.importpolicy`'s rule, checked before the job
 starts; a URL's password never reaches the job, the events or an error
 message (:func:`storage.fetch.redact_url`). Removing an image that still has clones is refused
@@ -13,6 +15,7 @@ with a message naming them.
 from __future__ import annotations
 
 import re
+import threading
 import time
 from collections.abc import Callable
 
@@ -22,6 +25,7 @@ from sqlalchemy.orm import Session
 from provisiond import events, importpolicy, jobs
 from provisiond.db import Database
 from provisiond.errors import Conflict, Invalid, NotFound
+from provisiond.jobrunner import JobFailed
 from provisiond.lifecycle import JobState as JS
 from provisiond.model import Appliance, Image, Job, Storage, Volume, utcnow
 from provisiond.storages import StorageManager
@@ -64,38 +68,84 @@ class JobProgress:
             job.rate = done / max(now - self.t0, 1e-6)
 
 
-def import_from(
+IMPORT = "image.import"  # the job kind the runner's ImportJob handles
+
+
+class _Sources:
+    """Import sources that carry a password, kept in memory only (never in the job row).
+
+    The request that queues an import puts its source here; the runner's
+    handler in the same process takes it. Thread-safe.
+    """
+
+    def __init__(self) -> None:
+        self._by_job: dict[int, str] = {}
+        self._lock = threading.Lock()
+
+    def put(self, job_id: int, source: str) -> None:
+        with self._lock:
+            self._by_job[job_id] = source
+
+    def take(self, job_id: int) -> str | None:
+        with self._lock:
+            return self._by_job.pop(job_id, None)
+
+
+SOURCES = _Sources()
+
+
+def _new_job(db, manager, source, name, storage, actor, state: JS) -> int:
+    """Check an import (name, storage, import policy) and create its job in ``state``."""
+    if not _NAME.match(name):
+        raise Invalid(f"image name {name!r}: letters, digits and . _ + - only", field="name")
+    settings = manager.settings(storage)
+    importpolicy.checked_source(manager.config, source)
+    shown = redact_url(source)
+    with db.transaction() as s:
+        if s.scalars(select(Image.id).where(Image.name == name)).first():
+            raise Conflict(f"image '{name}' already exists; pick another name", field="name")
+        manager.sync_rows(s)
+        job = Job(kind=IMPORT, state=state, started_at=utcnow() if state == JS.RUNNING else None,
+                  params={"source": shown, "name": name, "storage": settings.name,
+                          "actor": actor, "redacted": shown != source})  # fmt: skip
+        s.add(job)
+        s.flush()
+        if shown != source:  # before the commit: the runner may claim the job right after it
+            SOURCES.put(job.id, source)
+        return job.id
+
+
+def queue_import(
     db: Database,
     manager: StorageManager,
     source: str,
     name: str,
     storage: str | None = None,
     actor: str = "cli",
-    echo: Progress | None = None,
-) -> Image:
-    if not _NAME.match(name):
-        raise Invalid(f"image name {name!r}: letters, digits and . _ + - only", field="name")
-    settings = manager.settings(storage)
-    config = manager.config
-    path, url_check = importpolicy.checked_source(config, source)
-    shown = redact_url(source)
-    with db.transaction() as s:
-        if s.scalars(select(Image.id).where(Image.name == name)).first():
-            raise Conflict(f"image '{name}' already exists; pick another name", field="name")
-        manager.sync_rows(s)
-        job = Job(kind="image.import", state=JS.RUNNING, started_at=utcnow(),
-                  params={"source": shown, "name": name})  # fmt: skip
-        s.add(job)
-        s.flush()
-        job_id = job.id
+) -> int:
+    """Queue an import for the daemon's job runner (:class:`ImportJob`); returns the job id.
+
+    What can be refused at once (name, storage, import policy, name taken) is
+    raised here, nothing queued.
+    """
+    return _new_job(db, manager, source, name, storage, actor, JS.QUEUED)
+
+
+def _run(db: Database, manager: StorageManager, job_id: int, source: str,
+         echo: Progress | None = None) -> str:  # fmt: skip
+    """Stream ``source`` into a new volume and register the image; returns the outcome."""
+    with db.reader() as s:
+        params = dict(s.get(Job, job_id).params or {})
+    name, shown, actor = params["name"], params["source"], params.get("actor", "cli")
+    settings = manager.settings(params.get("storage"))
+    path, url_check = importpolicy.checked_source(manager.config, source)
     progress = JobProgress(db, job_id, echo)
     backend = manager.backend(settings.name, progress=progress)
     volume_name = f"image-{name}"
     try:
         result = import_image(backend, volume_name, path, progress=progress, url_check=url_check)
     except (StorageError, OSError) as exc:
-        _finish(db, job_id, JS.FAILED, f"import of {shown} failed: {exc}")
-        raise Invalid(f"import of {shown} failed: {exc}", field="source")
+        raise JobFailed(f"import of {shown} failed: {exc}")
     with db.transaction() as s:
         st = s.scalars(select(Storage).where(Storage.name == settings.name)).one()
         vol = Volume(storage_id=st.id, name=volume_name, path=result.volume.path,
@@ -109,8 +159,58 @@ def import_from(
         job = s.get(Job, job_id)
         job.image_id = img.id
         job.bytes_done = job.bytes_total = result.size
-        jobs.transition(job, JS.SUCCEEDED, f"imported {result.size} bytes, sha256 {result.sha256}")
         events.record(s, actor, "image.imported", name, f"{shown} sha256 {result.sha256}")
+    return f"imported {result.size} bytes, sha256 {result.sha256}"
+
+
+class ImportJob:
+    """The job runner's handler of ``image.import`` jobs (:mod:`provisiond.jobrunner`)."""
+
+    def __init__(self, db: Database, manager: StorageManager) -> None:
+        self.db, self.manager = db, manager
+
+    def run(self, job_id: int) -> str:
+        with self.db.reader() as s:
+            params = dict(s.get(Job, job_id).params or {})
+        shown, source = params.get("source", ""), SOURCES.take(job_id)
+        if source is None:
+            if params.get("redacted"):
+                raise JobFailed(
+                    f"the password of {shown} is kept only by the daemon that queued the "
+                    "import (it restarted, or another instance took the job): import it again"
+                )
+            source = shown
+        return _run(self.db, self.manager, job_id, source)
+
+    def fail(self, job_id: int, reason: str) -> None:
+        SOURCES.take(job_id)  # the job touched no other object
+
+
+def import_from(
+    db: Database,
+    manager: StorageManager,
+    source: str,
+    name: str,
+    storage: str | None = None,
+    actor: str = "cli",
+    echo: Progress | None = None,
+) -> Image:
+    """Import in this process (the CLI, which follows it with ``echo``): the same job and
+    work as :class:`ImportJob`, run here instead of by the daemon's runner."""
+    job_id = _new_job(db, manager, source, name, storage, actor, JS.RUNNING)
+    SOURCES.take(job_id)  # this process runs it: the source is at hand
+    try:
+        outcome = _run(db, manager, job_id, source, echo)
+    except JobFailed as exc:
+        _finish(db, job_id, JS.FAILED, str(exc))
+        raise Invalid(str(exc), field="source")
+    except Exception as exc:
+        _finish(db, job_id, JS.FAILED, f"{type(exc).__name__}: {exc}")
+        raise
+    _finish(db, job_id, JS.SUCCEEDED, outcome)
+    with db.reader() as s:
+        img = s.get(Image, s.get(Job, job_id).image_id)
+        s.expunge(img)
     return img
 
 

@@ -89,6 +89,7 @@ from provisiond.agentjob import (
 from provisiond.context import Context
 from provisiond.db import Database
 from provisiond.errors import Invalid, NotFound
+from provisiond.fanout import FanoutHub
 from provisiond.jobrunner import JobFailed
 from provisiond.lifecycle import ApplianceState as AS
 from provisiond.lifecycle import JobState as JS
@@ -262,6 +263,7 @@ POLL = 1.0  # seconds between looks at the boot's evidence
 class LocalStart:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
+        self.hub = FanoutHub(ctx)
 
     def run(self, job_id: int) -> str:
         db = self.ctx.db
@@ -285,8 +287,11 @@ class LocalStart:
         transport = params.get("transport", "http")
         if transport not in ("http", "nc"):
             raise JobFailed(f"transport {transport!r}: use http or nc")
+        # several machines of one bulk start: one multicast for all (provisiond/fanout.py); the
+        # multicast bytes are the same for all, so a fanned-out disk proves its boot by DHCP
+        cmd_id = self._fanout_command(job_id, transport, image_id, m, params)
         confirm = self.ctx.config.local.confirm_boot
-        phones_home = confirm and reportslot.read_slot(path, m.size)
+        phones_home = confirm and cmd_id is None and reportslot.read_slot(path, m.size)
         slot = slot_path(self.ctx, job_id) if phones_home else None
         if slot is not None:
             token = new_token()
@@ -303,9 +308,11 @@ class LocalStart:
             job_log(db, job_id, f"{image_name} has a report-in slot: its booted OS reports in "
                                 "with a one-time token")  # fmt: skip
         sender = None
-        if transport == "nc":
+        if cmd_id is not None:
+            transport = "multicast fan-out"
+        if cmd_id is None and transport == "nc":
             sender = RawSender(str(self.ctx.config.address), path, m.size, res_ip).start()
-        arg = encode_arg(
+        arg = cmd_id is None and encode_arg(
             disk=disk,
             transport=transport,
             size=m.size,
@@ -318,7 +325,9 @@ class LocalStart:
             report_offset=slot and reportslot.OFFSET,
         )
         extra = {"report_slot": str(slot)} if slot else {}
-        cmd_id = start_command(self.ctx, job_id, res_id, "deploy", arg, image_id=image_id, **extra)
+        if cmd_id is None:
+            cmd_id = start_command(self.ctx, job_id, res_id, "deploy", arg, image_id=image_id,
+                                   **extra)  # fmt: skip
         if wake:  # a machine that is off: its agent runs the command once it boots
             job_log(
                 db,
@@ -378,6 +387,14 @@ class LocalStart:
         return f"active: {image_name} written to {disk} of {res_name}, verified and booted: " + (
             verdict
         )
+
+    def _fanout_command(self, job_id, transport, image_id, m, params) -> int | None:
+        """The command of this job in a fan-out session (bulk start of one image), or None."""
+        with self.ctx.db.reader() as s:
+            fan = (s.get(Job, job_id).params or {}).get("fanout")
+        if not fan or transport != "http" or params.get("fanout") in ("off", "0", False):
+            return None
+        return self.hub.command_for(job_id, fan, image_id, m, params, default_disk)
 
     def _watch(self, job_id: int, res_id: int, mac: str, what: str, phones_home: bool) -> str:
         """Until :func:`bootchain.judge_disk` decides (bounded by ``local.boot_timeout``)."""

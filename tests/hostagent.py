@@ -47,10 +47,11 @@ def initrd_bindir(bindir: Path) -> Path:
 class HostAgent:
     """The agent for ``mac`` in ``client``'s namespace; its disk is ``self.disk``."""
 
-    def __init__(self, d: LabDaemon, client, work: Path, mac: str, disk_size: int) -> None:
+    def __init__(self, d: LabDaemon, client, work: Path, mac: str, disk_size: int,
+                 ip: str | None = None) -> None:  # fmt: skip
         self.dir, self.disk = work / "agent", work / "devroot" / "dev" / "vda"
         (self.dir / "run").mkdir(parents=True, exist_ok=True)
-        (self.dir / "run" / "net.env").write_text(f"NET_IP={d.lab.net}.50\n")
+        (self.dir / "run" / "net.env").write_text(f"NET_IP={ip or d.lab.net + '.50'}\n")
         self.disk.parent.mkdir(parents=True, exist_ok=True)
         self.blank_disk(disk_size)
         token = d.boot_token(client, mac)

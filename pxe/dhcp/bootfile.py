@@ -44,7 +44,10 @@ class BootFile:
 
 def detect(p: DhcpPacket) -> Firmware | None:
     """RFC 4578 + iPXE conventions; None = not a network-boot client."""
-    if Opt.IPXE_ENCAP in p.options or "iPXE" in p.user_classes:
+    o = p.options
+    if Opt.VENDOR_CLASS not in o and Opt.USER_CLASS not in o and Opt.IPXE_ENCAP not in o:
+        return None  # the common plain client (an OS): nothing below can match
+    if Opt.IPXE_ENCAP in o or "iPXE" in p.user_classes:
         return Firmware.IPXE
     vendor = p.text_opt(Opt.VENDOR_CLASS) or ""
     if vendor.startswith(HTTP_CLIENT):

@@ -105,6 +105,10 @@ class Pool:
             return owner == mac
         if ip in self._never or not self.in_range(ip):
             return False
+        return self._unheld(ip, mac, now)
+
+    def _unheld(self, ip: str, mac: str, now: float) -> bool:
+        """No live lease of another MAC holds ``ip`` (reservations and range checked already)."""
         e = self.by_ip.get(ip)
         if e is None:
             return True
@@ -134,10 +138,11 @@ class Pool:
     def _scan(self, mac: str, now: float) -> str | None:
         size = self.last - self.first + 1
         n = self._cursor
-        for _ in range(size):
+        reserved, never = self.reserved_ips, self._never
+        for _ in range(size):  # n is in the range; an address reserved for mac was chosen before
             ip = _str(n)
             n = n + 1 if n < self.last else self.first
-            if self.free_for(ip, mac, now):
+            if ip not in reserved and ip not in never and self._unheld(ip, mac, now):
                 self._cursor = n
                 return ip
         return None

@@ -46,7 +46,8 @@ from pxe.settings import DhcpSettings
 log = get("dhcp")
 STAT_KEYS = ("received", "offered", "acked", "nak", "dropped_malformed", "ignored")
 WAIT = 0.25  # seconds a serve step blocks for the first datagram (stop stays prompt)
-DRAIN = 256  # datagrams handled per serve step at most (one lease commit per step)
+DRAIN = 64  # datagrams handled per serve step at most (one lease commit per step)
+RCVBUF = 4 << 20  # SO_RCVBUF asked for (the kernel doubles it, capped by net.core.rmem_max)
 
 
 class DhcpStartError(RuntimeError):
@@ -135,7 +136,7 @@ class DhcpService:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, self.settings.interface.encode())
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
         s.bind((host, port))
         # blocking, with a kernel receive timeout: recvfrom is one syscall (a Python
         # socket timeout would poll() first); EAGAIN on timeout ends the step
@@ -172,7 +173,8 @@ class DhcpService:
             first = sock.recvfrom(4096)
         except OSError:  # the receive timeout (EAGAIN), or the socket closed at stop
             return
-        stats, handle, now = self.stats, self.handler.handle, time.time()
+        stats, handle, now, sightings = self.stats, self.handler.handle, time.time(), self.sightings
+        recvfrom, sendto, observer = sock.recvfrom, sock.sendto, self.observer
         rows: list[LeaseRow] = []
         acks: list[Reply] = []
         with self._lock:
@@ -181,8 +183,8 @@ class DhcpService:
                 stats["received"] += 1
                 try:
                     packet = decode(data)
-                    if self.observer is not None:
-                        self.observer(packet)
+                    if observer is not None:
+                        observer(packet)
                     reply = handle(packet, now, src if proxy else None)
                 except DhcpDecodeError as exc:  # also a malformed option read late
                     stats["dropped_malformed"] += 1
@@ -194,29 +196,32 @@ class DhcpService:
                     log.exception("dhcp: unexpected error handling a request from %s", src)
                     reply = None
                 if reply is not None:
-                    seen = self.sightings and sighting(
+                    seen = sightings and sighting(
                         packet, reply.kind, reply.data, src if proxy else None
                     )
                     if seen:  # before the reply leaves: the boot script may follow at once
-                        self.sightings.booted(*seen)
+                        sightings.booted(*seen)
                     if reply.durable:
                         rows += reply.durable
                         if reply.data:
                             acks.append(reply)
                     elif reply.data:
-                        self._sendto(sock, reply)
+                        try:
+                            sendto(reply.data, reply.dest)
+                        except OSError as exc:
+                            self._send_failed(reply, exc)
                 if not rows or n == DRAIN:
                     break  # drain only to group-commit lease rows (saves a recv per OFFER)
                 try:
-                    data, src = sock.recvfrom(4096, socket.MSG_DONTWAIT)
+                    data, src = recvfrom(4096, socket.MSG_DONTWAIT)
                 except OSError:  # nothing more queued (EAGAIN)
                     break
         if rows and self.store.write(rows):  # ACKs leave only after their rows committed
             for reply in acks:
-                self._sendto(sock, reply)
+                try:
+                    sendto(reply.data, reply.dest)
+                except OSError as exc:
+                    self._send_failed(reply, exc)
 
-    def _sendto(self, sock: socket.socket, reply: Reply) -> None:
-        try:
-            sock.sendto(reply.data, reply.dest)
-        except OSError as exc:
-            self.warn.warning("send", "dhcp: send to %s failed: %s", reply.dest, exc)
+    def _send_failed(self, reply: Reply, exc: OSError) -> None:
+        self.warn.warning("send", "dhcp: send to %s failed: %s", reply.dest, exc)

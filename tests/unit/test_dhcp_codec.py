@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import struct
 
 import pytest
@@ -121,3 +122,13 @@ def test_255_byte_client_id_decodes():
 def test_encode_pads_to_bootp_minimum():
     wire = encode(DhcpPacket(op=2, xid=7, chaddr=pk.MAC, options={53: b"\x02"}))
     assert len(wire) == 300 and struct.unpack_from("!I", wire, 4)[0] == 7
+
+
+@pytest.mark.parametrize("name", sorted(pk.GOLDEN))
+def test_decode_fills_every_field_and_stays_frozen(name):
+    """decode fills a new DhcpPacket's __dict__ in one step: every field, nothing more."""
+    p = decode(pk.GOLDEN[name]())
+    assert list(vars(p)) == [f.name for f in dataclasses.fields(DhcpPacket)]
+    assert p == DhcpPacket(**vars(p))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        p.xid = 1

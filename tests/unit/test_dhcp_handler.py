@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pxe.dhcp.codec import ACK, NAK, OFFER, Opt, decode, dump
+from pxe.dhcp.codec import ACK, NAK, OFFER, Opt, decode, dump, encode
 from tests.unit import dhcp_packets as pk
 from tests.unit.dhcplab import IP, SUBNETS, Policy, T, check_golden, make, run, subnet  # noqa: F401
 
@@ -227,3 +227,28 @@ def test_pool_exhaustion_is_counted():
     h, stats, _ = make(subnets=tiny)
     dora(h, mac="52:54:00:00:00:01")
     assert run(h, pk.plain()) is None and stats["pool_exhausted"] == 1
+
+
+# plain-client replies come from a cached tail; each must be the codec's own encoding
+REPLIES = [
+    ("offer", lambda mac, i: pk.plain(mac=mac), OFFER),
+    ("offer, relayed", lambda mac, i: pk.plain(mac=mac, giaddr="10.20.0.254"), OFFER),
+    (
+        "ack",
+        lambda mac, i: pk.plain("request", [("requested_addr", f"10.9.0.{100 + i}")], mac=mac),
+        ACK,
+    ),
+    ("nak", lambda mac, i: pk.plain("request", [("requested_addr", "10.9.0.7")], mac=mac), NAK),
+    ("inform", lambda mac, i: pk.plain("inform", mac=mac, ciaddr="10.9.0.150"), ACK),
+    ("pxe offer", lambda mac, i: pk.pxe("discover", 0, mac=mac), OFFER),
+]
+
+
+@pytest.mark.parametrize("name, make_request, kind", REPLIES, ids=[r[0] for r in REPLIES])
+def test_reply_bytes_are_the_codec_encoding(name, make_request, kind):
+    h, _, _ = make()
+    for i, mac in enumerate((pk.MAC, "52:54:00:00:00:09")):  # the second takes the cached tail
+        r = run(h, make_request(mac, i))
+        p = decode(r.data)
+        assert r.kind == kind and p.chaddr == mac and p.xid == 0x2A2A2A2A
+        assert encode(p) == r.data and len(r.data) >= 300

@@ -1,0 +1,165 @@
+"""Fan-out: one image to three machines over real udp-sender/udp-receiver, with faults.
+
+The daemon runs in a Lab namespace (its bridge ``br0`` limited to 200 Mbit/s
+with tbf, so the transfer lasts long enough to hurt it); three real agents
+(busybox sh, ``udp-receiver`` from the initrd's EXTRA_BINS) in their own
+namespaces behind that bridge. The bulk "assign one image to many" action
+starts them. Faults are real network and process events:
+
+* machine b: nftables in its namespace rewrites 4 bytes inside the first
+  udpcast data packet it receives (checksum fixed, so the kernel and udpcast
+  accept it) — the chunk fails its sha256 and is repaired over HTTP;
+* machine c: its whole agent (udp-receiver included) is frozen (SIGSTOP)
+  once it has received data — the sender drops it and a and b finish
+  without waiting; thawed, c fetches what it lacks over HTTP.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.agentlab import BUSYBOX
+from tests.daemonlab import LabDaemon, lab_config
+from tests.hostagent import HostAgent
+from tests.netlab import Lab, sh
+
+pytestmark = [pytest.mark.interop, pytest.mark.timeout(300)]
+MiB = 2**20
+MACS = ("52:54:00:5f:00:01", "52:54:00:5f:00:02", "52:54:00:5f:00:03")
+DISK = 128 * MiB
+
+MANGLE = """table inet fanouttest {
+  chain pre { type filter hook prerouting priority -300;
+    udp dport 9100-9199 udp length > 1000 quota until 1500 bytes @th,800,32 set 0x44454144
+  }
+}
+"""
+
+
+def _needs() -> None:
+    for tool in ("udp-sender", "udp-receiver", "nft", "tc", "curl"):
+        if not shutil.which(tool):
+            pytest.skip(reason=f"needs {tool} (apt-get install udpcast nftables iproute2 curl)")
+    if BUSYBOX is None:
+        pytest.skip(reason="needs busybox (busybox-static)")
+
+
+@pytest.fixture
+def lab3(tmp_path):
+    _needs()
+    with Lab("fan") as lab:
+        extra = f'[[storage]]\nname = "local"\nbackend = "file"\npath = "{tmp_path / "images"}"\n'
+        extra += f'[images]\nimport_dirs = ["{tmp_path}"]\n'
+        d = LabDaemon(lab, tmp_path, lab_config(lab, tmp_path / "state", extra))
+        d.cli("init")
+        d.add_fake_kernel()
+        d.start()
+        agents = []
+        try:
+            for i, mac in enumerate(MACS):
+                ip = f"{lab.net}.{51 + i}"
+                cl = lab.add_client(mac=mac, address=ip)
+                agents.append(HostAgent(d, cl, tmp_path / f"m{i}", mac, DISK, ip=ip))
+            deadline = time.monotonic() + 60
+            for mac, a in zip(MACS, agents, strict=True):
+                while d.cli_json("resource", "show", mac)["state"] != "idle":
+                    assert time.monotonic() < deadline, a.log()
+                    time.sleep(0.3)
+            yield lab, d, agents
+        finally:
+            for a in agents:
+                os.killpg(a.proc.pid, signal.SIGCONT) if a.proc.poll() is None else None
+                a.stop()
+            d.stop()
+
+
+def make_image(path: Path, size: int = 96 * MiB) -> bytes:
+    """48 MiB of random data in three runs, holes between, an unaligned random tail."""
+    with open(path, "wb") as fh:
+        fh.truncate(size)
+        for start in (0, 24 * MiB, 60 * MiB):
+            fh.seek(start)
+            fh.write(os.urandom(16 * MiB - 4096))
+        fh.seek(size - 4096)
+        fh.write(os.urandom(4096))
+    return path.read_bytes()
+
+
+def _bulk(d: LabDaemon, tmp_path: Path, image: str) -> list[int]:
+    """The bulk "assign" action, as POST /api/v1/resources/bulk runs it."""
+    from provisiond import bulk
+    from provisiond.config import load
+    from provisiond.db import Database
+
+    db = Database(f"sqlite:///{next((tmp_path / 'state').glob('*.db'))}")
+    try:
+        items = bulk.run(load(d.cfg), db, list(MACS), "assign", mode="local", image=image)
+    finally:
+        db.dispose()
+    assert all(i.ok for i in items), items
+    return [int(re.search(r"job (\d+)", i.detail).group(1)) for i in items]
+
+
+def _done(a: HostAgent) -> int:
+    p = a.dir / "run" / "stream" / "done.mc"
+    try:
+        return int(p.read_text().strip() or 0)
+    except (OSError, ValueError):
+        return 0
+
+
+def _agent_output(d: LabDaemon, job_id: int) -> str:
+    cmd = d.cli_json("job", "show", str(job_id))["params"]["command"]
+    return d.cli_json("job", "show", str(cmd))["log"]
+
+
+def test_fanout_to_three_repairs_a_corrupt_chunk_and_drops_a_frozen_machine(lab3, tmp_path):
+    lab, d, (a, b, c) = lab3
+    image = make_image(tmp_path / "master.raw")
+    d.cli("image", "import", str(tmp_path / "master.raw"), "--name", "img")
+    sh("ip", "netns", "exec", lab.server.name, "tc", "qdisc", "replace", "dev", "br0", "root",
+       "tbf", "rate", "200mbit", "burst", "256k", "latency", "100ms")  # fmt: skip
+    subprocess.run(["ip", "netns", "exec", lab.clients[1].name, "nft", "-f", "-"],
+                   input=MANGLE, text=True, check=True)  # fmt: skip
+    jobs = _bulk(d, tmp_path, "img")
+
+    deadline = time.monotonic() + 90
+    while _done(c) == 0:  # c has verified a chunk that came by multicast: freeze it
+        assert time.monotonic() < deadline, c.log()
+        time.sleep(0.05)
+    os.killpg(c.proc.pid, signal.SIGSTOP)
+    frozen = time.monotonic()
+    try:
+        ja = d.wait_job(jobs[0], timeout=90)
+        jb = d.wait_job(jobs[1], timeout=30)
+        others = time.monotonic() - frozen
+    finally:
+        os.killpg(c.proc.pid, signal.SIGCONT)
+    jc = d.wait_job(jobs[2], timeout=150)
+
+    for job, agent in ((ja, a), (jb, b), (jc, c)):
+        assert job["state"] == "succeeded", (job, agent.log())
+        assert agent.disk.read_bytes()[: len(image)] == image
+        assert "fan-out: one of 3 machines" in job["log"], job["log"]
+        assert "fan-out progress:" in job["log"], job["log"]
+    assert others < 60, f"a and b waited {others:.0f} s for the frozen machine"
+    out_a, out_b, out_c = (_agent_output(d, j) for j in jobs)
+    k = int(re.search(r"multicast: \d+ of (\d+) chunks", out_a).group(1))
+    assert f"multicast: {k} of {k} chunks verified, 0 failed" in out_a, out_a
+    assert f"({k} over multicast, 0 repaired over HTTP)" in out_a, out_a
+    assert re.search(r"multicast: \d+ of \d+ chunks verified, 1 failed their sha256", out_b), out_b
+    assert re.search(r"\(\d+ over multicast, 1 repaired over HTTP\)", out_b), out_b
+    rep_c = int(re.search(r"(\d+) repaired over HTTP", out_c).group(1))
+    assert 0 < rep_c < k, out_c
+    dropped = f"fan-out: dropped r-5254005f0003 ({lab.net}.53): it stopped answering"
+    assert dropped in ja["log"], ja["log"]
+    assert "fan-out: multicast complete: r-5254005f0001 done, r-5254005f0002 done" in ja["log"]
+    assert d.cli_json("resource", "show", MACS[2])["state"] == "active"
