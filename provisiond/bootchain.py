@@ -36,9 +36,7 @@ Test fault injection
     SAN script, so a test can add and clear a fault while the daemon runs)
     name faults the SAN boot script is rendered with: ``wrong-chap`` (a
     wrong CHAP secret), ``wrong-lun`` (LUN + 1), ``wrong-portal`` (an address
-    nobody serves, TEST-NET-1); and a local deploy's report-in record with
-    ``wrong-report-token`` (a token the daemon never minted: the booted OS's
-    report-in is refused). For tests only: never set them on a real
+    nobody serves, TEST-NET-1). For tests only: never set them on a real
     daemon. Each injection is logged as a warning.
 """
 
@@ -55,7 +53,7 @@ from pxe.dhcp import bootfile
 from pxe.dhcp.codec import DhcpPacket
 
 FAULT_ENV, FAULT_FILE_ENV = "PROVISIOND_TEST_FAULT", "PROVISIOND_TEST_FAULT_FILE"
-FAULTS = ("wrong-chap", "wrong-lun", "wrong-portal", "wrong-report-token")
+FAULTS = ("wrong-chap", "wrong-lun", "wrong-portal")
 WRONG_PORTAL = "192.0.2.1"  # RFC 5737 TEST-NET-1: documentation only, never routed
 
 

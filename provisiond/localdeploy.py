@@ -295,11 +295,7 @@ class LocalStart:
         slot = slot_path(self.ctx, job_id) if phones_home else None
         if slot is not None:
             token = new_token()
-            given = token
-            if "wrong-report-token" in bootchain.active_faults():  # test hook (bootchain doc)
-                log.warning("TEST FAULT: job %d writes a wrong report-in token", job_id)
-                given = new_token()
-            record = reportslot.record(f"{self.ctx.config.http_base}/install/v1/done", given)
+            record = reportslot.record(f"{self.ctx.config.http_base}/install/v1/done", token)
             slot.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             write_private(slot, record)
             with db.transaction() as s:

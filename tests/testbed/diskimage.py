@@ -61,7 +61,9 @@ else
   $B dd if=/ph of=/dev/vda bs=4096 seek=255 count=1 conv=notrunc,fsync 2>/dev/null
   $B ip link set eth0 up
   $B udhcpc -i eth0 -n -q -t 10 -T 2 -s /udhcpc.sh >/dev/null 2>&1
-  if $B wget -q -O /dev/null --header "Authorization: Bearer $TOK" \\
+  if [ -n "$SILENT" ]; then
+    $B echo "REPORT-IN SKIPPED: this image never reports in"
+  elif $B wget -q -O /dev/null --header "Authorization: Bearer $TOK" \\
       --post-data "hostname=$L" "$URL"; then
     $B echo "REPORTED-IN $L"
   else
@@ -98,10 +100,11 @@ def _run(*argv: str) -> str:
     return subprocess.run(argv, check=True, capture_output=True, text=True).stdout
 
 
-def marker_initramfs(out: Path, modules: list[Path] | None = None) -> Path:
+def marker_initramfs(out: Path, modules: list[Path] | None = None, silent: bool = False) -> Path:
     """A gzip'd newc cpio: /bin/busybox, /init, /dev/console, /proc.
 
-    ``modules`` (a list, even empty): the report-in variant (module doc).
+    ``modules`` (a list, even empty): the report-in variant (module doc);
+    ``silent``: it gets its address but never reports in (a fault case).
     """
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -115,8 +118,9 @@ def marker_initramfs(out: Path, modules: list[Path] | None = None) -> Path:
             (root / "modules.order").write_text("".join(f"{ko.name}\n" for ko in modules))
             (root / "udhcpc.sh").write_text(UDHCPC)
             (root / "udhcpc.sh").chmod(0o755)
+            step = ("SILENT=1\n" if silent else "") + REPORT_IN
             init = INIT.replace('/bin/busybox echo "$M $L"\n',
-                                '/bin/busybox echo "$M $L"\n' + REPORT_IN)  # fmt: skip
+                                '/bin/busybox echo "$M $L"\n' + step)  # fmt: skip
         (root / "init").write_text(init)
         (root / "init").chmod(0o755)
         os.mknod(root / "dev" / "console", 0o600 | 0o020000, os.makedev(5, 1))
@@ -135,16 +139,18 @@ def build_boot_disk(
     size_mib: int = 64,
     fill_mib: int = 0,
     report_in: bool = False,
+    silent: bool = False,
 ) -> Path:
     """Write a bootable raw disk to ``out``; it prints ``marker label`` when booted.
 
     ``fill_mib``: that much random data in ``/filler.bin`` (a file system in use).
-    ``report_in``: built for provisiond (report-in slot + report-in step, module doc).
+    ``report_in``: built for provisiond (report-in slot + report-in step, module doc);
+    with ``silent`` its OS gets an address but never reports in.
     """
     work = out.parent / f".{out.name}.build"
     work.mkdir(parents=True, exist_ok=True)
     modules = kernel_modules(kernel) if report_in else None
-    initrd = marker_initramfs(work / "initrd.img", modules)
+    initrd = marker_initramfs(work / "initrd.img", modules, silent)
     with open(out, "wb") as fh:
         fh.truncate(size_mib * 2**20)
     subprocess.run(["sfdisk", "-q", str(out)], input=f"start={PART_START}, type=83, bootable\n",
