@@ -63,9 +63,9 @@ def cli_json(tb, *args: str):
 
 
 def boot_vm_with_disk(tb, name: str, mac: str, disk: Path) -> Vm:
-    """Like ``tb.boot_vm`` (PXE first), but with an existing raw file as its virtio disk."""
+    """Like ``tb.boot_vm`` (PXE first, a reboot reboots), with an existing raw file as its disk."""
     drive = f"file={disk},format=raw,if=virtio,cache=unsafe"
-    spec = VmSpec(name=name, mac=mac, tap=tb.add_tap(), extra=("-drive", drive))
+    spec = VmSpec(name=name, mac=mac, tap=tb.add_tap(), extra=("-drive", drive), reboot=True)
     vm_dir = tb.workdir / "vms"
     vm_dir.mkdir(parents=True, exist_ok=True)
     vm = Vm(spec, vm_dir).start(tb.ns_prefix)
