@@ -5,13 +5,20 @@ tests (root: loop devices and a mount). The initramfs is busybox with an
 ``/init`` that prints ``<marker> <label>`` on the serial console, the disk's
 first data file ``/marker.txt`` is the same text, and then it waits.
 
+``probe=True``: the initramfs also holds the virtio modules, and its init
+waits for a virtio disk (``/dev/vda``, e.g. hot-plugged later), writes
+``GUEST-WROTE <random uuid>`` at byte :data:`PROBE_OFFSET` of it, syncs, and
+prints the same line: a write the booted guest itself made, which the test
+finds (or not) on each volume.
+
 ``report_in=True`` makes an image *built for provisiond* (issue 17): the disk
 reserves the report-in slot (:mod:`provisiond.reportslot`, in the gap before
 the partition) and the initramfs carries the kernel's virtio modules and a
 report-in step: it reads the slot from ``/dev/vda``, writes the placeholder
 back, gets an address with busybox udhcpc and posts the record's token to
 the record's URL with busybox wget, printing ``REPORTED-IN <label>`` (or
-``REPORT-IN FAILED ...``) on the console.
+``REPORT-IN FAILED ...``) on the console. ``silent=True``: it gets its
+address but never reports in (``REPORT-IN SKIPPED``; a fault case).
 
 This host's kernel lacks MBR partition scanning on loop devices, so the
 partition is mapped with ``losetup --offset`` and the VBR's "hidden
@@ -31,15 +38,26 @@ from pathlib import Path
 from provisiond import reportslot
 
 PART_START = 2048  # sectors
+PROBE_OFFSET = 22 << 20  # where a probe guest writes its token (inside the ext2, unused)
+VIRTIO = ("virtio/virtio_ring", "virtio/virtio", "virtio/virtio_pci_legacy_dev",
+          "virtio/virtio_pci_modern_dev", "virtio/virtio_pci", "block/virtio_blk")  # fmt: skip
 MBR_BIN = Path("/usr/lib/syslinux/mbr/mbr.bin")
 
 INIT = """#!/bin/busybox sh
 /bin/busybox mount -t proc proc /proc
 /bin/busybox mount -t devtmpfs devtmpfs /dev 2>/dev/null
 for w in $(/bin/busybox cat /proc/cmdline); do
-  case "$w" in marker=*) M=${w#marker=} ;; label=*) L=${w#label=} ;; esac
+  case "$w" in marker=*) M=${w#marker=} ;; label=*) L=${w#label=} ;; probe=*) P=${w#probe=} ;; esac
 done
 /bin/busybox echo "$M $L"
+if [ -n "$P" ]; then
+  for m in $(/bin/busybox cat /lib/modules/order); do /bin/busybox insmod /lib/modules/$m.ko; done
+  while [ ! -b /dev/vda ]; do /bin/busybox sleep 1; done
+  T="GUEST-WROTE $(/bin/busybox cat /proc/sys/kernel/random/uuid)"
+  /bin/busybox echo "$T" | /bin/busybox dd of=/dev/vda bs=1 seek=$P conv=notrunc,fsync 2>/dev/null
+  /bin/busybox sync
+  /bin/busybox echo "$T"
+fi
 while :; do /bin/busybox sleep 3600; done
 """
 
@@ -100,27 +118,34 @@ def _run(*argv: str) -> str:
     return subprocess.run(argv, check=True, capture_output=True, text=True).stdout
 
 
-def marker_initramfs(out: Path, modules: list[Path] | None = None, silent: bool = False) -> Path:
-    """A gzip'd newc cpio: /bin/busybox, /init, /dev/console, /proc.
+def marker_initramfs(
+    out: Path, modules: Path | None = None, report: list[Path] | None = None, silent: bool = False
+) -> Path:
+    """A gzip'd newc cpio: /bin/busybox, /init, /dev/console, /proc (+ virtio modules).
 
-    ``modules`` (a list, even empty): the report-in variant (module doc);
-    ``silent``: it gets its address but never reports in (a fault case).
+    ``report`` (module files in load order): the report-in variant (module doc).
     """
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         for d in ("bin", "dev", "proc", "sys", "lib/modules"):
             (root / d).mkdir(parents=True)
+        if modules is not None:
+            for m in VIRTIO:
+                shutil.copy(modules / "kernel" / "drivers" / f"{m}.ko", root / "lib" / "modules")
+            (root / "lib" / "modules" / "order").write_text(
+                " ".join(m.split("/")[1] for m in VIRTIO) + "\n"
+            )
         shutil.copy("/bin/busybox", root / "bin" / "busybox")
         init = INIT
-        if modules is not None:
-            for ko in modules:
+        if report is not None:
+            for ko in report:
                 shutil.copy(ko, root / "lib" / "modules" / ko.name)
-            (root / "modules.order").write_text("".join(f"{ko.name}\n" for ko in modules))
+            (root / "modules.order").write_text("".join(f"{ko.name}\n" for ko in report))
             (root / "udhcpc.sh").write_text(UDHCPC)
             (root / "udhcpc.sh").chmod(0o755)
             step = ("SILENT=1\n" if silent else "") + REPORT_IN
             init = INIT.replace('/bin/busybox echo "$M $L"\n',
-                                '/bin/busybox echo "$M $L"\n' + step)  # fmt: skip
+                                '/bin/busybox echo "$M $L"\n' + step, 1)  # fmt: skip
         (root / "init").write_text(init)
         (root / "init").chmod(0o755)
         os.mknod(root / "dev" / "console", 0o600 | 0o020000, os.makedev(5, 1))
@@ -138,19 +163,23 @@ def build_boot_disk(
     label: str,
     size_mib: int = 64,
     fill_mib: int = 0,
+    probe: bool = False,
     report_in: bool = False,
     silent: bool = False,
 ) -> Path:
     """Write a bootable raw disk to ``out``; it prints ``marker label`` when booted.
 
     ``fill_mib``: that much random data in ``/filler.bin`` (a file system in use).
+    ``probe``: the guest writes a token into /dev/vda (see the module doc).
     ``report_in``: built for provisiond (report-in slot + report-in step, module doc);
     with ``silent`` its OS gets an address but never reports in.
     """
     work = out.parent / f".{out.name}.build"
     work.mkdir(parents=True, exist_ok=True)
-    modules = kernel_modules(kernel) if report_in else None
-    initrd = marker_initramfs(work / "initrd.img", modules, silent)
+    modules = Path("/lib/modules") / kernel.name.removeprefix("vmlinuz-") if probe else None
+    report = kernel_modules(kernel) if report_in else None
+    initrd = marker_initramfs(work / "initrd.img", modules, report, silent)
+    probe_arg = f" probe={PROBE_OFFSET}" if probe else ""
     with open(out, "wb") as fh:
         fh.truncate(size_mib * 2**20)
     subprocess.run(["sfdisk", "-q", str(out)], input=f"start={PART_START}, type=83, bootable\n",
@@ -174,7 +203,8 @@ def build_boot_disk(
             (boot / "extlinux" / "extlinux.conf").write_text(
                 "SERIAL 0 115200\nDEFAULT disk\nPROMPT 0\nTIMEOUT 0\nLABEL disk\n"
                 "  KERNEL /boot/vmlinuz\n  INITRD /boot/initrd.img\n"
-                f"  APPEND console=ttyS0,115200 quiet loglevel=3 marker={marker} label={label}\n"
+                f"  APPEND console=ttyS0,115200 quiet loglevel=3 marker={marker} label={label}"
+                f"{probe_arg}\n"
             )
             _run("extlinux", "--install", str(boot / "extlinux"))
         finally:
