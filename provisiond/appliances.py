@@ -190,7 +190,9 @@ def booted(session: Session, resource_id: int, evidence: str = "machine is booti
 
     ``evidence`` says what was seen: for sanboot the initiator's iSCSI login
     (never the mere fetch of a boot script, which anyone could do); for a
-    local deploy the agent's report that the image is on the disk.
+    local deploy the booted OS's report-in or DHCP request
+    (:func:`provisiond.bootchain.judge_disk`); for a template install its
+    report-in.
     """
     app = session.scalars(select(Appliance).where(Appliance.resource_id == resource_id)).first()
     if app is None or app.state != AS.STARTING:

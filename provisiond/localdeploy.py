@@ -23,7 +23,8 @@ capture, erase and template installs).
        answers "boot the local disk" when the agent reboots the machine.
        Anything else (checksum mismatch, short disk, lost connection beyond
        retries, timeout) → ``failed`` with the agent's reason; never ``active``.
-    4. watch the boot (``[local] confirm_boot``; off: ``active`` at step 3):
+    4. watch the boot (``[local] confirm_boot``, on by default; off: ``active``
+       at step 3, for machines whose OS provisiond can neither hear nor reach):
        the appliance stays ``starting`` until the booted OS shows it is up,
        decided by :func:`provisiond.bootchain.judge_disk`:
 
