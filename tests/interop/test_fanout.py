@@ -163,3 +163,24 @@ def test_fanout_to_three_repairs_a_corrupt_chunk_and_drops_a_frozen_machine(lab3
     assert dropped in ja["log"], ja["log"]
     assert "fan-out: multicast complete: r-5254005f0001 done, r-5254005f0002 done" in ja["log"]
     assert d.cli_json("resource", "show", MACS[2])["state"] == "active"
+
+
+def test_fanout_leaves_a_machine_that_never_joins_behind(lab3, tmp_path):
+    """c's agent is gone (the machine died after it was assigned): a and b do not wait for it."""
+    lab, d, (a, b, c) = lab3
+    image = make_image(tmp_path / "master.raw", size=48 * MiB)
+    d.cli("image", "import", str(tmp_path / "master.raw"), "--name", "img")
+    c.stop()
+    t0 = time.monotonic()
+    jobs = _bulk(d, tmp_path, "img")
+    ja = d.wait_job(jobs[0], timeout=120)
+    jb = d.wait_job(jobs[1], timeout=30)
+    took = time.monotonic() - t0
+    for job, agent in ((ja, a), (jb, b)):
+        assert job["state"] == "succeeded", (job, agent.log())
+        assert agent.disk.read_bytes()[: len(image)] == image
+    # udp-sender starts 20 s (max-wait) after the first receiver joined, without c
+    assert "fan-out: transfer started to 2 receivers; not joined: r-5254005f0003" in ja["log"]
+    assert took < 90, f"a and b took {took:.0f} s"
+    assert "(0 repaired over HTTP)" in _agent_output(d, jobs[0])
+    assert d.cli_json("job", "show", str(jobs[2]))["state"] == "running"  # c's agent may come back
