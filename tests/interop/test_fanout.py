@@ -167,8 +167,8 @@ def test_fanout_to_three_repairs_a_corrupt_chunk_and_drops_a_frozen_machine(lab3
 
 def test_fanout_leaves_a_machine_that_never_joins_behind(lab3, tmp_path):
     """c's agent is gone (the machine died after it was assigned): a and b do not wait for it."""
-    lab, d, (a, b, c) = lab3
-    image = make_image(tmp_path / "master.raw", size=48 * MiB)
+    _lab, d, (a, b, c) = lab3
+    image = make_image(tmp_path / "master.raw")
     d.cli("image", "import", str(tmp_path / "master.raw"), "--name", "img")
     c.stop()
     t0 = time.monotonic()
