@@ -11,17 +11,18 @@ it) — the kernel has no netem.
 
 Legs, interleaved per round:
 
-* ``unicast N`` (N = 1, 2, 4, 8): N ``local`` appliances created and started
-  one by one (``appliance start``), each agent fetching its own HTTP chunk
-  streams — what N machines cost without fan-out;
+* ``unicast N`` (N = 1, 2, 4, 8): one bulk assign per machine, back to back
+  (no group: each agent fetches its own HTTP chunk streams) — what N
+  machines cost without fan-out;
 * ``multicast N`` (N = 2, 4, 8): the bulk "assign one image to many" action
   (:func:`provisiond.bulk.run`, as ``POST /api/v1/resources/bulk`` runs it) —
   the jobs form one fan-out group: udp-sender → every agent, each chunk's
   sha256 checked, written, read back, checked (as unicast).
 
 Wall time: from the first start to the last job ``succeeded`` (manifest
-computed once beforehand). Every leg starts from fresh agents and blank
-sparse disks. Goal (issue 15): time(multicast 8) <= 1.3 x time(unicast 1).
+computed once beforehand). Every leg gets N new machines (namespace, agent,
+blank sparse disk under /var/tmp, removed after the leg).
+Goal (issue 15): time(multicast 8) <= 1.3 x time(unicast 1).
 
     .venv/bin/python bench/fanout/bench.py [--gib 4] [--fill 0.25] [--rounds 3] [--max-n 8]
 """
@@ -61,11 +62,11 @@ LEG_TIMEOUT = 900.0
 
 
 def mac(i: int) -> str:
-    return f"52:54:00:5f:10:{i:02x}"
+    return f"52:54:00:5f:1{i // 256}:{i % 256:02x}"
 
 
 class Bench:
-    def __init__(self, lab: Lab, work: Path, n_max: int) -> None:
+    def __init__(self, lab: Lab, work: Path) -> None:
         self.lab, self.work = lab, work
         extra = f'[[storage]]\nname = "local"\nbackend = "file"\npath = "{work / "images"}"\n'
         extra += f'[images]\nimport_dirs = ["{work}"]\n'
@@ -73,10 +74,10 @@ class Bench:
         self.d.cli("init")
         self.d.add_fake_kernel()
         self.d.start()
-        self.clients = [lab.add_client(mac=mac(i), address=f"{lab.net}.{51 + i}")
-                        for i in range(n_max)]  # fmt: skip
+        self.config = load(self.d.cfg)
         self.db = Database(f"sqlite:///{next((work / 'state').glob('*.db'))}")
-        self.agents: dict[int, HostAgent] = {}
+        self.agents: list[HostAgent] = []
+        self.machines = 0
 
     def shape(self) -> None:
         sh("ip", "netns", "exec", self.lab.server.name, "tc", "qdisc", "replace", "dev", "br0",
@@ -94,48 +95,45 @@ class Bench:
               f"{len(m.chunks)} non-zero chunks", flush=True)  # fmt: skip
         return image_id
 
-    def fresh_agents(self, n: int, size: int) -> None:
-        for i in range(n):
-            if i in self.agents:
-                self.agents.pop(i).stop()
-            shutil.rmtree(self.work / f"m{i}", ignore_errors=True)
-            self.agents[i] = HostAgent(self.d, self.clients[i], self.work / f"m{i}", mac(i),
-                                       size, ip=f"{self.lab.net}.{51 + i}")  # fmt: skip
-        deadline = time.monotonic() + 120
-        for i in range(n):
-            while self.d.cli_json("resource", "show", mac(i))["state"] != "idle":
+    def machines_for_leg(self, n: int, size: int) -> list[str]:
+        """N new machines (namespace + agent + blank sparse disk), idle."""
+        macs = []
+        for _ in range(n):
+            i, self.machines = self.machines, self.machines + 1
+            ip = f"{self.lab.net}.{2 + i % 250}"
+            cl = self.lab.add_client(mac=mac(i), address=ip)
+            self.agents.append(HostAgent(self.d, cl, self.work / f"m{i}", mac(i), size, ip=ip))
+            macs.append(mac(i))
+        deadline = time.monotonic() + 180
+        for m in macs:
+            while self.d.cli_json("resource", "show", m)["state"] != "idle":
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"machine {i} not idle: {self.agents[i].log()[-2000:]}")
+                    raise RuntimeError(f"machine {m} not idle")
                 time.sleep(0.5)
+        return macs
 
-    def cleanup(self, n: int) -> None:
-        for i in range(n):
-            app = f"app-r-{mac(i).replace(':', '')}"
-            self.d.cli("appliance", "stop", app, "--wait", check=False)
-            self.d.cli("appliance", "rm", app, check=False)
-            self.d.cli("resource", "release", mac(i), check=False)
-            self.agents[i].disk.unlink(missing_ok=True)
+    def retire(self) -> None:
+        """The leg's machines "rebooted into their disks": stop their agents, drop the disks."""
+        for a in self.agents:
+            a.stop()
+            shutil.rmtree(a.dir.parent, ignore_errors=True)
+        self.agents = []
 
     def leg(self, mode: str, n: int, size: int) -> tuple[float, str]:
-        self.fresh_agents(n, size)
+        macs = self.machines_for_leg(n, size)
         t0 = time.monotonic()
-        if mode == "multicast":
-            items = bulk.run(load(self.d.cfg), self.db, [mac(i) for i in range(n)], "assign",
-                             mode="local", image="fan")  # fmt: skip
-            if not all(i.ok for i in items):
-                raise RuntimeError(f"bulk assign: {items}")
-            jobs = [int(re.search(r"job (\d+)", i.detail).group(1)) for i in items]
-        else:
-            jobs = []
-            for i in range(n):
-                app = f"app-r-{mac(i).replace(':', '')}"
-                self.d.cli("appliance", "create", "--resource", mac(i), "--image", "fan",
-                           "--mode", "local", "--name", app, "--disk", "/dev/vda")  # fmt: skip
-                out = self.d.cli("appliance", "start", app).stdout
-                jobs.append(int(re.search(r"job (\d+)", out).group(1)))
+        if mode == "multicast":  # one bulk assign of all: one fan-out group
+            items = bulk.run(self.config, self.db, macs, "assign", mode="local", image="fan")
+        else:  # one bulk assign per machine, back to back: N unicast deploys at once
+            items = [i for m in macs
+                     for i in bulk.run(self.config, self.db, [m], "assign", mode="local",
+                                       image="fan")]  # fmt: skip
+        if not all(i.ok for i in items):
+            raise RuntimeError(f"bulk assign: {items}")
+        jobs = [int(re.search(r"job (\d+)", i.detail).group(1)) for i in items]
         detail = self.wait(jobs)
         wall = time.monotonic() - t0
-        self.cleanup(n)
+        self.retire()
         return wall, detail
 
     def wait(self, jobs: list[int]) -> str:
@@ -178,7 +176,7 @@ def main() -> int:
     t_start = time.monotonic()
     try:
         with Lab("bfan") as lab:
-            b = Bench(lab, work, max(ns))
+            b = Bench(lab, work)
             try:
                 b.shape()
                 b.import_image(size, args.fill)
@@ -190,8 +188,7 @@ def main() -> int:
                         print(f"  round {r + 1} {mode:9} N={n}: {wall:6.1f} s "
                               f"(load {os.getloadavg()[0]:.1f}) {detail}", flush=True)  # fmt: skip
             finally:
-                for a in b.agents.values():
-                    a.stop()
+                b.retire()
                 b.db.dispose()
                 b.d.stop()
     finally:
