@@ -182,5 +182,5 @@ def test_fanout_leaves_a_machine_that_never_joins_behind(lab3, tmp_path):
     # udp-sender starts 20 s (max-wait) after the first receiver joined, without c
     assert "fan-out: transfer started to 2 receivers; not joined: r-5254005f0003" in ja["log"]
     assert took < 90, f"a and b took {took:.0f} s"
-    assert "(0 repaired over HTTP)" in _agent_output(d, jobs[0])
+    assert "over multicast, 0 repaired over HTTP)" in _agent_output(d, jobs[0])
     assert d.cli_json("job", "show", str(jobs[2]))["state"] == "running"  # c's agent may come back
