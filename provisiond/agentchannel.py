@@ -139,11 +139,16 @@ def _queued():
 
 
 def has_command(db: Database, resource_id: int) -> bool:
-    """True when ``resource_id`` has a queued agent command (a read)."""
+    """True when ``resource_id`` has a queued agent command, or a running one (a read).
+
+    A running one may be for this poll again: :func:`provisiond.jobs.next_command`
+    hands a command out again when the agent polls without its result.
+    """
     with db.reader() as s:
-        return (
-            s.scalars(_queued().where(Job.resource_id == resource_id).limit(1)).first() is not None
+        q = select(Job.resource_id).where(
+            Job.state.in_((JS.QUEUED, JS.RUNNING)), Job.kind.like("agent.%")
         )
+        return s.scalars(q.where(Job.resource_id == resource_id).limit(1)).first() is not None
 
 
 def resources_with_commands(db: Database) -> set[int]:

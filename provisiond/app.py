@@ -32,6 +32,7 @@ from provisiond.httpd import HttpService, HttpsService
 from provisiond.inventory import Inventory, InventoryRefresher
 from provisiond.jobrunner import ByMode, JobRunner
 from provisiond.localdeploy import LocalStart, LocalStop
+from provisiond.modes import ApplianceMode as M
 from provisiond.policy import DatabasePolicy
 from provisiond.powerctl import PowerPoller
 from provisiond.release import EraseJob
@@ -169,17 +170,17 @@ class Daemon:
         appliance_jobs = ByMode(
             ctx.db,
             {
-                "sanboot": SanbootStart(ctx, manager, storage),
-                "local": LocalStart(ctx),
-                "template": TemplateStart(ctx),
+                M.SANBOOT: SanbootStart(ctx, manager, storage),
+                M.LOCAL: LocalStart(ctx),
+                M.TEMPLATE: TemplateStart(ctx),
             },
         )
         stop_jobs = ByMode(
             ctx.db,
             {
-                "sanboot": SanbootStop(ctx, storage),
-                "local": LocalStop(ctx),
-                "template": TemplateStop(ctx),
+                M.SANBOOT: SanbootStop(ctx, storage),
+                M.LOCAL: LocalStop(ctx),
+                M.TEMPLATE: TemplateStop(ctx),
             },
         )
         other_jobs = {"image.capture": CaptureJob(ctx, manager), "resource.erase": EraseJob(ctx)}

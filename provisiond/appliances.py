@@ -23,13 +23,14 @@ from provisiond.lifecycle import ApplianceState as AS
 from provisiond.lifecycle import JobState as JS
 from provisiond.lifecycle import ResourceState as RS
 from provisiond.model import Appliance, Image, Job, Kernel, Resource, Volume
+from provisiond.modes import ApplianceMode as M
 
-MODES = ("sanboot", "local", "template")
+MODES = tuple(m.value for m in M)
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 
 
 #: modes whose deployer this build has (the daemon's job runner executes them)
-DEPLOYABLE_MODES = frozenset({"sanboot", "local", "template"})
+DEPLOYABLE_MODES = frozenset(M)
 #: resource states from which a machine may be given to an appliance
 ASSIGNABLE = frozenset({RS.NEW, RS.IDLE, RS.OFFLINE, RS.FAILED})
 
@@ -97,7 +98,7 @@ def create(
         )
     check_params(params or {})
     img = _by_name(session, Image, image, "image") if image else None
-    if mode in ("sanboot", "local") and img is None:
+    if mode in (M.SANBOOT, M.LOCAL) and img is None:
         raise Invalid(f"mode {mode} needs --image", field="image")
     krn = _by_name(session, Kernel, kernel, "kernel") if kernel else None
     pool = check_pool(ha_pool) if ha_pool else None

@@ -65,6 +65,7 @@ from provisiond.lifecycle import JobState as JS
 from provisiond.model import Image, Job, Resource, Storage, Volume
 from provisiond.resources import AGENT_STATES
 from provisiond.storages import StorageManager
+from storage import remotewrite
 from storage.backends import StorageError
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,100}$")
@@ -176,6 +177,12 @@ class CaptureJob:
             res_ip = res.ip
         settings = self.manager.settings(p.get("storage"))
         backend = self.manager.backend(settings.name)
+        remote = self.manager.runner_for(settings.name)
+        if getattr(remote, "remote", False) and p.get("transport", "http") != "tcp":
+            raise JobFailed(
+                f"storage {settings.name} is on a storage host: capture onto it needs the tcp "
+                "transport (its chunks are verified on the host)"
+            )
         vol_name = f"image-{p['name']}"
         try:
             vol = backend.create(vol_name, size)
@@ -185,7 +192,13 @@ class CaptureJob:
             s.get(Job, job_id).params = {**p, "volume": vol_name}
             s.get(Job, job_id).bytes_total = size
         if p.get("transport", "http") == "tcp":
-            m, last = self._run_tcp(job_id, p, res_id, res_ip, res_name, vol.path, size)
+            sink = None
+            if getattr(remote, "remote", False):  # a storage host: chunks checked and written there
+                try:
+                    sink = remotewrite.RemoteWriter(remote, vol.path)
+                except StorageError as exc:
+                    raise JobFailed(f"cannot write to {vol.path} on {settings.host}: {exc}")
+            m, last = self._run_tcp(job_id, p, res_id, res_ip, res_name, vol.path, size, sink)
         else:
             arg = encode_arg(disk=p["disk"], size=size, retries=5, timeout=30)
             cmd_id = start_command(
@@ -227,14 +240,15 @@ class CaptureJob:
             events.record(s, "daemon", "image.captured", img.name, f"{res_name}:{p['disk']}")
         return f"image {p['name']}: {size} bytes, {len(m.chunks)} data chunks, sha256 {m.sha256}"
 
-    def _run_tcp(self, job_id, p, res_id, res_ip, res_name, path, size):
+    def _run_tcp(self, job_id, p, res_id, res_ip, res_name, path, size, sink=None):
         db = self.ctx.db
 
         def auth(token: str) -> bool:
             caller = agentchannel.authenticate(db, f"Bearer {token}")
             return caller is not None and caller.resource_id == res_id
 
-        rx = capturerx.Receiver(str(self.ctx.config.address), path, size, res_ip, auth).start()
+        rx = capturerx.Receiver(str(self.ctx.config.address), path, size, res_ip, auth,
+                                sink=sink).start()  # fmt: skip
         try:
             workers = int(p.get("workers") or DEFAULT_WORKERS)
             arg = encode_arg(disk=p["disk"], size=size, retries=5, timeout=30, transport="tcp",
@@ -257,7 +271,10 @@ class CaptureJob:
                 m = rx.manifest()
             except capturerx.FrameError as exc:
                 raise JobFailed(f"capture incomplete: {exc}; lane errors: {rx.errors[:3]}")
-            rx.finish()
+            try:
+                rx.finish()
+            except StorageError as exc:  # the storage host refused a chunk or the end
+                raise JobFailed(f"capture onto {path} failed: {exc}")
             took = time.monotonic() - t0
             job_log(db, job_id, f"received {len(m.chunks)} chunks ({rx.received_bytes} bytes) "
                     f"in {took:.1f} s; refused connections: {rx.refused}")  # fmt: skip

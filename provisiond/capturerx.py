@@ -43,6 +43,7 @@ import time
 from collections.abc import Callable
 
 from provisiond import chunks, logs
+from storage.backends.base import StorageError
 
 log = logs.get("capture")
 #: out-of-order chunk bytes the whole-image hasher may hold before a lane waits
@@ -179,7 +180,9 @@ class Receiver:
 
     def __init__(self, host: str, path: str, size: int, peer_ip: str | None,
                  auth: Callable[[str], bool], chunk_size: int = chunks.CHUNK_SIZE,
-                 on_chunk: Callable[[int, int], None] | None = None) -> None:  # fmt: skip
+                 on_chunk: Callable[[int, int], None] | None = None,
+                 sink=None) -> None:  # fmt: skip
+        self.sink = sink  # a storage.remotewrite.RemoteWriter (storage host), or None: ``path``
         self.path, self.size, self.peer_ip, self.chunk_size = path, size, peer_ip, chunk_size
         self.auth = auth
         self.sock = socket.create_server((host, 0), backlog=64)
@@ -193,7 +196,7 @@ class Receiver:
         self.on_chunk = on_chunk
         self._lanes_done: set[int] = set()
         self._lock = threading.Lock()
-        self._fd = os.open(path, os.O_WRONLY)
+        self._fd = os.open(path, os.O_WRONLY) if sink is None else -1
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._acceptor = threading.Thread(target=self._accept, name="capture-rx", daemon=True)
@@ -228,7 +231,7 @@ class Receiver:
             except Refused as exc:
                 log.warning("capture: refused a lane: %s", exc)
                 answer = f"ERR {exc}"
-            except (FrameError, chunks.ManifestError, ValueError) as exc:
+            except (FrameError, chunks.ManifestError, ValueError, StorageError) as exc:
                 answer = f"ERR {exc}"
                 log.warning("capture: lane failed: %s", exc)
                 with self._lock:
@@ -281,7 +284,10 @@ class Receiver:
                     raise FrameError(f"chunk {index}: zstd: {exc}")
             if len(body) != want or chunks.sha256(body) != digest:
                 raise FrameError(f"chunk {index}: length or sha256 does not match")
-            os.pwrite(self._fd, body, index * self.chunk_size)
+            if self.sink is not None:  # the storage host checks the sha256 again
+                self.sink.write(index * self.chunk_size, body, digest)
+            else:
+                os.pwrite(self._fd, body, index * self.chunk_size)
             hasher.add(lane, index, body)
             sent += 1
             with self._lock:
@@ -306,7 +312,15 @@ class Receiver:
         return chunks.Manifest(self.size, self.chunk_size, entries, whole)
 
     def finish(self) -> None:
-        os.fsync(self._fd)
+        if self.sink is None:
+            os.fsync(self._fd)
+            return
+        for i in range(chunks.chunk_count(self.size, self.chunk_size)):  # zero where nothing came
+            if i not in self.entries:
+                self.sink.zero(
+                    i * self.chunk_size, chunks.chunk_length(self.size, self.chunk_size, i)
+                )
+        self.sink.finish()
 
     def stop(self) -> None:
         self._stop.set()
@@ -317,6 +331,9 @@ class Receiver:
         for t in self._threads:
             t.join(0.5)
         try:
-            os.close(self._fd)
+            if self.sink is not None:
+                self.sink.close()
+            else:
+                os.close(self._fd)
         except OSError:
             pass

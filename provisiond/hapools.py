@@ -14,6 +14,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from provisiond import appliances, events
+from provisiond.lifecycle import ResourceState as RS
 from provisiond.model import Appliance, Resource, utcnow
 from provisiond.present import iso
 from provisiond.security import hash_token, new_token
@@ -51,7 +52,7 @@ def status(session: Session) -> dict[str, Any]:
             "ha_pool": r.ha_pool,
             "state": r.state,
             "appliance": busy.get(r.id),
-            "standby": r.state == "idle" and r.id not in busy,
+            "standby": r.state == RS.IDLE and r.id not in busy,
         }
         for r in session.scalars(
             select(Resource).where(Resource.ha_pool.is_not(None)).order_by(Resource.id)

@@ -53,6 +53,7 @@ from provisiond.ha import (
 from provisiond.lifecycle import ApplianceState as AS
 from provisiond.lifecycle import ResourceState as RS
 from provisiond.model import Appliance, Resource, utcnow
+from provisiond.modes import ApplianceMode as M
 from provisiond.power import (
     PowerAction,
     PowerError,
@@ -298,12 +299,12 @@ class HaWatcher:
             if state != PowerState.OFF:
                 raise PowerError(f"{w.resource} still reports power {state} after power off")
             done.append(f"powered off {w.resource}")
-        elif w.mode != "sanboot":
+        elif w.mode != M.SANBOOT:
             raise PowerError(
                 f"{w.resource} has no power driver, and a {w.mode} appliance runs from its own "
                 f"disk: nothing can fence it (`provisiond resource set-power {w.resource} ...`)"
             )
-        if w.mode == "sanboot" and w.target_iqn:
+        if w.mode == M.SANBOOT and w.target_iqn:
             exporter = self._exporter()
             if exporter is None:
                 raise PowerError(f"no iSCSI exporter runs: cannot remove {w.target_iqn}")

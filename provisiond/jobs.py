@@ -9,9 +9,19 @@ instance that queued it for its own job, or else by the one whose agent API
 handed it out. A result for a command the daemon had already failed is
 recorded, not refused (:func:`provisiond.recovery.late_result` decides what
 it changes).
+
+Delivery is at least once: the agent runs its commands one at a time and
+polls only when it runs none, so a poll from the same agent boot while one
+of its commands is ``running`` means that command never reached it (its poll
+connection died while the server handed it out) or its result was lost; the
+poll gets the same command again (the agent runs an id once and re-sends the
+result of one it already ran). After :data:`MAX_REDELIVERIES` the command
+fails with the reason instead of staying ``running``.
 """
 
 from __future__ import annotations
+
+import hashlib
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -23,6 +33,8 @@ from provisiond.model import Job, Resource, utcnow
 
 AGENT_COMMANDS = frozenset({"run", "reboot", "poweroff", "deploy", "capture", "erase", "install"})
 MAX_LOG = 256 * 1024
+#: hand-outs of one command to one agent boot that brought no result, before it fails
+MAX_REDELIVERIES = 3
 
 
 def transition(job: Job, target: JS, outcome: str = "") -> None:
@@ -67,6 +79,28 @@ def next_command(session: Session, res: Resource, owner: str | None = None) -> J
     ``owner`` is the instance whose agent API hands it out; it owns the command
     from now on unless the instance that queued it already does.
     """
+    boot = _boot_tag(res)
+    for job in session.scalars(
+        select(Job)
+        .where(Job.resource_id == res.id, Job.state == JS.RUNNING, Job.kind.like("agent.%"))
+        .order_by(Job.id)
+    ):
+        if boot is None or (job.params or {}).get("boot") != boot:
+            continue  # not handed to this boot of the agent (or not by a poll)
+        n = int(job.params.get("redelivered", 0)) + 1
+        if n > MAX_REDELIVERIES:
+            reason = (f"command {job.id} was handed to the agent {n} times and never "
+                      "acknowledged (the agent keeps polling without running it)")  # fmt: skip
+            append_log(job, reason)
+            transition(job, JS.FAILED, reason)
+            continue
+        job.params = {**job.params, "redelivered": n}
+        append_log(
+            job,
+            f"handed out again ({n}): the agent polled without its result (its poll "
+            "connection ended before the command arrived, or the result was lost)",
+        )
+        return job
     job = session.scalars(
         select(Job)
         .where(Job.resource_id == res.id, Job.state == JS.QUEUED, Job.kind.like("agent.%"))
@@ -75,7 +109,16 @@ def next_command(session: Session, res: Resource, owner: str | None = None) -> J
     if job is not None:
         transition(job, JS.RUNNING)
         job.owner = job.owner or owner
+        if boot is not None:
+            job.params = {**(job.params or {}), "boot": boot}
     return job
+
+
+def _boot_tag(res: Resource) -> str | None:
+    """A short tag of the agent's per-boot token (not the token's hash itself)."""
+    if not res.agent_token_hash:
+        return None
+    return hashlib.sha256(f"boot:{res.agent_token_hash}".encode()).hexdigest()[:12]
 
 
 def complete_command(

@@ -27,6 +27,8 @@ from __future__ import annotations
 
 from provisiond.config import Config
 from provisiond.inventory import Inventory, KernelView, ResourceView
+from provisiond.lifecycle import ApplianceState as AS
+from provisiond.modes import ApplianceMode as M
 from pxe.boot import BootAction, BootSpec, Machine, SanTarget
 
 
@@ -37,7 +39,7 @@ class DatabasePolicy:
     def boot_spec(self, machine: Machine) -> BootSpec | None:
         view = self._inv.resource(machine.mac)
         app = view.appliance if view else None
-        if app is not None and app.state in ("starting", "active"):
+        if app is not None and app.state in (AS.STARTING, AS.ACTIVE):
             spec = self._appliance_spec(view, app.mode, app.state, dict(app.params))
             if spec is not None:
                 return spec
@@ -60,7 +62,7 @@ class DatabasePolicy:
     def _appliance_spec(
         self, view: ResourceView, mode: str, state: str, params: dict
     ) -> BootSpec | None:
-        if mode == "sanboot" and params.get("target_iqn"):
+        if mode == M.SANBOOT and params.get("target_iqn"):
             san = SanTarget(
                 portal=str(params.get("portal", self._config.address)),
                 iqn=params["target_iqn"],
@@ -70,17 +72,17 @@ class DatabasePolicy:
                 chap_secret=params.get("chap_secret", ""),
             )
             return BootSpec(BootAction.SANBOOT, san=san, resource_id=view.id, label="sanboot")
-        if mode == "local" and (state == "active" or params.get("written")):
+        if mode == M.LOCAL and (state == AS.ACTIVE or params.get("written")):
             return BootSpec(BootAction.LOCAL_DISK, resource_id=view.id, label="local disk")
-        if mode == "local":
+        if mode == M.LOCAL:
             spec = self._agent_spec(view)
             return BootSpec(
                 BootAction.DEPLOY, spec.kernel, spec.initrds, spec.cmdline, None, view.id, "deploy"
             )
-        if mode == "template" and (state == "active" or params.get("installed")):
+        if mode == M.TEMPLATE and (state == AS.ACTIVE or params.get("installed")):
             return BootSpec(BootAction.LOCAL_DISK, resource_id=view.id, label="installed disk")
         for key, label in (("install_", "installer"), ("", "install")):
-            if mode == "template" and params.get(f"{key}kernel"):
+            if mode == M.TEMPLATE and params.get(f"{key}kernel"):
                 return BootSpec(
                     BootAction.KERNEL,
                     kernel=params[f"{key}kernel"],
@@ -89,7 +91,7 @@ class DatabasePolicy:
                     resource_id=view.id,
                     label=label,
                 )
-        if mode == "template":
+        if mode == M.TEMPLATE:
             spec = self._agent_spec(view)
             return BootSpec(
                 BootAction.DEPLOY, spec.kernel, spec.initrds, spec.cmdline, None, view.id, "install"

@@ -83,6 +83,9 @@ def storage(st: Storage) -> dict[str, Any]:
         "backend": st.backend,
         "path": st.path,
         "exporter": st.exporter,
+        "host": st.host,  # a storage host (driven over SSH), or None: this machine
+        "host_state": st.host_state,  # "up" | "down" (its appliances cannot start) | None
+        "host_reason": st.host_reason,  # why it is down
     }
 
 

@@ -26,21 +26,24 @@ from provisiond.agentjob import cancel_command, encode_arg, job_log, start_comma
 from provisiond.context import Context
 from provisiond.errors import Conflict, Invalid
 from provisiond.jobrunner import JobFailed
+from provisiond.lifecycle import ApplianceState as AS
 from provisiond.lifecycle import JobState as JS
 from provisiond.lifecycle import ResourceState as RS
 from provisiond.model import Appliance, Job, Resource
+from provisiond.modes import EraseMode
 
-ERASE_MODES = ("quick", "full")
+ERASE_MODES = tuple(m.value for m in EraseMode)
 ERASE_TIMEOUT = 24 * 3600
 
 
 def release(session, res: Resource, erase: str | None, actor: str = "cli") -> Job | None:
     """Back to idle now (no erase) or queue a ``resource.erase`` job; returns the job."""
     if erase is not None and erase not in ERASE_MODES:
-        raise Invalid(f"erase mode {erase!r}: use quick or full", field="erase")
+        raise Invalid(f"erase mode {erase!r}: use {' or '.join(ERASE_MODES)}", field="erase")
     app = session.scalars(
         select(Appliance).where(
-            Appliance.resource_id == res.id, Appliance.state.in_(("starting", "active", "stopping"))
+            Appliance.resource_id == res.id,
+            Appliance.state.in_((AS.STARTING, AS.ACTIVE, AS.STOPPING)),
         )
     ).first()
     if app is not None:

@@ -28,6 +28,7 @@ from sqlalchemy.orm import Session
 from provisiond import events, lifecycle
 from provisiond.errors import Conflict, Invalid, NotFound
 from provisiond.hardware import parse_inventory
+from provisiond.lifecycle import ApplianceState as AS
 from provisiond.lifecycle import ResourceState as RS
 from provisiond.model import Appliance, Job, Resource, utcnow
 from provisiond.security import hash_token, new_token, ssh_fingerprint
@@ -222,7 +223,7 @@ def _busy(session: Session, res: Resource) -> bool:
     return (
         session.scalars(
             select(Appliance.id).where(
-                Appliance.resource_id == res.id, Appliance.state.in_(("starting", "active"))
+                Appliance.resource_id == res.id, Appliance.state.in_((AS.STARTING, AS.ACTIVE))
             )
         ).first()
         is not None

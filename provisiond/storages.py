@@ -29,7 +29,9 @@ from provisiond import logs
 from provisiond.config import Config, StorageConfig
 from provisiond.db import Database
 from provisiond.errors import Invalid, NotFound
+from provisiond.lifecycle import ApplianceState as AS
 from provisiond.model import Appliance, Storage, Volume
+from provisiond.modes import ApplianceMode as M
 from storage.backends import Backend, make_backend
 from storage.backends.base import StorageError
 from storage.backends.file import FileBackend
@@ -150,7 +152,7 @@ def wanted_exports(session: Session, storages: set[str] | None = None) -> list[E
     out = []
     for app in session.scalars(
         select(Appliance).where(
-            Appliance.mode == "sanboot", Appliance.state.in_(("starting", "active"))
+            Appliance.mode == M.SANBOOT, Appliance.state.in_((AS.STARTING, AS.ACTIVE))
         )
     ):
         p = app.params or {}
@@ -345,7 +347,7 @@ class StorageService:
 
 def _storage_of(session: Session, spec: ExportSpec) -> str | None:
     """Name of the storage whose volume backs ``spec`` (by the appliance's target IQN)."""
-    for app in session.scalars(select(Appliance).where(Appliance.mode == "sanboot")):
+    for app in session.scalars(select(Appliance).where(Appliance.mode == M.SANBOOT)):
         if (app.params or {}).get("target_iqn") == spec.target_iqn and app.volume is not None:
             return app.volume.storage.name
     return None

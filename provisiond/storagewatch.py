@@ -34,6 +34,7 @@ from provisiond import appliances, bootchain, events, logs
 from provisiond.context import Context
 from provisiond.lifecycle import ApplianceState as AS
 from provisiond.model import Appliance
+from provisiond.modes import ApplianceMode as M
 from provisiond.storages import StorageService
 from pxe.service import LoopThread
 from storage.backends.base import StorageError
@@ -84,7 +85,7 @@ class StorageWatch:
         with self.ctx.db.reader() as s:
             rows = s.scalars(
                 select(Appliance).where(
-                    Appliance.mode == "sanboot",
+                    Appliance.mode == M.SANBOOT,
                     Appliance.state == AS.ACTIVE,
                     or_(Appliance.owner.is_(None), Appliance.owner == me),
                 )

@@ -36,6 +36,7 @@ from provisiond.config import Config
 from provisiond.db import Database
 from provisiond.errors import Conflict, Invalid, NotFound
 from provisiond.model import Appliance, Resource, Template
+from provisiond.modes import ApplianceMode as M
 from provisiond.templating import (
     KINDS,
     Renderer,
@@ -259,7 +260,7 @@ def update(session: Session, config: Config, actor: str = "cli", **fields: Any) 
 
 def users(session: Session, name: str) -> list[str]:
     """Appliances whose ``template`` parameter names this set."""
-    apps = session.scalars(select(Appliance).where(Appliance.mode == "template")).all()
+    apps = session.scalars(select(Appliance).where(Appliance.mode == M.TEMPLATE)).all()
     return sorted(a.name for a in apps if (a.params or {}).get("template") == name)
 
 

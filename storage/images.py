@@ -25,6 +25,7 @@ import os
 import tempfile
 from typing import NamedTuple
 
+from storage import remotewrite
 from storage.backends.base import Backend, StorageError, Volume
 from storage.fetch import Check, open_url, redact_url
 from storage.runner import Runner
@@ -110,8 +111,10 @@ def _import_file(backend, name, path, fmt, progress, runner, sha: str | None = N
         size = os.path.getsize(path)
         vol = backend.create(name, _round512(size))
         remote = getattr(backend, "runner", None)
-        if getattr(remote, "remote", False):  # a storage host: stream over SSH, verify there
-            return Imported(vol, vol.size, remote.upload(path, vol.path, size, progress))
+        if getattr(remote, "remote", False):  # a storage host: chunks over SSH, each verified there
+            return Imported(
+                vol, vol.size, remotewrite.upload(remote, path, vol.path, size, progress)
+            )
         h = hashlib.sha256()
         with open(path, "rb") as fs, open(vol.path, "r+b") as fd:
             zeroed = os.path.isfile(vol.path)

@@ -23,22 +23,14 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from bootfiles import BootFiles
+
 READY = r"provisiond-storage: (ready|FAILED)"
 ROOT_SIZE = "1400M"
 
 
 @dataclass(frozen=True)
-class StorageVmFiles:
-    dir: Path
-
-    @property
-    def kernel(self) -> Path:
-        return self.dir / "vmlinuz"
-
-    @property
-    def initrd(self) -> Path:
-        return self.dir / "initrd.img"
-
+class StorageVmFiles(BootFiles):
     @property
     def root(self) -> Path:
         return self.dir / "root.ext4"

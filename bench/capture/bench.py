@@ -175,8 +175,12 @@ class Bench:
             raise RuntimeError(f"capture {state}: {log[-2000:]}")
         plan = re.search(r"plan: (\d+) of (\d+) chunks \((\d+) MiB\)", log)
         sent = re.search(r"received (\d+) chunks \((\d+) bytes\)", log)
+        agent = re.search(r"sent \d+ in ([\d.]+) s", log)
+        rx = re.search(r"received .* in ([\d.]+) s", log)
+        a_s, r_s = agent.group(1) if agent else "?", rx.group(1) if rx else "?"
         return wall, (f"planned {plan.group(1)}/{plan.group(2)} chunks, "
-                      f"{int(sent.group(2)) / MiB:.0f} MiB in {sent.group(1)} chunks")  # fmt: skip
+                      f"{int(sent.group(2)) / MiB:.0f} MiB in {sent.group(1)} chunks; "
+                      f"agent {a_s} s, server {r_s} s")  # fmt: skip
 
     def leg_deploy(self, name: str, size: int) -> tuple[float, str]:
         self.d.cli("appliance", "create", "--resource", MAC, "--image", name, "--mode", "local",
@@ -262,9 +266,10 @@ class Bench:
             for run in range(self.args.runs):
                 self.n += 1
                 name = f"cap{self.n}"
-                legs = [("provisiond", lambda name=name: self.leg_capture(name)),
-                        ("dd|nc", self.leg_dd)]  # fmt: skip
-                if loop:
+                legs = [("provisiond", lambda name=name: self.leg_capture(name))]
+                if "dd|nc" in self.args.legs:
+                    legs.append(("dd|nc", self.leg_dd))
+                if loop and "partclone|nc" in self.args.legs:
                     legs.append(("partclone|nc", lambda: self.leg_partclone(loop, tool)))
                 legs.append(("deploy", lambda name=name: self.leg_deploy(name, size)))
                 if run % 2:  # interleave: the order of the first three alternates
@@ -295,6 +300,11 @@ def main() -> int:
     ap.add_argument("--workers", type=int, default=3)
     ap.add_argument("--only", default="ext4,ntfs,random")
     ap.add_argument("--no-shaped", action="store_true", help="no 1 Gbit/s limit")
+    ap.add_argument(
+        "--legs",
+        default="provisiond,dd|nc,partclone|nc,deploy",
+        help="legs to run (provisiond and deploy always; the anchors are optional)",
+    )
     args = ap.parse_args()
     for tool in ("socat", "losetup", "sfdisk", "mke2fs", "partclone.extfs", "tc"):
         if not shutil.which(tool) or not BUSYBOX:
@@ -327,17 +337,21 @@ def main() -> int:
     print("median [range] of the runs; ratios of medians")
     for kind, w in results.items():
         p = statistics.median(w["provisiond"])
-        line = [f"{kind:7} provisiond {med(w['provisiond'])}", f"dd|nc {med(w['dd|nc'])}"]
+        line = [f"{kind:7} provisiond {med(w['provisiond'])}"]
+        if "dd|nc" in w:
+            line.append(f"dd|nc {med(w['dd|nc'])}")
         if "partclone|nc" in w:
             line.append(f"partclone|nc {med(w['partclone|nc'])}")
         line.append(f"deploy {med(w['deploy'])}")
         print("  ".join(line))
-        ratios = f"  -> dd|nc / provisiond = {statistics.median(w['dd|nc']) / p:.2f}x"
+        ratios = "  ->"
+        if "dd|nc" in w:
+            ratios += f" dd|nc / provisiond = {statistics.median(w['dd|nc']) / p:.2f}x,"
         if "partclone|nc" in w:
             ratios += (
-                f", partclone|nc / provisiond = {statistics.median(w['partclone|nc']) / p:.2f}x"
+                f" partclone|nc / provisiond = {statistics.median(w['partclone|nc']) / p:.2f}x,"
             )
-        ratios += f", capture / deploy = {p / statistics.median(w['deploy']):.2f}"
+        ratios += f" capture / deploy = {p / statistics.median(w['deploy']):.2f}"
         print(ratios)
     return 0
 

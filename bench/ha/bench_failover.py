@@ -29,12 +29,12 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "vm-testbed"))
 sys.path.insert(0, str(REPO))
+from bootfiles import BootFiles  # noqa: E402
 from testbed import Testbed, wait_until  # noqa: E402
 
 from tests.testbed import ha_flow  # noqa: E402
@@ -43,26 +43,13 @@ MACS = ("52:54:00:4b:0b:01", "52:54:00:4b:0b:02")
 GOAL_S = 60.0
 
 
-@dataclass(frozen=True)
-class Assets:
-    dir: Path
-
-    @property
-    def kernel(self) -> Path:
-        return self.dir / "vmlinuz"
-
-    @property
-    def initrd(self) -> Path:
-        return self.dir / "initrd.img"
-
-
-def agent_assets(workdir: Path) -> Assets:
+def agent_assets(workdir: Path) -> BootFiles:
     out = workdir / "assets"
     if not (out / "initrd.img").exists():
         print("building the agent initrd (initrd/build.sh) ...", flush=True)
         subprocess.run(["bash", str(REPO / "initrd" / "build.sh"), "--out", str(out)],
                        check=True, capture_output=True, timeout=900)  # fmt: skip
-    return Assets(out)
+    return BootFiles(out)
 
 
 def load() -> str:

@@ -24,6 +24,7 @@ from provisiond import jobs
 from provisiond.db import Database
 from provisiond.errors import ProvisiondError
 from provisiond.lifecycle import IllegalTransition
+from provisiond.lifecycle import JobState as JS
 
 ACTOR = f"cli:{os.environ.get('SUDO_USER') or os.environ.get('USER') or 'root'}"
 
@@ -134,11 +135,11 @@ def wait_job(env: Env, job_id: int, timeout: float = 3600) -> None:
         for line in lines[shown:]:
             click.echo(f"  {line}")
         shown = len(lines)
-        if total and state == "running":
+        if total and state == JS.RUNNING:
             bar(done, total)
-        if state in ("succeeded", "failed", "cancelled"):
+        if state in (JS.SUCCEEDED, JS.FAILED, JS.CANCELLED):
             bar.done() if total else None
-            if state != "succeeded":
+            if state != JS.SUCCEEDED:
                 raise click.ClickException(f"job {job_id} {state}: {outcome}")
             return
         time.sleep(0.5)

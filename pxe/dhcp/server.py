@@ -46,7 +46,7 @@ from pxe.settings import DhcpSettings
 log = get("dhcp")
 STAT_KEYS = ("received", "offered", "acked", "nak", "dropped_malformed", "ignored")
 WAIT = 0.25  # seconds a serve step blocks for the first datagram (stop stays prompt)
-DRAIN = 256  # datagrams handled per serve step at most (one lease commit per step)
+DRAIN = 64  # datagrams handled per serve step at most (one lease commit per step)
 RCVBUF = 4 << 20  # SO_RCVBUF asked for (the kernel doubles it, capped by net.core.rmem_max)
 
 

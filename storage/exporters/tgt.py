@@ -27,6 +27,7 @@ import time
 from dataclasses import dataclass, field
 
 from storage.backends.base import StorageError
+from storage.exporters import tgt_ipc
 from storage.exporters.base import ExporterUnavailable, ExportSpec, IscsiSession
 from storage.exporters.identity import (
     TgtIdentity,
@@ -36,7 +37,7 @@ from storage.exporters.identity import (
     probe_tgt,
     verify_tgt,
 )
-from storage.runner import CommandFailed, Runner, Secret, show
+from storage.runner import CommandFailed, Runner, show
 
 _TARGET = re.compile(r"^Target (\d+): (\S+)$")
 
@@ -186,9 +187,17 @@ class TgtExporter:
             raise StorageError(f"tgt: CHAP user {spec.chap_user} already serves another target")
         user = spec.chap_user
         self._adm("--op", "delete", "--mode", "account", "--user", user, check=False)
-        self._adm("--op", "new", "--mode", "account", "--user", user,
-                  "--password", Secret(spec.chap_secret or ""))  # fmt: skip
+        self._new_account(user, spec.chap_secret or "")
         self._adm("--op", "bind", "--mode", "account", "--tid", tid_s, "--user", user)
+
+    def _new_account(self, user: str, secret: str) -> None:
+        """tgtadm's ``--op new --mode account``, with the secret on stdin (see tgt_ipc)."""
+        tgt_ipc.account_request(user, secret)  # refuses what tgtd would misparse
+        res = self.runner.run(["python3", "-c", tgt_ipc.SCRIPT, str(self.control_port)],
+                              input=f"{user}\n{secret}\n", timeout=30, check=False)  # fmt: skip
+        if res.rc != 0:
+            why = tgt_ipc.explain(res.stderr.replace(secret, "***")) or f"exit {res.rc}"
+            raise StorageError(f"tgt: cannot create CHAP account {user}: {why}")
 
     def _delete(self, t: TgtTarget, targets: list[TgtTarget]) -> None:
         self._adm("--op", "delete", "--mode", "target", "--force", "--tid", str(t.tid))

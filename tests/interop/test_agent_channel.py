@@ -190,3 +190,71 @@ def test_a_queued_command_wakes_the_poll(channel):
     th.join(25)
     assert out["answer"][0] == 200 and f"id={job2.id}" in out["answer"][1].decode()
     assert out["t"] < 1.0 + agentd.SWEEP_S + 1.0, out["t"]
+
+
+def _dead_poll(base: str, token: str) -> None:
+    """A long poll whose connection dies while it waits (RST, as a killed wget's would)."""
+    import socket
+    import struct
+
+    host, port = base.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)), timeout=5)
+    sock.sendall(
+        f"GET /agent/v1/commands?wait=20 HTTP/1.1\r\nHost: {host}\r\n"
+        f"Authorization: Bearer {token}\r\n\r\n".encode()
+    )
+    time.sleep(0.5)  # the server holds the poll now
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+def test_a_command_handed_to_a_dead_poll_is_handed_out_again(channel):
+    """The race of issue 15 part 3: the agent's poll dies while the server hands it a command.
+
+    The server marks the command running and writes it to a closed socket; the
+    agent (alive, polling again) never got it. Its next poll must get the same
+    command (the agent runs a command id once and re-sends the result of one it
+    already ran), and a command lost that way again and again fails with the
+    reason instead of staying ``running``.
+    """
+    ctx, base, tokens = channel
+    (rid, token), (other_rid, _other_token), *_ = tokens.items()
+    _dead_poll(base, token)
+    with ctx.db.transaction() as s:
+        job = jobs.enqueue_command(s, s.get(Resource, rid), "run", "echo hi")
+        foreign = jobs.enqueue_command(s, s.get(Resource, other_rid), "run", "echo other")
+    ctx.ring()  # wakes the dead poll: it claims the command and writes it nowhere
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with ctx.db.reader() as s:
+            if jobs.get(s, job.id).state == "running":
+                break
+        time.sleep(0.05)
+    with ctx.db.reader() as s:
+        assert jobs.get(s, job.id).state == "running"
+
+    status, text = call(base, "GET", "/agent/v1/commands?wait=3", token)
+    assert status == 200 and f"id={job.id}" in text.decode(), (status, text)
+    with ctx.db.reader() as s:
+        got = jobs.get(s, job.id)
+        assert got.state == "running" and "handed out again" in got.log
+        assert jobs.get(s, foreign.id).state == "queued"  # another agent's command: untouched
+
+    # a command that never arrives (the agent keeps polling) fails with the reason
+    for _ in range(jobs.MAX_REDELIVERIES):
+        status, text = call(base, "GET", "/agent/v1/commands?wait=1", token)
+    with ctx.db.reader() as s:
+        got = jobs.get(s, job.id)
+        assert got.state == "failed" and "never acknowledged" in got.log, got.log
+    assert call(base, "GET", "/agent/v1/commands?wait=1", token)[0] == 204
+
+    # an agent of a later boot (a new token) is not handed the old boot's command
+    with ctx.db.transaction() as s:
+        job3 = jobs.enqueue_command(s, s.get(Resource, rid), "run", "echo three")
+    assert f"id={job3.id}" in call(base, "GET", "/agent/v1/commands?wait=1", token)[1].decode()
+    new = new_token()
+    with ctx.db.transaction() as s:
+        s.get(Resource, rid).agent_token_hash = hash_token(new)
+    assert call(base, "GET", "/agent/v1/commands?wait=1", new)[0] == 204
+    with ctx.db.reader() as s:
+        assert jobs.get(s, job3.id).state == "running"

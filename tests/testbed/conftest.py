@@ -23,6 +23,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "vm-testbed"))
 
+from bootfiles import BootFiles  # noqa: E402
 from testbed import Testbed  # noqa: E402
 from vm import missing_prerequisites  # noqa: E402
 
@@ -56,17 +57,8 @@ def testbed_ready() -> None:
 
 
 @dataclass(frozen=True)
-class BootAssets:
-    dir: Path  # holds vmlinuz and initrd.img
+class BootAssets(BootFiles):
     real_agent: bool  # initrd/build.sh (True) or vm-testbed/mkinitramfs.sh
-
-    @property
-    def kernel(self) -> Path:
-        return self.dir / "vmlinuz"
-
-    @property
-    def initrd(self) -> Path:
-        return self.dir / "initrd.img"
 
 
 @pytest.fixture(scope="session")

@@ -1,30 +1,38 @@
-"""A storage host on a real kernel: LVM snapshots and LIO exports driven over SSH.
+"""A storage host on a real kernel: LVM snapshots, LIO and tgt exports driven over SSH.
 
 One QEMU storage VM per module (Debian 12 kernel with dm-thin and LIO,
 ``debian-12-storage`` root file system, see vm-testbed/storagevm.py) on the
 test bed's bridge, reached by provisiond's storage code only through
 :class:`storage.ssh.SshRunner` with its pinned host key. On it: a volume
-group on a virtio disk with a thin pool, a bootable image imported (streamed
-over SSH, sha256 checked on the host) as a classic and as a thin master, a
-classic and a thin snapshot, each exported over LIO by the shipped helper
-with its ACL and CHAP. Real initiators check the exports from this machine
-(libiscsi's ``iscsi-inq``, QEMU's iSCSI driver): the right initiator and
-secret log in, a wrong secret or another initiator are refused, and a write
-through one export changes neither master nor the other clone. Two QEMU
-machines SAN-boot the clones with iPXE. Removing an export and its snapshot,
-the same export through tgt on the same host, reconcile (a stale target is
-removed, a wanted one kept, an orphaned clone deleted), provisiond itself
-(import, appliance start of a classic and a thin clone that two machines
-SAN-boot through its DHCP and iPXE, kill -9 and restart, stop and rm) and
-a host going down and coming back (StorageService marks it down with the
-reason, polls, marks it up) run against the same VM.
+group on a virtio disk with a thin pool, a bootable image imported (chunks
+streamed over SSH, each sha256-checked on the host) as a classic and as a
+thin master, a classic and a thin snapshot, each exported over LIO by the
+shipped helper with its ACL and CHAP. Real initiators check the exports from
+this machine (libiscsi's ``iscsi-inq``, QEMU's iSCSI driver): the right
+initiator and secret log in, a wrong secret or another initiator are
+refused, and a write through one export changes neither master nor the other
+clone. The same export through tgt (its CHAP secret set through tgtd's
+socket, on no command line): a machine SAN-boots from it with iPXE while the
+next tests run. Removing exports and snapshots; a host going down and coming
+back (StorageService marks it down with the reason, polls, marks it up).
+
+Last, provisiond itself against the same VM: import, ``appliance start`` of
+a classic and a thin clone that two machines SAN-boot through its DHCP and
+iPXE; each booted guest writes a token into its own disk (the LUN
+hot-plugged as a virtio disk through QEMU's iSCSI initiator, same IQN and
+CHAP; the marker guest has no initiator of its own), found on its clone and
+on neither the master nor the other clone; kill -9 and restart (reconcile: a
+lost export comes back, a stale target and an orphaned clone go), stop and
+rm. One storage VM, one daemon, three client machines in the module.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -146,7 +154,8 @@ def volumes(storage_host, ssh, tmp_path_factory):
     thin.check()
     work = tmp_path_factory.mktemp("disk")
     kernel = sorted(Path("/boot").glob("vmlinuz-*"))[-1]
-    disk = build_boot_disk(work / "master.raw", kernel, MARKER, "lvm", size_mib=SIZE_MIB)
+    disk = build_boot_disk(work / "master.raw", kernel, MARKER, "probe", size_mib=SIZE_MIB,
+                           probe=True)  # fmt: skip
     want = hashlib.sha256(disk.read_bytes()).hexdigest()
     for backend, name in ((classic, "master-c"), (thin, "master-t")):
         got = import_image(backend, name, str(disk))
@@ -238,47 +247,143 @@ def test_write_through_one_export_changes_neither_master_nor_other(storage_host,
     assert back == hashlib.sha256(b"\xab" * 65536).hexdigest()
 
 
-def ipxe_script(s: ExportSpec, ip: str) -> str:
+def ipxe_script(s: ExportSpec, ip: str, port: int = 3260) -> str:
     return (
         "#!ipxe\n"
         f"set net0/ip {ip}\nset net0/netmask 255.255.255.0\nifopen net0\n"
         f"set initiator-iqn {s.initiator_iqn}\nset username {s.chap_user}\n"
         f"set password {s.chap_secret}\n"
         f"echo SAN boot of {s.target_iqn}\n"
-        f"sanboot iscsi:{HOST}:::0:{s.target_iqn}\n"
+        f"sanboot iscsi:{HOST}::{port}:{s.lun}:{s.target_iqn}\n"
     )
 
 
-def test_two_machines_san_boot_their_clones(storage_host, exports):
+TGT_PORT = 3261  # LIO holds 3260 on the host's address
+
+
+@pytest.fixture(scope="module")
+def tgt(ssh):
+    """tgtd on the storage VM (portal HOST:3261), driven by tgtadm over SSH; stopped at the end."""
+    ssh.run(["sh", "-c", f"setsid tgtd --iscsi portal={HOST}:{TGT_PORT} "
+             "</dev/null >/dev/null 2>&1 &"])  # fmt: skip
+    wait_until(lambda: ssh.run(["tgtadm", "--lld", "iscsi", "--op", "show", "--mode", "target"],
+                               check=False).rc == 0, 30, interval=0.5)  # fmt: skip
+    try:
+        yield TgtExporter(ssh)
+    finally:
+        ssh.run(["tgtadm", "--op", "delete", "--mode", "system"], check=False)
+
+
+TGT_SECRET = "TgtSecret0000016"
+
+
+def test_tgt_exporter_on_the_same_host(storage_host, ssh, volumes, tgt, caplog):
+    """The same export through tgt (tgtadm over SSH) on the storage VM: ACL + CHAP, LUN 1.
+
+    The CHAP secret reaches tgtd through its socket (storage.exporters.tgt_ipc): no command
+    run on the host holds it, and the SSH runner's log does not either.
+    """
+    _, thin, _ = volumes
+    tgt.check()
+    thin.clone("master-t", "app-tgt")
+    s = spec("app-tgt", TGT_SECRET)
+    ran: list[list[str]] = []
+    recording = Recording(storage_host.target(), connect=storagevm.ns_connect(storage_host.tb.ns))
+    recording.ran = ran
+    caplog.set_level(logging.DEBUG, logger="provisiond.storage")
+    try:
+        TgtExporter(recording).export(s)
+    finally:
+        recording.close()
+    assert any("--mode" in argv and "account" in argv for argv in ran), ran  # it was recorded
+    assert not any(TGT_SECRET in arg for argv in ran for arg in argv)
+    assert caplog.records and TGT_SECRET not in caplog.text
+    assert [x.key() for x in tgt.list_exports()] == [s.with_lun(1).key()]
+    tb = storage_host.tb
+    url = f"iscsi://{s.chap_user}%{{}}@{HOST}:{TGT_PORT}/{s.target_iqn}/1"
+    ok = tb.run_in_ns(["iscsi-inq", "-i", s.initiator_iqn, url.format(s.chap_secret)],
+                      check=False, timeout=60)  # fmt: skip
+    assert ok.returncode == 0 and "IET" in ok.stdout, ok.stdout + ok.stderr
+    bad = tb.run_in_ns(["iscsi-inq", "-i", s.initiator_iqn, url.format("WrongSecret00016")],
+                       check=False, timeout=60)  # fmt: skip
+    assert bad.returncode != 0
+
+
+class Recording(SshRunner):
+    """An SshRunner that records every argv it runs on the host."""
+
+    ran: list[list[str]]
+
+    def run(self, argv, **kw):
+        self.ran.append([str(a) for a in argv])
+        return super().run(argv, **kw)
+
+
+def qmp(path: Path, *calls: tuple[str, dict]) -> None:
+    """Run QMP commands in order (events skipped); an error answer fails the test."""
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(60)
+        sock.connect(str(path))
+        rf = sock.makefile("rb")
+        json.loads(rf.readline())  # greeting
+        for cmd, args in (("qmp_capabilities", {}), *calls):
+            sock.sendall(json.dumps({"execute": cmd, "arguments": args}).encode())
+            while "event" in (msg := json.loads(rf.readline())):
+                pass
+            assert "return" in msg, f"QMP {cmd}: {msg}"
+
+
+def attach_over_iscsi(vm, s: ExportSpec, port: int) -> None:
+    """Hot-plug the machine's own LUN as a virtio disk (QEMU's iSCSI initiator, same IQN + CHAP)."""
+    qmp(
+        vm.qmp_path,
+        ("object-add", {"qom-type": "secret", "id": "chap0", "data": s.chap_secret}),
+        (
+            "blockdev-add",
+            {
+                "driver": "iscsi",
+                "node-name": "own",
+                "transport": "tcp",
+                "portal": f"{HOST}:{port}",
+                "target": s.target_iqn,
+                "lun": s.lun,
+                "user": s.chap_user,
+                "password-secret": "chap0",
+                "initiator-name": s.initiator_iqn,
+            },
+        ),
+        ("device_add", {"driver": "virtio-blk-pci", "drive": "own", "id": "owndisk"}),
+    )
+
+
+PROBE = 22 << 20  # tests/testbed/diskimage.PROBE_OFFSET: where a probe guest writes its token
+TOKEN = r"(GUEST-WROTE [0-9a-f-]{36})"
+
+
+def read_probe(ssh: SshRunner, *names: str) -> dict[str, str]:
+    read = f"dd if=/dev/{VG}/{{}} bs=1 skip={PROBE} count=49 status=none"
+    return {n: ssh.run(["sh", "-c", read.format(n)]).stdout for n in names}
+
+
+@pytest.fixture(scope="module")
+def tgt_machine(storage_host, tgt):
+    """A machine SAN-booting app-tgt from tgt; it boots while the next tests run."""
     if not IPXE_LKRN.is_file():
         pytest.skip(reason=f"{IPXE_LKRN} missing (apt-get install ipxe)")
-    lio, specs = exports
     tb = storage_host.tb
-    vms = []
-    for i, s in enumerate(specs):
-        script = tb.workdir / f"san{i}.ipxe"
-        script.write_text(ipxe_script(s, f"{SUBNET}.{61 + i}"))
-        vms.append(tb.boot_vm(f"san{i}", f"52:54:00:78:00:{61 + i:02x}", kernel=str(IPXE_LKRN),
-                              initrd=str(script), append=""))  # fmt: skip
-    # each initiator is seen logged in to its own target (only there) while its machine boots;
-    # once Linux runs from the disk, iPXE's session ends
-    seen: set[str] = set()
+    s = spec("app-tgt", TGT_SECRET).with_lun(1)
+    script = tb.workdir / "san-tgt.ipxe"
+    script.write_text(ipxe_script(s, f"{SUBNET}.61", TGT_PORT))
+    vm = tb.boot_vm("san-tgt", "52:54:00:78:00:61", kernel=str(IPXE_LKRN), initrd=str(script),
+                    append="", qmp=True)  # fmt: skip
+    yield vm, s
+    vm.kill()
+    tb.vms.remove(vm)
 
-    def booted() -> bool:
-        for s in specs:
-            if s.initiator_iqn not in seen:
-                got = [x.initiator_iqn for x in lio.sessions(s.target_iqn)]
-                assert got in ([], [s.initiator_iqn]), got
-                seen.update(got)
-        return all(MARKER in vm.console_text() for vm in vms)
 
-    wait_until(booted, 300, interval=0.5)
-    for vm in vms:
-        vm.wait_for(rf"{MARKER} lvm", 5)
-    assert seen == {s.initiator_iqn for s in specs}
-    for vm in vms:
-        vm.kill()
-        tb.vms.remove(vm)
+def test_tgt_machine_starts_booting(tgt_machine):
+    vm, _ = tgt_machine
+    vm.wait_for(r"SAN boot of", 120)
 
 
 def test_unexport_and_remove_snapshot(ssh, exports, volumes):
@@ -295,52 +400,36 @@ def test_unexport_and_remove_snapshot(ssh, exports, volumes):
     assert s.target_iqn not in targets
 
 
-def test_reconcile_removes_stale_and_keeps_wanted(ssh, exports, volumes):
-    lio, specs = exports
+def test_machine_san_boots_from_tgt_and_writes_only_its_own_clone(ssh, tgt, tgt_machine):
+    """tgt on the storage VM serves a SAN boot too: the machine's Linux runs from app-tgt
+    (its initiator logged in to that target only), then writes a token into its own disk,
+    found on app-tgt and not on its master."""
+    vm, s = tgt_machine
+    seen: set[str] = set()
+
+    def booted() -> bool:
+        seen.update(x.initiator_iqn for x in tgt.sessions(s.target_iqn))
+        return MARKER in vm.console_text()
+
+    wait_until(booted, 300, interval=0.5)
+    vm.wait_for(rf"{MARKER} probe", 5)
+    assert seen == {s.initiator_iqn}
+    attach_over_iscsi(vm, s, TGT_PORT)
+    token = vm.wait_for(TOKEN, 120).group(1)
+    on = read_probe(ssh, "app-tgt", "master-t", "master-c", "app-t")
+    assert on["app-tgt"].startswith(token), on
+    assert not any(token in on[n] for n in ("master-t", "master-c", "app-t")), on
+    vm.kill()
+
+
+def test_tgt_unexport_and_remove_snapshot(ssh, tgt, volumes):
     _, thin, _ = volumes
-    kept = next(x for x in specs if x.chap_user == "app-t")
-    stale = spec("stale-t", "StaleSecret00016")
-    thin.clone("master-t", "stale-t")
-    lio.export(stale)
-    added, removed = lio.reconcile_all([kept])
-    assert (added, removed) == ([], [stale.target_iqn])
-    assert [x.target_iqn for x in lio.list_exports()] == [kept.target_iqn]
-    added, removed = lio.reconcile_all([kept, stale])  # a lost wanted export comes back
-    assert (added, removed) == ([stale.target_iqn], [])
-    lio.reconcile_all([kept])
-    thin.delete("stale-t")
-
-
-TGT_PORT = 3261  # LIO holds 3260 on the host's address
-
-
-def test_tgt_exporter_on_the_same_host(storage_host, ssh, volumes):
-    """The same export through tgt (tgtadm over SSH) on the storage VM: ACL + CHAP, LUN 1."""
-    _, thin, _ = volumes
-    ssh.run(["sh", "-c", f"setsid tgtd --iscsi portal={HOST}:{TGT_PORT} "
-             "</dev/null >/dev/null 2>&1 &"])  # fmt: skip
-    tgt = TgtExporter(ssh)
-    wait_until(lambda: ssh.run(["tgtadm", "--lld", "iscsi", "--op", "show", "--mode", "target"],
-                               check=False).rc == 0, 30, interval=0.5)  # fmt: skip
-    try:
-        tgt.check()
-        thin.clone("master-t", "app-tgt")
-        s = spec("app-tgt", "TgtSecret0000016")
-        tgt.export(s)
-        assert [x.key() for x in tgt.list_exports()] == [s.with_lun(1).key()]
-        tb = storage_host.tb
-        url = f"iscsi://{s.chap_user}%{{}}@{HOST}:{TGT_PORT}/{s.target_iqn}/1"
-        ok = tb.run_in_ns(["iscsi-inq", "-i", s.initiator_iqn, url.format(s.chap_secret)],
-                          check=False, timeout=60)  # fmt: skip
-        assert ok.returncode == 0 and "IET" in ok.stdout, ok.stdout + ok.stderr
-        bad = tb.run_in_ns(["iscsi-inq", "-i", s.initiator_iqn, url.format("WrongSecret00016")],
-                           check=False, timeout=60)  # fmt: skip
-        assert bad.returncode != 0
-        tgt.unexport(s.target_iqn)
-        assert tgt.list_exports() == []
-        thin.delete("app-tgt")
-    finally:
-        ssh.run(["tgtadm", "--op", "delete", "--mode", "system"], check=False)
+    tgt.unexport(f"{PREFIX}:app-tgt")  # --force: the machine may still be logged in
+    assert tgt.list_exports() == []
+    assert "app-tgt" not in ssh.run(["tgtadm", "--lld", "iscsi", "--op", "show", "--mode",
+                                     "account"]).stdout  # fmt: skip
+    thin.delete("app-tgt")
+    assert thin.get("app-tgt") is None
 
 
 def test_storage_host_down_and_back(storage_host, volumes, tmp_path):
@@ -405,6 +494,18 @@ def cli(tb: Testbed, *args: str, timeout: float = 180) -> str:
     return res.stdout
 
 
+def appliance_export(tb: Testbed, name: str) -> ExportSpec:
+    """The export provisiond made for appliance ``name`` (from its database)."""
+    import sqlite3
+
+    db = tb.workdir / "state" / "provisiond.db"
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as con:
+        (params,) = con.execute("SELECT params FROM appliance WHERE name = ?", (name,)).fetchone()
+    p = json.loads(params)
+    return ExportSpec(p["target_iqn"], "", p["initiator_iqn"], p["chap_user"], p["chap_secret"],
+                      int(p["lun"]))  # fmt: skip
+
+
 def lv_rows(ssh: SshRunner) -> dict[str, dict]:
     return {r["lv_name"]: r for r in json.loads(ssh.run(LVS).stdout)["report"][0]["lv"]}
 
@@ -427,7 +528,8 @@ def test_daemon_sanboots_a_classic_and_a_thin_clone_from_the_storage_host(
     )
     lio = RemoteLioExporter(ssh, HOST)
     kernel = sorted(Path("/boot").glob("vmlinuz-*"))[-1]
-    disk = build_boot_disk(tmp_path / "daemon.raw", kernel, MARKER, "daemon", size_mib=SIZE_MIB)
+    disk = build_boot_disk(tmp_path / "daemon.raw", kernel, MARKER, "daemon", size_mib=SIZE_MIB,
+                           probe=True)  # fmt: skip
     tb.start_provisiond(config)
 
     def exported() -> list[str]:
@@ -447,11 +549,12 @@ def test_daemon_sanboots_a_classic_and_a_thin_clone_from_the_storage_host(
     settle(lambda: exported() == [], "no start-up reconcile")
     cli(tb, "kernel", "add", "agent", "--kernel", str(boot_assets.kernel),
         "--initrd", str(boot_assets.initrd), "--default")  # fmt: skip
+    # the machines PXE-boot into the agent while the images are imported
+    vms = [tb.boot_vm(f"app{i}", mac, reboot=True, qmp=True) for i, mac in enumerate(MACS)]
     for storage in ("sanc", "sant"):
         out = cli(tb, "image", "import", str(disk), "--name", f"img-{storage}",
                   "--storage", storage)  # fmt: skip
         assert hashlib.sha256(disk.read_bytes()).hexdigest() in out
-    vms = [tb.boot_vm(f"app{i}", mac, reboot=True) for i, mac in enumerate(MACS)]
     for mac in MACS:
         wait_until(lambda m=mac: tb.resource_state(m) == "idle", 180, interval=0.5)
     for i, (mac, storage) in enumerate(zip(MACS, ("sanc", "sant"), strict=True)):
@@ -470,6 +573,15 @@ def test_daemon_sanboots_a_classic_and_a_thin_clone_from_the_storage_host(
     assert rows["app-san1"]["lv_attr"][0] == "V" and rows["app-san1"]["pool_lv"] == POOL
     targets = exported()
     assert len(targets) == 2
+
+    # each SAN-booted guest writes a token into its own disk: found on its clone only
+    for i, vm in enumerate(vms):
+        attach_over_iscsi(vm, appliance_export(tb, f"san{i}"), 3260)
+    tokens = [vm.wait_for(TOKEN, 120).group(1) for vm in vms]
+    on = read_probe(ssh, "app-san0", "app-san1", "image-img-sanc", "image-img-sant")
+    assert on["app-san0"].startswith(tokens[0]) and on["app-san1"].startswith(tokens[1]), on
+    assert tokens[1] not in on["app-san0"] and tokens[0] not in on["app-san1"], on
+    assert "GUEST-WROTE" not in on["image-img-sanc"] + on["image-img-sant"], on
 
     # kill -9; meanwhile one export is lost and a stale target and an orphan clone appear
     pid = int((tb.run_dir / "provisiond.pid").read_text())

@@ -245,3 +245,89 @@ def test_clone_of_a_recorded_thin_origin_is_a_thin_snapshot():
     vol = LvmBackend("pvsan", thin_pool="pool0", runner=r).clone("master-t", "app-new")
     assert ["lvcreate", "-s", "-kn", "-n", "app-new", "pvsan/master-t"] in r.calls
     assert (vol.origin, vol.size) == ("master-t", 64 << 20)
+
+
+def test_appliance_start_on_a_down_host_fails_with_the_reason_and_the_host_shows_down(tmp_path):
+    """SanbootStart refuses before touching the host; present.storage shows state and reason."""
+    from types import SimpleNamespace
+
+    from provisiond import present
+    from provisiond.db import Database
+    from provisiond.jobrunner import JobFailed
+    from provisiond.model import Appliance, Image, Job, Resource, Storage, Volume
+    from provisiond.sanboot import SanbootStart
+    from provisiond.storages import StorageManager, StorageService
+
+    c = cfg.parse(BASE + f'state_dir = "{tmp_path}"\n'
+                  f'database_url = "sqlite:///{tmp_path}/db.sqlite"\n'
+                  '[[storage]]\nname = "san"\nbackend = "lvm"\npath = "pv"\n'
+                  'host = "192.0.2.50"\n')  # fmt: skip
+    db = Database(c.database_url)
+    db.migrate()
+    manager = StorageManager(c)
+    host = FlakyHost()
+    manager._ssh["san"] = host
+    service = StorageService(c, db, manager)
+    with db.transaction() as s:
+        manager.sync_rows(s)
+    assert not service.connect_host("san")
+    with db.transaction() as s:
+        st = s.query(Storage).filter_by(name="san").one()
+        shown = present.storage(st)
+        vol = Volume(storage_id=st.id, name="image-deb", path="/dev/pv/image-deb", size=1 << 20)
+        s.add(vol)
+        s.flush()
+        img = Image(name="deb", format="raw", size=1 << 20, sha256="0" * 64, volume_id=vol.id,
+                    state="ready")  # fmt: skip
+        res = Resource(mac="52:54:00:00:00:01", state="idle")
+        s.add_all([img, res])
+        s.flush()
+        app = Appliance(name="a1", resource_id=res.id, image_id=img.id, mode="sanboot")
+        s.add(app)
+        s.flush()
+        job = Job(kind="appliance.start", state="running", appliance_id=app.id)
+        s.add(job)
+        s.flush()
+        job_id = job.id
+    assert (shown["host"], shown["host_state"]) == ("192.0.2.50", "down")
+    assert "cannot connect (timed out)" in shown["host_reason"]
+    host.down = False  # reachable again, but not yet polled: the recorded state decides
+    calls = len(host.calls)
+    start = SanbootStart(SimpleNamespace(db=db, config=c), manager, service)
+    with pytest.raises(JobFailed, match=r"storage host of san is down: .*cannot connect"):
+        start.run(job_id)
+    assert len(host.calls) == calls  # nothing was tried on the host
+
+
+def test_capture_onto_a_storage_host_needs_the_tcp_transport(tmp_path):
+    """The http transport writes chunks into a local file: refused for a storage host."""
+    from types import SimpleNamespace
+
+    from provisiond.capture import CaptureJob
+    from provisiond.db import Database
+    from provisiond.jobrunner import JobFailed
+    from provisiond.model import Job, Resource
+    from provisiond.storages import StorageManager
+
+    c = cfg.parse(BASE + f'state_dir = "{tmp_path}"\n'
+                  f'database_url = "sqlite:///{tmp_path}/db.sqlite"\n'
+                  '[[storage]]\nname = "san"\nbackend = "lvm"\npath = "pv"\n'
+                  'host = "192.0.2.50"\n')  # fmt: skip
+    db = Database(c.database_url)
+    db.migrate()
+    manager = StorageManager(c)
+    manager._ssh["san"] = RemoteFake().on(["lvs"], (FIX / "lvs-empty.json").read_text())
+    with db.transaction() as s:
+        res = Resource(mac="52:54:00:00:00:02", state="idle",
+                       inventory={"disks": [{"name": "sda", "size_bytes": 8 << 20}]})  # fmt: skip
+        s.add(res)
+        s.flush()
+        job = Job(kind="image.capture", state="running", resource_id=res.id,
+                  params={"disk": "/dev/sda", "name": "cap", "storage": "san",
+                          "transport": "http"})  # fmt: skip
+        s.add(job)
+        s.flush()
+        job_id = job.id
+    with pytest.raises(JobFailed, match="needs the tcp transport"):
+        CaptureJob(SimpleNamespace(db=db, config=c), manager).run(job_id)
+    assert not any(call[0] == "lvcreate" for call in manager._ssh["san"].calls)  # nothing made

@@ -30,7 +30,9 @@ def tgt(show: str = TWO) -> tuple[TgtExporter, FakeRunner]:
 
 
 def mutations(r: FakeRunner) -> list[list[str]]:
-    return [c[len(ADM) :] for c in r.calls if "show" not in c]
+    """tgtadm calls (without the common prefix) and, as ["account", ...], tgt_ipc's script."""
+    return [c[len(ADM) :] if c[0] == "tgtadm" else ["account", *c[3:]]
+            for c in r.calls if "show" not in c]  # fmt: skip
 
 
 def test_sessions_from_the_i_t_nexus_section():
@@ -71,11 +73,12 @@ def test_export_new_target_exact_commands():
         ["--op", "bind", "--mode", "target", "--tid", "4", "--initiator-name",
          "iqn.2025-01.test.pxe:init05"],
         ["--op", "delete", "--mode", "account", "--user", "host05"],
-        ["--op", "new", "--mode", "account", "--user", "host05", "--password", SECRET],
+        ["account", "7"],  # tgt_ipc.SCRIPT on control port 7; user and secret on its stdin
         ["--op", "bind", "--mode", "account", "--tid", "4", "--user", "host05"],
     ]  # fmt: skip
     assert not any("ALL" in c for c in r.calls)
     assert not any(SECRET in line for line in r.logged)
+    assert not any(SECRET in arg for c in r.calls for arg in c)  # no command line holds it
 
 
 def test_export_matching_target_is_noop():

@@ -12,6 +12,7 @@ from typing import Any
 
 from flask import jsonify
 
+from provisiond.modes import ApplianceMode, EraseMode
 from web.api import bp
 
 PAGE = ["limit", "offset"]
@@ -113,7 +114,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     "Storage": _obj([], name=_S, backend={"enum": ["file", "reflink", "lvm"]}, path=_S,
                     exporter={"enum": ["auto", "tgt", "lio"]}),
     "ApplianceCreate": _obj(["resource", "mode"], name=_S, resource=_S,
-                            mode={"enum": ["sanboot", "local", "template"]}, image=_S,
+                            mode={"enum": [m.value for m in ApplianceMode]}, image=_S,
                             kernel=_S, params=_O, ha=_B, ha_pool=_S, start=_B),
     "ApplianceUpdate": _obj([], params=_O, ha=_B),
     "TemplateRender": _obj(["resource"], resource=_S, params=_O),
@@ -152,8 +153,8 @@ SCHEMAS.update({
     "PowerAction": _obj(["action"], action={"enum": ["on", "off", "cycle", "status"]}),
     "Bulk": _obj(["resources", "action"], resources={"type": "array", "items": _S},
                  action={"enum": ["on", "off", "cycle", "release", "assign"]},
-                 erase={"enum": ["quick", "full"]}, mode={"enum": ["sanboot", "local", "template"]},
-                 image=_S, kernel=_S),
+                 erase={"enum": [m.value for m in EraseMode]},
+                 mode={"enum": [m.value for m in ApplianceMode]}, image=_S, kernel=_S),
 })  # fmt: skip
 
 

@@ -16,21 +16,23 @@ from sqlalchemy import select
 from provisiond import appliances, resources
 from provisiond.errors import Invalid, ProvisiondError
 from provisiond.lifecycle import IllegalTransition
+from provisiond.lifecycle import ResourceState as RS
 from provisiond.model import Image, Resource
+from provisiond.modes import ApplianceMode as M
 from web.api.auth import actor
 from web.api.common import ctx
 from web.ui import bp
 
 #: mode -> extra parameters: (key, label, placeholder)
 MODE_FIELDS: dict[str, list[tuple[str, str, str]]] = {
-    "sanboot": [],
-    "local": [("disk", "Target disk", "/dev/sda or /dev/vda")],
-    "template": [("template", "Install template", "name of a template")],
+    M.SANBOOT: [],
+    M.LOCAL: [("disk", "Target disk", "/dev/sda or /dev/vda")],
+    M.TEMPLATE: [("template", "Install template", "name of a template")],
 }
 MODE_HELP = {
-    "sanboot": "boots the image over iSCSI (a copy-on-write clone); nothing is written to disk",
-    "local": "writes the image onto the machine's disk, then boots from it",
-    "template": "installs an OS onto the machine's disk from a template set (e.g. fai-debian-12)",
+    M.SANBOOT: "boots the image over iSCSI (a copy-on-write clone); nothing is written to disk",
+    M.LOCAL: "writes the image onto the machine's disk, then boots from it",
+    M.TEMPLATE: "installs an OS onto the machine's disk from a template set (e.g. fai-debian-12)",
 }
 FIELDS = ("resource", "image", "mode", "name", "params", "disk", "template")
 
@@ -38,7 +40,7 @@ FIELDS = ("resource", "image", "mode", "name", "params", "disk", "template")
 def _choices(selected: str) -> tuple[list, list]:
     with ctx().db.reader() as s:
         idle = s.scalars(
-            select(Resource).where(Resource.state == "idle").order_by(Resource.id).limit(500)
+            select(Resource).where(Resource.state == RS.IDLE).order_by(Resource.id).limit(500)
         ).all()
         res = [(str(r.id), f"{r.display_name} ({r.ip or r.mac})") for r in idle]
         if selected and selected not in {rid for rid, _ in res}:
@@ -94,7 +96,7 @@ def _data(form: dict) -> dict:
         params[key] = form[key]
     with ctx().db.reader() as s:
         res = resources.find(s, form["resource"])
-        if res.state != "idle":
+        if res.state != RS.IDLE:
             raise Invalid(f"resource {res.display_name} is {res.state}, not idle", "resource")
         default_name = f"app-{res.display_name}"
     return {
@@ -110,7 +112,7 @@ def _data(form: dict) -> dict:
 @bp.route("/assign", methods=["GET", "POST"])
 def assign():
     if request.method == "GET":
-        form = {"resource": request.args.get("resource", ""), "mode": "sanboot"}
+        form = {"resource": request.args.get("resource", ""), "mode": M.SANBOOT.value}
         return _form(form, {})
     form = {k: request.form.get(k, "").strip() for k in FIELDS}
     try:

@@ -17,6 +17,8 @@ from provisiond import appliances, jobs, present, resources, users
 from provisiond.errors import ProvisiondError
 from provisiond.importpolicy import redact_url
 from provisiond.lifecycle import IllegalTransition
+from provisiond.lifecycle import JobState as JS
+from provisiond.lifecycle import ResourceState as RS
 from provisiond.model import ApiToken, Appliance, Event, Image, Job, Kernel, Resource, Storage, User
 from web.api import inventory, work
 from web.api.auth import actor, current, requires
@@ -24,7 +26,7 @@ from web.api.common import ctx, int_arg
 from web.ui import bp
 
 PAGE = 50
-ACTIVE_JOBS = ("queued", "running")
+ACTIVE_JOBS = (JS.QUEUED, JS.RUNNING)
 
 
 def _page(session, query) -> tuple[list, dict]:
@@ -108,7 +110,7 @@ def resource_show(rid: int):
             appliance=present.appliance(app) if app else None,
             history=[present.event(e) for e in history],
             jobs=[present.job(j) for j in res_jobs],
-            can_shell=res.state == "idle" and bool(res.ip and res.hostkey),
+            can_shell=res.state == RS.IDLE and bool(res.ip and res.hostkey),
         )
 
 

@@ -16,6 +16,7 @@ from flask import current_app, jsonify, render_template, request
 
 from provisiond import remote, resources
 from provisiond.errors import Invalid
+from provisiond.lifecycle import ResourceState as RS
 from provisiond.webshell import ShellManager
 from web.api.auth import actor, current, requires
 from web.api.common import ctx, int_arg
@@ -48,7 +49,7 @@ def shell_page(rid: int):
 def shell_open(rid: int):
     with ctx().db.reader() as s:
         res = resources.find(s, str(rid))
-        if res.state != "idle":
+        if res.state != RS.IDLE:
             raise Invalid(f"{res.display_name} is {res.state}: the web shell is for idle resources")
         if not res.ip or not res.hostkey:
             raise Invalid(f"{res.display_name} has not registered an address and host key yet")
