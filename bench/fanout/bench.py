@@ -25,6 +25,7 @@ blank sparse disk under /var/tmp, removed after the leg).
 Goal (issue 15): time(multicast 8) <= 1.3 x time(unicast 1).
 
     .venv/bin/python bench/fanout/bench.py [--gib 4] [--fill 0.25] [--rounds 3] [--max-n 8]
+                                           [--rate 1gbit]
 """
 
 from __future__ import annotations
@@ -79,9 +80,9 @@ class Bench:
         self.agents: list[HostAgent] = []
         self.machines = 0
 
-    def shape(self) -> None:
+    def shape(self, rate: str) -> None:
         sh("ip", "netns", "exec", self.lab.server.name, "tc", "qdisc", "replace", "dev", "br0",
-           "root", "tbf", "rate", "1gbit", "burst", "256kb", "latency", "50ms")  # fmt: skip
+           "root", "tbf", "rate", rate, "burst", "256kb", "latency", "50ms")  # fmt: skip
 
     def import_image(self, size: int, fill: float) -> int:
         src = self.work / "fan.src"
@@ -163,6 +164,7 @@ def main() -> int:
     ap.add_argument("--fill", type=float, default=0.25)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--max-n", type=int, default=8)
+    ap.add_argument("--rate", default="1gbit", help="tbf rate of the server port (br0)")
     args = ap.parse_args()
     for tool in ("udp-sender", "udp-receiver", "tc"):
         if not shutil.which(tool):
@@ -170,6 +172,7 @@ def main() -> int:
     ns = [n for n in (1, 2, 4, 8) if n <= args.max_n]
     legs = [("unicast", n) for n in ns] + [("multicast", n) for n in ns if n >= 2]
     print(f"uptime: {subprocess.run(['uptime'], capture_output=True, text=True).stdout.strip()}")
+    print(f"image {args.gib} GiB, {args.fill:.0%} random; server port tbf {args.rate}")
     work = Path(tempfile.mkdtemp(prefix="bench-fanout-", dir="/var/tmp"))
     size = args.gib * GiB
     walls: dict[tuple[str, int], list[float]] = {leg: [] for leg in legs}
@@ -178,7 +181,7 @@ def main() -> int:
         with Lab("bfan") as lab:
             b = Bench(lab, work)
             try:
-                b.shape()
+                b.shape(args.rate)
                 b.import_image(size, args.fill)
                 for r in range(args.rounds):
                     order = legs if r % 2 == 0 else list(reversed(legs))  # interleaved
