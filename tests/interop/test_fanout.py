@@ -109,11 +109,14 @@ def _bulk(d: LabDaemon, tmp_path: Path, image: str) -> list[int]:
 
 
 def _done(a: HostAgent) -> int:
-    p = a.dir / "run" / "stream" / "done.mc"
-    try:
-        return int(p.read_text().strip() or 0)
-    except (OSError, ValueError):
-        return 0
+    """Bytes the agent has verified from the multicast (its done.mc<slot> files)."""
+    total = 0
+    for p in (a.dir / "run" / "stream").glob("done.mc*"):
+        try:
+            total += int(p.read_text().strip() or 0)
+        except (OSError, ValueError):
+            pass
+    return total
 
 
 def _agent_output(d: LabDaemon, job_id: int) -> str:
