@@ -29,8 +29,9 @@ connection that fails either check is closed and counted in
 Every chunk is checked (length, sha256 after zstd) before it is written at
 its offset; nothing is fsynced per chunk — :meth:`Receiver.finish` fsyncs the
 volume once. The sha256 of the whole image (zero chunks included) is built
-while chunks arrive (:class:`OrderedHasher`), so the end of a capture needs
-no second read of the volume.
+while chunks arrive (:class:`OrderedHasher`, in a thread of its own: the
+lanes only verify and write), so the end of a capture needs no second read
+of the volume.
 """
 
 from __future__ import annotations
@@ -69,6 +70,11 @@ class OrderedHasher:
     :meth:`add` blocks (the lane's TCP connection then applies back-pressure)
     until the cursor catches up. The lane with the lowest position never
     waits, so the lanes cannot deadlock each other.
+
+    The hashing itself (data chunks in order and the zero runs between them)
+    runs in one thread of its own, outside the lock: a lane only hands its
+    chunk over, so lanes never wait while another lane's call hashes a long
+    zero run, and the whole-image sha256 overlaps the lanes' checks and writes.
     """
 
     def __init__(self, size: int, chunk_size: int, lanes: int, limit: int = PENDING_LIMIT):
@@ -77,15 +83,23 @@ class OrderedHasher:
         self._pos = [-1] * lanes
         self._pending: dict[int, bytes] = {}
         self._held = 0
-        self._cursor = 0
+        self._cursor = 0  # the next chunk slot to hash (slots below it are hashed or in hand)
+        self._busy = False  # the thread hashes a segment outside the lock
+        self._closed = False
         self._h = hashlib.sha256()
         self._cv = threading.Condition()
+        self._thread = threading.Thread(target=self._run, name="capture-sha", daemon=True)
+        self._thread.start()
+
+    @property
+    def lanes(self) -> int:
+        return len(self._pos)
 
     def add(self, lane: int, index: int, data: bytes, timeout: float = IDLE_TIMEOUT) -> None:
         with self._cv:
             self._pos[lane] = max(self._pos[lane], index)
-            self._advance()
-            if index < self._cursor:  # a lane resent a chunk already hashed
+            self._cv.notify_all()
+            if index < self._cursor or index in self._pending:  # a lane resent a chunk
                 return
             deadline = time.monotonic() + timeout
             while index != self._cursor and self._held + len(data) > self.limit:
@@ -93,46 +107,79 @@ class OrderedHasher:
                 if left <= 0:
                     raise TimeoutError(f"chunk {index} waited {timeout:.0f} s for the other lanes")
                 self._cv.wait(left)
-                self._advance()
-            if index == self._cursor:
-                self._h.update(data)
-                self._cursor += 1
-            elif index not in self._pending:
-                self._pending[index] = data
-                self._held += len(data)
-            self._advance()
+            self._pending[index] = data
+            self._held += len(data)
             self._cv.notify_all()
 
     def lane_done(self, lane: int) -> None:
         with self._cv:
             self._pos[lane] = self.count
-            self._advance()
             self._cv.notify_all()
 
-    def _advance(self) -> None:
+    def _segment(self) -> tuple[bytes | None, int, int] | None:
+        """(data, zero bytes, next cursor) to hash next, or None (under the lock)."""
+        data = self._pending.pop(self._cursor, None)
+        if data is not None:
+            return data, 0, self._cursor + 1
         # below every lane's position, a chunk not held is a zero chunk (a lane's
-        # position itself is the chunk it is adding now: held or hashed by add)
+        # position itself is the chunk it is adding now: held or hashed already)
         limit = min(min(self._pos) if self._pos else self.count, self.count)
-        while self._cursor < self.count:
-            data = self._pending.pop(self._cursor, None)
-            if data is not None:
-                self._held -= len(data)
-                self._h.update(data)
-                self._cursor += 1
-                continue
-            if self._cursor >= limit:
-                return
-            # a zero run up to the next held chunk or the limit
-            end = min([limit, *(i for i in self._pending if i > self._cursor)])
-            zeros = min(self.size, end * self.chunk_size) - self._cursor * self.chunk_size
-            _hash_zeros(self._h, zeros)
-            self._cursor = end
+        if self._cursor >= limit:
+            return None
+        end = min([limit, *(i for i in self._pending if i > self._cursor)])
+        zeros = min(self.size, end * self.chunk_size) - self._cursor * self.chunk_size
+        return None, zeros, end
 
-    def hexdigest(self) -> str | None:
-        """The whole image's sha256 once every chunk slot is accounted for, else None."""
+    def _run(self) -> None:
+        while True:
+            with self._cv:
+                while True:
+                    if self._closed or self._cursor >= self.count:
+                        self._cv.notify_all()
+                        return
+                    seg = self._segment()
+                    if seg is not None:
+                        break
+                    self._cv.notify_all()  # idle: hexdigest may answer
+                    self._cv.wait()
+                data, zeros, nxt = seg
+                self._cursor, self._busy = nxt, True  # claimed: a resend below it is ignored
+            if data is not None:
+                self._h.update(data)
+            else:
+                _hash_zeros(self._h, zeros)
+            with self._cv:
+                self._busy = False
+                if data is not None:
+                    self._held -= len(data)
+                self._cv.notify_all()
+
+    def hexdigest(self, timeout: float = IDLE_TIMEOUT) -> str | None:
+        """The whole image's sha256 once every chunk slot is accounted for, else None.
+
+        Waits while the hashing thread still has work it can do.
+        """
+        deadline = time.monotonic() + timeout
         with self._cv:
-            self._advance()
-            return self._h.hexdigest() if self._cursor >= self.count else None
+            while not self._closed and (self._busy or (
+                    self._cursor < self.count and self._segment_ready())):  # fmt: skip
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                self._cv.wait(min(left, 1.0))
+            if self._cursor >= self.count and not self._busy:
+                return self._h.hexdigest()
+            return None
+
+    def _segment_ready(self) -> bool:
+        limit = min(min(self._pos) if self._pos else self.count, self.count)
+        return self._cursor in self._pending or self._cursor < limit
+
+    def close(self) -> None:
+        """End the hashing thread (a capture that failed or was stopped)."""
+        with self._cv:
+            self._closed = True
+            self._cv.notify_all()
 
 
 _ZERO_BLOCK = bytes(chunks.CHUNK_SIZE)
@@ -256,7 +303,7 @@ class Receiver:
         with self._lock:
             if self.hasher is None:
                 self.hasher = OrderedHasher(self.size, self.chunk_size, lanes)
-            elif len(self.hasher._pos) != lanes:
+            elif self.hasher.lanes != lanes:
                 raise FrameError(f"{lanes} lanes announced, the first lane said otherwise")
             hasher = self.hasher
         dctx = zstandard.ZstdDecompressor()
@@ -324,6 +371,8 @@ class Receiver:
 
     def stop(self) -> None:
         self._stop.set()
+        if self.hasher is not None:
+            self.hasher.close()
         try:
             self.sock.close()
         except OSError:

@@ -5,8 +5,8 @@ Harness as bench/stream: the real daemon in a server namespace, the real
 agent (busybox sh, PATH = the initrd's binaries, partclone included) in a
 client namespace, its "disk" a sparse file (DEVROOT), its partition
 ``/dev/vda1`` a loop device over the partition's bytes (the kernel's node on
-a real machine). The client's link (its eth0, the direction captures flow)
-is tbf-limited to 1 Gbit/s.
+a real machine). The link is tbf-limited to 1 Gbit/s both ways: the client's
+eth0 (captures flow that way) and the server's end of the veth (deploys).
 
 Disks (made once, then captured and deployed back in turn):
 
@@ -73,6 +73,15 @@ class KeepDiskAgent(HostAgent):
     def blank_disk(self, size: int) -> None:
         if not self.disk.exists() or self.disk.stat().st_size != size:
             super().blank_disk(size)
+
+
+def cpu_s(pid: int) -> float:
+    """CPU seconds of a process and its reaped children (utime+stime+cutime+cstime)."""
+    try:
+        f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return sum(int(x) for x in f[11:15]) / os.sysconf("SC_CLK_TCK")
 
 
 def random_files(root: Path, total: int) -> None:
@@ -165,37 +174,50 @@ class Bench:
 
     # --- legs -------------------------------------------------------------------
 
+    def cpu(self) -> tuple[float, float]:
+        """(agent, daemon) CPU seconds so far: the agent's main shell with what it reaped."""
+        return cpu_s(self.agent.proc.pid), cpu_s(self.d.proc.pid)
+
     def leg_capture(self, name: str) -> tuple[float, str]:
+        c0 = self.cpu()
         t0 = time.monotonic()
         out = self.d.cli("image", "capture", MAC, "--disk", "/dev/vda", "--name", name,
                          "--workers", str(self.args.workers), "--no-wait").stdout  # fmt: skip
         state, log = self.wait_job(int(re.search(r"job (\d+)", out).group(1)))
         wall = time.monotonic() - t0
+        c1 = self.cpu()
         if state != "succeeded":
             raise RuntimeError(f"capture {state}: {log[-2000:]}")
         plan = re.search(r"plan: (\d+) of (\d+) chunks \((\d+) MiB\)", log)
+        planned = re.search(r"planned in ([\d.]+) s", log)
         sent = re.search(r"received (\d+) chunks \((\d+) bytes\)", log)
         agent = re.search(r"sent \d+ in ([\d.]+) s", log)
         rx = re.search(r"received .* in ([\d.]+) s", log)
         a_s, r_s = agent.group(1) if agent else "?", rx.group(1) if rx else "?"
         return wall, (f"planned {plan.group(1)}/{plan.group(2)} chunks, "
                       f"{int(sent.group(2)) / MiB:.0f} MiB in {sent.group(1)} chunks; "
-                      f"agent {a_s} s, server {r_s} s")  # fmt: skip
+                      f"agent {a_s} s (plan {planned.group(1) if planned else '?'} s), "
+                      f"server {r_s} s; CPU agent {c1[0] - c0[0]:.1f} s, "
+                      f"daemon {c1[1] - c0[1]:.1f} s")  # fmt: skip
 
     def leg_deploy(self, name: str, size: int) -> tuple[float, str]:
         self.d.cli("appliance", "create", "--resource", MAC, "--image", name, "--mode", "local",
                    "--name", "back", "--disk", "/dev/vda")  # fmt: skip
+        c0 = self.cpu()
         t0 = time.monotonic()
         out = self.d.cli("appliance", "start", "back").stdout
         state, log = self.wait_job(int(re.search(r"job (\d+)", out).group(1)))
         wall = time.monotonic() - t0
+        time.sleep(1.0)  # the agent posts its result, then reaps the command's processes
+        c1 = self.cpu()
         self.d.cli("appliance", "stop", "back", "--wait")
         self.d.cli("appliance", "rm", "back", check=False)
         self.d.cli("resource", "release", MAC)
         if state != "succeeded":
             raise RuntimeError(f"deploy {state}: {log[-2000:]}")
         self.boot_agent(size)  # it "rebooted" into its disk
-        return wall, "http, read back and verified"
+        return wall, (f"http, read back and verified; CPU agent {c1[0] - c0[0]:.1f} s, "
+                      f"daemon {c1[1] - c0[1]:.1f} s")  # fmt: skip
 
     def leg_pipe(self, source: str, size_hint: str) -> tuple[float, str]:
         out = self.work / "pipe.out"
@@ -238,15 +260,20 @@ class Bench:
     # --- shaping ------------------------------------------------------------------
 
     def shape(self, rate: str | None) -> str:
-        ns = ["ip", "netns", "exec", self.client.name, "tc", "qdisc"]
+        """Both directions: the client's eth0 (captures) and the server's end (deploys)."""
+        ends = [(self.client.name, "eth0"), (self.lab.server.name, f"v{self.lab.id}x0"[:15])]
+        for netns, dev in ends:
+            ns = ["ip", "netns", "exec", netns, "tc", "qdisc"]
+            if rate is None:
+                sh(*ns, "del", "dev", dev, "root", check=False)
+                continue
+            sh(*ns, "replace", "dev", dev, "root", "tbf", "rate", rate, "burst", "256kb",
+               "latency", "50ms")  # fmt: skip
+            if "tbf" not in sh(*ns, "show", "dev", dev).stdout:
+                raise RuntimeError(f"tbf not applied on {dev}")
         if rate is None:
-            sh(*ns, "del", "dev", "eth0", "root", check=False)
             return "veth, unlimited"
-        sh(*ns, "replace", "dev", "eth0", "root", "tbf", "rate", rate, "burst", "256kb",
-           "latency", "50ms")  # fmt: skip
-        if "tbf" not in sh(*ns, "show", "dev", "eth0").stdout:
-            raise RuntimeError("tbf not applied")
-        return f"client eth0, tbf {rate}"
+        return f"tbf {rate} both ways (client eth0: captures; server end: deploys)"
 
     def disk_scenario(self, kind: str, size: int) -> dict[str, list[float]]:
         t0 = time.monotonic()

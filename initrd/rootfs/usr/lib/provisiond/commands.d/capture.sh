@@ -12,9 +12,11 @@
 # <length> <sha256>" + the bytes (zstd -1 when that saves 10 %), then
 # "E <count>"; the server answers "OK <count>" or "ERR <reason>". A chunk
 # whose sha256 is that of a zero chunk is not sent. Per chunk a worker forks
-# dd and cat, and per batch of 4 chunks one openssl and (unless the data
-# proved incompressible) one zstd — no HTTP request, no per-chunk fsync on
-# the server — and the workers overlap each other's reads, hashing, sending.
+# one dd (the read), and per batch of 4 chunks one openssl, one cat (the
+# batch's frames, in the background while the next batch is read and hashed)
+# and (unless the data proved incompressible) one zstd — no HTTP request, no
+# per-chunk fsync on the server. The lanes run through run_lanes
+# (lib/stream.sh), as deploy's do.
 # A worker whose connection fails resends its share (bounded retries).
 #
 # transport=http: every chunk of the disk is read in turn (O_DIRECT when
@@ -107,38 +109,28 @@ capture_tcp() {
 	direct_flags "$DISK"
 	_t0=$(cut -d' ' -f1 /proc/uptime)
 	capture_plan "$DISK" "$SIZE" "$CHUNK" "$STREAM_TMP/plan"
+	_tp=$(cut -d' ' -f1 /proc/uptime)
 	_planned=$(wc -l <"$STREAM_TMP/plan")
 	_last=$(((SIZE - 1) / CHUNK))
 	# bytes to read: every planned chunk is whole but the last chunk of the disk
 	_pbytes=$((_planned * CHUNK))
 	grep -qx "$_last" "$STREAM_TMP/plan" && _pbytes=$((_pbytes - (_last + 1) * CHUNK + SIZE))
-	echo "plan: $_planned of $((_last + 1)) chunks ($((_pbytes / 1048576)) MiB) to read, $_n streams"
+	echo "plan: $_planned of $((_last + 1)) chunks ($((_pbytes / 1048576)) MiB) to read, $_n streams" \
+		"(planned in $(awk -v a="$_t0" -v b="$_tp" 'BEGIN { printf "%.1f", b - a }') s)"
 	ZERO_SHA=$(dd if=/dev/zero bs="$CHUNK" count=1 2>/dev/null | sha_stdin)
 	ZERO_TAIL_SHA=$(dd if=/dev/zero bs=$((SIZE - _last * CHUNK)) count=1 2>/dev/null | sha_stdin)
-	progress_loop "$1" "$_pbytes" &
-	_prog=$!
-	_w=0 _pids=
-	rm -f "$STREAM_TMP"/w*.err
-	while [ "$_w" -lt "$_n" ]; do
-		awk -v n="$_n" -v w="$_w" '(NR - 1) % n == w' "$STREAM_TMP/plan" >"$STREAM_TMP/plan.$_w"
-		capture_worker "$_w" "$_n" "$_port" &
-		_pids="$_pids $!" _w=$((_w + 1))
-	done
-	_bad=0
-	for _pid in $_pids; do
-		wait "$_pid" || _bad=1
-	done
-	kill "$_prog" 2>/dev/null
-	if [ "$_bad" = 1 ] || ls "$STREAM_TMP"/w*.err >/dev/null 2>&1; then
-		capture_fail "$(cat "$STREAM_TMP"/w*.err 2>/dev/null | head -n 1)"
-		return 1
-	fi
-	progress_now "$1" "$_pbytes" "$_pbytes"
+	C_LANES=$_n C_PORT=$_port
+	run_lanes "$1" "$_pbytes" "$_n" capture_lane || capture_fail "$LANES_ERR" || return
 	sort -n "$STREAM_TMP"/list.* >"$STREAM_TMP/list"
 	_k=$(wc -l <"$STREAM_TMP/list")
 	_t1=$(cut -d' ' -f1 /proc/uptime)
 	echo "read $_planned chunks, sent $_k in $(awk -v a="$_t0" -v b="$_t1" 'BEGIN { printf "%.1f", b - a }') s"
 	echo "captured: chunks=$_k list=$(sha_file "$STREAM_TMP/list")"
+}
+
+capture_lane() { # W -> lane W of C_LANES: every C_LANES-th planned chunk
+	awk -v n="$C_LANES" -v w="$1" '(NR - 1) % n == w' "$STREAM_TMP/plan" >"$STREAM_TMP/plan.$1"
+	capture_worker "$1" "$C_LANES" "$C_PORT"
 }
 
 # capture_worker W N PORT -> sends share W over one connection; retries a failed one.
@@ -180,13 +172,16 @@ capture_send() {
 # Chunks go in batches of BATCH: one openssl (and one zstd, one stat) per batch,
 # not per chunk — process start-up is most of what a 4 MiB sha256 costs. After
 # a batch none of whose chunks compressed by 10 %, the next ZSKIP batches are
-# sent raw without trying (random or already compressed data).
+# sent raw without trying (random or already compressed data). A batch's frame
+# headers are written by the shell (no fork) and the whole batch leaves in ONE
+# background cat, while the next batch is read and hashed into the other of two
+# file sets (double buffering: reading overlaps sending).
 BATCH=4 ZSKIP=2
 capture_frames() {
 	printf 'P %s %s %s\n' "$AGENT_TOKEN" "$1" "$2"
-	_cf_r=$STREAM_TMP/r$1 _cf_done=0 _cf_n=0 _cf_skip=0
-	: >"$_cf_r.zs"
+	_cf_done=0 _cf_n=0 _cf_skip=0 _cf_set=0 _cf_cat=
 	while :; do
+		_cf_r=$STREAM_TMP/r$1.$_cf_set
 		_cf_b=0 _cf_idx= _cf_files=
 		while [ "$_cf_b" -lt "$BATCH" ] && read -r _cf_i; do
 			# shellcheck disable=SC2086
@@ -200,6 +195,7 @@ capture_frames() {
 		# shellcheck disable=SC2086
 		openssl dgst -sha256 -r $_cf_files >"$_cf_r.sha" 2>/dev/null || sha256sum $_cf_files >"$_cf_r.sha"
 		_cf_tryz=0
+		: >"$_cf_r.zs"
 		if [ "$_cf_skip" -gt 0 ]; then
 			_cf_skip=$((_cf_skip - 1))
 		else
@@ -210,7 +206,7 @@ capture_frames() {
 			_cf_skip=$ZSKIP
 		fi
 		exec 3<"$_cf_r.sha" 4<"$_cf_r.zs"
-		_cf_b=0
+		_cf_b=0 _cf_out= _cf_lines=
 		for _cf_i in $_cf_idx; do
 			read -r _cf_sha _cf_x <&3
 			_cf_zlen=
@@ -218,23 +214,40 @@ capture_frames() {
 			_cf_f=$_cf_r.$_cf_b _cf_b=$((_cf_b + 1))
 			_cf_len=$CHUNK _cf_zero=$ZERO_SHA
 			[ "$_cf_i" = "$_last" ] && _cf_len=$((SIZE - _last * CHUNK)) _cf_zero=$ZERO_TAIL_SHA
-			_cf_done=$((_cf_done + _cf_len))
-			if [ "$_cf_sha" != "$_cf_zero" ]; then
-				if [ -n "$_cf_zlen" ] && [ "$_cf_zlen" -le $((_cf_len * 9 / 10)) ]; then
-					printf 'C %s z %s %s\n' "$_cf_i" "$_cf_zlen" "$_cf_sha"
-					cat "$_cf_f.zst" || return 1
-					_cf_skip=0 # this data compresses: keep trying
-				else
-					printf 'C %s r %s %s\n' "$_cf_i" "$_cf_len" "$_cf_sha"
-					cat "$_cf_f" || return 1
-				fi
-				echo "$_cf_i $_cf_sha" >>"$STREAM_TMP/list.$1"
-				_cf_n=$((_cf_n + 1))
+			[ "$_cf_sha" = "$_cf_zero" ] && continue
+			if [ -n "$_cf_zlen" ] && [ "$_cf_zlen" -le $((_cf_len * 9 / 10)) ]; then
+				printf 'C %s z %s %s\n' "$_cf_i" "$_cf_zlen" "$_cf_sha" >"$_cf_f.h"
+				_cf_out="$_cf_out $_cf_f.h $_cf_f.zst"
+				_cf_skip=0 # this data compresses: keep trying
+			else
+				printf 'C %s r %s %s\n' "$_cf_i" "$_cf_len" "$_cf_sha" >"$_cf_f.h"
+				_cf_out="$_cf_out $_cf_f.h $_cf_f"
 			fi
-			echo "$_cf_done" >"$STREAM_TMP/done.$1"
+			_cf_lines="$_cf_lines$_cf_i $_cf_sha
+"
+			_cf_n=$((_cf_n + 1))
 		done
 		exec 3<&- 4<&-
-		: >"$_cf_r.zs"
+		# the previous batch must be on its way before this one is (frame order)
+		if [ -n "$_cf_cat" ]; then
+			wait "$_cf_cat" || return 1
+		fi
+		_cf_cat=
+		if [ -n "$_cf_out" ]; then
+			# shellcheck disable=SC2086
+			cat $_cf_out &
+			_cf_cat=$!
+			printf '%s' "$_cf_lines" >>"$STREAM_TMP/list.$1"
+		fi
+		for _cf_i in $_cf_idx; do # progress: every chunk of the batch is read and hashed
+			[ "$_cf_i" = "$_last" ] && _cf_done=$((_cf_done + SIZE - _last * CHUNK)) && continue
+			_cf_done=$((_cf_done + CHUNK))
+		done
+		echo "$_cf_done" >"$STREAM_TMP/done.$1"
+		_cf_set=$((1 - _cf_set))
 	done
+	if [ -n "$_cf_cat" ]; then
+		wait "$_cf_cat" || return 1
+	fi
 	printf 'E %s\n' "$_cf_n"
 }

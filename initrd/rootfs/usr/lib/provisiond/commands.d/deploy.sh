@@ -53,7 +53,6 @@ deploy_run() {
 	echo "disk $DISK: $_disk_size bytes; image $SIZE bytes; ${IFLAG:-no O_DIRECT}"
 	case "$(arg_get transport "$STREAM_TMP/arg")" in
 	nc) deploy_nc "$1" ;;
-	mcast) deploy_mcast "$1" ;; # fan-out: commands.d/fanout.sh
 	*) deploy_http "$1" ;;
 	esac || return
 	_slot=$(arg_get report_offset "$STREAM_TMP/arg")
@@ -89,29 +88,16 @@ deploy_http() {
 	[ "${_n:-1}" -ge 1 ] 2>/dev/null || _n=1
 	[ "$_n" -gt "$_k" ] && _n=$_k
 	[ "$_n" -ge 1 ] || _n=1
-	progress_loop "$1" "$_total" &
-	_prog=$!
 	_t0=$(cut -d' ' -f1 /proc/uptime)
-	_w=0 _pids=
-	while [ "$_w" -lt "$_n" ]; do
-		stream_worker "$1" "$_w" "$_n" "$_k" &
-		_pids="$_pids $!" _w=$((_w + 1))
-	done
-	_bad=0
-	for _pid in $_pids; do
-		wait "$_pid" || _bad=1
-	done
-	kill "$_prog" 2>/dev/null
-	if [ "$_bad" = 1 ] || ls "$STREAM_TMP"/w*.err >/dev/null 2>&1; then
-		deploy_fail "$(cat "$STREAM_TMP"/w*.err 2>/dev/null | head -n 1)"
-		return 1
-	fi
-	progress_now "$1" "$_total" "$_total"
+	D_CMD=$1 D_LANES=$_n D_K=$_k
+	run_lanes "$1" "$_total" "$_n" deploy_lane || deploy_fail "$LANES_ERR" || return
 	sync "$DISK" 2>/dev/null || sync
 	_t1=$(cut -d' ' -f1 /proc/uptime)
 	echo "wrote $_k chunks ($_total bytes) in $(awk -v a="$_t0" -v b="$_t1" 'BEGIN { printf "%.1f", b - a }') s"
 	echo "deployed: $_k chunks written, each read back and sha256 verified against the manifest"
 }
+
+deploy_lane() { stream_worker "$D_CMD" "$1" "$D_LANES" "$D_K"; }
 
 # zero_fill -> the parts of the image not in the manifest read as zeros.
 zero_fill() {

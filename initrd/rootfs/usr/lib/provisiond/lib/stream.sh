@@ -86,6 +86,31 @@ progress_loop() {
 	done
 }
 
+# run_lanes CMD TOTAL N FN -> runs "FN W" for W = 0..N-1 in parallel (the chunk
+# lanes of a deploy or a capture; a lane writes its bytes done to
+# $STREAM_TMP/done.W and its reason to $STREAM_TMP/wW.err when it fails),
+# reporting the sum against TOTAL every 2 s. 0 when every lane succeeded, else
+# 1 with the first lane's reason in LANES_ERR.
+run_lanes() {
+	rm -f "$STREAM_TMP"/w*.err "$STREAM_TMP"/done.*
+	progress_loop "$1" "$2" &
+	_rl_prog=$! _rl_w=0 _rl_pids=
+	while [ "$_rl_w" -lt "$3" ]; do
+		"$4" "$_rl_w" &
+		_rl_pids="$_rl_pids $!" _rl_w=$((_rl_w + 1))
+	done
+	_rl_bad=0
+	for _rl_pid in $_rl_pids; do
+		wait "$_rl_pid" || _rl_bad=1
+	done
+	kill "$_rl_prog" 2>/dev/null
+	if [ "$_rl_bad" = 1 ] || ls "$STREAM_TMP"/w*.err >/dev/null 2>&1; then
+		LANES_ERR=$(cat "$STREAM_TMP"/w*.err 2>/dev/null | head -n 1)
+		return 1
+	fi
+	progress_now "$1" "$2" "$2"
+}
+
 # watchdog PID FILE SECONDS -> kill PID when FILE has not changed for SECONDS.
 watchdog() {
 	_w_last= _w_idle=0
