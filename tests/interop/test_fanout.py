@@ -31,7 +31,7 @@ from tests.daemonlab import LabDaemon, lab_config
 from tests.hostagent import HostAgent
 from tests.netlab import Lab, sh
 
-pytestmark = [pytest.mark.interop, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.interop, pytest.mark.timeout(600)]
 MiB = 2**20
 MACS = ("52:54:00:5f:00:01", "52:54:00:5f:00:02", "52:54:00:5f:00:03")
 DISK = 128 * MiB
