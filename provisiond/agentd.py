@@ -27,6 +27,24 @@ in BENCHMARKS.md):
 * Token lookups are cached (:mod:`provisiond.tokencache`, emptied by every
   commit that writes resource rows, here or in another process): a
   heartbeat is answered on the event loop without a thread hand-off.
+* A poll reads the database only when the last sweep saw a queued command
+  for its resource (:attr:`AgentChannel.pending`); otherwise it waits, and
+  the next sweep (one query for all resources, at once on a ring, else
+  within ``SWEEP_S``) wakes it. In a py-spy profile of 2,000 agents the
+  per-poll ``has_command`` read was 589 of ~1,400 samples of the database
+  pool's threads; now a steady state of idle agents costs one read a second.
+* Any authenticated call is a sign of life (the middleware touches
+  liveness before the view runs), so a registration queued behind a boot
+  storm's writes does not let its machine go offline.
+* On a busy machine the loop's own enemies were the CPU scheduler and the
+  garbage collector, not the work: with 2,000 agents the daemon used
+  12-20 % of one core while the loop was up to 1.5-3 s late, and the log's
+  figures (``watch``: loop lateness, longest GC pause) showed full GC
+  collections of 1-2.3 s, 6-12 a minute. :mod:`provisiond.priority` gives
+  the request threads nice -10 and settles the collector after start-up
+  (frozen start-up objects, rare full collections): at load average 21 the
+  loop was then at most 0.35 s late and heartbeat p99 212 ms (522 agents
+  held; BENCHMARKS.md has the 2,000-agent runs).
 * Database work that remains (register, command fetch, result) runs in a
   pool of ``workers`` threads, so a slow disk queues work instead of growing
   threads; token lookups (reads, every request) have their own small pool
@@ -42,20 +60,44 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import gc
 import resource
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
 
-from provisiond import agentchannel, logs
+from provisiond import agentchannel, logs, priority
 from provisiond.context import Context
 
 log = logs.get("agentd")
 FLUSH_S = 1.0  # group commit of heartbeats
 SWEEP_S = 1.0  # catch commands queued by other processes
 MAX_WAIT = 30.0
+REPORT_S = 60.0  # the channel's own figures, in the log
+
+
+class GcPauses:
+    """The longest garbage-collector pause since the last :meth:`take` (``gc.callbacks``)."""
+
+    def __init__(self) -> None:
+        self._t0 = 0.0
+        self.worst = 0.0
+        self.full = 0
+
+    def __call__(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._t0 = time.perf_counter()
+        else:
+            self.worst = max(self.worst, time.perf_counter() - self._t0)
+            self.full += info.get("generation") == 2
+
+    def take(self) -> tuple[float, int]:
+        out = self.worst, self.full
+        self.worst, self.full = 0.0, 0
+        return out
 
 
 class Waiters:
@@ -94,12 +136,19 @@ class AgentChannel:
     def __init__(self, ctx: Context, workers: int) -> None:
         self.ctx = ctx
         self.waiters = Waiters()
-        self.pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="agentdb")
+        self.pool = concurrent.futures.ThreadPoolExecutor(
+            workers, thread_name_prefix="agentdb",
+            initializer=priority.favour, initargs=("agent database pool",),
+        )  # fmt: skip
         # token lookups (every request, reads only) never queue behind writers
         self.auth_pool = concurrent.futures.ThreadPoolExecutor(
-            max(2, workers // 2), thread_name_prefix="agentauth"
-        )
+            max(2, workers // 2), thread_name_prefix="agentauth",
+            initializer=priority.favour, initargs=("agent token pool",),
+        )  # fmt: skip
         self.kick = asyncio.Event()
+        # resources with a queued agent command as of the last sweep: a poll of any
+        # other resource waits without a database read (the next sweep wakes it)
+        self.pending: set[int] = set()
 
     async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
         """``fn(*args)`` in the database pool."""
@@ -132,7 +181,9 @@ class AgentChannel:
         try:
             while True:
                 ev.clear()  # registered before the check: a wake after it is not lost
-                text = await self.run(agentchannel.next_command, self.ctx, resource_id)
+                text = None
+                if resource_id in self.pending:  # else a sweep will find it and wake us
+                    text = await self.run(agentchannel.next_command, self.ctx, resource_id)
                 remaining = deadline - loop.time()
                 if text is not None or remaining <= 0:
                     return text
@@ -149,10 +200,11 @@ class AgentChannel:
         while True:
             try:
                 await asyncio.wait_for(self.kick.wait(), SWEEP_S)
+                rung = True
             except TimeoutError:
-                pass
+                rung = False
             self.kick.clear()
-            if not self.waiters.ids():
+            if not rung and not self.waiters.ids():
                 continue
             try:
                 ids = await self.run(agentchannel.resources_with_commands, self.ctx.db)
@@ -160,7 +212,34 @@ class AgentChannel:
                 log.exception("command sweep failed (retrying)")
                 await asyncio.sleep(SWEEP_S)
                 continue
+            self.pending = ids
             self.waiters.wake(ids)
+
+    async def watch(self, every: float = 0.5) -> None:
+        """Every ``REPORT_S`` in the log: waiting polls, token cache use, the loop's worst
+        lateness and the longest garbage-collector pause (which stops every thread)."""
+        loop = asyncio.get_running_loop()
+        tokens, pauses = self.ctx.tokens, GcPauses()
+        worst, since, calls = 0.0, loop.time(), (tokens.hits, tokens.misses)
+        gc.callbacks.append(pauses)
+        try:
+            while True:
+                t0 = loop.time()
+                await asyncio.sleep(every)
+                worst = max(worst, loop.time() - t0 - every)
+                if loop.time() - since < REPORT_S:
+                    continue
+                gc_worst, gc_full = pauses.take()
+                hits, misses = tokens.hits - calls[0], tokens.misses - calls[1]
+                if len(self.waiters) or hits or misses:
+                    log.info(
+                        "agent channel: %d polls waiting; token cache %d hits, %d misses; "
+                        "event loop at most %.0f ms late; longest GC pause %.0f ms (%d full)",
+                        len(self.waiters), hits, misses, worst * 1000, gc_worst * 1000, gc_full,
+                    )  # fmt: skip
+                worst, since, calls = 0.0, loop.time(), (tokens.hits, tokens.misses)
+        finally:
+            gc.callbacks.remove(pauses)
 
     async def flusher(self) -> None:
         while True:
@@ -220,6 +299,7 @@ class AgentServer:
         log.info("agent channel on http://%s:%d", self._host, self._port)
 
     def _run(self, started: concurrent.futures.Future) -> None:
+        priority.favour("agent channel")
         asyncio.set_event_loop(self._loop)
         try:
             self._loop.run_until_complete(self._main(started))
@@ -247,7 +327,8 @@ class AgentServer:
             raise
         loop = asyncio.get_running_loop()
         self._undo_ring = self._ctx.on_ring(lambda: loop.call_soon_threadsafe(channel.kick.set))
-        tasks = [asyncio.create_task(channel.sweeper()), asyncio.create_task(channel.flusher())]
+        tasks = [asyncio.create_task(channel.sweeper()), asyncio.create_task(channel.flusher()),
+                 asyncio.create_task(channel.watch())]  # fmt: skip
         started.set_result(None)
         await self._stopped.wait()
         self._undo_ring()

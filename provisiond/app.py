@@ -19,7 +19,7 @@ import signal
 import threading
 from collections.abc import Iterator
 
-from provisiond import assets, images, instance, logs, pxesettings, recovery, sdnotify
+from provisiond import assets, images, instance, logs, priority, pxesettings, recovery, sdnotify
 from provisiond.agentd import AgentServer
 from provisiond.boots import BootRegistry
 from provisiond.capture import CaptureJob
@@ -206,6 +206,7 @@ class Daemon:
                 self.stop()
                 raise
             self._started.append(svc)
+        priority.settle_gc()  # no long collector pauses while thousands of agents call
         log.info("started: %s", ", ".join(s.name for s in self._started))
 
     def stop(self) -> None:

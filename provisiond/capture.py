@@ -60,6 +60,7 @@ from provisiond.agentjob import (
 from provisiond.context import Context
 from provisiond.db import Database
 from provisiond.errors import Conflict, Invalid
+from provisiond.hardware import InventoryView
 from provisiond.jobrunner import JobFailed
 from provisiond.lifecycle import JobState as JS
 from provisiond.model import Image, Job, Resource, Storage, Volume
@@ -76,11 +77,8 @@ class ChecksumError(Invalid):
 
 
 def disk_size(inventory: dict, disk: str) -> int | None:
-    name = disk.removeprefix("/dev/")
-    for d in (inventory or {}).get("disks", []) or []:
-        if d.get("name") == name and d.get("size_bytes"):
-            return int(d["size_bytes"])
-    return None
+    found = InventoryView.of(inventory).disk(disk)
+    return found.size_bytes if found else None
 
 
 TRANSPORTS = ("tcp", "http")
@@ -105,10 +103,10 @@ def capture(
     if res.state not in AGENT_STATES or not res.agent_token_hash:
         raise Conflict(f"resource {res.display_name} is {res.state} and runs no agent")
     if not disk.startswith("/dev/") or disk_size(res.inventory, disk) is None:
-        known = [d.get("name") for d in (res.inventory or {}).get("disks", []) or []]
+        known = InventoryView.of(res.inventory).disk_paths
         raise Invalid(
             f"disk {disk!r}: not in the inventory of {res.display_name} "
-            f"(known: {', '.join(f'/dev/{k}' for k in known) or 'none'})",
+            f"(known: {', '.join(known) or 'none'})",
             field="disk",
         )
     if transport not in TRANSPORTS:

@@ -12,13 +12,21 @@ from __future__ import annotations
 import threading
 
 from waitress.server import create_server
+from waitress.task import ThreadedTaskDispatcher
 
-from provisiond import logs
+from provisiond import logs, priority
 
 log = logs.get("http")
 CONNECTION_LIMIT = 2000
 OUTBUF_HIGH = 2 * 2**20  # waitress default 16 MiB: per-connection buffer before the app waits
 OUTBUF_OVERFLOW = 4 * 2**20  # waitress default 1 MiB: beyond it the buffer spills to a temp file
+
+
+class _FavouredDispatcher(ThreadedTaskDispatcher):
+    """waitress's worker threads, each favoured over bulk work (:mod:`provisiond.priority`)."""
+
+    def start_new_thread(self, target, thread_no):
+        super().start_new_thread(priority.favoured_thread(target, "http workers"), thread_no)
 
 
 class HttpService:
@@ -30,9 +38,12 @@ class HttpService:
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
+        dispatcher = _FavouredDispatcher()
+        dispatcher.set_thread_count(self._threads)
         try:
             self._server = create_server(
                 self._app,
+                _dispatcher=dispatcher,
                 host=self._host,
                 port=self._port,
                 threads=self._threads,
@@ -52,6 +63,7 @@ class HttpService:
                 clear_untrusted_proxy_headers=True,
             )
         except OSError as exc:
+            dispatcher.shutdown(cancel_pending=True, timeout=1)
             raise RuntimeError(
                 f"http: cannot listen on {self._host}:{self._port} ({exc.strerror}); "
                 "change http_port or address in the config, or stop what uses the port"
@@ -61,6 +73,7 @@ class HttpService:
         log.info("listening on http://%s:%d", self._host, self._port)
 
     def _run(self) -> None:
+        priority.favour("http")
         try:
             self._server.run()
         except Exception:  # pragma: no cover - closing the map raises in waitress

@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 from provisiond import passhash, resources
 from provisiond.config import Config
 from provisiond.errors import Invalid
+from provisiond.hardware import default_disk
 from provisiond.model import Appliance, Resource
 from provisiond.secretbox import SecretBox, SecretBoxError, for_state_dir, is_sealed
 from provisiond.templating import Renderer, TemplateSet
@@ -67,11 +68,6 @@ class RootfsRef:
     name: str
     sha256: str = ""
     size: int = 0
-
-
-def default_disk(inventory: Mapping[str, Any] | None) -> str:
-    disks = [d.get("name") for d in (inventory or {}).get("disks", []) or [] if d.get("name")]
-    return f"/dev/{disks[0]}" if disks else "/dev/sda"
 
 
 def check_params(params: Mapping[str, str]) -> None:

@@ -89,6 +89,7 @@ from provisiond.context import Context
 from provisiond.db import Database
 from provisiond.errors import Invalid, NotFound
 from provisiond.fanout import FanoutHub
+from provisiond.hardware import default_disk
 from provisiond.jobrunner import JobFailed
 from provisiond.lifecycle import ApplianceState as AS
 from provisiond.lifecycle import JobState as JS
@@ -97,11 +98,6 @@ from provisiond.security import hash_token, new_token, write_private
 
 log = logs.get("local")
 SLICE = 256 * 1024  # bytes handed to the WSGI server at once (stays in its memory buffer)
-
-
-def default_disk(inventory: dict) -> str:
-    disks = [d.get("name") for d in (inventory or {}).get("disks", []) or [] if d.get("name")]
-    return f"/dev/{disks[0]}" if disks else "/dev/sda"
 
 
 # --- manifests ---------------------------------------------------------------

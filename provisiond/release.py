@@ -25,6 +25,7 @@ from provisiond import events, resources
 from provisiond.agentjob import cancel_command, encode_arg, job_log, start_command, wait_command
 from provisiond.context import Context
 from provisiond.errors import Conflict, Invalid
+from provisiond.hardware import InventoryView
 from provisiond.jobrunner import JobFailed
 from provisiond.lifecycle import ApplianceState as AS
 from provisiond.lifecycle import JobState as JS
@@ -78,10 +79,6 @@ def release(session, res: Resource, erase: str | None, actor: str = "cli") -> Jo
     return job
 
 
-def _disks(inventory: dict) -> list[str]:
-    return [f"/dev/{d['name']}" for d in (inventory or {}).get("disks", []) or [] if d.get("name")]
-
-
 class EraseJob:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
@@ -91,7 +88,8 @@ class EraseJob:
         with db.reader() as s:
             job = s.get(Job, job_id)
             mode, res = job.params["mode"], s.get(Resource, job.resource_id)
-            res_id, res_name, disks = res.id, res.display_name, _disks(res.inventory)
+            res_id, res_name = res.id, res.display_name
+            disks = InventoryView.of(res.inventory).disk_paths
         if not disks:
             raise JobFailed(f"resource {res_name} reported no disks; nothing to erase")
         arg = encode_arg(mode=mode, disks=",".join(disks))

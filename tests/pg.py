@@ -26,7 +26,8 @@ def _bindir() -> Path | None:
 
 
 @contextlib.contextmanager
-def private_cluster(dbname: str = "provisiond") -> Iterator[str]:
+def private_cluster(dbname: str = "provisiond", settings: str = "-c fsync=off") -> Iterator[str]:
+    """A private cluster's SQLAlchemy URL; ``settings`` are more ``postgres -c`` options."""
     bindir = _bindir()
     if bindir is None:
         pytest.skip(reason="PostgreSQL server not installed (apt-get install postgresql)")
@@ -49,7 +50,7 @@ def private_cluster(dbname: str = "provisiond") -> Iterator[str]:
 
     run(str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres")
     run(str(bindir / "pg_ctl"), "-D", str(data), "-l", str(base / "log"), "-w", "-o",
-        f"-k {sock} -c listen_addresses='' -c fsync=off", "start")  # fmt: skip
+        f"-k {sock} -c listen_addresses='' {settings}", "start")  # fmt: skip
     try:
         run(str(bindir / "createdb"), "-h", str(sock), "-U", "postgres", dbname)
         yield f"postgresql+psycopg://postgres@/{dbname}?host={sock}"

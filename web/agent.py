@@ -51,6 +51,9 @@ async def _guard(request: web.Request, handler):
     if caller is None:
         return web.Response(text="missing or invalid agent token\n", status=401)
     request[CALLER] = caller
+    # any authenticated call is a sign of life: a registration queued behind a boot
+    # storm's writes must not let its machine go offline (bench/agents, 2,000 agents)
+    channel.ctx.liveness.touch(caller.resource_id)
     try:
         return await handler(request)
     except ProvisiondError as exc:

@@ -349,8 +349,10 @@ def one_round(
     order = names if rnd % 2 == 0 else names[::-1]
     for rate in rates:  # interleaved, so load from elsewhere hits every server alike
         for name in order:
-            if results[name] and results[name][-1].get("drops_pct", 100) > 20:
-                continue  # far past saturation; stop this server
+            if len(results[name]) >= 2 and all(
+                r.get("drops_pct", 100) > 20 for r in results[name][-2:]
+            ):
+                continue  # two rates in a row far past saturation (not one load spike): stop
             work = tmp / f"r{rnd}-{name}-{rate}"
             r = run_one(lab, client, name, rate, period, work, profile, kea_rcvbuf, limit)
             r["rate"] = rate

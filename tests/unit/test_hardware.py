@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from provisiond.errors import Invalid
-from provisiond.hardware import parse_inventory
+from provisiond.hardware import DiskView, InventoryView, default_disk, parse_inventory
 
 BAD = [
     ("x", "inventory"),
@@ -40,3 +42,34 @@ def test_agent_inventory_round_trips_and_unknown_keys_are_dropped():
     out = parse_inventory(raw)
     assert out == {k: v for k, v in raw.items() if k != "from_a_newer_agent"}
     assert parse_inventory({})["cpu"] == {"model": "", "count": 0}
+
+
+# (stored inventory, disk paths, size of /dev/sdb, default disk)
+VIEWS = [
+    (None, [], None, "/dev/sda"),
+    ({}, [], None, "/dev/sda"),
+    ({"disks": None}, [], None, "/dev/sda"),
+    ({"disks": [{"name": "nvme0n1", "size_bytes": 512}]}, ["/dev/nvme0n1"], None, "/dev/nvme0n1"),
+    ({"disks": [{"name": ""}, {"size_bytes": 9}, "junk", {"name": "sdb", "size_bytes": 4096}]},
+     ["/dev/sdb"], 4096, "/dev/sdb"),
+    ({"disks": [{"name": "vda"}, {"name": "sdb", "size_bytes": 0}]},
+     ["/dev/vda", "/dev/sdb"], None, "/dev/vda"),  # 0: the agent could not read it
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("inventory", "paths", "sdb", "default"), VIEWS)
+def test_inventory_view_reads_the_disks(inventory, paths, sdb, default):
+    view = InventoryView.of(inventory)
+    assert view.disk_paths == paths
+    for ref in ("/dev/sdb", "sdb"):
+        found = view.disk(ref)
+        assert (found.size_bytes if found else None) == sdb
+    assert default_disk(inventory) == default
+
+
+def test_a_registered_inventory_reads_back_the_same_disks():
+    raw = {"disks": [{"name": "sda", "size_bytes": 10**12, "rotational": True}, {"name": "sr0"}]}
+    view = InventoryView.of(parse_inventory(raw))
+    assert view.disks == (DiskView("sda", 10**12), DiskView("sr0", None))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        view.disks[0].name = "sdb"
