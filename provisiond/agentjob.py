@@ -6,12 +6,15 @@ job's log line (:func:`job_log`), the command argument encoding
 waiting for its result (:func:`start_command`, :func:`wait_command`,
 :func:`cancel_command`), the stream side's check that a command is this
 resource's and still running (:func:`open_command`, :class:`Gone`), and the
-appliance a job works for (:func:`appliance_of`).
+handler's :class:`JobScope`: its job's log and progress, the appliance and
+the resource it works for (:func:`provisiond.lookup.appliance_of` is the one
+place that finds a job's appliance).
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 from sqlalchemy.orm import Session
 
@@ -21,6 +24,7 @@ from provisiond.db import Database
 from provisiond.errors import Invalid, NotFound
 from provisiond.jobrunner import JobFailed
 from provisiond.lifecycle import JobState as JS
+from provisiond.lookup import appliance_of
 from provisiond.model import Appliance, Job, Resource, utcnow
 
 log = logs.get("local")
@@ -37,10 +41,45 @@ def encode_arg(**kv: object) -> str:
     return "".join(f"{k}={v}\n" for k, v in kv.items() if v is not None and v != "")
 
 
-def appliance_of(session: Session, job_id: int) -> Appliance | None:
-    """The appliance job ``job_id`` works for (None if it was removed meanwhile)."""
-    job = session.get(Job, job_id)
-    return session.get(Appliance, job.appliance_id) if job.appliance_id else None
+@dataclass(frozen=True)
+class JobScope:
+    """What a job handler works with: its job's log and progress, its appliance and resource.
+
+    ``scope = JobScope(ctx, job_id)`` at the top of a handler's ``run``; the
+    session-taking methods read inside the caller's transaction.
+    """
+
+    ctx: Context
+    job_id: int
+
+    @property
+    def db(self) -> Database:
+        return self.ctx.db
+
+    def log(self, line: str) -> None:
+        """One line in the job's log (and the daemon's log)."""
+        job_log(self.ctx.db, self.job_id, line)
+
+    def progress(self, done: int | None = None, total: int | None = None) -> None:
+        """Record bytes done and/or the total (None leaves that one as it is)."""
+        with self.ctx.db.transaction() as s:
+            job = s.get(Job, self.job_id)
+            if total is not None:
+                job.bytes_total = total
+            if done is not None:
+                job.bytes_done = done
+
+    def job(self, session: Session) -> Job:
+        return session.get(Job, self.job_id)
+
+    def appliance(self, session: Session) -> Appliance | None:
+        """The appliance the job works for (None if it was removed meanwhile)."""
+        return appliance_of(session, self.job_id)
+
+    def resource(self, session: Session) -> Resource | None:
+        """The machine the job works on (None if it was removed meanwhile)."""
+        job = session.get(Job, self.job_id)
+        return session.get(Resource, job.resource_id) if job and job.resource_id else None
 
 
 def start_command(ctx: Context, job_id: int, res_id: int, kind: str, arg: str, **params) -> int:

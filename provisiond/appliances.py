@@ -17,8 +17,8 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from provisiond import events, lifecycle, resources
-from provisiond.errors import Conflict, Invalid, NotFound
+from provisiond import events, lifecycle, lookup, resources
+from provisiond.errors import Conflict, Invalid
 from provisiond.lifecycle import ApplianceState as AS
 from provisiond.lifecycle import JobState as JS
 from provisiond.lifecycle import ResourceState as RS
@@ -33,26 +33,6 @@ _NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 DEPLOYABLE_MODES = frozenset(M)
 #: resource states from which a machine may be given to an appliance
 ASSIGNABLE = frozenset({RS.NEW, RS.IDLE, RS.OFFLINE, RS.FAILED})
-
-
-def find(session: Session, ref: str) -> Appliance:
-    cond = Appliance.name == ref
-    if ref.isdigit():
-        cond = cond | (Appliance.id == int(ref))
-    app = session.scalars(select(Appliance).where(cond)).first()
-    if app is None:
-        raise NotFound(f"appliance '{ref}' not found; see `provisiond appliance list`")
-    return app
-
-
-def _by_name(session: Session, model, ref: str, what: str):
-    cond = model.name == ref
-    if ref.isdigit():
-        cond = cond | (model.id == int(ref))
-    obj = session.scalars(select(model).where(cond)).first()
-    if obj is None:
-        raise NotFound(f"{what} '{ref}' not found; see `provisiond {what} list`", field=what)
-    return obj
 
 
 #: parameters the boot policy renders into an iPXE script (template installs)
@@ -97,10 +77,10 @@ def create(
             field="resource",
         )
     check_params(params or {})
-    img = _by_name(session, Image, image, "image") if image else None
+    img = lookup.find(session, Image, image) if image else None
     if mode in (M.SANBOOT, M.LOCAL) and img is None:
         raise Invalid(f"mode {mode} needs --image", field="image")
-    krn = _by_name(session, Kernel, kernel, "kernel") if kernel else None
+    krn = lookup.find(session, Kernel, kernel) if kernel else None
     pool = check_pool(ha_pool) if ha_pool else None
     if ha and pool is None:
         raise Invalid("--ha needs --ha-pool: the HA pool whose idle resources are its spares",
@@ -210,7 +190,9 @@ def booted(session: Session, resource_id: int, evidence: str = "machine is booti
 
     ``evidence`` says what was seen: for sanboot the initiator's iSCSI login
     (never the mere fetch of a boot script, which anyone could do); for a
-    local deploy the agent's report that the image is on the disk.
+    local deploy the booted OS's report-in or DHCP request
+    (:func:`provisiond.bootchain.judge_disk`); for a template install its
+    report-in.
     """
     app = session.scalars(select(Appliance).where(Appliance.resource_id == resource_id)).first()
     if app is None or app.state != AS.STARTING:
@@ -244,8 +226,7 @@ def stopped(session: Session, app: Appliance, reason: str) -> None:
 def fail_job(db, job_id: int, reason: str) -> None:
     """A deployer's ``fail`` hook: the job's appliance (and machine) -> failed."""
     with db.transaction() as s:
-        job = s.get(Job, job_id)
-        app = s.get(Appliance, job.appliance_id) if job and job.appliance_id else None
+        app = lookup.appliance_of(s, job_id)
         if app is not None:
             fail(s, app, reason)
 

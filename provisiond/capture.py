@@ -42,17 +42,14 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import time
 
-from sqlalchemy import select
-
-from provisiond import agentchannel, capturerx, chunks, events
+from provisiond import agentchannel, capturerx, chunks, events, images
 from provisiond.agentjob import (
     DEFAULT_TIMEOUT,
+    JobScope,
     cancel_command,
     encode_arg,
-    job_log,
     open_command,
     start_command,
     wait_command,
@@ -63,13 +60,11 @@ from provisiond.errors import Conflict, Invalid
 from provisiond.hardware import InventoryView
 from provisiond.jobrunner import JobFailed
 from provisiond.lifecycle import JobState as JS
-from provisiond.model import Image, Job, Resource, Storage, Volume
+from provisiond.model import Job, Resource
 from provisiond.resources import AGENT_STATES
 from provisiond.storages import StorageManager
 from storage import remotewrite
 from storage.backends import StorageError
-
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,100}$")
 
 
 class ChecksumError(Invalid):
@@ -96,10 +91,7 @@ def capture(
     workers: int = DEFAULT_WORKERS,
 ) -> Job:
     """Queue an ``image.capture`` job (the daemon's job runner does the work)."""
-    if not _NAME.match(name):
-        raise Invalid(f"image name {name!r}: letters, digits and . _ + - only", field="name")
-    if session.scalars(select(Image.id).where(Image.name == name)).first():
-        raise Conflict(f"image '{name}' already exists; pick another name", field="name")
+    images.check_name(session, name)
     if res.state not in AGENT_STATES or not res.agent_token_hash:
         raise Conflict(f"resource {res.display_name} is {res.state} and runs no agent")
     if not disk.startswith("/dev/") or disk_size(res.inventory, disk) is None:
@@ -167,10 +159,9 @@ class CaptureJob:
         self.ctx, self.manager = ctx, manager
 
     def run(self, job_id: int) -> str:
-        db = self.ctx.db
+        db, scope = self.ctx.db, JobScope(self.ctx, job_id)
         with db.reader() as s:
-            job = s.get(Job, job_id)
-            p, res = dict(job.params), s.get(Resource, job.resource_id)
+            p, res = dict(scope.job(s).params), scope.resource(s)
             size, res_id, res_name = disk_size(res.inventory, p["disk"]), res.id, res.display_name
             res_ip = res.ip
         settings = self.manager.settings(p.get("storage"))
@@ -181,14 +172,14 @@ class CaptureJob:
                 f"storage {settings.name} is on a storage host: capture onto it needs the tcp "
                 "transport (its chunks are verified on the host)"
             )
-        vol_name = f"image-{p['name']}"
+        vol_name = images.master_volume(p["name"])
         try:
             vol = backend.create(vol_name, size)
         except StorageError as exc:
             raise JobFailed(f"cannot create volume {vol_name}: {exc}")
         with db.transaction() as s:
-            s.get(Job, job_id).params = {**p, "volume": vol_name}
-            s.get(Job, job_id).bytes_total = size
+            job = scope.job(s)
+            job.params, job.bytes_total = {**p, "volume": vol_name}, size
         if p.get("transport", "http") == "tcp":
             sink = None
             if getattr(remote, "remote", False):  # a storage host: chunks checked and written there
@@ -196,17 +187,15 @@ class CaptureJob:
                     sink = remotewrite.RemoteWriter(remote, vol.path)
                 except StorageError as exc:
                     raise JobFailed(f"cannot write to {vol.path} on {settings.host}: {exc}")
-            m, last = self._run_tcp(job_id, p, res_id, res_ip, res_name, vol.path, size, sink)
+            m, last = self._run_tcp(scope, p, res_id, res_ip, res_name, vol.path, size, sink)
         else:
             arg = encode_arg(disk=p["disk"], size=size, retries=5, timeout=30)
             cmd_id = start_command(
                 self.ctx, job_id, res_id, "capture", arg, path=vol.path, size=size
             )
-            job_log(
-                db, job_id, f"asked the agent of {res_name} to upload {p['disk']} ({size} bytes)"
-            )
+            scope.log(f"asked the agent of {res_name} to upload {p['disk']} ({size} bytes)")
             last = wait_command(self.ctx, job_id, cmd_id, DEFAULT_TIMEOUT)
-            job_log(db, job_id, f"agent: {last}")
+            scope.log(f"agent: {last}")
             with open(vol.path, "rb") as fh:
                 m = chunks.scan(fh, size)
         want = dict(kv.split("=", 1) for kv in last.split() if "=" in kv)
@@ -215,31 +204,15 @@ class CaptureJob:
                 f"captured volume does not match what the agent read "
                 f"({len(m.chunks)} chunks on the server, agent said {last!r})"
             )
+        master = images.Master(p["name"], settings.name, vol_name, vol.path, size, m.sha256,
+                               m.to_json())  # fmt: skip
         with db.transaction() as s:
-            self.manager.sync_rows(s)
-            s.flush()
-            st = s.scalars(select(Storage).where(Storage.name == settings.name)).one()
-            row = Volume(storage_id=st.id, name=vol_name, path=vol.path, size=size)
-            s.add(row)
-            s.flush()
-            img = Image(
-                name=p["name"],
-                format="raw",
-                size=size,
-                sha256=m.sha256,
-                volume_id=row.id,
-                manifest=m.to_json(),
-                state="ready",
-            )
-            s.add(img)
-            s.flush()
-            job = s.get(Job, job_id)
-            job.image_id, job.bytes_done = img.id, size
-            events.record(s, "daemon", "image.captured", img.name, f"{res_name}:{p['disk']}")
+            images.register(s, self.manager, job_id, master, "daemon", "image.captured",
+                            f"{res_name}:{p['disk']}")  # fmt: skip
         return f"image {p['name']}: {size} bytes, {len(m.chunks)} data chunks, sha256 {m.sha256}"
 
-    def _run_tcp(self, job_id, p, res_id, res_ip, res_name, path, size, sink=None):
-        db = self.ctx.db
+    def _run_tcp(self, scope: JobScope, p, res_id, res_ip, res_name, path, size, sink=None):
+        db, job_id = self.ctx.db, scope.job_id
 
         def auth(token: str) -> bool:
             caller = agentchannel.authenticate(db, f"Bearer {token}")
@@ -252,16 +225,16 @@ class CaptureJob:
             arg = encode_arg(disk=p["disk"], size=size, retries=5, timeout=30, transport="tcp",
                              port=rx.port, workers=workers)  # fmt: skip
             cmd_id = start_command(self.ctx, job_id, res_id, "capture", arg, path=path, size=size)
-            job_log(db, job_id, f"asked the agent of {res_name} to send {p['disk']} "
-                    f"({size} bytes, tcp port {rx.port}, {workers} streams)")  # fmt: skip
+            scope.log(f"asked the agent of {res_name} to send {p['disk']} "
+                      f"({size} bytes, tcp port {rx.port}, {workers} streams)")  # fmt: skip
             t0 = time.monotonic()
             last = wait_command(self.ctx, job_id, cmd_id, DEFAULT_TIMEOUT)
             with db.reader() as s:
                 said = (s.get(Job, cmd_id).log or "").splitlines()
             for line in said:  # the agent's plan: what it read of which partition, and why
                 if line.startswith(("plan:", "partition ", "no partition", "read ")):
-                    job_log(db, job_id, f"agent: {line}")
-            job_log(db, job_id, f"agent: {last}")
+                    scope.log(f"agent: {line}")
+            scope.log(f"agent: {last}")
             deadline = time.monotonic() + 10
             while rx.lanes_done() < workers and time.monotonic() < deadline:
                 time.sleep(0.05)  # the agent's result can overtake a lane's last bytes
@@ -274,8 +247,8 @@ class CaptureJob:
             except StorageError as exc:  # the storage host refused a chunk or the end
                 raise JobFailed(f"capture onto {path} failed: {exc}")
             took = time.monotonic() - t0
-            job_log(db, job_id, f"received {len(m.chunks)} chunks ({rx.received_bytes} bytes) "
-                    f"in {took:.1f} s; refused connections: {rx.refused}")  # fmt: skip
+            scope.log(f"received {len(m.chunks)} chunks ({rx.received_bytes} bytes) "
+                      f"in {took:.1f} s; refused connections: {rx.refused}")  # fmt: skip
             return m, last
         finally:
             rx.stop()

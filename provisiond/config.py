@@ -115,7 +115,7 @@ class LocalConfig:
 
     boot_timeout: int = 600  # seconds from the agent's reboot to the booted OS's proof
     max_script_fetches: int = 6  # local-boot script fetches without the OS up: a boot loop
-    confirm_boot: bool = False  # wait for the booted OS (False: active once written)
+    confirm_boot: bool = True  # wait for the booted OS (False: active once written and verified)
 
 
 @dataclass(frozen=True)

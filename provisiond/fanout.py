@@ -57,11 +57,11 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from provisiond import chunks, logs, mcast
+from provisiond import chunks, logs, lookup, mcast
 from provisiond.agentjob import encode_arg, job_log, start_command
 from provisiond.context import Context
 from provisiond.lifecycle import JobState as JS
-from provisiond.model import Appliance, Job
+from provisiond.model import Job
 
 log = logs.get("fanout")
 WINDOW = 10.0  # s the first job of a group waits for the others to be queued
@@ -196,7 +196,7 @@ class FanoutHub:
                 fan = (job.params or {}).get("fanout") or {}
                 if fan.get("group") != sess.group or (job.params or {}).get("command"):
                     continue
-                app = s.get(Appliance, job.appliance_id) if job.appliance_id else None
+                app = lookup.appliance_of(s, job)
                 if app is None or app.mode != "local" or app.image_id != sess.image_id:
                     continue
                 res = app.resource

@@ -18,13 +18,14 @@ import re
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from provisiond import events, importpolicy, jobs
 from provisiond.db import Database
-from provisiond.errors import Conflict, Invalid, NotFound
+from provisiond.errors import Conflict, Invalid
 from provisiond.jobrunner import JobFailed
 from provisiond.lifecycle import JobState as JS
 from provisiond.model import Appliance, Image, Job, Storage, Volume, utcnow
@@ -35,16 +36,6 @@ from storage.images import import_image
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,100}$")
 Progress = Callable[[int, int], None]
-
-
-def find(session: Session, ref: str) -> Image:
-    cond = Image.name == ref
-    if ref.isdigit():
-        cond = cond | (Image.id == int(ref))
-    img = session.scalars(select(Image).where(cond)).first()
-    if img is None:
-        raise NotFound(f"image '{ref}' not found; see `provisiond image list`", field="image")
-    return img
 
 
 class JobProgress:
@@ -96,14 +87,12 @@ SOURCES = _Sources()
 
 def _new_job(db, manager, source, name, storage, actor, state: JS) -> int:
     """Check an import (name, storage, import policy) and create its job in ``state``."""
-    if not _NAME.match(name):
-        raise Invalid(f"image name {name!r}: letters, digits and . _ + - only", field="name")
+    check_name(None, name)
     settings = manager.settings(storage)
     importpolicy.checked_source(manager.config, source)
     shown = redact_url(source)
     with db.transaction() as s:
-        if s.scalars(select(Image.id).where(Image.name == name)).first():
-            raise Conflict(f"image '{name}' already exists; pick another name", field="name")
+        check_name(s, name)
         manager.sync_rows(s)
         job = Job(kind=IMPORT, state=state, started_at=utcnow() if state == JS.RUNNING else None,
                   params={"source": shown, "name": name, "storage": settings.name,
@@ -141,25 +130,15 @@ def _run(db: Database, manager: StorageManager, job_id: int, source: str,
     path, url_check = importpolicy.checked_source(manager.config, source)
     progress = JobProgress(db, job_id, echo)
     backend = manager.backend(settings.name, progress=progress)
-    volume_name = f"image-{name}"
+    volume_name = master_volume(name)
     try:
         result = import_image(backend, volume_name, path, progress=progress, url_check=url_check)
     except (StorageError, OSError) as exc:
         raise JobFailed(f"import of {shown} failed: {exc}")
     with db.transaction() as s:
-        st = s.scalars(select(Storage).where(Storage.name == settings.name)).one()
-        vol = Volume(storage_id=st.id, name=volume_name, path=result.volume.path,
-                     size=result.size)  # fmt: skip
-        s.add(vol)
-        s.flush()
-        img = Image(name=name, format="raw", size=result.size, sha256=result.sha256,
-                    volume_id=vol.id, state="ready")  # fmt: skip
-        s.add(img)
-        s.flush()
-        job = s.get(Job, job_id)
-        job.image_id = img.id
-        job.bytes_done = job.bytes_total = result.size
-        events.record(s, actor, "image.imported", name, f"{shown} sha256 {result.sha256}")
+        register(s, manager, job_id, Master(name, settings.name, volume_name, result.volume.path,
+                                            result.size, result.sha256), actor,
+                 "image.imported", f"{shown} sha256 {result.sha256}")  # fmt: skip
     return f"imported {result.size} bytes, sha256 {result.sha256}"
 
 
@@ -217,6 +196,81 @@ def import_from(
 def _finish(db: Database, job_id: int, state: JS, outcome: str) -> None:
     with db.transaction() as s:
         jobs.transition(s.get(Job, job_id), state, outcome)
+
+
+# --- the one registration path (import and capture) ------------------------------
+
+
+def check_name(session: Session | None, name: str) -> None:
+    """A new image's name: the allowed letters (and, with a session, not taken)."""
+    if not _NAME.match(name):
+        raise Invalid(f"image name {name!r}: letters, digits and . _ + - only", field="name")
+    if session is not None and session.scalars(select(Image.id).where(Image.name == name)).first():
+        raise Conflict(f"image '{name}' already exists; pick another name", field="name")
+
+
+def master_volume(name: str) -> str:
+    """The volume name of image ``name``'s master."""
+    return f"image-{name}"
+
+
+@dataclass(frozen=True)
+class Master:
+    """A master volume written and verified on a storage, ready to become an image."""
+
+    name: str  # the image's
+    storage: str
+    volume: str
+    path: str
+    size: int
+    sha256: str
+    manifest: str | None = None  # chunks.Manifest JSON, when the writer built one
+
+
+def register(
+    session: Session,
+    manager: StorageManager,
+    job_id: int,
+    master: Master,
+    actor: str,
+    action: str,
+    detail: str,
+) -> Image:
+    """Make ``master`` an image: its Volume row, the ready Image, the job's link, an event.
+
+    The one way an image comes to exist, for import (:func:`_run`) and capture
+    (:class:`provisiond.capture.CaptureJob`) alike.
+    """
+    check_name(session, master.name)
+    manager.sync_rows(session)
+    session.flush()
+    st = session.scalars(select(Storage).where(Storage.name == master.storage)).one()
+    vol = Volume(storage_id=st.id, name=master.volume, path=master.path, size=master.size)
+    session.add(vol)
+    session.flush()
+    img = Image(name=master.name, format="raw", size=master.size, sha256=master.sha256,
+                volume_id=vol.id, manifest=master.manifest, state="ready")  # fmt: skip
+    session.add(img)
+    session.flush()
+    job = session.get(Job, job_id)
+    job.image_id = img.id
+    job.bytes_done = job.bytes_total = master.size
+    events.record(session, actor, action, master.name, detail)
+    return img
+
+
+def change(session: Session, img: Image, fields: dict[str, str | None], actor: str) -> Image:
+    """Rename an image (a name no other image has) and/or set its ``os``."""
+    if "name" in fields:
+        name = fields["name"]
+        taken = select(Image.id).where(Image.name == name, Image.id != img.id)
+        if not name or session.scalars(taken).first():
+            raise Conflict(f"image name {name!r} is empty or taken", field="name")
+        img.name = name
+    if "os" in fields:
+        img.os = fields["os"]
+    events.record(session, actor, "image.updated", img.name, ", ".join(sorted(fields)))
+    return img
 
 
 def clones_of(session: Session, img: Image) -> list[str]:

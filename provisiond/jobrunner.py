@@ -20,7 +20,7 @@ from typing import Protocol
 
 from sqlalchemy import select, update
 
-from provisiond import jobs, logs, racks
+from provisiond import jobs, logs, lookup, racks
 from provisiond.db import Database
 from provisiond.lifecycle import JobState as JS
 from provisiond.model import Appliance, Job, Resource, utcnow
@@ -141,8 +141,7 @@ class ByMode:
 
     def _handler(self, job_id: int) -> Handler:
         with self.db.reader() as s:
-            job = s.get(Job, job_id)
-            app = s.get(Appliance, job.appliance_id) if job.appliance_id else None
+            app = lookup.appliance_of(s, job_id)
             mode = app.mode if app else None
         if mode not in self.by_mode:
             raise JobFailed(f"no deployer for appliance mode {mode!r} in this build")

@@ -3,23 +3,28 @@
 Owns ``provisiond initrd build``: runs the shipped ``initrd/build.sh`` for the served
 kernel (default: the newest under ``/lib/modules``), places ``vmlinuz`` and
 ``initrd.img`` under ``<boot assets>/kernels/<name>/`` and records the result
-as the default :class:`provisiond.model.Kernel`.
+as the default :class:`provisiond.model.Kernel`. Owns the kernel rules too —
+the one :func:`check` (name, script-safe fields, paths inside the boot
+assets) and the one default — that the CLI (:func:`add`) and the REST API
+(:func:`create`, :func:`change`, :func:`remove`) both apply.
 """
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
 from sqlalchemy import select, update
+from sqlalchemy.orm import Session
 
 from provisiond import events, shipped
 from provisiond.config import Config
 from provisiond.db import Database
-from provisiond.errors import Invalid, ProvisiondError
-from provisiond.model import Kernel
+from provisiond.errors import Conflict, Invalid, ProvisiondError
+from provisiond.model import Appliance, Kernel
 from pxe.boot import script_problem
 
 
@@ -94,12 +99,11 @@ def add(
     version: str = "",
 ) -> Kernel:
     """Register a kernel (+ initrd) for network boot, copied into the boot assets."""
-    if not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
-        raise ProvisiondError(f"kernel name {name!r}: letters, digits, . _ - only")
+    check(name, f"kernels/{name}/vmlinuz", version=version, cmdline=cmdline,
+          initrd_path=f"kernels/{name}/initrd.img" if initrd_file is not None else "")  # fmt: skip
     for f in (kernel_file, initrd_file):
         if f is not None and not f.is_file():
             raise ProvisiondError(f"kernel add: {f} is not a file")
-    check_script_fields({"cmdline": cmdline, "version": version})
     out = config.boot_assets_dir / "kernels" / name
     out.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(kernel_file, out / "vmlinuz")
@@ -118,3 +122,85 @@ def add(
         k.initrd_path = f"{rel}/initrd.img" if initrd_file is not None else ""
         events.record(s, "cli", "kernel.added", name, str(kernel_file))
     return k
+
+
+# --- the kernel rules (CLI and REST API alike) -----------------------------------
+
+#: a kernel name: it names a directory under the boot assets (``kernels/<name>``)
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+#: the text fields of a Kernel an operator sets
+TEXT_FIELDS = ("version", "kernel_path", "initrd_path", "cmdline")
+
+
+def check(
+    name: str | None,
+    kernel_path: str | None,
+    *,
+    version: str | None = "",
+    initrd_path: str | None = "",
+    cmdline: str | None = "",
+) -> None:
+    """The one kernel rule: Invalid naming the field, or nothing."""
+    if not name or not kernel_path:
+        raise Invalid(
+            "name and kernel_path are required", field="name" if not name else "kernel_path"
+        )
+    if not NAME.match(name):
+        raise Invalid(
+            f"kernel name {name!r}: letters, digits, . _ - only, starting with a letter or digit",
+            field="name",
+        )
+    fields = {"version": version, "kernel_path": kernel_path, "initrd_path": initrd_path}
+    check_script_fields({"name": name, **fields, "cmdline": cmdline})
+    for key in ("kernel_path", "initrd_path"):
+        path = fields[key] or ""
+        if path.startswith("/") or ".." in path.split("/"):
+            raise Invalid(f"{key} must be relative to the boot assets directory", field=key)
+
+
+def _apply(
+    session: Session, k: Kernel, fields: dict[str, str | None], default: bool | None
+) -> None:
+    for key in ("name", *TEXT_FIELDS):
+        if key in fields:
+            setattr(k, key, fields[key])
+    check(k.name, k.kernel_path, version=k.version, initrd_path=k.initrd_path, cmdline=k.cmdline)
+    if default:
+        for other in session.scalars(select(Kernel).where(Kernel.is_default)):
+            other.is_default = False
+        k.is_default = True
+    elif default is False:
+        k.is_default = False
+
+
+def create(
+    session: Session, fields: dict[str, str | None], default: bool | None, actor: str
+) -> Kernel:
+    """A kernel record for files already under the boot assets (the API's POST)."""
+    name = fields.get("name")
+    if session.scalars(select(Kernel.id).where(Kernel.name == name)).first():
+        raise Conflict(f"kernel '{name}' already exists", field="name")
+    k = Kernel(name="", kernel_path="")
+    _apply(session, k, fields, default)
+    session.add(k)
+    session.flush()
+    events.record(session, actor, "kernel.created", k.name, k.kernel_path)
+    return k
+
+
+def change(
+    session: Session, k: Kernel, fields: dict[str, str | None], default: bool | None, actor: str
+) -> Kernel:
+    _apply(session, k, fields, default)
+    changed = sorted({*fields, *(["is_default"] if default is not None else [])})
+    events.record(session, actor, "kernel.updated", k.name, ", ".join(changed))
+    return k
+
+
+def remove(session: Session, k: Kernel, actor: str) -> None:
+    """Remove a kernel record; refused while an appliance boots it."""
+    used = list(session.scalars(select(Appliance.name).where(Appliance.kernel_id == k.id)))
+    if used:
+        raise Conflict(f"kernel '{k.name}' is used by appliances: {', '.join(used)}")
+    events.record(session, actor, "kernel.removed", k.name, "")
+    session.delete(k)

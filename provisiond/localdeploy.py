@@ -23,7 +23,8 @@ capture, erase and template installs).
        answers "boot the local disk" when the agent reboots the machine.
        Anything else (checksum mismatch, short disk, lost connection beyond
        retries, timeout) → ``failed`` with the agent's reason; never ``active``.
-    4. watch the boot (``[local] confirm_boot``; off: ``active`` at step 3):
+    4. watch the boot (``[local] confirm_boot``, on by default; off: ``active``
+       at step 3, for machines whose OS provisiond can neither hear nor reach):
        the appliance stays ``starting`` until the booted OS shows it is up,
        decided by :func:`provisiond.bootchain.judge_disk`:
 
@@ -77,6 +78,7 @@ from provisiond import appliances, bootchain, chunks, logs, powerctl, reportslot
 from provisiond.agentjob import (
     DEFAULT_TIMEOUT,
     Gone,
+    JobScope,
     appliance_of,
     cancel_command,
     encode_arg,
@@ -93,7 +95,7 @@ from provisiond.hardware import default_disk
 from provisiond.jobrunner import JobFailed
 from provisiond.lifecycle import ApplianceState as AS
 from provisiond.lifecycle import JobState as JS
-from provisiond.model import Appliance, Image, Job
+from provisiond.model import Image, Job
 from provisiond.security import hash_token, new_token, write_private
 
 log = logs.get("local")
@@ -261,9 +263,9 @@ class LocalStart:
         self.hub = FanoutHub(ctx)
 
     def run(self, job_id: int) -> str:
-        db = self.ctx.db
+        db, scope = self.ctx.db, JobScope(self.ctx, job_id)
         with db.transaction() as s:
-            app = appliance_of(s, job_id)
+            app = scope.appliance(s)
             if app.image is None or app.image.volume is None:
                 raise JobFailed(f"appliance {app.name}: its image has no master volume")
             app.params = {k: v for k, v in (app.params or {}).items() if k != "written"}
@@ -277,7 +279,7 @@ class LocalStart:
             )
         m = ensure_manifest(db, image_id, job_id)
         with db.transaction() as s:
-            job = s.get(Job, job_id)
+            job = scope.job(s)
             job.bytes_total, job.image_id = m.data_bytes, image_id
         transport = params.get("transport", "http")
         if transport not in ("http", "nc"):
@@ -294,10 +296,10 @@ class LocalStart:
             slot.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             write_private(slot, record)
             with db.transaction() as s:
-                job = s.get(Job, job_id)
+                job = scope.job(s)
                 job.params = {**(job.params or {}), "callback_hash": hash_token(token)}
-            job_log(db, job_id, f"{image_name} has a report-in slot: its booted OS reports in "
-                                "with a one-time token")  # fmt: skip
+            scope.log(f"{image_name} has a report-in slot: its booted OS reports in "
+                      "with a one-time token")  # fmt: skip
         sender = None
         if cmd_id is not None:
             transport = "multicast fan-out"
@@ -320,16 +322,12 @@ class LocalStart:
             cmd_id = start_command(self.ctx, job_id, res_id, "deploy", arg, image_id=image_id,
                                    **extra)  # fmt: skip
         if wake:  # a machine that is off: its agent runs the command once it boots
-            job_log(
-                db,
-                job_id,
+            scope.log(
                 powerctl.boot_or_advise(
                     self.ctx.config, db, res_id, "start its agent", "localdeploy"
                 ),
             )
-        job_log(
-            db,
-            job_id,
+        scope.log(
             f"asked the agent of {res_name} to write {image_name} to {disk} "
             f"({transport}, command {cmd_id})",
         )
@@ -342,10 +340,10 @@ class LocalStart:
                 sender.stop()
             if slot is not None:
                 slot.unlink(missing_ok=True)
-        job_log(db, job_id, f"agent: {last}")
+        scope.log(f"agent: {last}")
         if not confirm:
             with db.transaction() as s:
-                job = s.get(Job, job_id)
+                job = scope.job(s)
                 job.bytes_done = job.bytes_total
                 if not appliances.booted(s, res_id, "image written and verified by the agent"):
                     raise JobFailed("the appliance left 'starting' while its disk was written")
@@ -358,9 +356,9 @@ class LocalStart:
         self.ctx.os_dhcp.watch(mac)
         try:
             with db.transaction() as s:
-                job = s.get(Job, job_id)
+                job = scope.job(s)
                 job.bytes_done = job.bytes_total
-                app = appliance_of(s, job_id)
+                app = scope.appliance(s)
                 if app is None or app.state != AS.STARTING:
                     raise JobFailed("the appliance left 'starting' while its disk was written")
                 stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
@@ -369,8 +367,8 @@ class LocalStart:
             self.ctx.ring()
             proof = "its report-in" if phones_home else "its DHCP request"
             limit = self.ctx.config.local.boot_timeout
-            job_log(db, job_id, f"written and verified; waiting for the booted OS of {res_name} "
-                                f"({proof}, up to {limit} s)")  # fmt: skip
+            scope.log(f"written and verified; waiting for the booted OS of {res_name} "
+                      f"({proof}, up to {limit} s)")  # fmt: skip
             what = f"wrote and verified {image_name} on {disk} of {res_name}"
             verdict = self._watch(job_id, res_id, mac, what, phones_home)
         finally:
@@ -389,12 +387,12 @@ class LocalStart:
 
     def _watch(self, job_id: int, res_id: int, mac: str, what: str, phones_home: bool) -> str:
         """Until :func:`bootchain.judge_disk` decides (bounded by ``local.boot_timeout``)."""
-        ctx, cfg = self.ctx, self.ctx.config.local
+        ctx, cfg, scope = self.ctx, self.ctx.config.local, JobScope(self.ctx, job_id)
         t0, dhcp_logged = time.monotonic(), False
         while True:
             with ctx.db.reader() as s:
-                job = s.get(Job, job_id)
-                app = s.get(Appliance, job.appliance_id) if job.appliance_id else None
+                job = scope.job(s)
+                app = scope.appliance(s)
                 reported = (job.params or {}).get("reported")
                 state, job_state = (app.state if app else None), job.state
             if job_state != JS.RUNNING or state not in (AS.STARTING, AS.ACTIVE):
@@ -402,9 +400,9 @@ class LocalStart:
             dhcp = ctx.os_dhcp.seen(mac)
             if dhcp.count and not dhcp_logged:
                 dhcp_logged = True
-                job_log(ctx.db, job_id, f"DHCP request of the booted OS seen "
-                                        f"({dhcp.ip or 'no address yet'}, vendor class "
-                                        f"{dhcp.vendor or 'none'})")  # fmt: skip
+                scope.log(f"DHCP request of the booted OS seen "
+                          f"({dhcp.ip or 'no address yet'}, vendor class "
+                          f"{dhcp.vendor or 'none'})")  # fmt: skip
             verdict = bootchain.judge_disk(
                 bootchain.DiskSeen(ctx.local_fetches.count(res_id), dhcp, reported,
                                    time.monotonic(), t0),
@@ -419,7 +417,7 @@ class LocalStart:
                         if not appliances.booted(s, res_id, verdict.reason):
                             raise JobFailed("the appliance left 'starting' before its OS was seen")
                 ctx.inventory.refresh()
-                job_log(ctx.db, job_id, verdict.reason)
+                scope.log(verdict.reason)
                 return verdict.reason
             time.sleep(POLL)
 

@@ -89,6 +89,23 @@ def storage(st: Storage) -> dict[str, Any]:
     }
 
 
+def declared_storage(d) -> dict[str, Any]:
+    """A :class:`provisiond.storages.Declared`: the declaration, with its row's id and state."""
+    st, row = d.config, d.row
+    src = st if st is not None else row
+    return {
+        "id": row.id if row is not None else None,
+        "name": d.name,
+        "backend": src.backend,
+        "path": src.path,
+        "exporter": src.exporter,
+        "host": (st.host if st is not None else row.host) or None,
+        "host_state": row.host_state if row is not None else None,
+        "host_reason": row.host_reason if row is not None else None,
+        "declared": st is not None,
+    }
+
+
 def event(e: Event) -> dict[str, Any]:
     return {
         "id": e.id,

@@ -47,7 +47,7 @@ from dataclasses import dataclass
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from provisiond import appliances, events, instance, lifecycle, resources
+from provisiond import appliances, events, instance, lifecycle, lookup, resources
 from provisiond.chunks import Manifest
 from provisiond.lifecycle import ApplianceState as AS
 from provisiond.lifecycle import JobState as JS
@@ -181,7 +181,7 @@ def _adoptable(
         return None, "the command belongs to no appliance start"
     if not (parent.params or {}).get("orphaned"):
         return None, f"job {parent.id} failed for its own reason ({parent.outcome})"
-    app = session.get(Appliance, parent.appliance_id)
+    app = lookup.appliance_of(session, parent)
     if app is None or app.resource_id != res.id:
         return None, "the appliance was removed or moved to another machine"
     if app.state != AS.FAILED or res.state != RS.FAILED:

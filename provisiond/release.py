@@ -22,7 +22,7 @@ from __future__ import annotations
 from sqlalchemy import select
 
 from provisiond import events, resources
-from provisiond.agentjob import cancel_command, encode_arg, job_log, start_command, wait_command
+from provisiond.agentjob import JobScope, cancel_command, encode_arg, start_command, wait_command
 from provisiond.context import Context
 from provisiond.errors import Conflict, Invalid
 from provisiond.hardware import InventoryView
@@ -84,19 +84,18 @@ class EraseJob:
         self.ctx = ctx
 
     def run(self, job_id: int) -> str:
-        db = self.ctx.db
+        db, scope = self.ctx.db, JobScope(self.ctx, job_id)
         with db.reader() as s:
-            job = s.get(Job, job_id)
-            mode, res = job.params["mode"], s.get(Resource, job.resource_id)
+            mode, res = scope.job(s).params["mode"], scope.resource(s)
             res_id, res_name = res.id, res.display_name
             disks = InventoryView.of(res.inventory).disk_paths
         if not disks:
             raise JobFailed(f"resource {res_name} reported no disks; nothing to erase")
         arg = encode_arg(mode=mode, disks=",".join(disks))
         cmd_id = start_command(self.ctx, job_id, res_id, "erase", arg)
-        job_log(db, job_id, f"asked the agent of {res_name} to erase {', '.join(disks)} ({mode})")
+        scope.log(f"asked the agent of {res_name} to erase {', '.join(disks)} ({mode})")
         last = wait_command(self.ctx, job_id, cmd_id, ERASE_TIMEOUT)
-        job_log(db, job_id, f"agent: {last}")
+        scope.log(f"agent: {last}")
         with db.transaction() as s:
             res = s.get(Resource, res_id)
             resources.set_state(s, res, RS.IDLE, f"erased ({mode})")
@@ -106,6 +105,6 @@ class EraseJob:
     def fail(self, job_id: int, reason: str) -> None:
         cancel_command(self.ctx.db, job_id, reason)
         with self.ctx.db.transaction() as s:
-            res = s.get(Resource, s.get(Job, job_id).resource_id)
+            res = JobScope(self.ctx, job_id).resource(s)
             if res is not None and res.state == RS.RELEASING:
                 resources.set_state(s, res, RS.FAILED, reason)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import re
 from typing import Any
 
 from sqlalchemy import or_, select
@@ -55,6 +56,21 @@ def find(session: Session, ref: str) -> Resource:
             f"resource '{ref}' not found (by name, MAC, IP or id); see `provisiond resource list`"
         )
     return res
+
+
+#: a resource name: a DNS label (DNS answers for it, :mod:`provisiond.inventory`)
+NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+
+
+def rename(session: Session, res: Resource, name: Any, actor: str) -> None:
+    """Give ``res`` an operator's name: a DNS label no other resource has."""
+    if not isinstance(name, str) or not NAME.match(name):
+        raise Invalid("name: lower-case letters, digits and '-' (a DNS label)", field="name")
+    other = session.scalars(select(Resource.id).where(Resource.name == name)).first()
+    if other is not None and other != res.id:
+        raise Conflict(f"another resource is already named '{name}'", field="name")
+    events.record(session, actor, "resource.renamed", res.display_name, f"-> {name}")
+    res.name = name
 
 
 def ensure(session: Session, mac: str, actor: str = "daemon") -> Resource:

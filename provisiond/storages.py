@@ -15,11 +15,16 @@ there by the shipped helper (:mod:`storage.exporters.lio_remote`). Each host
 is connected and reconciled on its own (:meth:`StorageService.connect_host`).
 A host that cannot be reached is marked ``down`` with the reason (its
 appliances cannot start) and polled until it answers; then it is reconciled.
+
+The configuration is the one source of storages: :func:`declared` is what the
+API, the CLI and the UI list, and :func:`read_only` is their answer to a
+create, change or remove (edit ``[[storage]]`` and restart instead).
 """
 
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import select
@@ -28,7 +33,7 @@ from sqlalchemy.orm import Session
 from provisiond import logs
 from provisiond.config import Config, StorageConfig
 from provisiond.db import Database
-from provisiond.errors import Invalid, NotFound
+from provisiond.errors import Conflict, Invalid, NotFound
 from provisiond.lifecycle import ApplianceState as AS
 from provisiond.model import Appliance, Storage, Volume
 from provisiond.modes import ApplianceMode as M
@@ -351,3 +356,60 @@ def _storage_of(session: Session, spec: ExportSpec) -> str | None:
         if (app.params or {}).get("target_iqn") == spec.target_iqn and app.volume is not None:
             return app.volume.storage.name
     return None
+
+
+# --- one source of truth: ``[[storage]]`` in the configuration ----------------------
+#
+# The backends (StorageManager) are built from the configuration only; the
+# Storage rows mirror it (StorageManager.sync_rows at start-up and ``init``)
+# and add what the daemon learns (a storage host's state). So the API, the
+# CLI and the UI list the declared storages, and refuse to create, change or
+# remove one: that is an edit of the configuration file and a restart.
+
+
+@dataclass(frozen=True)
+class Declared:
+    """A storage as the API, CLI and UI show it: its declaration and its row.
+
+    ``config`` is None for a row no ``[[storage]]`` declares any more (no
+    backend serves it; its volumes stay recorded); ``row`` is None for a
+    declared storage the daemon has not started with yet.
+    """
+
+    name: str
+    config: StorageConfig | None
+    row: Storage | None
+
+
+def declared(config: Config, session: Session) -> list[Declared]:
+    """The configured storages in file order, then rows no declaration backs."""
+    rows = {r.name: r for r in session.scalars(select(Storage).order_by(Storage.id))}
+    out = [Declared(st.name, st, rows.pop(st.name, None)) for st in config.storages]
+    return out + [Declared(name, None, row) for name, row in rows.items()]
+
+
+def find_declared(config: Config, session: Session, ref: str) -> Declared:
+    """One storage by name (or its row's id); NotFound naming the list command."""
+    for d in declared(config, session):
+        if d.name == ref or (d.row is not None and ref.isdigit() and d.row.id == int(ref)):
+            return d
+    raise NotFound(f"storage '{ref}' not found; see `provisiond storage list`", field="storage")
+
+
+def read_only(storage: Declared | None = None) -> Conflict:
+    """The refusal of a storage write through the API: the configuration is the source."""
+    if storage is None:
+        return Conflict(
+            "storages are declared in provisiond.toml: add a [[storage]] table there "
+            "(name, backend, path) and restart provisiond",
+            field="name",
+        )
+    if storage.config is None:
+        return Conflict(
+            f"storage {storage.name} is not declared in provisiond.toml any more, so no backend "
+            "serves it; declare it again in a [[storage]] table to use its volumes"
+        )
+    return Conflict(
+        f"storage {storage.name} is declared in provisiond.toml; edit [[storage]] there "
+        "and restart provisiond"
+    )

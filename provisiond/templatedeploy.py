@@ -38,10 +38,10 @@ from sqlalchemy import select
 from provisiond import appliances, installs, jobs, logs, rootfs, templatestore
 from provisiond.agentjob import (
     Gone,
+    JobScope,
     appliance_of,
     cancel_command,
     encode_arg,
-    job_log,
     open_command,
     start_command,
     wait_command,
@@ -99,13 +99,12 @@ class TemplateStart:
         self.ctx = ctx
 
     def run(self, job_id: int) -> str:
-        ctx, db = self.ctx, self.ctx.db
+        ctx, db, scope = self.ctx, self.ctx.db, JobScope(self.ctx, job_id)
         r = renderer(ctx)
         token = new_token()
         waiting = None
         with db.transaction() as s:
-            job = s.get(Job, job_id)
-            app = s.get(Appliance, job.appliance_id)
+            job, app = scope.job(s), scope.appliance(s)
             res = app.resource
             app.params = {k: v for k, v in (app.params or {}).items() if k not in INSTALL_KEYS}
             name = str((app.params or {}).get("template") or installs.DEFAULT_SET)
@@ -123,8 +122,7 @@ class TemplateStart:
             ctx.ring()
             return self._wait_report(*waiting)
         with db.transaction() as s:
-            job = s.get(Job, job_id)
-            app = s.get(Appliance, job.appliance_id)
+            job, app = scope.job(s), scope.appliance(s)
             res = app.resource
             try:
                 ref = rootfs.lookup(params["rootfs"])
@@ -139,30 +137,30 @@ class TemplateStart:
             res_id, res_name, disk = res.id, res.display_name, params["disk"]
             firmware = params["firmware"]
         mib = ref.size / 2**20
-        job_log(db, job_id, f"rendered {name}: {len(files)} files for {res_name} "
-                            f"({firmware}, {disk}); rootfs {ref.name} {mib:.0f} MiB")  # fmt: skip
+        scope.log(f"rendered {name}: {len(files)} files for {res_name} "
+                  f"({firmware}, {disk}); rootfs {ref.name} {mib:.0f} MiB")  # fmt: skip
         path = bundle_path(ctx, job_id)
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         write_private(path, make_bundle(files, dict(tset.modes)))
         arg = encode_arg(disk=disk, firmware=firmware, template=name)
         cmd_id = start_command(ctx, job_id, res_id, "install", arg, bundle=str(path))
-        job_log(db, job_id, f"asked the agent of {res_name} to install (command {cmd_id})")
+        scope.log(f"asked the agent of {res_name} to install (command {cmd_id})")
         try:
             last = wait_command(ctx, job_id, cmd_id, float(params.get("timeout", INSTALL_TIMEOUT)))
         except JobFailed:
             with db.reader() as s:
                 out = s.get(Job, cmd_id).log.splitlines()
-            job_log(db, job_id, "agent output (last lines):\n" + "\n".join(out[-25:]))
+            scope.log("agent output (last lines):\n" + "\n".join(out[-25:]))
             raise
         finally:
             path.unlink(missing_ok=True)
-        job_log(db, job_id, f"agent: {last}")
+        scope.log(f"agent: {last}")
         with db.transaction() as s:
-            app = appliance_of(s, job_id)
+            app = scope.appliance(s)
             stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
             app.params = {**(app.params or {}), "installed": stamp}
         ctx.inventory.refresh()
-        job_log(db, job_id, "installed; waiting for the installed OS to report in")
+        scope.log("installed; waiting for the installed OS to report in")
         return self._wait_report(job_id, res_name, float(params.get("report_timeout",
                                                                     REPORT_TIMEOUT)))  # fmt: skip
 
@@ -200,7 +198,7 @@ class TemplateStart:
         while time.monotonic() < deadline:
             with self.ctx.db.reader() as s:
                 job = s.get(Job, job_id)
-                app = s.get(Appliance, job.appliance_id) if job.appliance_id else None
+                app = appliance_of(s, job)
                 state, reported = (app.state if app else None), (job.params or {}).get("reported")
                 job_state = job.state
             if state == AS.ACTIVE and reported:
@@ -309,7 +307,7 @@ def installer_progress(ctx: Context, resource_id: int, token: str, step: str) ->
         raise Invalid(f"installer step {step[:40]!r}: one word of a-z, 0-9 and '-'", "step")
     with ctx.db.transaction() as s:
         job = _running_install(s, resource_id, token)
-        app = s.get(Appliance, job.appliance_id) if job and job.appliance_id else None
+        app = appliance_of(s, job)
         if job is None or app is None or app.state != AS.STARTING:
             raise NotFound("no install in progress for this URL")
         steps = list((job.params or {}).get("installer_steps", []))
@@ -326,7 +324,7 @@ def answer_file(ctx: Context, resource_id: int, token: str, path: str) -> str:
     """A rendered file of the installing resource's set, only while it installs (else 404)."""
     with ctx.db.reader() as s:
         job = _running_install(s, resource_id, token)
-        app = s.get(Appliance, job.appliance_id) if job and job.appliance_id else None
+        app = appliance_of(s, job)
         if job is None or app is None or app.state != AS.STARTING:
             raise NotFound("no install in progress for this URL")
         name = str((app.params or {}).get("template") or installs.DEFAULT_SET)

@@ -72,16 +72,6 @@ def _check_password(password: str) -> str:
     return password
 
 
-def find(session: Session, ref: str) -> User:
-    cond = User.name == ref
-    if str(ref).isdigit():
-        cond = cond | (User.id == int(ref))
-    user = session.scalars(select(User).where(cond)).first()
-    if user is None:
-        raise NotFound(f"user '{ref}' not found", field="user")
-    return user
-
-
 def create(session: Session, name: str, password: str, role: str, actor: str) -> User:
     if not isinstance(name, str) or not _NAME.match(name):
         raise Invalid("name: letters, digits, '.', '_' or '-' (up to 64)", field="name")

@@ -31,6 +31,9 @@ def lab(tmp_path):
     with Lab("strm") as lab:
         extra = f'[[storage]]\nname = "local"\nbackend = "file"\npath = "{tmp_path / "images"}"\n'
         extra += f'[images]\nimport_dirs = ["{tmp_path}"]\n'
+        # these tests are about the data path: active once written and verified (the boot
+        # proof of a written disk is tests/interop/test_localboot.py)
+        extra += "[local]\nconfirm_boot = false\n"
         d = LabDaemon(lab, tmp_path, lab_config(lab, tmp_path / "state", extra))
         d.cli("init")
         d.add_fake_kernel()

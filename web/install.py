@@ -12,7 +12,10 @@ GET  /install/v1/rootfs/<name>.tar.zst      the root file-system archive (Range
                                             host keys, no passwords)
 POST /install/v1/done                       the installed OS reports in, once:
                                             ``Authorization: Bearer <one-time
-                                            token>``, form hostname=, hostkey=
+                                            token>``, form hostname=, hostkey=;
+                                            also a local deploy's booted OS
+                                            (token from its disk's report-in
+                                            slot, provisiond/reportslot.py)
 GET  /install/v1/<res>/<token>/progress/<s> an installer reports step <s> (a
                                             word) into the install job's log;
                                             same token, same rule (else 404)

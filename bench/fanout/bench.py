@@ -71,6 +71,7 @@ class Bench:
         self.lab, self.work = lab, work
         extra = f'[[storage]]\nname = "local"\nbackend = "file"\npath = "{work / "images"}"\n'
         extra += f'[images]\nimport_dirs = ["{work}"]\n'
+        extra += "[local]\nconfirm_boot = false\n"  # host agents boot no OS: written = done
         # every leg's machines are new (each boots by DHCP once): a wider pool than the lab's
         cfg = lab_config(lab, work / "state", extra).replace(
             f'range = ["{lab.net}.100", "{lab.net}.120"]',

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import click
 
-from provisiond import appliances, hapools, resources
+from provisiond import hapools, lookup, resources
 from provisiond.cli.base import ACTOR, Env, emit, handle_errors, json_option, main
+from provisiond.model import Appliance
 
 
 @main.group("ha")
@@ -51,7 +52,7 @@ def ha_status(env: Env, as_json: bool) -> None:
 def ha_token(env: Env, appliance_ref: str) -> None:
     """A new heartbeat token for the appliance's OS reporter (printed once)."""
     with env.db.transaction() as s:
-        app = appliances.find(s, appliance_ref)
+        app = lookup.find(s, Appliance, appliance_ref)
         if not app.ha:
             raise click.UsageError(f"appliance '{app.name}' has no HA; create it with --ha")
         token = hapools.new_reporter_token(s, app, ACTOR)

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 from sqlalchemy import select
 
-from provisiond import appliances, present, resources
+from provisiond import lookup, present, resources
 from provisiond.cli.base import (
     ACTOR,
     Env,
@@ -193,7 +193,7 @@ def image_rm(env: Env, ref: str) -> None:
     from provisiond.storages import StorageManager
 
     with env.db.transaction() as s:
-        img = images.find(s, ref)
+        img = lookup.find(s, Image, ref)
         name = img.name
         images.remove(s, StorageManager(env.config), img, ACTOR)
     click.echo(f"removed image {name}")
@@ -207,7 +207,7 @@ def image_rm(env: Env, ref: str) -> None:
 def image_show(env: Env, ref: str, as_json: bool) -> None:
     """Show one image: storage, volume, size, clones."""
     with env.db.transaction() as s:
-        img = appliances._by_name(s, Image, ref, "image")
+        img = lookup.find(s, Image, ref)
         emit(as_json, present.image(img))
 
 
@@ -242,3 +242,25 @@ def kernel_add(env: Env, name, kernel_file, initrd_file, cmdline, make_default) 
     kernels.add(env.config, env.db, name, Path(kernel_file),
                 Path(initrd_file) if initrd_file else None, cmdline, make_default)  # fmt: skip
     click.echo(f"kernel {name} added" + (" (default)" if make_default else ""))
+
+
+# ---------------------------------------------------------------------------
+# storages: declared in the configuration (provisiond.storages), listed here
+
+
+@main.group("storage")
+def storage_group() -> None:
+    """Storages declared in the configuration ([[storage]]): list them."""
+
+
+@storage_group.command("list")
+@json_option
+@click.pass_obj
+@handle_errors
+def storage_list(env: Env, as_json: bool) -> None:
+    """List the declared storages (edit [[storage]] in the config file to change them)."""
+    from provisiond import storages
+
+    with env.db.reader() as s:
+        rows = [present.declared_storage(d) for d in storages.declared(env.config, s)]
+    emit(as_json, rows, ["name", "backend", "path", "exporter", "host", "host_state", "declared"])

@@ -7,7 +7,7 @@ from collections.abc import Callable
 import click
 from sqlalchemy import select
 
-from provisiond import appliances, installs, present, resources
+from provisiond import appliances, installs, lookup, present, resources
 from provisiond.cli.base import (
     ACTOR,
     Env,
@@ -48,7 +48,7 @@ def appliance_list(env: Env, as_json: bool) -> None:
 def appliance_show(env: Env, ref: str, as_json: bool) -> None:
     """Show one appliance: resource, kernel, image, mode, parameters."""
     with env.db.transaction() as s:
-        emit(as_json, present.appliance(appliances.find(s, ref)))
+        emit(as_json, present.appliance(lookup.find(s, Appliance, ref)))
 
 
 def _params(pairs: tuple[str, ...]) -> dict[str, str]:
@@ -101,7 +101,7 @@ def appliance_create(
 
 def _appliance_action(env: Env, ref: str, action: Callable, wait: bool) -> None:
     with env.db.transaction() as s:
-        app = appliances.find(s, ref)
+        app = lookup.find(s, Appliance, ref)
         job = action(s, app, ACTOR)
         name, job_id = app.name, job.id
     click.echo(f"appliance {name}: {app.state} (job {job_id}; `provisiond job show {job_id}`)")
@@ -144,7 +144,7 @@ def appliance_rm(env: Env, ref: str, keep_volume: bool) -> None:
         manager.backend(vol.storage.name).delete(vol.name)
 
     with env.db.transaction() as s:
-        app = appliances.find(s, ref)
+        app = lookup.find(s, Appliance, ref)
         name = app.name
         appliances.remove(s, app, ACTOR, None if keep_volume else delete_volume)
     click.echo(f"removed appliance {name}" + (" (volume kept)" if keep_volume else ""))

@@ -33,10 +33,11 @@ def _bench():
 def test_fifty_agents_for_twenty_seconds(tmp_path):
     require_root_netns()
     args = argparse.Namespace(
-        duration=20, wait=30, commands_per_s=2.0, storm_limit=120, database_url="",
-        code=None, results=tmp_path / "results.jsonl",
+        duration=20, wait=30, commands_per_s=2.0, storm_limit=120, storm_window=10,
+        database_url="", code=None, results=tmp_path / "results.jsonl", load_nice=0,
+        py_spy=None, py_spy_s=0, py_spy_gil=False,
     )  # fmt: skip
-    r = _bench().one_run(args, 50, tmp_path)
+    r = _bench().one_run(args, 50, tmp_path, f"sqlite:///{tmp_path}/state/provisiond.db")
     assert r["daemon_alive"]
     assert r["storm"]["registered"] == 50 and r["storm"]["failed"] == 0, r["storm"]
     assert r["storm"]["status5xx"] == 0 and r["status5xx"] == 0, r
@@ -47,3 +48,4 @@ def test_fifty_agents_for_twenty_seconds(tmp_path):
     assert r["commands_delivered"] == r["commands_queued"], r
     assert r["results_ok"] >= r["commands_delivered"], r
     assert r["healthz_n"] > 10 and r["resources_n"] > 5, r
+    assert r["load_cpu_pct"] is not None and r["load_lag_p99_ms"] is not None, r

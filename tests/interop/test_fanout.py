@@ -58,6 +58,7 @@ def lab3(tmp_path):
     with Lab("fan") as lab:
         extra = f'[[storage]]\nname = "local"\nbackend = "file"\npath = "{tmp_path / "images"}"\n'
         extra += f'[images]\nimport_dirs = ["{tmp_path}"]\n'
+        extra += "[local]\nconfirm_boot = false\n"  # host agents boot no OS
         d = LabDaemon(lab, tmp_path, lab_config(lab, tmp_path / "state", extra))
         d.cli("init")
         d.add_fake_kernel()

@@ -11,6 +11,15 @@ waits for a virtio disk (``/dev/vda``, e.g. hot-plugged later), writes
 prints the same line: a write the booted guest itself made, which the test
 finds (or not) on each volume.
 
+``report_in=True`` makes an image *built for provisiond* (issue 17): the disk
+reserves the report-in slot (:mod:`provisiond.reportslot`, in the gap before
+the partition) and the initramfs carries the kernel's virtio modules and a
+report-in step: it reads the slot from ``/dev/vda``, writes the placeholder
+back, gets an address with busybox udhcpc and posts the record's token to
+the record's URL with busybox wget, printing ``REPORTED-IN <label>`` (or
+``REPORT-IN FAILED ...``) on the console. ``silent=True``: it gets its
+address but never reports in (``REPORT-IN SKIPPED``; a fault case).
+
 This host's kernel lacks MBR partition scanning on loop devices, so the
 partition is mapped with ``losetup --offset`` and the VBR's "hidden
 sectors" field is patched to the partition start afterwards (extlinux cannot
@@ -25,6 +34,8 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
+
+from provisiond import reportslot
 
 PART_START = 2048  # sectors
 PROBE_OFFSET = 22 << 20  # where a probe guest writes its token (inside the ext2, unused)
@@ -51,15 +62,72 @@ while :; do /bin/busybox sleep 3600; done
 """
 
 
+REPORT_IN = """
+B=/bin/busybox
+$B mount -t sysfs sysfs /sys
+for m in $($B cat /modules.order); do $B insmod "/lib/modules/$m" 2>/dev/null; done
+i=0
+while [ ! -b /dev/vda ] && [ $i -lt 30 ]; do $B sleep 1; i=$((i + 1)); done
+$B dd if=/dev/vda of=/slot bs=4096 skip=255 count=1 2>/dev/null
+$B tr -d '\\000' </slot >/slot.txt
+URL=$($B sed -n 's/^url=//p' /slot.txt)
+TOK=$($B sed -n 's/^token=//p' /slot.txt)
+if [ "$($B head -n 1 /slot.txt)" != "PROVISIOND-REPORT-IN v1" ] || [ -z "$TOK" ]; then
+  $B echo "REPORT-IN FAILED: no report-in record in the slot"
+else
+  { $B printf 'PROVISIOND-REPORT-IN-SLOT v1\\n'; $B head -c 4067 /dev/zero; } >/ph
+  $B dd if=/ph of=/dev/vda bs=4096 seek=255 count=1 conv=notrunc,fsync 2>/dev/null
+  $B ip link set eth0 up
+  $B udhcpc -i eth0 -n -q -t 10 -T 2 -s /udhcpc.sh >/dev/null 2>&1
+  if [ -n "$SILENT" ]; then
+    $B echo "REPORT-IN SKIPPED: this image never reports in"
+  elif $B wget -q -O /dev/null --header "Authorization: Bearer $TOK" \\
+      --post-data "hostname=$L" "$URL"; then
+    $B echo "REPORTED-IN $L"
+  else
+    $B echo "REPORT-IN FAILED: POST $URL refused or unreachable"
+  fi
+fi
+"""
+UDHCPC = """#!/bin/busybox sh
+case "$1" in bound|renew) /bin/busybox ifconfig "$interface" "$ip" netmask "$subnet" up ;; esac
+"""
+NET_MODULES = ("virtio_pci", "virtio_blk", "virtio_net")
+
+
+def kernel_version(kernel: Path) -> str:
+    """The release of a bzImage (setup header field ``kernel_version``, boot protocol 2.00)."""
+    head = kernel.read_bytes()[:0x10000]
+    off = int.from_bytes(head[0x20E:0x210], "little") + 0x200
+    return head[off : off + 64].split(b" ", 1)[0].decode()
+
+
+def kernel_modules(kernel: Path, names=NET_MODULES) -> list[Path]:
+    """``names`` and their dependencies, in load order, for the kernel's release."""
+    release, out = kernel_version(kernel), []
+    for name in names:
+        deps = subprocess.run(["modprobe", "-S", release, "--show-depends", name],
+                              capture_output=True, text=True, check=True).stdout  # fmt: skip
+        for line in deps.splitlines():
+            if line.startswith("insmod ") and Path(line.split()[1]) not in out:
+                out.append(Path(line.split()[1]))
+    return out
+
+
 def _run(*argv: str) -> str:
     return subprocess.run(argv, check=True, capture_output=True, text=True).stdout
 
 
-def marker_initramfs(out: Path, modules: Path | None = None) -> Path:
-    """A gzip'd newc cpio: /bin/busybox, /init, /dev/console, /proc (+ virtio modules)."""
+def marker_initramfs(
+    out: Path, modules: Path | None = None, report: list[Path] | None = None, silent: bool = False
+) -> Path:
+    """A gzip'd newc cpio: /bin/busybox, /init, /dev/console, /proc (+ virtio modules).
+
+    ``report`` (module files in load order): the report-in variant (module doc).
+    """
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        for d in ("bin", "dev", "proc", "lib/modules"):
+        for d in ("bin", "dev", "proc", "sys", "lib/modules"):
             (root / d).mkdir(parents=True)
         if modules is not None:
             for m in VIRTIO:
@@ -68,7 +136,17 @@ def marker_initramfs(out: Path, modules: Path | None = None) -> Path:
                 " ".join(m.split("/")[1] for m in VIRTIO) + "\n"
             )
         shutil.copy("/bin/busybox", root / "bin" / "busybox")
-        (root / "init").write_text(INIT)
+        init = INIT
+        if report is not None:
+            for ko in report:
+                shutil.copy(ko, root / "lib" / "modules" / ko.name)
+            (root / "modules.order").write_text("".join(f"{ko.name}\n" for ko in report))
+            (root / "udhcpc.sh").write_text(UDHCPC)
+            (root / "udhcpc.sh").chmod(0o755)
+            step = ("SILENT=1\n" if silent else "") + REPORT_IN
+            init = INIT.replace('/bin/busybox echo "$M $L"\n',
+                                '/bin/busybox echo "$M $L"\n' + step, 1)  # fmt: skip
+        (root / "init").write_text(init)
         (root / "init").chmod(0o755)
         os.mknod(root / "dev" / "console", 0o600 | 0o020000, os.makedev(5, 1))
         listing = subprocess.run(["find", "."], cwd=root, capture_output=True, check=True)
@@ -86,16 +164,21 @@ def build_boot_disk(
     size_mib: int = 64,
     fill_mib: int = 0,
     probe: bool = False,
+    report_in: bool = False,
+    silent: bool = False,
 ) -> Path:
     """Write a bootable raw disk to ``out``; it prints ``marker label`` when booted.
 
     ``fill_mib``: that much random data in ``/filler.bin`` (a file system in use).
     ``probe``: the guest writes a token into /dev/vda (see the module doc).
+    ``report_in``: built for provisiond (report-in slot + report-in step, module doc);
+    with ``silent`` its OS gets an address but never reports in.
     """
     work = out.parent / f".{out.name}.build"
     work.mkdir(parents=True, exist_ok=True)
     modules = Path("/lib/modules") / kernel.name.removeprefix("vmlinuz-") if probe else None
-    initrd = marker_initramfs(work / "initrd.img", modules)
+    report = kernel_modules(kernel) if report_in else None
+    initrd = marker_initramfs(work / "initrd.img", modules, report, silent)
     probe_arg = f" probe={PROBE_OFFSET}" if probe else ""
     with open(out, "wb") as fh:
         fh.truncate(size_mib * 2**20)
@@ -133,5 +216,9 @@ def build_boot_disk(
         fh.write(PART_START.to_bytes(4, "little"))
         fh.seek(0)
         fh.write(MBR_BIN.read_bytes()[:440])
+        if report_in:
+            assert reportslot.OFFSET + reportslot.SIZE <= PART_START * 512
+            fh.seek(reportslot.OFFSET)
+            fh.write(reportslot.placeholder())
     shutil.rmtree(work, ignore_errors=True)
     return out

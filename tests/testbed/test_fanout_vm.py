@@ -62,6 +62,8 @@ def test_fanout_one_image_to_three_vms_each_boots_it(testbed, boot_assets):
         f"\n[iscsi]\ntgt_control_port = {free_control_port()}\n"
         f'\n[[storage]]\nname = "local"\nbackend = "file"\npath = "{images}"\n'
         f'\n[images]\nimport_dirs = ["{tb.workdir}"]\n'
+        # active once written and verified; the boot itself is checked on each console
+        "\n[local]\nconfirm_boot = false\n"
     )
     tb.start_provisiond(config)
     cli(tb, "kernel", "add", "agent", "--kernel", str(boot_assets.kernel),

@@ -18,10 +18,10 @@ import pytest
 from sqlalchemy import select
 
 from provisiond import config as configmod
-from provisiond import images, users
+from provisiond import images, lookup, users
 from provisiond.app import build_context
 from provisiond.jobrunner import JobRunner
-from provisiond.model import Image, Job
+from provisiond.model import Image, Job, User
 from provisiond.storages import StorageManager
 from tests.conftest import write_config
 from web import create_app
@@ -42,7 +42,7 @@ def world(tmp_path):
     ctx.db.migrate()
     with ctx.db.transaction() as s:
         users.create(s, "admin", "correct horse battery", "admin", "test")
-        _, secret = users.create_token(s, users.find(s, "admin"), "t", "test")
+        _, secret = users.create_token(s, lookup.find(s, User, "admin"), "t", "test")
     client = create_app(ctx).test_client()
 
     def api(method: str, path: str, **kw):

@@ -1,5 +1,7 @@
 """A local deploy's boot proof: the pure rule, the booted-OS DHCP watch, the report-in slot."""
 
+# ruff: noqa: F811  (pytest fixtures imported from tests.unit.web_fixtures)
+
 from __future__ import annotations
 
 import pytest
@@ -8,6 +10,7 @@ from provisiond import reportslot
 from provisiond.bootchain import DiskSeen, OsDhcp, OsSeen, judge_disk
 from provisiond.config import ConfigError, parse
 from pxe.dhcp.codec import DhcpPacket
+from tests.unit.web_fixtures import app, ctx  # noqa: F401
 
 WHAT = "wrote and verified golden on /dev/vda of dep2"
 UP = OsSeen(count=1, ip="10.0.0.101", vendor="udhcp 1.36.1", armed=True)
@@ -118,9 +121,36 @@ def test_report_slot_refuses_unsafe_values(url, token):
 
 def test_local_settings():
     assert parse("").local.boot_timeout == 600
-    cfg = parse("[local]\nboot_timeout = 30\nmax_script_fetches = 3\nconfirm_boot = true\n")
+    assert parse("").local.confirm_boot is True
+    cfg = parse("[local]\nboot_timeout = 30\nmax_script_fetches = 3\nconfirm_boot = false\n")
     assert (cfg.local.boot_timeout, cfg.local.max_script_fetches, cfg.local.confirm_boot) == (
-        30, 3, True)  # fmt: skip
+        30, 3, False)  # fmt: skip
     for bad in ("boot_timeout = 1", "max_script_fetches = 1", "confirm_boot = 1", "nope = 1"):
         with pytest.raises(ConfigError):
             parse(f"[local]\n{bad}\n")
+
+
+LMAC = "52:54:00:7e:00:0a"
+
+
+@pytest.mark.parametrize(
+    "state, params, action",
+    [
+        ("starting", {}, "deploy"),  # the agent writes the disk
+        ("starting", {"written": "2026-01-01T00:00:00Z"}, "local-disk"),  # its reboot
+        ("active", {}, "local-disk"),
+        ("failed", {"written": "2026-01-01T00:00:00Z"}, "agent"),  # nothing keeps looping
+    ],
+)
+def test_policy_of_a_local_appliance(ctx, state, params, action):
+    from provisiond import resources
+    from provisiond.model import Appliance
+    from provisiond.policy import DatabasePolicy
+    from pxe.boot import Machine
+
+    with ctx.db.transaction() as s:
+        res = resources.ensure(s, LMAC)
+        s.add(Appliance(name="loc1", resource_id=res.id, mode="local", state=state, params=params))
+    ctx.inventory.refresh()
+    spec = DatabasePolicy(ctx.config, ctx.inventory).boot_spec(Machine(mac=LMAC))
+    assert spec.action == action

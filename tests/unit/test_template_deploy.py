@@ -8,8 +8,8 @@ import tarfile
 
 import pytest
 
-from provisiond import appliances, resources
-from provisiond.model import Job
+from provisiond import appliances, lookup, resources
+from provisiond.model import Appliance, Job
 from provisiond.policy import DatabasePolicy
 from provisiond.security import hash_token
 from provisiond.templatedeploy import make_bundle
@@ -57,11 +57,11 @@ def spec_of(ctx):
 def test_policy_agent_while_installing_disk_after(ctx, starting):
     assert spec_of(ctx).action == BootAction.DEPLOY  # the agent runs the install
     with ctx.db.transaction() as s:
-        app = appliances.find(s, "tpl1")
+        app = lookup.find(s, Appliance, "tpl1")
         app.params = {**app.params, "installed": "2026-01-01T00:00:00Z"}
     assert spec_of(ctx).action == BootAction.LOCAL_DISK  # the agent's reboot
     with ctx.db.transaction() as s:
-        app = appliances.find(s, "tpl1")
+        app = lookup.find(s, Appliance, "tpl1")
         app.params = {"hostname": "tpl1"}
         appliances.booted(s, app.resource_id)
     assert spec_of(ctx).action == BootAction.LOCAL_DISK  # active
@@ -77,11 +77,11 @@ def test_report_in_once_with_the_token(app, ctx, starting):
     assert done(client, "wrong-token-wrong-token").status_code == 401
     assert client.post("/install/v1/done").status_code == 401
     with ctx.db.reader() as s:
-        assert appliances.find(s, "tpl1").state == "starting"
+        assert lookup.find(s, Appliance, "tpl1").state == "starting"
     ok = done(client, "one-time-token-123456")
     assert ok.status_code == 200 and ok.get_json()["state"] == "active"
     with ctx.db.reader() as s:
-        app_ = appliances.find(s, "tpl1")
+        app_ = lookup.find(s, Appliance, "tpl1")
         res = resources.find(s, MAC)
         job = s.get(Job, starting["job"])
         assert (app_.state, res.state, res.hostkey) == ("active", "active", HOSTKEY)

@@ -8,7 +8,7 @@ import re
 import pytest
 from sqlalchemy import select
 
-from provisiond import users
+from provisiond import lookup, users
 from provisiond.model import User
 from tests.unit.web_fixtures import PASSWORD, api, app, csrf_of, ctx, login, tokens  # noqa: F401
 
@@ -175,7 +175,7 @@ def test_role_change_ends_the_session_and_applies_at_the_next_login(app, ctx):
     login(client, "operator")
     assert client.get("/users").status_code == 403
     with ctx.db.transaction() as s:
-        users.update(s, users.find(s, "operator"), "test", role="admin")
+        users.update(s, lookup.find(s, User, "operator"), "test", role="admin")
     assert client.get("/users").status_code == 302  # issue 11 finding 6: session ended
     login(client, "operator")
     assert client.get("/users").status_code == 200

@@ -7,8 +7,9 @@ import re
 import pytest
 
 from provisiond import config as configmod
-from provisiond import users
+from provisiond import lookup, users
 from provisiond.app import build_context
+from provisiond.model import User
 from tests.conftest import write_config
 from web import create_app
 
@@ -51,7 +52,7 @@ def tokens(app):
     out = {}
     with app.extensions["provisiond"].db.transaction() as s:
         for role in ROLES:
-            _, secret = users.create_token(s, users.find(s, role), "t", "test")
+            _, secret = users.create_token(s, lookup.find(s, User, role), "t", "test")
             out[role] = secret
     return out
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from flask import jsonify
 from sqlalchemy import select
 
-from provisiond import users
+from provisiond import lookup, users
 from provisiond.model import ApiToken, User
 from web.api import bp
 from web.api.auth import actor, current, requires
@@ -49,7 +49,7 @@ def user_create():
 @requires("admin")
 def user_show(ref: str):
     with ctx().db.reader() as s:
-        return jsonify(users.user_dict(users.find(s, ref)))
+        return jsonify(users.user_dict(lookup.find(s, User, ref)))
 
 
 @bp.patch("/users/<ref>")
@@ -59,7 +59,7 @@ def user_update(ref: str):
     with ctx().db.transaction() as s:
         user = users.update(
             s,
-            users.find(s, ref),
+            lookup.find(s, User, ref),
             actor(),
             role=typed(data, "role", str),
             password=typed(data, "password", str),
@@ -71,7 +71,7 @@ def user_update(ref: str):
 @requires("admin")
 def user_delete(ref: str):
     with ctx().db.transaction() as s:
-        users.delete(s, users.find(s, ref), actor())
+        users.delete(s, lookup.find(s, User, ref), actor())
     return "", 204
 
 
@@ -93,7 +93,7 @@ def token_create():
         owner_ref = typed(data, "user", str)
         if owner_ref and owner_ref != p.name and not p.can("admin"):
             raise users.Invalid("only an admin may create tokens for another user", field="user")
-        owner = users.find(s, owner_ref) if owner_ref else s.get(User, p.user_id)
+        owner = lookup.find(s, User, owner_ref) if owner_ref else s.get(User, p.user_id)
         tok, secret = users.create_token(s, owner, typed(data, "name", str), actor())
         return jsonify({**users.token_dict(tok), "token": secret}), 201
 

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from flask import jsonify
 
-from provisiond import appliances, hapools, present, resources
+from provisiond import hapools, lookup, present, resources
 from provisiond.errors import Invalid
+from provisiond.model import Appliance
 from web.api import bp
 from web.api.auth import actor
 from web.api.common import body, ctx
@@ -39,7 +40,7 @@ def resource_ha_pool(ref: str):
 @bp.post("/appliances/<ref>/ha-token")
 def appliance_ha_token(ref: str):
     with ctx().db.transaction() as s:
-        app = appliances.find(s, ref)
+        app = lookup.find(s, Appliance, ref)
         if not app.ha:
             raise Invalid(f"appliance '{app.name}' has no HA; create it with --ha", field="ha")
         token = hapools.new_reporter_token(s, app, actor())

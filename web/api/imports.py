@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from flask import jsonify
 
-from provisiond import images, present
+from provisiond import images, lookup, present
 from provisiond.errors import Invalid
-from provisiond.model import Job
+from provisiond.model import Image, Job
 from provisiond.storages import StorageManager
 from web.api.auth import actor
 from web.api.common import body, ctx, typed
@@ -37,6 +37,6 @@ def start_import(data: dict | None = None, who: str | None = None):
 
 def remove_image(ref: str):
     with ctx().db.transaction() as s:
-        images.remove(s, StorageManager(ctx().config), images.find(s, ref), actor=actor())
+        images.remove(s, StorageManager(ctx().config), lookup.find(s, Image, ref), actor=actor())
     ctx().inventory.refresh()
     return "", 204

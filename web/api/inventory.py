@@ -1,10 +1,12 @@
 """REST views of the inventory: resources, images, kernels and storages.
 
-Owns ``/api/v1/{resources,images,kernels,storages}``. State changes call the
-service modules (:mod:`provisiond.resources`, :mod:`provisiond.jobs`,
-:mod:`provisiond.images`, :mod:`provisiond.release`, :mod:`provisiond.capture`);
-long work answers 202 with its job. Kernel and storage records and resource
-names are plain rows edited here with an audit event each.
+Owns ``/api/v1/{resources,images,kernels,storages}`` — views only. State
+changes and their rules are the core's (:mod:`provisiond.resources` with
+renaming, :mod:`provisiond.jobs`, :mod:`provisiond.images`,
+:mod:`provisiond.kernels`, :mod:`provisiond.release`,
+:mod:`provisiond.capture`), so the CLI applies the same ones; long work
+answers 202 with its job. Storages are read-only here: the configuration's
+``[[storage]]`` tables are their one source (:mod:`provisiond.storages`).
 """
 
 from __future__ import annotations
@@ -16,14 +18,23 @@ from flask import jsonify
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
-from provisiond import appliances, capture, events, jobs, kernels, present, release, resources
-from provisiond.errors import Conflict, Invalid
-from provisiond.model import Appliance, Image, Kernel, Resource, Storage, Volume
+from provisiond import (
+    capture,
+    images,
+    jobs,
+    kernels,
+    lookup,
+    present,
+    release,
+    resources,
+    storages,
+)
+from provisiond.errors import Invalid
+from provisiond.model import Appliance, Image, Kernel, Resource, Volume
 from web.api import bp
 from web.api.auth import actor, requires
-from web.api.common import body, ctx, paginate, typed
+from web.api.common import body, ctx, page_args, paginate, typed
 
-_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _MAC_CHARS = re.compile(r"^[0-9a-fA-F:.-]+$")
 
 
@@ -68,20 +79,10 @@ def resource_create():
         except ValueError:
             raise Invalid(f"mac {data['mac']!r} is not a MAC address", field="mac")
         if data.get("name"):
-            rename(s, res, data["name"])
+            resources.rename(s, res, data["name"], actor())
         out = present.resource(res, detail=True)
     ctx().inventory.refresh()
     return jsonify(out), 201
-
-
-def rename(session: Session, res: Resource, name: Any) -> None:
-    if not isinstance(name, str) or not _LABEL.match(name):
-        raise Invalid("name: lower-case letters, digits and '-' (a DNS label)", field="name")
-    other = session.scalars(select(Resource.id).where(Resource.name == name)).first()
-    if other is not None and other != res.id:
-        raise Conflict(f"another resource is already named '{name}'", field="name")
-    events.record(session, actor(), "resource.renamed", res.display_name, f"-> {name}")
-    res.name = name
 
 
 @bp.get("/resources/<ref>")
@@ -100,7 +101,7 @@ def resource_update(ref: str):
     with ctx().db.transaction() as s:
         res = resources.find(s, ref)
         if "name" in data:
-            rename(s, res, data["name"])
+            resources.rename(s, res, data["name"], actor())
         out = present.resource(res, detail=True)
     ctx().inventory.refresh()
     return jsonify(out)
@@ -217,7 +218,7 @@ def image_list():
 @bp.get("/images/<ref>")
 def image_show(ref: str):
     with ctx().db.reader() as s:
-        img = appliances._by_name(s, Image, ref, "image")
+        img = lookup.find(s, Image, ref)
         return jsonify({**present.image(img), "used_by": image_used_by(s, img)})
 
 
@@ -232,18 +233,8 @@ def image_import():
 def image_update(ref: str):
     data = body({"name", "os"})
     with ctx().db.transaction() as s:
-        img = appliances._by_name(s, Image, ref, "image")
-        if "name" in data:
-            name = typed(data, "name", str)
-            if (
-                not name
-                or s.scalars(select(Image.id).where(Image.name == name, Image.id != img.id)).first()
-            ):
-                raise Conflict(f"image name {name!r} is empty or taken", field="name")
-            img.name = name
-        if "os" in data:
-            img.os = typed(data, "os", str)
-        events.record(s, actor(), "image.updated", img.name, ", ".join(sorted(data)))
+        fields = {k: typed(data, k, str) for k in ("name", "os") if k in data}
+        img = images.change(s, lookup.find(s, Image, ref), fields, actor())
         return jsonify(present.image(img))
 
 
@@ -258,28 +249,12 @@ def image_delete(ref: str):
 
 
 KERNEL_FIELDS = {"name", "version", "kernel_path", "initrd_path", "cmdline", "is_default"}
-KERNEL_TEXT = ("version", "kernel_path", "initrd_path", "cmdline")
 
 
-def _apply_kernel(session: Session, k: Kernel, data: dict[str, Any]) -> None:
-    for key in ("name", *KERNEL_TEXT):
-        if key in data:
-            setattr(k, key, typed(data, key, str))
-    if not k.name or not k.kernel_path:
-        raise Invalid(
-            "name and kernel_path are required", field="name" if not k.name else "kernel_path"
-        )
-    kernels.check_script_fields({key: getattr(k, key) for key in ("name", *KERNEL_TEXT)})
-    for key in ("kernel_path", "initrd_path"):
-        path = getattr(k, key) or ""
-        if path.startswith("/") or ".." in path.split("/"):
-            raise Invalid(f"{key} must be relative to the boot assets directory", field=key)
-    if typed(data, "is_default", bool):
-        for other in session.scalars(select(Kernel).where(Kernel.is_default)):
-            other.is_default = False
-        k.is_default = True
-    elif data.get("is_default") is False:
-        k.is_default = False
+def _kernel_fields(data: dict[str, Any]) -> tuple[dict[str, Any], bool | None]:
+    """The body's typed kernel fields and is_default; the rules are kernels.check's."""
+    fields = {k: typed(data, k, str) for k in ("name", *kernels.TEXT_FIELDS) if k in data}
+    return fields, typed(data, "is_default", bool)
 
 
 @bp.get("/kernels")
@@ -292,13 +267,7 @@ def kernel_list():
 def kernel_create():
     data = body(KERNEL_FIELDS, {"name", "kernel_path"})
     with ctx().db.transaction() as s:
-        if s.scalars(select(Kernel.id).where(Kernel.name == data["name"])).first():
-            raise Conflict(f"kernel '{data['name']}' already exists", field="name")
-        k = Kernel(name="", kernel_path="")
-        _apply_kernel(s, k, data)
-        s.add(k)
-        s.flush()
-        events.record(s, actor(), "kernel.created", k.name, k.kernel_path)
+        k = kernels.create(s, *_kernel_fields(data), actor())
         out = present.kernel(k)
     ctx().inventory.refresh()
     return jsonify(out), 201
@@ -307,16 +276,14 @@ def kernel_create():
 @bp.get("/kernels/<ref>")
 def kernel_show(ref: str):
     with ctx().db.reader() as s:
-        return jsonify(present.kernel(appliances._by_name(s, Kernel, ref, "kernel")))
+        return jsonify(present.kernel(lookup.find(s, Kernel, ref)))
 
 
 @bp.patch("/kernels/<ref>")
 def kernel_update(ref: str):
     data = body(KERNEL_FIELDS)
     with ctx().db.transaction() as s:
-        k = appliances._by_name(s, Kernel, ref, "kernel")
-        _apply_kernel(s, k, data)
-        events.record(s, actor(), "kernel.updated", k.name, ", ".join(sorted(data)))
+        k = kernels.change(s, lookup.find(s, Kernel, ref), *_kernel_fields(data), actor())
         out = present.kernel(k)
     ctx().inventory.refresh()
     return jsonify(out)
@@ -325,91 +292,47 @@ def kernel_update(ref: str):
 @bp.delete("/kernels/<ref>")
 def kernel_delete(ref: str):
     with ctx().db.transaction() as s:
-        k = appliances._by_name(s, Kernel, ref, "kernel")
-        used = list(s.scalars(select(Appliance.name).where(Appliance.kernel_id == k.id)))
-        if used:
-            raise Conflict(f"kernel '{k.name}' is used by appliances: {', '.join(used)}")
-        events.record(s, actor(), "kernel.removed", k.name, "")
-        s.delete(k)
+        kernels.remove(s, lookup.find(s, Kernel, ref), actor())
     ctx().inventory.refresh()
     return "", 204
 
 
 # ---------------------------------------------------------------- storages
-
-BACKENDS = ("file", "reflink", "lvm")
-EXPORTERS = ("auto", "tgt", "lio")
-
-
-def _apply_storage(st: Storage, data: dict[str, Any]) -> None:
-    for key in ("name", "path"):
-        if key in data:
-            setattr(st, key, typed(data, key, str))
-    if "backend" in data:
-        if data["backend"] not in BACKENDS:
-            raise Invalid(f"backend must be one of {', '.join(BACKENDS)}", field="backend")
-        st.backend = data["backend"]
-    if "exporter" in data:
-        if data["exporter"] not in EXPORTERS:
-            raise Invalid(f"exporter must be one of {', '.join(EXPORTERS)}", field="exporter")
-        st.exporter = data["exporter"]
+# The configuration's [[storage]] tables are the one source (provisiond.storages):
+# these views list them and refuse writes with the edit to make instead.
 
 
 @bp.get("/storages")
 def storage_list():
+    limit, offset = page_args()
     with ctx().db.reader() as s:
-        return jsonify(paginate(s, select(Storage).order_by(Storage.id), present.storage))
+        items = [present.declared_storage(d) for d in storages.declared(ctx().config, s)]
+    page = items[offset : offset + limit]
+    return jsonify({"items": page, "total": len(items), "limit": limit, "offset": offset})
 
 
 @bp.post("/storages")
 def storage_create():
-    data = body({"name", "backend", "path", "exporter"}, {"name", "backend", "path"})
-    with ctx().db.transaction() as s:
-        if s.scalars(select(Storage.id).where(Storage.name == data["name"])).first():
-            raise Conflict(f"storage '{data['name']}' already exists", field="name")
-        st = Storage(name="", backend="file", path="", exporter="auto")
-        _apply_storage(st, data)
-        s.add(st)
-        s.flush()
-        events.record(s, actor(), "storage.created", st.name, f"{st.backend} {st.path}")
-        return jsonify(present.storage(st)), 201
-
-
-def _storage(s: Session, ref: str) -> Storage:
-    return appliances._by_name(s, Storage, ref, "storage")
+    raise storages.read_only()
 
 
 @bp.get("/storages/<ref>")
 def storage_show(ref: str):
     with ctx().db.reader() as s:
-        st = _storage(s, ref)
-        vols = s.scalars(select(Volume).where(Volume.storage_id == st.id)).all()
-        out = present.storage(st)
+        d = storages.find_declared(ctx().config, s, ref)
+        out = present.declared_storage(d)
+        vols = s.scalars(select(Volume).where(Volume.storage_id == d.row.id)) if d.row else []
         out["volumes"] = [{"id": v.id, "name": v.name, "size": v.size} for v in vols]
         return jsonify(out)
 
 
 @bp.patch("/storages/<ref>")
 def storage_update(ref: str):
-    data = body({"name", "path", "exporter"})
-    with ctx().db.transaction() as s:
-        st = _storage(s, ref)
-        if (
-            "path" in data
-            and s.scalars(select(Volume.id).where(Volume.storage_id == st.id)).first()
-        ):
-            raise Conflict(f"storage '{st.name}' holds volumes; its path cannot change", "path")
-        _apply_storage(st, data)
-        events.record(s, actor(), "storage.updated", st.name, ", ".join(sorted(data)))
-        return jsonify(present.storage(st))
+    with ctx().db.reader() as s:
+        raise storages.read_only(storages.find_declared(ctx().config, s, ref))
 
 
 @bp.delete("/storages/<ref>")
 def storage_delete(ref: str):
-    with ctx().db.transaction() as s:
-        st = _storage(s, ref)
-        if s.scalars(select(Volume.id).where(Volume.storage_id == st.id)).first():
-            raise Conflict(f"storage '{st.name}' still holds volumes; remove its images first")
-        events.record(s, actor(), "storage.removed", st.name, "")
-        s.delete(st)
-    return "", 204
+    with ctx().db.reader() as s:
+        raise storages.read_only(storages.find_declared(ctx().config, s, ref))

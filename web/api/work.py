@@ -11,7 +11,7 @@ from __future__ import annotations
 from flask import jsonify, request
 from sqlalchemy import select
 
-from provisiond import appliances, installs, jobs, present, resources
+from provisiond import appliances, installs, jobs, lookup, present, resources
 from provisiond.errors import Conflict, Invalid
 from provisiond.lifecycle import ApplianceState as AS
 from provisiond.lifecycle import JobState as JS
@@ -70,7 +70,7 @@ def appliance_create():
 @bp.get("/appliances/<ref>")
 def appliance_show(ref: str):
     with ctx().db.reader() as s:
-        app = appliances.find(s, ref)
+        app = lookup.find(s, Appliance, ref)
         out = present.appliance(app)
         out["jobs"] = [
             present.job(j)
@@ -85,7 +85,7 @@ def appliance_show(ref: str):
 def appliance_update(ref: str):
     data = body({"params", "ha"})
     with ctx().db.transaction() as s:
-        app = appliances.find(s, ref)
+        app = lookup.find(s, Appliance, ref)
         if app.state not in (AS.STOPPED, AS.FAILED):
             raise Conflict(f"appliance '{app.name}' is {app.state}; stop it before editing it")
         if "params" in data:
@@ -103,14 +103,14 @@ def appliance_update(ref: str):
 @bp.delete("/appliances/<ref>")
 def appliance_delete(ref: str):
     with ctx().db.transaction() as s:
-        appliances.remove(s, appliances.find(s, ref), actor())
+        appliances.remove(s, lookup.find(s, Appliance, ref), actor())
     ctx().inventory.refresh()
     return "", 204
 
 
 def _appliance_action(ref: str, action) -> tuple:
     with ctx().db.transaction() as s:
-        app = appliances.find(s, ref)
+        app = lookup.find(s, Appliance, ref)
         action(s, app, actor())
         out = present.appliance(app)
     ctx().inventory.refresh()

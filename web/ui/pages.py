@@ -13,13 +13,13 @@ from __future__ import annotations
 from flask import flash, redirect, render_template, request
 from sqlalchemy import func, select
 
-from provisiond import appliances, jobs, present, resources, users
+from provisiond import jobs, lookup, present, resources, storages, users
 from provisiond.errors import ProvisiondError
 from provisiond.importpolicy import redact_url
 from provisiond.lifecycle import IllegalTransition
 from provisiond.lifecycle import JobState as JS
 from provisiond.lifecycle import ResourceState as RS
-from provisiond.model import ApiToken, Appliance, Event, Image, Job, Kernel, Resource, Storage, User
+from provisiond.model import ApiToken, Appliance, Event, Image, Job, Kernel, Resource, User
 from web.api import inventory, work
 from web.api.auth import actor, current, requires
 from web.api.common import ctx, int_arg
@@ -153,7 +153,7 @@ def appliance_list():
 @bp.get("/appliances/<ref>")
 def appliance_show(ref: str):
     with ctx().db.reader() as s:
-        app = appliances.find(s, ref)
+        app = lookup.find(s, Appliance, ref)
         app_jobs = s.scalars(
             select(Job).where(Job.appliance_id == app.id).order_by(Job.id.desc()).limit(20)
         ).all()
@@ -230,9 +230,11 @@ def kernel_list():
 
 @bp.get("/storages")
 def storage_list():
+    """The declared storages (the configuration is their one source: provisiond.storages)."""
     with ctx().db.reader() as s:
-        rows, pager = _page(s, select(Storage).order_by(Storage.id))
-        return render_template("storages.html", rows=[present.storage(st) for st in rows], pg=pager)
+        rows = [present.declared_storage(d) for d in storages.declared(ctx().config, s)]
+    return render_template("storages.html", rows=rows, pg={"page": 1, "pages": 1,
+                                                           "total": len(rows)})  # fmt: skip
 
 
 # ---------------------------------------------------------------- jobs, events
@@ -304,7 +306,7 @@ def user_create():
 def user_action(uid: int, action: str):
     def run() -> None:
         with ctx().db.transaction() as s:
-            user = users.find(s, str(uid))
+            user = lookup.find(s, User, str(uid))
             if action == "delete":
                 users.delete(s, user, actor())
             elif action == "role":
