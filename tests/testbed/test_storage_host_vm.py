@@ -377,8 +377,9 @@ def tgt_machine(storage_host, tgt):
     vm = tb.boot_vm("san-tgt", "52:54:00:78:00:61", kernel=str(IPXE_LKRN), initrd=str(script),
                     append="", qmp=True)  # fmt: skip
     yield vm, s
-    vm.kill()
-    tb.vms.remove(vm)
+    if vm in tb.vms:  # its test stops it once checked
+        vm.kill()
+        tb.vms.remove(vm)
 
 
 def test_tgt_machine_starts_booting(tgt_machine):
@@ -400,7 +401,8 @@ def test_unexport_and_remove_snapshot(ssh, exports, volumes):
     assert s.target_iqn not in targets
 
 
-def test_machine_san_boots_from_tgt_and_writes_only_its_own_clone(ssh, tgt, tgt_machine):
+def test_machine_san_boots_from_tgt_and_writes_only_its_own_clone(storage_host, ssh, tgt,
+                                                                   tgt_machine):  # fmt: skip
     """tgt on the storage VM serves a SAN boot too: the machine's Linux runs from app-tgt
     (its initiator logged in to that target only), then writes a token into its own disk,
     found on app-tgt and not on its master."""
@@ -420,6 +422,7 @@ def test_machine_san_boots_from_tgt_and_writes_only_its_own_clone(ssh, tgt, tgt_
     assert on["app-tgt"].startswith(token), on
     assert not any(token in on[n] for n in ("master-t", "master-c", "app-t")), on
     vm.kill()
+    storage_host.tb.vms.remove(vm)
 
 
 def test_tgt_unexport_and_remove_snapshot(ssh, tgt, volumes):
@@ -486,6 +489,10 @@ def test_storage_host_down_and_back(storage_host, volumes, tmp_path):
 
 
 MACS = ("52:54:00:78:00:71", "52:54:00:78:00:72")
+# an appliance's state after its guest booted, a reconcile: seconds, not minutes, on a quiet
+# machine; on a machine loaded 20-30 (2 cores) a failed first iPXE attempt plus the storage
+# VM's slow helper calls took longer than 120 s (before and after the module was trimmed)
+SETTLE_S = 300
 
 
 def cli(tb: Testbed, *args: str, timeout: float = 180) -> str:
@@ -540,10 +547,10 @@ def test_daemon_sanboots_a_classic_and_a_thin_clone_from_the_storage_host(
 
     def settle(predicate, what) -> None:
         try:
-            wait_until(predicate, 120, interval=1)
+            wait_until(predicate, SETTLE_S, interval=1)
         except TimeoutError:
             what = what() if callable(what) else what
-            pytest.fail(f"not within 120 s: {what}\ndaemon log:\n{daemon_log()}")
+            pytest.fail(f"not within {SETTLE_S} s: {what}\ndaemon log:\n{daemon_log()}")
 
     # start-up reconcile (after /healthz answers): nothing is wanted yet
     settle(lambda: exported() == [], "no start-up reconcile")
