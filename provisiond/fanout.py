@@ -208,7 +208,10 @@ class FanoutHub:
     def _command(self, mem: Member, o: mcast.SenderOptions, m: chunks.Manifest, sess) -> int:
         arg = encode_arg(
             disk=mem.disk, transport="mcast", size=m.size, sha256=m.sha256,
-            port=o.portbase, rdv=o.rdv, start_timeout=o.start_timeout,
+            # a receiver that comes after the transfer started cannot join it: it gives up after
+            # the others' gathering (window + max-wait) and fetches everything over HTTP
+            port=o.portbase, rdv=o.rdv,
+            start_timeout=int(mem.params.get("fanout_start_timeout", WINDOW + o.max_wait + 30)),
             receive_timeout=int(mem.params.get("fanout_receive_timeout", 15)),
             workers=mem.params.get("workers", 4), zeros=mem.params.get("zeros", "write"),
             retries=mem.params.get("retries", 5), timeout=mem.params.get("chunk_timeout", 30),

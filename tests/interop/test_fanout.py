@@ -31,7 +31,7 @@ from tests.daemonlab import LabDaemon, lab_config
 from tests.hostagent import HostAgent
 from tests.netlab import Lab, sh
 
-pytestmark = [pytest.mark.interop, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.interop, pytest.mark.timeout(600)]
 MiB = 2**20
 MACS = ("52:54:00:5f:00:01", "52:54:00:5f:00:02", "52:54:00:5f:00:03")
 DISK = 128 * MiB
@@ -58,6 +58,7 @@ def lab3(tmp_path):
     with Lab("fan") as lab:
         extra = f'[[storage]]\nname = "local"\nbackend = "file"\npath = "{tmp_path / "images"}"\n'
         extra += f'[images]\nimport_dirs = ["{tmp_path}"]\n'
+        extra += "[local]\nconfirm_boot = false\n"  # host agents boot no OS
         d = LabDaemon(lab, tmp_path, lab_config(lab, tmp_path / "state", extra))
         d.cli("init")
         d.add_fake_kernel()
@@ -109,11 +110,14 @@ def _bulk(d: LabDaemon, tmp_path: Path, image: str) -> list[int]:
 
 
 def _done(a: HostAgent) -> int:
-    p = a.dir / "run" / "stream" / "done.mc"
-    try:
-        return int(p.read_text().strip() or 0)
-    except (OSError, ValueError):
-        return 0
+    """Bytes the agent has verified from the multicast (its done.mc<slot> files)."""
+    total = 0
+    for p in (a.dir / "run" / "stream").glob("done.mc*"):
+        try:
+            total += int(p.read_text().strip() or 0)
+        except (OSError, ValueError):
+            pass
+    return total
 
 
 def _agent_output(d: LabDaemon, job_id: int) -> str:
@@ -137,12 +141,12 @@ def test_fanout_to_three_repairs_a_corrupt_chunk_and_drops_a_frozen_machine(lab3
         time.sleep(0.05)
     os.killpg(c.proc.pid, signal.SIGSTOP)
     frozen = time.monotonic()
-    try:
-        ja = d.wait_job(jobs[0], timeout=90)
-        jb = d.wait_job(jobs[1], timeout=30)
+    try:  # b does not wait for the frozen c (thawed before its 60 s heartbeat limit)
+        jb = d.wait_job(jobs[1], timeout=50)
         others = time.monotonic() - frozen
     finally:
         os.killpg(c.proc.pid, signal.SIGCONT)
+    ja = d.wait_job(jobs[0], timeout=150)
     jc = d.wait_job(jobs[2], timeout=150)
 
     for job, agent in ((ja, a), (jb, b), (jc, c)):
@@ -150,16 +154,38 @@ def test_fanout_to_three_repairs_a_corrupt_chunk_and_drops_a_frozen_machine(lab3
         assert agent.disk.read_bytes()[: len(image)] == image
         assert "fan-out: one of 3 machines" in job["log"], job["log"]
         assert "fan-out progress:" in job["log"], job["log"]
-    assert others < 60, f"a and b waited {others:.0f} s for the frozen machine"
+    assert others < 50, f"b waited {others:.0f} s for the frozen machine"
     out_a, out_b, out_c = (_agent_output(d, j) for j in jobs)
     k = int(re.search(r"multicast: \d+ of (\d+) chunks", out_a).group(1))
-    assert f"multicast: {k} of {k} chunks verified, 0 failed" in out_a, out_a
-    assert f"({k} over multicast, 0 repaired over HTTP)" in out_a, out_a
+    if "r-5254005f0001 (" in jb["log"]:  # a joined in time (a very loaded host may delay it)
+        assert f"multicast: {k} of {k} chunks verified, 0 failed" in out_a, out_a
+        assert f"({k} over multicast, 0 repaired over HTTP)" in out_a, out_a
     assert re.search(r"multicast: \d+ of \d+ chunks verified, 1 failed their sha256", out_b), out_b
     assert re.search(r"\(\d+ over multicast, 1 repaired over HTTP\)", out_b), out_b
     rep_c = int(re.search(r"(\d+) repaired over HTTP", out_c).group(1))
     assert 0 < rep_c < k, out_c
     dropped = f"fan-out: dropped r-5254005f0003 ({lab.net}.53): it stopped answering"
-    assert dropped in ja["log"], ja["log"]
-    assert "fan-out: multicast complete: r-5254005f0001 done, r-5254005f0002 done" in ja["log"]
+    assert dropped in jb["log"], jb["log"]
+    assert "fan-out: multicast complete: " in jb["log"] and "r-5254005f0002 done" in jb["log"]
     assert d.cli_json("resource", "show", MACS[2])["state"] == "active"
+
+
+def test_fanout_leaves_a_machine_that_never_joins_behind(lab3, tmp_path):
+    """c's agent is gone (the machine died after it was assigned): a and b do not wait for it."""
+    _lab, d, (a, b, c) = lab3
+    image = make_image(tmp_path / "master.raw")
+    d.cli("image", "import", str(tmp_path / "master.raw"), "--name", "img")
+    c.stop()
+    t0 = time.monotonic()
+    jobs = _bulk(d, tmp_path, "img")
+    ja = d.wait_job(jobs[0], timeout=120)
+    jb = d.wait_job(jobs[1], timeout=30)
+    took = time.monotonic() - t0
+    for job, agent in ((ja, a), (jb, b)):
+        assert job["state"] == "succeeded", (job, agent.log())
+        assert agent.disk.read_bytes()[: len(image)] == image
+    # udp-sender starts 20 s (max-wait) after the first receiver joined, without c
+    assert "fan-out: transfer started to 2 receivers; not joined: r-5254005f0003" in ja["log"]
+    assert took < 90, f"a and b took {took:.0f} s"
+    assert "over multicast, 0 repaired over HTTP)" in _agent_output(d, jobs[0])
+    assert d.cli_json("job", "show", str(jobs[2]))["state"] == "running"  # c's agent may come back

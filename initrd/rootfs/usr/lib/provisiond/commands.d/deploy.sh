@@ -53,6 +53,7 @@ deploy_run() {
 	echo "disk $DISK: $_disk_size bytes; image $SIZE bytes; ${IFLAG:-no O_DIRECT}"
 	case "$(arg_get transport "$STREAM_TMP/arg")" in
 	nc) deploy_nc "$1" ;;
+	mcast) deploy_mcast "$1" ;; # fan-out: commands.d/fanout.sh
 	*) deploy_http "$1" ;;
 	esac || return
 	_slot=$(arg_get report_offset "$STREAM_TMP/arg")

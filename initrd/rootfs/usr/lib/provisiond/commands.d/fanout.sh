@@ -8,8 +8,9 @@
 #   2. zeros=write: the parts the image leaves empty read as zeros;
 #   3. udp-receiver on the interface that routes to the server, its stdout
 #      cut into chunks by the manifest: every chunk's sha256 is checked, the
-#      chunk written at its offset and read back and checked again; a chunk
-#      that fails is only noted (mc.bad), the stream goes on;
+#      chunk written at its offset and read back and checked again (WORKERS
+#      chunks at once, while the next is read); a chunk that fails is only
+#      noted (mc.bad), the stream goes on;
 #   4. every chunk not verified (bad, lost, or never sent because this
 #      machine was dropped or the sender died) is fetched over HTTP with the
 #      unicast stream worker (repair_plan: single chunks, and one stream for
@@ -37,31 +38,43 @@ repair_plan() {
 		}'
 }
 
-# mcast_read -> stdin is udp-receiver's output; writes the verified list
-# positions to mc.ok, the failed ones to mc.bad.
+# mcast_chunk SLOT POS INDEX SHA -> check, write, read back, check the chunk in
+# mc.in.SLOT (in the background: MCAST_WORKERS chunks at once, as unicast's
+# workers); POS goes to mc.ok or mc.bad, done.mcSLOT sums the slot's bytes.
+mcast_chunk() {
+	_c_f=$STREAM_TMP/mc.in.$1
+	# shellcheck disable=SC2086
+	if [ "$(sha_file "$_c_f")" = "$4" ] &&
+		dd if="$_c_f" of="$DISK" bs="$CHUNK" seek="$3" count=1 $OFLAG 2>/dev/null &&
+		verify_chunk "$3" "$4"; then
+		echo "$2" >>"$STREAM_TMP/mc.ok"
+		echo $(($(cat "$STREAM_TMP/done.mc$1" 2>/dev/null || echo 0) + $(file_size "$_c_f"))) \
+			>"$STREAM_TMP/mcsum.$1" && mv "$STREAM_TMP/mcsum.$1" "$STREAM_TMP/done.mc$1"
+	else
+		echo "$2" >>"$STREAM_TMP/mc.bad"
+	fi
+}
+
+# mcast_read WORKERS -> stdin is udp-receiver's output, cut by the manifest;
+# each chunk is handed to mcast_chunk while the next one is read.
 mcast_read() {
-	_m_pos=0 _m_done=0
+	_m_pos=0 _m_n=${1:-1}
 	: >"$STREAM_TMP/mc.ok"
 	: >"$STREAM_TMP/mc.bad"
-	echo 0 >"$STREAM_TMP/done.mc"
 	sed 1d "$STREAM_TMP/manifest" >"$STREAM_TMP/mc.list"
 	while read -r _m_idx _m_sha _m_enc <&3; do
+		_m_slot=$((_m_pos % _m_n))
+		eval "_m_pid=\${_m_pid$_m_slot:-}"
+		[ -n "$_m_pid" ] && wait "$_m_pid"
 		_m_len=$(chunk_len "$_m_idx")
-		dd bs="$_m_len" count=1 iflag=fullblock of="$STREAM_TMP/mc.in" 2>/dev/null
-		[ "$(file_size "$STREAM_TMP/mc.in")" = "$_m_len" ] || break
-		# shellcheck disable=SC2086
-		if [ "$(sha_file "$STREAM_TMP/mc.in")" = "$_m_sha" ] &&
-			dd if="$STREAM_TMP/mc.in" of="$DISK" bs="$CHUNK" seek="$_m_idx" count=1 \
-				$OFLAG 2>/dev/null && verify_chunk "$_m_idx" "$_m_sha"; then
-			echo "$_m_pos" >>"$STREAM_TMP/mc.ok"
-			_m_done=$((_m_done + _m_len))
-			echo "$_m_done" >"$STREAM_TMP/done.mc"
-		else
-			echo "$_m_pos" >>"$STREAM_TMP/mc.bad"
-		fi
+		dd bs="$_m_len" count=1 iflag=fullblock of="$STREAM_TMP/mc.in.$_m_slot" 2>/dev/null
+		[ "$(file_size "$STREAM_TMP/mc.in.$_m_slot")" = "$_m_len" ] || break
+		mcast_chunk "$_m_slot" "$_m_pos" "$_m_idx" "$_m_sha" &
+		eval "_m_pid$_m_slot=$!"
 		_m_pos=$((_m_pos + 1))
 	done 3<"$STREAM_TMP/mc.list"
-	rm -f "$STREAM_TMP/mc.in"
+	wait
+	rm -f "$STREAM_TMP"/mc.in.*
 }
 
 deploy_mcast() {
@@ -78,6 +91,8 @@ deploy_mcast() {
 	_port=$(arg_get port "$STREAM_TMP/arg")
 	_rdv=$(arg_get rdv "$STREAM_TMP/arg")
 	_if=$(mcast_iface)
+	_n=$(arg_get workers "$STREAM_TMP/arg")
+	[ "${_n:-1}" -ge 1 ] 2>/dev/null || _n=1
 	[ -n "$_port" ] && [ -n "$_rdv" ] || deploy_fail "arg lacks port= or rdv=" || return
 	progress_loop "$1" "$_total" &
 	_prog=$!
@@ -86,7 +101,7 @@ deploy_mcast() {
 		udp-receiver --interface "$_if" --portbase "$_port" --mcast-rdv-address "$_rdv" \
 			--nokbd --start-timeout "$(arg_get start_timeout "$STREAM_TMP/arg")" \
 			--receive-timeout "$(arg_get receive_timeout "$STREAM_TMP/arg")" \
-			2>"$STREAM_TMP/udp.log" | mcast_read
+			2>"$STREAM_TMP/udp.log" | mcast_read "$_n"
 	else
 		echo "no multicast: ${_if:-no interface routes to the server}; udp-receiver" \
 			"$(command -v udp-receiver || echo missing)"
