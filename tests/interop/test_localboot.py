@@ -11,47 +11,25 @@ test bed does the same with a real boot (tests/testbed/test_local_vm.py).
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 
 import pytest
 
 from provisiond import reportslot
-from tests.agentlab import BUSYBOX
-from tests.daemonlab import LabDaemon, lab_config
 from tests.hostagent import HostAgent
-from tests.netlab import Lab
+from tests.streamlab import MiB, agent_lab, job_of
 
 pytestmark = [pytest.mark.interop, pytest.mark.timeout(240)]
 MAC = "52:54:00:5c:00:01"
-MiB = 2**20
 OS_VENDOR = "udhcp 1.36.1"  # what busybox udhcpc in a booted OS sends
 
 
 @pytest.fixture
 def lab(tmp_path):
-    if BUSYBOX is None or not shutil.which("curl"):
-        pytest.skip(reason="needs busybox (busybox-static) and curl")
-    with Lab("lboot") as lab:
-        extra = f'[[storage]]\nname = "local"\nbackend = "file"\npath = "{tmp_path / "images"}"\n'
-        extra += f'[images]\nimport_dirs = ["{tmp_path}"]\n'
-        extra += "[local]\nconfirm_boot = true\nboot_timeout = 30\nmax_script_fetches = 4\n"
-        d = LabDaemon(lab, tmp_path, lab_config(lab, tmp_path / "state", extra))
-        d.cli("init")
-        d.add_fake_kernel()
-        d.start()
-        client = lab.add_client(mac=MAC, address=f"{lab.net}.50")
-        agent = HostAgent(d, client, tmp_path, MAC, 8 * MiB)
-        try:
-            deadline = time.monotonic() + 30
-            while d.cli_json("resource", "show", MAC)["state"] != "idle":
-                assert time.monotonic() < deadline, agent.log()
-                time.sleep(0.3)
-            yield d, client, agent
-        finally:
-            agent.stop()
-            d.stop()
+    local = "confirm_boot = true\nboot_timeout = 30\nmax_script_fetches = 4"
+    with agent_lab(tmp_path, "lboot", MAC, local) as (_lab, d, client, agent):
+        yield d, client, agent(8 * MiB)
 
 
 def make_image(path: Path, slot: bool) -> bytes:
@@ -67,13 +45,7 @@ def start(d, tmp_path, slot: bool) -> tuple[bytes, int]:
     d.cli("image", "import", str(tmp_path / "master.raw"), "--name", "img")
     d.cli("appliance", "create", "--resource", MAC, "--image", "img", "--mode", "local",
           "--name", "loc", "--disk", "/dev/vda")  # fmt: skip
-    return image, job_id(d.cli("appliance", "start", "loc").stdout)
-
-
-def job_id(out: str) -> int:
-    import re
-
-    return int(re.search(r"job (\d+)", out).group(1))
+    return image, job_of(d.cli("appliance", "start", "loc").stdout)
 
 
 def wait_written(d, agent: HostAgent, job: int) -> None:
@@ -112,7 +84,7 @@ def test_without_a_slot_the_booted_os_dhcp_proves_the_boot_and_faults_fail(lab, 
     assert code in (200, 403) and "booting from the local disk" not in text, text
 
     # start again: iPXE boots the disk ... which never comes up
-    job = job_id(d.cli("appliance", "start", "loc").stdout)
+    job = job_of(d.cli("appliance", "start", "loc").stdout)
     wait_written(d, agent, job)
     local_boot_script(d, client)
     t0 = time.monotonic()
@@ -129,7 +101,7 @@ def test_without_a_slot_the_booted_os_dhcp_proves_the_boot_and_faults_fail(lab, 
     assert "no DHCP request from the booted OS" in d.cli("event", "list").stdout
 
     # fixed (say, the disk's boot order): start again; the whole chain runs again
-    job = job_id(d.cli("appliance", "start", "loc").stdout)
+    job = job_of(d.cli("appliance", "start", "loc").stdout)
     wait_written(d, agent, job)
     d.dhcp_boot(client, vendor=OS_VENDOR)  # before the local-boot script: not its OS yet
     d.dhcp_boot(client)  # the PXE ROM of the reboot: not an OS either

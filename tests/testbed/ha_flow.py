@@ -28,20 +28,10 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from tests.testbed.diskimage import PART_START, build_boot_disk  # noqa: E402
-from tests.testbed.vmlab import btrfs_storage  # noqa: E402
+from tests.testbed.vmlab import btrfs_storage, cli, cli_json  # noqa: E402
 
 MARKER = "HA-SANBOOT-OK"
 POOL = "rack1"
-
-
-def cli(tb: Testbed, *args: str, timeout: float = 180) -> str:
-    res = tb.provisiond_cli(*args, timeout=timeout)
-    assert res.returncode == 0, f"provisiond {' '.join(args)}:\n{res.stdout}{res.stderr}"
-    return res.stdout
-
-
-def cli_json(tb: Testbed, *args: str):
-    return json.loads(cli(tb, *args, "--json"))
 
 
 @dataclass

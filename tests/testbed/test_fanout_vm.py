@@ -13,7 +13,6 @@ console. Each VM's disk file ends up equal to the image.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import sys
@@ -27,22 +26,13 @@ sys.path.insert(0, str(REPO))
 
 from tests.daemonlab import free_control_port  # noqa: E402
 from tests.testbed.diskimage import build_boot_disk  # noqa: E402
+from tests.testbed.vmlab import cli, sha  # noqa: E402
 
 # ~2 min on a quiet machine; 5+ min when other work loads the 2 cores (3 TCG guests)
 pytestmark = [pytest.mark.testbed, pytest.mark.timeout(900)]
 MACS = ("52:54:00:1f:00:01", "52:54:00:1f:00:02", "52:54:00:1f:00:03")
 DISK_MIB = 64
 MARKER = "FANOUT-OK"
-
-
-def sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def cli(tb, *args: str, timeout: float = 180) -> str:
-    res = tb.provisiond_cli(*args, timeout=timeout)
-    assert res.returncode == 0, f"provisiond {' '.join(args)}:\n{res.stdout}{res.stderr}"
-    return res.stdout
 
 
 def test_fanout_one_image_to_three_vms_each_boots_it(testbed, boot_assets):

@@ -24,8 +24,6 @@ after ``local.boot_timeout`` with a reason that says so.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
 import sys
 from pathlib import Path
@@ -39,27 +37,13 @@ sys.path.insert(0, str(REPO))
 
 from tests.daemonlab import free_control_port  # noqa: E402
 from tests.testbed.diskimage import build_boot_disk  # noqa: E402
-from tests.testbed.vmlab import in_order  # noqa: E402
+from tests.testbed.vmlab import cli, cli_json, in_order, sha  # noqa: E402
 
 pytestmark = [pytest.mark.testbed, pytest.mark.timeout(900)]
 MAC1, MAC2 = "52:54:00:1c:00:01", "52:54:00:1c:00:02"
 DISK_MIB = 64
 MARKER = "LOCALBOOT-OK"
 BOOT_TIMEOUT = 90  # local.boot_timeout: reboot + BIOS + iPXE + kernel under TCG, loaded
-
-
-def sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def cli(tb, *args: str, timeout: float = 180) -> str:
-    res = tb.provisiond_cli(*args, timeout=timeout)
-    assert res.returncode == 0, f"provisiond {' '.join(args)}:\n{res.stdout}{res.stderr}"
-    return res.stdout
-
-
-def cli_json(tb, *args: str):
-    return json.loads(cli(tb, *args, "--json"))
 
 
 def boot_vm_with_disk(tb, name: str, mac: str, disk: Path) -> Vm:

@@ -32,16 +32,11 @@ from storage.exporters import TgtExporter  # noqa: E402
 from storage.runner import Runner  # noqa: E402
 from tests.daemonlab import free_control_port  # noqa: E402
 from tests.testbed.diskimage import build_boot_disk  # noqa: E402
+from tests.testbed.vmlab import cli  # noqa: E402
 
 pytestmark = pytest.mark.testbed
 MAC = "52:54:00:5f:00:01"
 FETCHES, SETTLE = 3, 5
-
-
-def cli(tb, *args: str, timeout: float = 120) -> str:
-    res = tb.provisiond_cli(*args, timeout=timeout)
-    assert res.returncode == 0, f"provisiond {' '.join(args)}:\n{res.stdout}{res.stderr}"
-    return res.stdout
 
 
 def app(tb) -> dict:

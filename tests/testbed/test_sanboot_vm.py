@@ -10,7 +10,6 @@ in neither the master nor the other clone.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
@@ -24,15 +23,11 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from tests.testbed.diskimage import build_boot_disk  # noqa: E402
-from tests.testbed.vmlab import btrfs_storage, cli  # noqa: E402
+from tests.testbed.vmlab import btrfs_storage, cli, sha  # noqa: E402
 
 pytestmark = pytest.mark.testbed
 MACS = ("52:54:00:5b:00:01", "52:54:00:5b:00:02")
 CONTROL_PORT = 300 + os.getpid() % 300
-
-
-def sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def test_two_machines_san_boot_their_own_clones(testbed, boot_assets):

@@ -53,6 +53,7 @@ from storage.images import import_image  # noqa: E402
 from storage.ssh import HostKeyMismatch, SshRunner, SshTarget  # noqa: E402
 from tests.testbed.conftest import unique_ns  # noqa: E402
 from tests.testbed.diskimage import build_boot_disk  # noqa: E402
+from tests.testbed.vmlab import cli  # noqa: E402
 
 pytestmark = [pytest.mark.testbed, pytest.mark.timeout(900)]  # rootfs build + VM boot
 SUBNET = "10.78.0"
@@ -493,12 +494,6 @@ MACS = ("52:54:00:78:00:71", "52:54:00:78:00:72")
 # machine; on a machine loaded 20-30 (2 cores) a failed first iPXE attempt plus the storage
 # VM's slow helper calls took longer than 120 s (before and after the module was trimmed)
 SETTLE_S = 300
-
-
-def cli(tb: Testbed, *args: str, timeout: float = 180) -> str:
-    res = tb.provisiond_cli(*args, timeout=timeout)
-    assert res.returncode == 0, f"provisiond {' '.join(args)}:\n{res.stdout}{res.stderr}"
-    return res.stdout
 
 
 def appliance_export(tb: Testbed, name: str) -> ExportSpec:

@@ -32,15 +32,11 @@ from testbed import wait_until
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
+from tests.testbed.vmlab import cli  # noqa: E402
+
 pytestmark = [pytest.mark.testbed, pytest.mark.timeout(900)]
 DI = Path("/usr/lib/debian-installer/images/12/amd64/text/debian-installer/amd64")
 MAC = "52:54:00:7e:00:21"
-
-
-def cli(tb, *args: str, timeout: float = 120) -> str:
-    res = tb.provisiond_cli(*args, timeout=timeout)
-    assert res.returncode == 0, f"provisiond {' '.join(args)}:\n{res.stdout}{res.stderr}"
-    return res.stdout
 
 
 @pytest.mark.skipif(not (DI / "linux").exists(), reason=f"{DI}/linux missing (apt-get install "

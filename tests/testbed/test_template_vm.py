@@ -29,16 +29,10 @@ from testbed import OVMF, wait_until
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from tests.testbed.vmlab import in_order  # noqa: E402
+from tests.testbed.vmlab import cli, in_order  # noqa: E402
 
 pytestmark = [pytest.mark.testbed, pytest.mark.timeout(1800)]
 DISK = "2G"
-
-
-def cli(tb, *args: str, timeout: float = 180) -> str:
-    res = tb.provisiond_cli(*args, timeout=timeout)
-    assert res.returncode == 0, f"provisiond {' '.join(args)}:\n{res.stdout}{res.stderr}"
-    return res.stdout
 
 
 @pytest.fixture(scope="module")

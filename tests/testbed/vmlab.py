@@ -4,6 +4,8 @@ console-order check and the UI tests' skip reasons (test modules import these, n
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 import shutil
 import subprocess
@@ -24,10 +26,19 @@ def btrfs_storage(workdir: Path) -> Path:
     return mnt / "images"
 
 
-def cli(tb, *args: str, timeout: float = 120) -> str:
+def cli(tb, *args: str, timeout: float = 180) -> str:
+    """Run the test bed's ``provisiond`` CLI; a non-zero exit fails the test with its output."""
     res = tb.provisiond_cli(*args, timeout=timeout)
     assert res.returncode == 0, f"provisiond {' '.join(args)}:\n{res.stdout}{res.stderr}"
     return res.stdout
+
+
+def cli_json(tb, *args: str):
+    return json.loads(cli(tb, *args, "--json"))
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def in_order(vm: Vm, patterns: list[str]) -> bool:
