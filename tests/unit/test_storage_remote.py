@@ -196,7 +196,8 @@ class FlakyHost(RemoteFake):
         return super().run(argv, input=input, timeout=timeout, check=check)
 
 
-def test_service_marks_a_host_down_with_the_reason_then_up(tmp_path):
+def down_host(tmp_path):
+    """A storage service whose one storage host ``san`` (192.0.2.50) is down (first poll failed)."""
     from provisiond.db import Database
     from provisiond.storages import StorageManager, StorageService
 
@@ -207,13 +208,19 @@ def test_service_marks_a_host_down_with_the_reason_then_up(tmp_path):
     db = Database(c.database_url)
     db.migrate()
     manager = StorageManager(c)
-    host = FlakyHost().on(["lvs"], (FIX / "lvs-empty.json").read_text())
-    host.on(["python3"], '{"ok": true, "added": [], "removed": []}\n')
+    host = FlakyHost()
     manager._ssh["san"] = host
     service = StorageService(c, db, manager)
     with db.transaction() as s:
         manager.sync_rows(s)
     assert not service.connect_host("san")
+    return c, db, host, service
+
+
+def test_service_marks_a_host_down_with_the_reason_then_up(tmp_path):
+    _c, _db, host, service = down_host(tmp_path)
+    host.on(["lvs"], (FIX / "lvs-empty.json").read_text())
+    host.on(["python3"], '{"ok": true, "added": [], "removed": []}\n')
     assert "cannot connect (timed out)" in service.host_down_reason("san")
     assert service.exporter_for("san") is None
     host.down = False
@@ -252,25 +259,11 @@ def test_appliance_start_on_a_down_host_fails_with_the_reason_and_the_host_shows
     from types import SimpleNamespace
 
     from provisiond import present
-    from provisiond.db import Database
     from provisiond.jobrunner import JobFailed
     from provisiond.model import Appliance, Image, Job, Resource, Storage, Volume
     from provisiond.sanboot import SanbootStart
-    from provisiond.storages import StorageManager, StorageService
 
-    c = cfg.parse(BASE + f'state_dir = "{tmp_path}"\n'
-                  f'database_url = "sqlite:///{tmp_path}/db.sqlite"\n'
-                  '[[storage]]\nname = "san"\nbackend = "lvm"\npath = "pv"\n'
-                  'host = "192.0.2.50"\n')  # fmt: skip
-    db = Database(c.database_url)
-    db.migrate()
-    manager = StorageManager(c)
-    host = FlakyHost()
-    manager._ssh["san"] = host
-    service = StorageService(c, db, manager)
-    with db.transaction() as s:
-        manager.sync_rows(s)
-    assert not service.connect_host("san")
+    c, db, host, service = down_host(tmp_path)
     with db.transaction() as s:
         st = s.query(Storage).filter_by(name="san").one()
         shown = present.storage(st)
@@ -293,7 +286,7 @@ def test_appliance_start_on_a_down_host_fails_with_the_reason_and_the_host_shows
     assert "cannot connect (timed out)" in shown["host_reason"]
     host.down = False  # reachable again, but not yet polled: the recorded state decides
     calls = len(host.calls)
-    start = SanbootStart(SimpleNamespace(db=db, config=c), manager, service)
+    start = SanbootStart(SimpleNamespace(db=db, config=c), service.manager, service)
     with pytest.raises(JobFailed, match=r"storage host of san is down: .*cannot connect"):
         start.run(job_id)
     assert len(host.calls) == calls  # nothing was tried on the host
