@@ -49,9 +49,9 @@ sys.path.insert(0, str(REPO))
 from provisiond.db import Database  # noqa: E402
 from provisiond.localdeploy import ensure_manifest  # noqa: E402
 from provisiond.model import Image, Job  # noqa: E402
+from tests.agentlab import BUSYBOX  # noqa: E402
 from tests.daemonlab import LabDaemon, lab_config  # noqa: E402
 from tests.hostagent import HostAgent, initrd_bins  # noqa: E402
-from tests.interop.test_initrd_agent import BUSYBOX  # noqa: E402
 from tests.netlab import Lab, sh  # noqa: E402
 
 MAC = "52:54:00:5b:00:77"

@@ -1,13 +1,12 @@
 """The bulk "assign one image to many" action marks local-mode starts as one fan-out group."""
 
-# ruff: noqa: F811  (pytest fixtures imported from tests.unit.web_fixtures)
+# ruff: noqa: F811  (pytest fixtures imported from tests.unit.weblab)
 from __future__ import annotations
 
 import pytest
 
 from provisiond.model import Image, Job
-from tests.unit.test_web_power import add
-from tests.unit.web_fixtures import api, app, ctx, tokens  # noqa: F401
+from tests.unit.weblab import add_node, api, app, ctx, tokens  # noqa: F401
 
 
 @pytest.mark.parametrize(
@@ -17,7 +16,7 @@ from tests.unit.web_fixtures import api, app, ctx, tokens  # noqa: F401
 def test_bulk_assign_groups_local_starts_of_one_image(api, ctx, n, mode, grouped):
     with ctx.db.transaction() as s:
         s.add(Image(name="img", size=1))
-    names = [add(ctx, 40 + i) for i in range(n)]
+    names = [add_node(ctx, 40 + i) for i in range(n)]
     body = {"resources": names, "action": "assign", "mode": mode}
     if mode == "local":
         body["image"] = "img"

@@ -1,6 +1,6 @@
 """A local deploy's boot proof: the pure rule, the booted-OS DHCP watch, the report-in slot."""
 
-# ruff: noqa: F811  (pytest fixtures imported from tests.unit.web_fixtures)
+# ruff: noqa: F811  (pytest fixtures imported from tests.unit.weblab)
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from provisiond import reportslot
 from provisiond.bootchain import DiskSeen, OsDhcp, OsSeen, judge_disk
 from provisiond.config import ConfigError, parse
 from pxe.dhcp.codec import DhcpPacket
-from tests.unit.web_fixtures import app, ctx  # noqa: F401
+from tests.unit.weblab import app, ctx  # noqa: F401
 
 WHAT = "wrote and verified golden on /dev/vda of dep2"
 UP = OsSeen(count=1, ip="10.0.0.101", vendor="udhcp 1.36.1", armed=True)

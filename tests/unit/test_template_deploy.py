@@ -1,6 +1,6 @@
 """The template deployer's server side: bundle, boot policy, the one-time report-in."""
 
-# ruff: noqa: F811  (pytest fixtures imported from tests.unit.web_fixtures)
+# ruff: noqa: F811  (pytest fixtures imported from tests.unit.weblab)
 from __future__ import annotations
 
 import io
@@ -14,7 +14,7 @@ from provisiond.policy import DatabasePolicy
 from provisiond.security import hash_token
 from provisiond.templatedeploy import make_bundle
 from pxe.boot import BootAction, Machine
-from tests.unit.web_fixtures import app, ctx  # noqa: F401
+from tests.unit.weblab import app, ctx  # noqa: F401
 
 MAC = "52:54:00:7e:00:09"
 HOSTKEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIG2p8LXb0mYI1tV8Hq3rP8mW0Y1qk3X1mZ0Yp2wq7Q9b"

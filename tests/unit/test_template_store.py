@@ -1,7 +1,7 @@
 """Template sets stored in the database: checked in the sandbox at save time, then rendered
 like the shipped ones — through the API, the UI form and the CLI (one set of rules)."""
 
-# ruff: noqa: F811  (pytest fixtures imported from tests.unit.web_fixtures / test_cli)
+# ruff: noqa: F811  (pytest fixtures imported from tests.unit.weblab / test_cli)
 from __future__ import annotations
 
 import json
@@ -11,7 +11,7 @@ import pytest
 from provisiond import resources
 from provisiond.model import Template
 from tests.unit.clilab import cli, db  # noqa: F401
-from tests.unit.web_fixtures import api, app, csrf_of, ctx, login, tokens  # noqa: F401
+from tests.unit.weblab import api, app, csrf_of, ctx, login, tokens  # noqa: F401
 
 PRESEED = ("d-i netcfg/get_hostname string {{ params.hostname }}\n"
            "d-i mirror/http/hostname string {{ params.mirror_host }}\n")  # fmt: skip

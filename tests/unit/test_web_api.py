@@ -1,6 +1,6 @@
 """The REST API through Flask's test client on a real SQLite file."""
 
-# ruff: noqa: F811  (pytest fixtures imported from tests.unit.web_fixtures)
+# ruff: noqa: F811  (pytest fixtures imported from tests.unit.weblab)
 from __future__ import annotations
 
 import pytest
@@ -8,7 +8,7 @@ from sqlalchemy import select
 
 from provisiond import resources
 from provisiond.model import Event, Image, Resource
-from tests.unit.web_fixtures import PASSWORD, api, app, ctx, tokens  # noqa: F401
+from tests.unit.weblab import PASSWORD, api, app, ctx, tokens  # noqa: F401
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
 """HA through the REST API and the UI: create with a pool, spares, status, reporter heartbeats."""
 
-# ruff: noqa: F811  (pytest fixtures imported from tests.unit.web_fixtures)
+# ruff: noqa: F811  (pytest fixtures imported from tests.unit.weblab)
 from __future__ import annotations
 
 import pytest
@@ -8,7 +8,7 @@ from sqlalchemy import select
 
 from provisiond import resources
 from provisiond.model import Appliance, Event, Image
-from tests.unit.web_fixtures import api, app, ctx, login, tokens  # noqa: F401
+from tests.unit.weblab import api, app, ctx, login, tokens  # noqa: F401
 
 MACS = ("52:54:00:aa:00:01", "52:54:00:aa:00:02", "52:54:00:aa:00:03")
 

@@ -1,6 +1,6 @@
 """Every route of the app: authentication, roles and CSRF, enumerated from the URL map."""
 
-# ruff: noqa: F811  (pytest fixtures imported from tests.unit.web_fixtures)
+# ruff: noqa: F811  (pytest fixtures imported from tests.unit.weblab)
 from __future__ import annotations
 
 import re
@@ -10,7 +10,7 @@ from sqlalchemy import select
 
 from provisiond import lookup, users
 from provisiond.model import User
-from tests.unit.web_fixtures import PASSWORD, api, app, csrf_of, ctx, login, tokens  # noqa: F401
+from tests.unit.weblab import PASSWORD, api, app, csrf_of, ctx, login, tokens  # noqa: F401
 
 #: endpoints reachable without a user: each has its own protection or none is needed
 ALLOW_LIST = {"static", "healthz", "ui.login"}

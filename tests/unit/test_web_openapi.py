@@ -1,11 +1,11 @@
 """The OpenAPI document against the routes Flask really serves."""
 
-# ruff: noqa: F811  (pytest fixtures imported from tests.unit.web_fixtures)
+# ruff: noqa: F811  (pytest fixtures imported from tests.unit.weblab)
 from __future__ import annotations
 
 import re
 
-from tests.unit.web_fixtures import api, app, tokens  # noqa: F401
+from tests.unit.weblab import api, app, tokens  # noqa: F401
 
 
 def served(app) -> set[tuple[str, str]]:

@@ -2,7 +2,7 @@
 scripted in-process power driver (the real drivers are tested against real BMC peers in
 tests/interop/test_power_*.py)."""
 
-# ruff: noqa: F811  (pytest fixtures imported from tests.unit.web_fixtures)
+# ruff: noqa: F811  (pytest fixtures imported from tests.unit.weblab)
 from __future__ import annotations
 
 import json
@@ -12,7 +12,7 @@ import pytest
 from provisiond import power, resources
 from provisiond.model import Appliance, Event, Resource
 from provisiond.power import BadCredentials, BmcUnreachable, PowerAction, PowerState
-from tests.unit.web_fixtures import api, app, ctx, tokens  # noqa: F401
+from tests.unit.weblab import add_node, api, app, ctx, tokens  # noqa: F401
 
 SECRET = "bmc-Pa55word!"
 
@@ -51,20 +51,13 @@ def scripted():
     power.DRIVERS.pop("scripted", None)
 
 
-def add(ctx, n: int, state: str = "idle") -> str:
-    with ctx.db.transaction() as s:
-        r = resources.ensure(s, f"52:54:00:00:30:{n:02x}")
-        r.name, r.state = f"node{n}", state
-    return f"node{n}"
-
-
 def configure(api, name: str, address: str, password: str = SECRET):
     body = {"driver": "scripted", "address": address, "user": "admin", "password": password}
     return api("PUT", f"/resources/{name}/power", json=body)
 
 
 def test_settings_are_admin_only_and_the_password_never_comes_back(api, ctx):
-    name = add(ctx, 1)
+    name = add_node(ctx, 1)
     assert configure_as(api, "operator", name).status_code == 403
     r = configure(api, name, "bmc1")
     assert r.status_code == 200, r.get_json()
@@ -104,7 +97,7 @@ def configure_as(api, role, name):
     ],
 )
 def test_bad_settings_are_refused_and_change_nothing(api, ctx, body, field, message):
-    name = add(ctx, 2)
+    name = add_node(ctx, 2)
     r = api("PUT", f"/resources/{name}/power", json=body)
     assert r.status_code == 400 and message in r.get_json()["error"]
     assert r.get_json()["field"] == field
@@ -112,7 +105,12 @@ def test_bad_settings_are_refused_and_change_nothing(api, ctx, body, field, mess
 
 
 def test_actions_record_state_and_failures_are_told_apart(api, ctx, scripted):
-    good, dead, refused, bare = add(ctx, 3), add(ctx, 4), add(ctx, 5), add(ctx, 6)
+    good, dead, refused, bare = (
+        add_node(ctx, 3),
+        add_node(ctx, 4),
+        add_node(ctx, 5),
+        add_node(ctx, 6),
+    )
     configure(api, good, "bmc3")
     configure(api, dead, "dead4")
     configure(api, refused, "refuse5")
@@ -145,7 +143,7 @@ def test_actions_record_state_and_failures_are_told_apart(api, ctx, scripted):
 
 
 def test_clear_power(api, ctx):
-    name = add(ctx, 7)
+    name = add_node(ctx, 7)
     configure(api, name, "bmc7")
     assert api("DELETE", f"/resources/{name}/power", "operator").status_code == 403
     assert api("DELETE", f"/resources/{name}/power").status_code == 204
@@ -153,7 +151,7 @@ def test_clear_power(api, ctx):
 
 
 def test_bulk_power_reports_each_resource(api, ctx, scripted):
-    names = [add(ctx, n) for n in (10, 11, 12)]
+    names = [add_node(ctx, n) for n in (10, 11, 12)]
     configure(api, names[0], "bmc10")
     configure(api, names[1], "dead11")
     r = api("POST", "/resources/bulk", "operator",
@@ -183,14 +181,14 @@ def test_bulk_power_reports_each_resource(api, ctx, scripted):
     ],
 )  # fmt: skip
 def test_bulk_bad_input_changes_nothing(api, ctx, scripted, body, message):
-    configure(api, add(ctx, 20), "bmc20")
+    configure(api, add_node(ctx, 20), "bmc20")
     r = api("POST", "/resources/bulk", json=body)
     assert r.status_code == 400 and message in r.get_json()["error"]
     assert scripted.calls == []
 
 
 def test_bulk_viewer_may_not(api, ctx):
-    add(ctx, 21)
+    add_node(ctx, 21)
     r = api(
         "POST", "/resources/bulk", "viewer", json={"resources": ["node21"], "action": "release"}
     )
@@ -198,7 +196,7 @@ def test_bulk_viewer_may_not(api, ctx):
 
 
 def test_bulk_release_and_assign(api, ctx):
-    a, b, c = add(ctx, 30, "failed"), add(ctx, 31, "offline"), add(ctx, 32)
+    a, b, c = add_node(ctx, 30, "failed"), add_node(ctx, 31, "offline"), add_node(ctx, 32)
     out = api("POST", "/resources/bulk", json={"resources": [a, b], "action": "release"}).get_json()
     assert out["ok"] == 2 and all(i["detail"] == "idle" for i in out["results"])
     with ctx.db.reader() as s:
@@ -219,7 +217,7 @@ def test_bulk_release_and_assign(api, ctx):
 
 
 def ui(app, role: str):
-    from tests.unit.web_fixtures import csrf_of, login
+    from tests.unit.weblab import csrf_of, login
 
     client = app.test_client()
     login(client, role)
@@ -232,7 +230,7 @@ def rid_of(ctx, name: str) -> int:
 
 
 def test_ui_power_settings_form_is_admin_only_and_write_only(app, ctx):
-    name = add(ctx, 40)
+    name = add_node(ctx, 40)
     rid = rid_of(ctx, name)
     client, token = ui(app, "operator")
     page = client.get(f"/resources/{rid}").get_data(as_text=True)
@@ -264,7 +262,7 @@ def api_state(ctx, name):
 
 
 def test_ui_power_buttons_and_failures(app, ctx, scripted):
-    good, dead = add(ctx, 41), add(ctx, 42)
+    good, dead = add_node(ctx, 41), add_node(ctx, 42)
     client, token = ui(app, "admin")
     for name, address in ((good, "bmc41"), (dead, "dead42")):
         client.post(f"/resources/{rid_of(ctx, name)}/power/settings",
@@ -282,7 +280,7 @@ def test_ui_power_buttons_and_failures(app, ctx, scripted):
 
 
 def test_ui_bulk_form(app, ctx, scripted):
-    names = [add(ctx, n) for n in (50, 51)]
+    names = [add_node(ctx, n) for n in (50, 51)]
     client, token = ui(app, "admin")
     client.post(f"/resources/{rid_of(ctx, names[0])}/power/settings",
                 data={"csrf_token": token, "driver": "scripted", "address": "bmc50",

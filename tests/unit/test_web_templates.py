@@ -1,6 +1,6 @@
 """Install templates through the API, the UI preview and the CLI: one preview, three faces."""
 
-# ruff: noqa: F811  (pytest fixtures imported from tests.unit.web_fixtures / test_cli)
+# ruff: noqa: F811  (pytest fixtures imported from tests.unit.weblab / test_cli)
 from __future__ import annotations
 
 import json
@@ -9,7 +9,7 @@ import pytest
 
 from provisiond import resources
 from tests.unit.clilab import cli, db  # noqa: F401
-from tests.unit.web_fixtures import api, app, ctx, login, tokens  # noqa: F401
+from tests.unit.weblab import api, app, ctx, login, tokens  # noqa: F401
 
 
 @pytest.fixture(autouse=True)

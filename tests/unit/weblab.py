@@ -7,7 +7,7 @@ import re
 import pytest
 
 from provisiond import config as configmod
-from provisiond import lookup, users
+from provisiond import lookup, resources, users
 from provisiond.app import build_context
 from provisiond.model import User
 from tests.conftest import write_config
@@ -66,3 +66,11 @@ def api(app, tokens):
         return client.open("/api/v1" + path, method=method, headers=headers, **kw)
 
     return call
+
+
+def add_node(ctx, n: int, state: str = "idle") -> str:
+    """A resource ``node<n>`` (MAC 52:54:00:00:30:<n>) in ``state``; returns its name."""
+    with ctx.db.transaction() as s:
+        r = resources.ensure(s, f"52:54:00:00:30:{n:02x}")
+        r.name, r.state = f"node{n}", state
+    return f"node{n}"
