@@ -196,10 +196,9 @@ class FlakyHost(RemoteFake):
         return super().run(argv, input=input, timeout=timeout, check=check)
 
 
-def down_host(tmp_path):
-    """A storage service whose one storage host ``san`` (192.0.2.50) is down (first poll failed)."""
+def san_db(tmp_path):
+    """A config with one LVM storage ``san`` on host 192.0.2.50, and its migrated database."""
     from provisiond.db import Database
-    from provisiond.storages import StorageManager, StorageService
 
     c = cfg.parse(BASE + f'state_dir = "{tmp_path}"\n'
                   f'database_url = "sqlite:///{tmp_path}/db.sqlite"\n'
@@ -207,6 +206,14 @@ def down_host(tmp_path):
                   'host = "192.0.2.50"\n')  # fmt: skip
     db = Database(c.database_url)
     db.migrate()
+    return c, db
+
+
+def down_host(tmp_path):
+    """A storage service whose one storage host ``san`` (192.0.2.50) is down (first poll failed)."""
+    from provisiond.storages import StorageManager, StorageService
+
+    c, db = san_db(tmp_path)
     manager = StorageManager(c)
     host = FlakyHost()
     manager._ssh["san"] = host
@@ -297,17 +304,11 @@ def test_capture_onto_a_storage_host_needs_the_tcp_transport(tmp_path):
     from types import SimpleNamespace
 
     from provisiond.capture import CaptureJob
-    from provisiond.db import Database
     from provisiond.jobrunner import JobFailed
     from provisiond.model import Job, Resource
     from provisiond.storages import StorageManager
 
-    c = cfg.parse(BASE + f'state_dir = "{tmp_path}"\n'
-                  f'database_url = "sqlite:///{tmp_path}/db.sqlite"\n'
-                  '[[storage]]\nname = "san"\nbackend = "lvm"\npath = "pv"\n'
-                  'host = "192.0.2.50"\n')  # fmt: skip
-    db = Database(c.database_url)
-    db.migrate()
+    c, db = san_db(tmp_path)
     manager = StorageManager(c)
     manager._ssh["san"] = RemoteFake().on(["lvs"], (FIX / "lvs-empty.json").read_text())
     with db.transaction() as s:
