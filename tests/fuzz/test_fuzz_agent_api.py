@@ -31,7 +31,7 @@ from provisiond.model import Event, Job, Resource
 from provisiond.security import hash_token
 from tests.conftest import write_config
 from tests.fuzz.tally import budget, tried
-from tests.unit.web_fixtures import login
+from tests.unit.weblab import login
 from web import create_app
 
 REGISTER_SCHEMA = importlib.util.find_spec("provisiond.hardware") is not None
