@@ -286,8 +286,10 @@ def test_lio_export_roundtrip_of_a_file(ssh):
         assert img in udev.split()
     finally:
         lio.unexport(iqn)
-    assert all(x.target_iqn != iqn for x in lio.list_exports())
-    assert ssh.run(["test", "-d", f"{CONFIGFS}/iscsi/{iqn}"], check=False).rc != 0
+    gone = (
+        f"test ! -e {CONFIGFS}/iscsi/{iqn} && ! grep -qs {img} {CONFIGFS}/core/fileio_*/*/udev_path"
+    )
+    assert ssh.run(["sh", "-c", gone], check=False).rc == 0  # target and backstore
 
 
 def test_lvm_create_clone_delete(ssh, volumes):
