@@ -16,6 +16,13 @@ socket, on no command line): a machine SAN-boots from it with iPXE while the
 next tests run. Removing exports and snapshots; a host going down and coming
 back (StorageService marks it down with the reason, polls, marks it up).
 
+Before any thin pool exists, the unit tests' LVM fixtures' recipe
+(tests/testbed/lvmrecord.py) runs on a scratch VG on a second disk: every
+committed fixture must be what this lvm2 prints (PROVISIOND_RECORD_LVM=1
+rewrites them). LvmBackend's create/clone/delete, a file-backed LIO export
+and the configfs portal check (read through the SSH runner) also run here:
+this machine's kernel has neither device-mapper nor LIO.
+
 Last, provisiond itself against the same VM: import, ``appliance start`` of
 a classic and a thin clone that two machines SAN-boot through its DHCP and
 iPXE; each booted guest writes a token into its own disk (the LUN
@@ -23,7 +30,11 @@ hot-plugged as a virtio disk through QEMU's iSCSI initiator, same IQN and
 CHAP; the marker guest has no initiator of its own), found on its clone and
 on neither the master nor the other clone; kill -9 and restart (reconcile: a
 lost export comes back, a stale target and an orphaned clone go), stop and
-rm. One storage VM, one daemon, three client machines in the module.
+rm. Between import and appliance start, a third machine's real agent
+captures its small disk of random bytes through the daemon onto a thin LV
+of the storage host: the LV holds it byte for byte and the image's manifest
+matches, re-hashed on the host. One storage VM, one daemon, four client
+machines in the module.
 """
 
 from __future__ import annotations
@@ -612,8 +623,11 @@ def check_capture_onto_storage_host(tb: Testbed, ssh: SshRunner, source: Path) -
     """The real agent on machine CAP_MAC sends its disk through the daemon (tcp transport)
     onto a thin LV of the storage VM: the LV holds the disk byte for byte and the image's
     manifest is the source's, chunk for chunk, also re-hashed on the host."""
+    t0 = time.monotonic()
     out = cli(tb, "image", "capture", CAP_MAC, "--disk", "/dev/vda", "--name", "cap",
               "--storage", "sant", "--workers", "2")  # fmt: skip
+    print(f"capture of {CAP_MIB} MiB onto the storage VM: {time.monotonic() - t0:.1f} s",
+          flush=True)  # fmt: skip
     want = hashlib.sha256(source.read_bytes()).hexdigest()
 
     def shown_sha() -> str | None:  # filled in after the ready image (provisiond/imagedigest)
@@ -647,8 +661,11 @@ def test_daemon_sanboots_a_classic_and_a_thin_clone_from_the_storage_host(
     appliance stop + rm (export and snapshot removed)."""
     h = storage_host
     tb = h.tb
+    # alive_timeout: the TCG storage VM's sshd can take over 10 s to open a channel on a
+    # machine loaded 15 (2 cores); a host that really vanishes is tests/interop's business
     host = (f'backend = "lvm"\npath = "{VG}"\nhost = "{HOST}"\nkey = "{h.client}"\n'
-            f'host_key = "{h.host_key_line}"\ndevices = ["/dev/vdb"]\n')  # fmt: skip
+            f'host_key = "{h.host_key_line}"\ndevices = ["/dev/vdb"]\n'
+            "alive_timeout = 60\n")  # fmt: skip
     config = tb.provisiond_config(heartbeat_interval=2) + (
         "\n[iscsi]\nboot_timeout = 240\n"
         f'\n[[storage]]\nname = "sanc"\n{host}'
