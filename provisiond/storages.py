@@ -30,13 +30,14 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from provisiond import logs
+from provisiond import chapsecret, logs
 from provisiond.config import Config, StorageConfig
 from provisiond.db import Database
 from provisiond.errors import Conflict, Invalid, NotFound
 from provisiond.lifecycle import ApplianceState as AS
 from provisiond.model import Appliance, Storage, Volume
 from provisiond.modes import ApplianceMode as M
+from provisiond.secretbox import SecretBoxError
 from storage.backends import Backend, make_backend
 from storage.backends.base import StorageError
 from storage.backends.file import FileBackend
@@ -149,10 +150,13 @@ class StorageManager:
             row.host = st.host or None
 
 
-def wanted_exports(session: Session, storages: set[str] | None = None) -> list[ExportSpec]:
+def wanted_exports(
+    session: Session, state_dir: Path, storages: set[str] | None = None
+) -> list[ExportSpec]:
     """Exports the database says must exist: sanboot appliances starting or active.
 
     ``storages``: only those whose volume lives on one of them (a storage host's exports).
+    CHAP secrets are opened with the server key in ``state_dir`` (:mod:`provisiond.chapsecret`).
     """
     out = []
     for app in session.scalars(
@@ -165,13 +169,19 @@ def wanted_exports(session: Session, storages: set[str] | None = None) -> list[E
             continue
         if storages is not None and app.volume.storage.name not in storages:
             continue
+        try:
+            secret = chapsecret.secret_of(state_dir, p)
+        except SecretBoxError as exc:
+            log.error("appliance %s: its CHAP secret cannot be opened (%s); start it again",
+                      app.name, exc)  # fmt: skip
+            continue
         out.append(
             ExportSpec(
                 target_iqn=p["target_iqn"],
                 path=app.volume.path,
                 initiator_iqn=p["initiator_iqn"],
                 chap_user=p.get("chap_user"),
-                chap_secret=p.get("chap_secret"),
+                chap_secret=secret,
                 lun=int(p["lun"]) if "lun" in p else None,
             )
         )
@@ -232,7 +242,7 @@ class StorageService:
             exporter = self.manager.host_exporter(name)
             exporter.check()
             with self.db.transaction() as s:
-                wanted = wanted_exports(s, self.same_host(name))
+                wanted = wanted_exports(s, self.config.state_dir, self.same_host(name))
             if isinstance(exporter, RemoteLioExporter):
                 added, removed = exporter.reconcile_all(wanted)
             else:
@@ -321,7 +331,9 @@ class StorageService:
         self.exporter = exporter
         with self.db.transaction() as s:
             local = {st.name for st in self.local_storages}
-            wanted = [w for w in wanted_exports(s) if _storage_of(s, w) in local]
+            wanted = [
+                w for w in wanted_exports(s, self.config.state_dir) if _storage_of(s, w) in local
+            ]
         added, removed = reconcile(exporter, wanted)
         if added or removed:
             log.info("reconciled exports: added %s, removed stale %s", added, removed)
