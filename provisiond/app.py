@@ -184,6 +184,7 @@ class Daemon:
             },
         )
         other_jobs = {"image.capture": CaptureJob(ctx, manager), "resource.erase": EraseJob(ctx)}
+        other_jobs["image.capture"].backfill.sweep()  # captured images whose sha256 is pending
         other_jobs[images.IMPORT] = images.ImportJob(ctx.db, manager)
         self.services += [
             storage,

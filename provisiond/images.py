@@ -283,7 +283,7 @@ def register(
     vol = Volume(storage_id=st.id, name=master.volume, path=master.path, size=master.size)
     session.add(vol)
     session.flush()
-    img = Image(name=master.name, format="raw", size=master.size, sha256=master.sha256,
+    img = Image(name=master.name, format="raw", size=master.size, sha256=master.sha256 or None,
                 volume_id=vol.id, manifest=master.manifest, state="ready")  # fmt: skip
     session.add(img)
     session.flush()
