@@ -129,7 +129,7 @@ class Daemon:
         """Lock, migrate, lease, recover. Raises AlreadyRunning before any database access."""
         self.lock = instance.InstanceLock.acquire(self.config)
         private_state(self.config.state_dir, self.config.sqlite_path)
-        self.ctx.db.migrate()
+        self.ctx.db.migrate(self.config.state_dir)
         with self.ctx.db.transaction() as s:
             instance.register(s, self.config)
             failed = recovery.recover(s, self.config.instance)
@@ -184,6 +184,7 @@ class Daemon:
             },
         )
         other_jobs = {"image.capture": CaptureJob(ctx, manager), "resource.erase": EraseJob(ctx)}
+        other_jobs["image.capture"].backfill.sweep()  # captured images whose sha256 is pending
         other_jobs[images.IMPORT] = images.ImportJob(ctx.db, manager)
         self.services += [
             storage,

@@ -26,8 +26,10 @@ Transports (job param ``transport``):
     (``partclone.<fs> -D``, a ddrescue domain map), everything else whole
     (zero chunks skipped by their sha256). Chunks outside the plan are zero in
     the image. The server verifies every chunk on arrival, builds the
-    manifest and the whole-image sha256 as chunks arrive, and fsyncs once at
-    the end: no second read of the volume.
+    manifest as chunks arrive, and fsyncs once at the end. The image is
+    ``ready`` then; its whole-image sha256 (zero runs included) is computed
+    afterwards in the background (:mod:`provisiond.imagedigest`), off the
+    capture's critical path.
 ``http``
     the original path: one ``PUT .../chunk/<index>`` per chunk, every chunk
     of the disk read, a scan of the volume at the end.
@@ -44,7 +46,7 @@ import hashlib
 import os
 import time
 
-from provisiond import agentchannel, capturerx, chunks, events, images
+from provisiond import agentchannel, capturerx, chunks, events, imagedigest, images
 from provisiond.agentjob import (
     DEFAULT_TIMEOUT,
     JobScope,
@@ -157,6 +159,18 @@ def store_chunk(
 class CaptureJob:
     def __init__(self, ctx: Context, manager: StorageManager) -> None:
         self.ctx, self.manager = ctx, manager
+        #: gives captured images their whole sha256 after the job (``sweep()`` at start)
+        self.backfill = imagedigest.Backfill(ctx.db, self._hasher_for)
+
+    def _hasher_for(self, image_id: int):
+        """None (read the volume here) or a storage host's ``sha256sum``."""
+        from provisiond.model import Image
+
+        with self.ctx.db.reader() as s:
+            img = s.get(Image, image_id)
+            storage = img.volume.storage.name if img and img.volume else None
+        remote = self.manager.runner_for(storage) if storage else None
+        return imagedigest.remote_hasher(remote) if getattr(remote, "remote", False) else None
 
     def run(self, job_id: int) -> str:
         db, scope = self.ctx.db, JobScope(self.ctx, job_id)
@@ -207,9 +221,13 @@ class CaptureJob:
         master = images.Master(p["name"], settings.name, vol_name, vol.path, size, m.sha256,
                                m.to_json())  # fmt: skip
         with db.transaction() as s:
-            images.register(s, self.manager, job_id, master, "daemon", "image.captured",
-                            f"{res_name}:{p['disk']}")  # fmt: skip
-        return f"image {p['name']}: {size} bytes, {len(m.chunks)} data chunks, sha256 {m.sha256}"
+            img = images.register(s, self.manager, job_id, master, "daemon", "image.captured",
+                                  f"{res_name}:{p['disk']}")  # fmt: skip
+            image_id = img.id
+        if not m.sha256:  # tcp: every chunk was checked on arrival; the whole sha256 follows
+            self.backfill.submit(image_id)
+        whole = m.sha256 or "computed in the background"
+        return f"image {p['name']}: {size} bytes, {len(m.chunks)} data chunks, sha256 {whole}"
 
     def _run_tcp(self, scope: JobScope, p, res_id, res_ip, res_name, path, size, sink=None):
         db, job_id = self.ctx.db, scope.job_id

@@ -2,7 +2,7 @@
 
 Owns the server side of a capture's data path when the agent sends its disk
 over plain TCP (``nc SERVER PORT``) instead of one HTTP PUT per chunk, and
-the pure bookkeeping that goes with it (:class:`OrderedHasher`).
+the pure wire checks that go with it (:func:`parse_hello`, :func:`parse_header`).
 
 Why: the busybox agent forks per request; an HTTP PUT per 4 MiB chunk plus
 an fsync per chunk on the server kept capture at 1.2-2.5x ``dd | nc``
@@ -28,27 +28,24 @@ connection that fails either check is closed and counted in
 
 Every chunk is checked (length, sha256 after zstd) before it is written at
 its offset; nothing is fsynced per chunk — :meth:`Receiver.finish` fsyncs the
-volume once. The sha256 of the whole image (zero chunks included) is built
-while chunks arrive (:class:`OrderedHasher`, in a thread of its own: the
-lanes only verify and write), so the end of a capture needs no second read
-of the volume.
+volume once. The manifest (every chunk's sha256) is complete when every lane
+has sent its end frame. The sha256 of the whole raw image is *not* computed
+here: it was one thread hashing every byte, zero runs included, and it held
+the capture's end back on a loaded machine; :mod:`provisiond.imagedigest`
+computes it after the image is ready.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import socket
 import threading
-import time
 from collections.abc import Callable
 
 from provisiond import chunks, logs
 from storage.backends.base import StorageError
 
 log = logs.get("capture")
-#: out-of-order chunk bytes the whole-image hasher may hold before a lane waits
-PENDING_LIMIT = 64 * 2**20
 HEADER_MAX = 200
 IDLE_TIMEOUT = 120.0
 
@@ -59,137 +56,6 @@ class FrameError(ValueError):
 
 class Refused(FrameError):
     """A hello with a token that may not upload here (not counted as a capture error)."""
-
-
-class OrderedHasher:
-    """sha256 of a whole image from chunks that arrive out of order, on several lanes.
-
-    Each lane delivers strictly increasing chunk indices. An index that every
-    lane has passed without delivering it is a zero chunk. Chunks ahead of the
-    hashing cursor are held in memory up to ``limit`` bytes; beyond that
-    :meth:`add` blocks (the lane's TCP connection then applies back-pressure)
-    until the cursor catches up. The lane with the lowest position never
-    waits, so the lanes cannot deadlock each other.
-
-    The hashing itself (data chunks in order and the zero runs between them)
-    runs in one thread of its own, outside the lock: a lane only hands its
-    chunk over, so lanes never wait while another lane's call hashes a long
-    zero run, and the whole-image sha256 overlaps the lanes' checks and writes.
-    """
-
-    def __init__(self, size: int, chunk_size: int, lanes: int, limit: int = PENDING_LIMIT):
-        self.size, self.chunk_size, self.limit = size, chunk_size, limit
-        self.count = chunks.chunk_count(size, chunk_size)
-        self._pos = [-1] * lanes
-        self._pending: dict[int, bytes] = {}
-        self._held = 0
-        self._cursor = 0  # the next chunk slot to hash (slots below it are hashed or in hand)
-        self._busy = False  # the thread hashes a segment outside the lock
-        self._closed = False
-        self._h = hashlib.sha256()
-        self._cv = threading.Condition()
-        self._thread = threading.Thread(target=self._run, name="capture-sha", daemon=True)
-        self._thread.start()
-
-    @property
-    def lanes(self) -> int:
-        return len(self._pos)
-
-    def add(self, lane: int, index: int, data: bytes, timeout: float = IDLE_TIMEOUT) -> None:
-        with self._cv:
-            self._pos[lane] = max(self._pos[lane], index)
-            self._cv.notify_all()
-            if index < self._cursor or index in self._pending:  # a lane resent a chunk
-                return
-            deadline = time.monotonic() + timeout
-            while index != self._cursor and self._held + len(data) > self.limit:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise TimeoutError(f"chunk {index} waited {timeout:.0f} s for the other lanes")
-                self._cv.wait(left)
-            self._pending[index] = data
-            self._held += len(data)
-            self._cv.notify_all()
-
-    def lane_done(self, lane: int) -> None:
-        with self._cv:
-            self._pos[lane] = self.count
-            self._cv.notify_all()
-
-    def _segment(self) -> tuple[bytes | None, int, int] | None:
-        """(data, zero bytes, next cursor) to hash next, or None (under the lock)."""
-        data = self._pending.pop(self._cursor, None)
-        if data is not None:
-            return data, 0, self._cursor + 1
-        # below every lane's position, a chunk not held is a zero chunk (a lane's
-        # position itself is the chunk it is adding now: held or hashed already)
-        limit = min(min(self._pos) if self._pos else self.count, self.count)
-        if self._cursor >= limit:
-            return None
-        end = min([limit, *(i for i in self._pending if i > self._cursor)])
-        zeros = min(self.size, end * self.chunk_size) - self._cursor * self.chunk_size
-        return None, zeros, end
-
-    def _run(self) -> None:
-        while True:
-            with self._cv:
-                while True:
-                    if self._closed or self._cursor >= self.count:
-                        self._cv.notify_all()
-                        return
-                    seg = self._segment()
-                    if seg is not None:
-                        break
-                    self._cv.notify_all()  # idle: hexdigest may answer
-                    self._cv.wait()
-                data, zeros, nxt = seg
-                self._cursor, self._busy = nxt, True  # claimed: a resend below it is ignored
-            if data is not None:
-                self._h.update(data)
-            else:
-                _hash_zeros(self._h, zeros)
-            with self._cv:
-                self._busy = False
-                if data is not None:
-                    self._held -= len(data)
-                self._cv.notify_all()
-
-    def hexdigest(self, timeout: float = IDLE_TIMEOUT) -> str | None:
-        """The whole image's sha256 once every chunk slot is accounted for, else None.
-
-        Waits while the hashing thread still has work it can do.
-        """
-        deadline = time.monotonic() + timeout
-        with self._cv:
-            while not self._closed and (self._busy or (
-                    self._cursor < self.count and self._segment_ready())):  # fmt: skip
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return None
-                self._cv.wait(min(left, 1.0))
-            if self._cursor >= self.count and not self._busy:
-                return self._h.hexdigest()
-            return None
-
-    def _segment_ready(self) -> bool:
-        limit = min(min(self._pos) if self._pos else self.count, self.count)
-        return self._cursor in self._pending or self._cursor < limit
-
-    def close(self) -> None:
-        """End the hashing thread (a capture that failed or was stopped)."""
-        with self._cv:
-            self._closed = True
-            self._cv.notify_all()
-
-
-_ZERO_BLOCK = bytes(chunks.CHUNK_SIZE)
-
-
-def _hash_zeros(h, n: int) -> None:
-    while n > 0:
-        step = min(n, len(_ZERO_BLOCK))
-        h.update(memoryview(_ZERO_BLOCK)[:step])
-        n -= step
 
 
 def parse_hello(line: bytes) -> tuple[str, int, int]:
@@ -239,7 +105,7 @@ class Receiver:
         self.errors: list[str] = []
         self.refused = 0
         self.received_bytes = 0
-        self.hasher: OrderedHasher | None = None
+        self.lanes: int | None = None  # as the first hello announced
         self.on_chunk = on_chunk
         self._lanes_done: set[int] = set()
         self._lock = threading.Lock()
@@ -301,11 +167,10 @@ class Receiver:
                 self.refused += 1
             raise Refused("this token may not upload to this capture")
         with self._lock:
-            if self.hasher is None:
-                self.hasher = OrderedHasher(self.size, self.chunk_size, lanes)
-            elif self.hasher.lanes != lanes:
+            if self.lanes is None:
+                self.lanes = lanes
+            elif self.lanes != lanes:
                 raise FrameError(f"{lanes} lanes announced, the first lane said otherwise")
-            hasher = self.hasher
         dctx = zstandard.ZstdDecompressor()
         sent = 0
         while True:
@@ -316,7 +181,6 @@ class Receiver:
             if kind == "E":
                 if index != sent:
                     raise FrameError(f"end frame says {index} chunks, lane {lane} sent {sent}")
-                hasher.lane_done(lane)
                 with self._lock:
                     self._lanes_done.add(lane)
                 return f"OK {sent}"
@@ -335,7 +199,6 @@ class Receiver:
                 self.sink.write(index * self.chunk_size, body, digest)
             else:
                 os.pwrite(self._fd, body, index * self.chunk_size)
-            hasher.add(lane, index, body)
             sent += 1
             with self._lock:
                 self.entries[index] = (digest, enc)
@@ -348,15 +211,21 @@ class Receiver:
             return len(self._lanes_done)
 
     def manifest(self) -> chunks.Manifest:
-        """The manifest of what was received (every chunk verified on arrival)."""
-        whole = self.hasher.hexdigest() if self.hasher else None
-        if whole is None:
-            raise FrameError("not every lane finished: the image is incomplete")
+        """The manifest of what was received (every chunk verified on arrival).
+
+        Its whole-image ``sha256`` is empty: :mod:`provisiond.imagedigest`
+        fills it in after the image is ready.
+        """
         with self._lock:
+            if self.lanes is None or len(self._lanes_done) < self.lanes:
+                done = len(self._lanes_done)
+                raise FrameError(
+                    f"{done} of {self.lanes or '?'} lanes finished: the image is incomplete"
+                )
             entries = tuple(
                 chunks.ChunkEntry(i, sha, enc) for i, (sha, enc) in sorted(self.entries.items())
             )
-        return chunks.Manifest(self.size, self.chunk_size, entries, whole)
+        return chunks.Manifest(self.size, self.chunk_size, entries, "")
 
     def finish(self) -> None:
         if self.sink is None:
@@ -371,8 +240,6 @@ class Receiver:
 
     def stop(self) -> None:
         self._stop.set()
-        if self.hasher is not None:
-            self.hasher.close()
         try:
             self.sock.close()
         except OSError:

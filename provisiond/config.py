@@ -59,6 +59,10 @@ class StorageConfig:
     host_key: str = ""  # "ssh-ed25519 AAAA…"; empty = pin on first use (storage-hostkeys.json)
     devices: tuple[str, ...] = ()  # block devices the VG is created on when missing (lvm)
     thin_pool_size: int = 0  # bytes; the thin pool is created with this size when missing
+    # liveness of a storage host's SSH connection (storage.ssh): probed every alive_interval
+    # seconds, down when a probe is not answered within alive_timeout seconds
+    alive_interval: int = 5
+    alive_timeout: int = 10
 
 
 @dataclass(frozen=True)
@@ -650,7 +654,8 @@ def _subnet(raw: dict[str, Any], prefix: str) -> SubnetConfig:
 
 def _storage(raw: dict[str, Any], prefix: str) -> StorageConfig:
     t = _Table(raw, prefix, {"name", "backend", "path", "exporter", "thin_pool", "host", "user",
-                             "port", "key", "host_key", "devices", "thin_pool_size"})  # fmt: skip
+                             "port", "key", "host_key", "devices", "thin_pool_size",
+                             "alive_interval", "alive_timeout"})  # fmt: skip
     name = t.str("name", "")
     if not name or not name.replace("-", "").replace("_", "").isalnum():
         raise ConfigError(t.key("name"), name, "must be a non-empty name of letters, digits, - _")
@@ -691,6 +696,8 @@ def _storage_host(t: _Table) -> dict[str, Any]:
         "host_key": host_key,
         "devices": tuple(devices),
         "thin_pool_size": t.int("thin_pool_size", 0, 0, 1 << 50),
+        "alive_interval": t.int("alive_interval", 5, 1, 300),
+        "alive_timeout": t.int("alive_timeout", 10, 1, 300),
     }
 
 

@@ -90,10 +90,12 @@ class Database:
         """Call ``fn(tables)`` after each commit of this process that wrote rows."""
         self._committed.append(fn)
 
-    def migrate(self) -> None:
+    def migrate(self, state_dir: Path | None = None) -> None:
+        """Upgrade to head; ``state_dir`` holds the server key data migrations seal with."""
         cfg = AlembicConfig()
         cfg.set_main_option("script_location", str(MIGRATIONS))
         cfg.attributes["engine"] = self.engine
+        cfg.attributes["state_dir"] = state_dir
         command.upgrade(cfg, "head")
 
     def dispose(self) -> None:

@@ -66,23 +66,57 @@ class _Sources:
     """Import sources that carry a password, kept in memory only (never in the job row).
 
     The request that queues an import puts its source here; the runner's
-    handler in the same process takes it. Thread-safe.
+    handler in the same process takes it. A job that ends in this process
+    (succeeded, failed, cancelled: :data:`provisiond.jobs.ON_FINAL`) drops its
+    source, and each new import first forgets the sources of jobs that are no
+    longer queued or running (one cancelled by another instance). Thread-safe.
     """
 
     def __init__(self) -> None:
         self._by_job: dict[int, str] = {}
+        self._put_at: dict[int, float] = {}
         self._lock = threading.Lock()
 
     def put(self, job_id: int, source: str) -> None:
         with self._lock:
             self._by_job[job_id] = source
+            self._put_at[job_id] = time.monotonic()
 
     def take(self, job_id: int) -> str | None:
         with self._lock:
+            self._put_at.pop(job_id, None)
             return self._by_job.pop(job_id, None)
+
+    def discard(self, job_id: int) -> None:
+        self.take(job_id)
+
+    def held(self) -> list[int]:
+        """The ids of the jobs whose source is held (tests, diagnostics; never the sources)."""
+        with self._lock:
+            return sorted(self._by_job)
+
+    def prune(self, session: Session, settle: float = 60.0) -> None:
+        """Forget the sources of jobs that ended elsewhere or no longer exist.
+
+        Only sources held for ``settle`` seconds: a job whose source was put just
+        now may not be committed yet (another request's transaction)."""
+        with self._lock:
+            now = time.monotonic()
+            ids = sorted(j for j, at in self._put_at.items() if now - at >= settle)
+        if not ids:
+            return
+        live = set(
+            session.scalars(
+                select(Job.id).where(Job.id.in_(ids), Job.state.in_((JS.QUEUED, JS.RUNNING)))
+            )
+        )
+        for job_id in ids:
+            if job_id not in live:
+                self.discard(job_id)
 
 
 SOURCES = _Sources()
+jobs.ON_FINAL.append(SOURCES.discard)
 
 
 def _new_job(db, manager, source, name, storage, actor, state: JS) -> int:
@@ -92,6 +126,7 @@ def _new_job(db, manager, source, name, storage, actor, state: JS) -> int:
     importpolicy.checked_source(manager.config, source)
     shown = redact_url(source)
     with db.transaction() as s:
+        SOURCES.prune(s)
         check_name(s, name)
         manager.sync_rows(s)
         job = Job(kind=IMPORT, state=state, started_at=utcnow() if state == JS.RUNNING else None,
@@ -248,7 +283,7 @@ def register(
     vol = Volume(storage_id=st.id, name=master.volume, path=master.path, size=master.size)
     session.add(vol)
     session.flush()
-    img = Image(name=master.name, format="raw", size=master.size, sha256=master.sha256,
+    img = Image(name=master.name, format="raw", size=master.size, sha256=master.sha256 or None,
                 volume_id=vol.id, manifest=master.manifest, state="ready")  # fmt: skip
     session.add(img)
     session.flush()

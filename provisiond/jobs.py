@@ -37,6 +37,11 @@ MAX_LOG = 256 * 1024
 MAX_REDELIVERIES = 3
 
 
+#: called with a job's id when it reaches a final state (succeeded, failed, cancelled) in
+#: this process: what a job kept in memory only (an import's password) is dropped then
+ON_FINAL: list = []
+
+
 def transition(job: Job, target: JS, outcome: str = "") -> None:
     lifecycle.check(job.state, target)
     job.state = str(target)
@@ -45,6 +50,8 @@ def transition(job: Job, target: JS, outcome: str = "") -> None:
     if target in (JS.SUCCEEDED, JS.FAILED, JS.CANCELLED):
         job.finished_at = utcnow()
         job.outcome = outcome
+        for hook in ON_FINAL:
+            hook(job.id)
 
 
 def append_log(job: Job, line: str) -> None:

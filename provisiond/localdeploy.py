@@ -141,6 +141,19 @@ def ensure_manifest(db: Database, image_id: int, job_id: int | None = None) -> c
     return m
 
 
+def _with_whole_sha256(db: Database, image_id: int, job_id: int, m: chunks.Manifest):
+    """``m`` with the whole image's sha256, computed now if the background has not yet."""
+    from dataclasses import replace
+
+    from provisiond import imagedigest
+
+    job_log(db, job_id, "the image's whole sha256 is still being computed: computing it now")
+    try:
+        return replace(m, sha256=imagedigest.ensure(db, image_id))
+    except (imagedigest.VerifyError, OSError) as exc:
+        raise JobFailed(f"the image cannot be verified: {exc}")
+
+
 # --- server side of the agent's streams (called by web/stream.py) -------------
 
 
@@ -284,6 +297,8 @@ class LocalStart:
         transport = params.get("transport", "http")
         if transport not in ("http", "nc"):
             raise JobFailed(f"transport {transport!r}: use http or nc")
+        if transport == "nc" and not m.sha256:  # a fresh capture's: the raw copy is checked by it
+            m = _with_whole_sha256(db, image_id, job_id, m)
         # several machines of one bulk start: one multicast for all (provisiond/fanout.py); the
         # multicast bytes are the same for all, so a fanned-out disk proves its boot by DHCP
         cmd_id = self._fanout_command(job_id, transport, image_id, m, params)

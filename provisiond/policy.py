@@ -25,11 +25,15 @@ appliance mode template, starting       DEPLOY: the agent, which installs
 
 from __future__ import annotations
 
+from provisiond import chapsecret, logs
 from provisiond.config import Config
 from provisiond.inventory import Inventory, KernelView, ResourceView
 from provisiond.lifecycle import ApplianceState as AS
 from provisiond.modes import ApplianceMode as M
+from provisiond.secretbox import SecretBoxError
 from pxe.boot import BootAction, BootSpec, Machine, SanTarget
+
+log = logs.get("policy")
 
 
 class DatabasePolicy:
@@ -63,13 +67,19 @@ class DatabasePolicy:
         self, view: ResourceView, mode: str, state: str, params: dict
     ) -> BootSpec | None:
         if mode == M.SANBOOT and params.get("target_iqn"):
+            try:  # sealed in the database; opened only for the script (chapsecret)
+                secret = chapsecret.secret_of(self._config.state_dir, params) or ""
+            except SecretBoxError as exc:
+                log.error("SAN script of %s: its CHAP secret cannot be opened (%s); start "
+                          "the appliance again", view.name, exc)  # fmt: skip
+                return None
             san = SanTarget(
                 portal=str(params.get("portal", self._config.address)),
                 iqn=params["target_iqn"],
                 lun=int(params.get("lun", 1)),
                 initiator_iqn=params.get("initiator_iqn", ""),
                 chap_user=params.get("chap_user", ""),
-                chap_secret=params.get("chap_secret", ""),
+                chap_secret=secret,
             )
             return BootSpec(BootAction.SANBOOT, san=san, resource_id=view.id, label="sanboot")
         if mode == M.LOCAL and (state == AS.ACTIVE or params.get("written")):

@@ -198,6 +198,8 @@ def _adoptable(
     sent = dict(
         line.split("=", 1) for line in (cmd.params or {}).get("arg", "").splitlines() if "=" in line
     )
-    if Manifest.from_json(img.manifest).sha256 != sent.get("sha256"):
+    now = Manifest.from_json(img.manifest).sha256
+    # a capture's whole sha256 is filled in after the image is ready: "" then a digest is no change
+    if sent.get("sha256") and now != sent.get("sha256"):
         return None, f"image {img.name} changed since the deploy began"
     return app, ""

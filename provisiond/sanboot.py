@@ -7,7 +7,8 @@ Owns the two jobs of a sanboot appliance:
     clone of an earlier start is reused), export it as the appliance's own
     target — LUN backed by the clone, ACL for the resource's initiator IQN
     only, CHAP with a fresh 16-character secret — store what the boot
-    policy needs in the appliance's parameters, ask the idle agent to
+    policy needs in the appliance's parameters (the secret sealed,
+    :mod:`provisiond.chapsecret`), ask the idle agent to
     reboot, and watch the boot chain (:mod:`provisiond.bootchain`): the
     exporter must list a session of the resource's initiator on that target
     (tgt's I_T nexus, LIO's ACL session) and the machine must then stop
@@ -25,7 +26,7 @@ from __future__ import annotations
 
 import time
 
-from provisiond import appliances, bootchain, jobs, logs, powerctl
+from provisiond import appliances, bootchain, chapsecret, jobs, logs, powerctl
 from provisiond.agentjob import appliance_of
 from provisiond.config import Config
 from provisiond.context import Context
@@ -128,7 +129,7 @@ class SanbootStart:
                 "lun": spec.lun,
                 "portal": self.storage.portal_for(storage_name),
                 "chap_user": spec.chap_user,
-                "chap_secret": spec.chap_secret,
+                chapsecret.KEY: chapsecret.seal(cfg.state_dir, spec.chap_secret),
             }
             res = app.resource
             agent_alive = res.hostkey is not None and res.agent_token_hash is not None

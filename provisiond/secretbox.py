@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import threading
 from pathlib import Path
 
 from cryptography.fernet import Fernet, InvalidToken
@@ -90,3 +91,17 @@ def is_sealed(value: str | None) -> bool:
 
 def for_state_dir(state_dir: Path) -> SecretBox:
     return SecretBox(state_dir / "secret.key")
+
+
+_cached: dict[Path, SecretBox] = {}
+_cached_lock = threading.Lock()
+
+
+def cached(state_dir: Path) -> SecretBox:
+    """The box of ``state_dir``, made once per process (hot paths: boot scripts, reconcile)."""
+    key = Path(state_dir)
+    with _cached_lock:
+        box = _cached.get(key)
+        if box is None:
+            box = _cached[key] = for_state_dir(key)
+        return box

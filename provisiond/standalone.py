@@ -32,7 +32,7 @@ def dhcp(argv: list[str]) -> int:
     cfg = config_mod.load(Path(argv[0]))
     logs.setup(cfg.log_level)
     db = Database(cfg.database_url)
-    db.migrate()
+    db.migrate(cfg.state_dir)
     store = SqlLeaseStore(db, logs.get("dhcp"))
     service = DhcpService(pxesettings.dhcp(cfg), BootEveryone(), store)
     run_until_signal(service, lambda: dict(service.stats, lease_batches=store.batches))

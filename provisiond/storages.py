@@ -24,19 +24,21 @@ create, change or remove (edit ``[[storage]]`` and restart instead).
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from provisiond import logs
+from provisiond import chapsecret, logs
 from provisiond.config import Config, StorageConfig
 from provisiond.db import Database
 from provisiond.errors import Conflict, Invalid, NotFound
 from provisiond.lifecycle import ApplianceState as AS
 from provisiond.model import Appliance, Storage, Volume
 from provisiond.modes import ApplianceMode as M
+from provisiond.secretbox import SecretBoxError
 from storage.backends import Backend, make_backend
 from storage.backends.base import StorageError
 from storage.backends.file import FileBackend
@@ -65,6 +67,9 @@ class StorageManager:
         self._by_name = {s.name: s for s in config.storages}
         self._ssh: dict[str, SshRunner] = {}
         self._lock = threading.Lock()
+        #: called with (storage name, reason) when a storage host's kept SSH connection stops
+        #: answering (storage.ssh liveness); the StorageService marks it down and polls it
+        self.on_host_down: Callable[[str, str], None] | None = None
 
     def settings(self, name: str | None) -> StorageConfig:
         if not self._by_name:
@@ -102,9 +107,21 @@ class StorageManager:
                 self._ssh[st.name] = SshRunner(
                     SshTarget(host=st.host, port=st.port, user=st.user, key_path=key,
                               host_key=st.host_key,
-                              pins_path=self.config.state_dir / "storage-hostkeys.json")
+                              pins_path=self.config.state_dir / "storage-hostkeys.json",
+                              alive_interval=st.alive_interval, alive_timeout=st.alive_timeout),
+                    on_down=lambda reason, name=st.name: self._host_down(name, reason),
                 )  # fmt: skip
             return self._ssh[st.name]
+
+    def _host_down(self, name: str, reason: str) -> None:
+        if self.on_host_down is not None:
+            self.on_host_down(name, reason)
+
+    def revive(self, name: str) -> None:
+        """Connect to ``name``'s storage host now, past its fail-fast interval (HostDown if not)."""
+        runner = self.runner_for(name)
+        if isinstance(runner, SshRunner):
+            runner.revive()
 
     def close(self) -> None:
         """Close the SSH connections to storage hosts."""
@@ -149,10 +166,13 @@ class StorageManager:
             row.host = st.host or None
 
 
-def wanted_exports(session: Session, storages: set[str] | None = None) -> list[ExportSpec]:
+def wanted_exports(
+    session: Session, state_dir: Path, storages: set[str] | None = None
+) -> list[ExportSpec]:
     """Exports the database says must exist: sanboot appliances starting or active.
 
     ``storages``: only those whose volume lives on one of them (a storage host's exports).
+    CHAP secrets are opened with the server key in ``state_dir`` (:mod:`provisiond.chapsecret`).
     """
     out = []
     for app in session.scalars(
@@ -165,13 +185,19 @@ def wanted_exports(session: Session, storages: set[str] | None = None) -> list[E
             continue
         if storages is not None and app.volume.storage.name not in storages:
             continue
+        try:
+            secret = chapsecret.secret_of(state_dir, p)
+        except SecretBoxError as exc:
+            log.error("appliance %s: its CHAP secret cannot be opened (%s); start it again",
+                      app.name, exc)  # fmt: skip
+            continue
         out.append(
             ExportSpec(
                 target_iqn=p["target_iqn"],
                 path=app.volume.path,
                 initiator_iqn=p["initiator_iqn"],
                 chap_user=p.get("chap_user"),
-                chap_secret=p.get("chap_secret"),
+                chap_secret=secret,
                 lun=int(p["lun"]) if "lun" in p else None,
             )
         )
@@ -189,6 +215,7 @@ class StorageService:
         self.poll_interval = 5.0  # seconds between connection attempts to a down host
         self._stop = threading.Event()
         self._pollers: dict[str, threading.Thread] = {}
+        manager.on_host_down = self._host_down
 
     def revive(self) -> None:
         """This machine's exporter stopped answering: start (our) tgtd again and check it."""
@@ -224,6 +251,7 @@ class StorageService:
         """Connect, check and reconcile one storage host; mark it up or down. True = up."""
         st = self.manager.settings(name)
         try:
+            self.manager.revive(name)  # a host that was down: try now, not fail fast
             backend = self.manager.backend(name)
             if isinstance(backend, LvmBackend) and (st.devices or st.thin_pool_size):
                 for line in backend.ensure_vg(st.devices, st.thin_pool_size):
@@ -232,7 +260,7 @@ class StorageService:
             exporter = self.manager.host_exporter(name)
             exporter.check()
             with self.db.transaction() as s:
-                wanted = wanted_exports(s, self.same_host(name))
+                wanted = wanted_exports(s, self.config.state_dir, self.same_host(name))
             if isinstance(exporter, RemoteLioExporter):
                 added, removed = exporter.reconcile_all(wanted)
             else:
@@ -283,6 +311,13 @@ class StorageService:
             self._mark(name, "down", str(exc))
             self._poll(name)
 
+    def _host_down(self, name: str, reason: str) -> None:
+        """``name``'s host stopped answering on its kept connection: down, then poll it."""
+        host = self.manager.settings(name).host
+        down = HostDown(f"storage host {host} is down: {reason}")
+        for other in sorted(self.same_host(name)):  # one host, one connection's fate
+            self.host_failed(other, down)
+
     def _mark(self, name: str, state: str, reason: str | None) -> None:
         with self.db.transaction() as s:
             row = s.scalars(select(Storage).where(Storage.name == name)).first()
@@ -321,7 +356,9 @@ class StorageService:
         self.exporter = exporter
         with self.db.transaction() as s:
             local = {st.name for st in self.local_storages}
-            wanted = [w for w in wanted_exports(s) if _storage_of(s, w) in local]
+            wanted = [
+                w for w in wanted_exports(s, self.config.state_dir) if _storage_of(s, w) in local
+            ]
         added, removed = reconcile(exporter, wanted)
         if added or removed:
             log.info("reconciled exports: added %s, removed stale %s", added, removed)

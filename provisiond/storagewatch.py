@@ -30,11 +30,12 @@ from dataclasses import dataclass
 
 from sqlalchemy import or_, select
 
-from provisiond import appliances, bootchain, events, logs
+from provisiond import appliances, bootchain, chapsecret, events, logs
 from provisiond.context import Context
 from provisiond.lifecycle import ApplianceState as AS
 from provisiond.model import Appliance
 from provisiond.modes import ApplianceMode as M
+from provisiond.secretbox import SecretBoxError
 from provisiond.storages import StorageService
 from pxe.service import LoopThread
 from storage.backends.base import StorageError
@@ -80,7 +81,7 @@ class StorageWatch:
 
     # -- one pass ---------------------------------------------------------
     def watched(self) -> list[Watched]:
-        me = self.ctx.config.instance
+        me, state_dir = self.ctx.config.instance, self.ctx.config.state_dir
         out = []
         with self.ctx.db.reader() as s:
             rows = s.scalars(
@@ -94,8 +95,13 @@ class StorageWatch:
                 p = app.params or {}
                 if app.volume is None or not p.get("target_iqn"):
                     continue
+                try:
+                    secret = chapsecret.secret_of(state_dir, p)
+                except SecretBoxError as exc:
+                    log.error("appliance %s: its CHAP secret cannot be opened (%s)", app.name, exc)
+                    continue
                 spec = ExportSpec(p["target_iqn"], app.volume.path, p["initiator_iqn"],
-                                  p.get("chap_user"), p.get("chap_secret"),
+                                  p.get("chap_user"), secret,
                                   int(p["lun"]) if "lun" in p else None)  # fmt: skip
                 out.append(
                     Watched(app.id, app.name, app.resource_id, app.volume.storage.name, spec)

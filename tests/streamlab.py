@@ -70,3 +70,13 @@ def lab(tmp_path):
 
 def job_of(out: str) -> int:
     return int(re.search(r"job (\d+)", out).group(1))
+
+
+def image_sha256(d: LabDaemon, name: str, timeout: float = 60) -> str:
+    """``image show NAME``'s sha256 once it is there (a capture's follows the ready image)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        shown = d.cli_json("image", "show", name)
+        if shown.get("sha256") or time.monotonic() > deadline:
+            return shown.get("sha256") or ""
+        time.sleep(0.2)

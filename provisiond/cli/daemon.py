@@ -64,7 +64,7 @@ def init(env: Env) -> None:
     cfg = env.config
     private_state(cfg.state_dir, cfg.sqlite_path)
     cfg.boot_assets_dir.mkdir(parents=True, exist_ok=True)
-    env.db.migrate()
+    env.db.migrate(cfg.state_dir)
     with env.db.transaction() as s:
         if s.scalars(select(User).where(User.name == "admin")).first() is None:
             password = new_password()

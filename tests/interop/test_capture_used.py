@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.streamlab import MAC, MiB, job_of
+from tests.streamlab import MAC, MiB, image_sha256, job_of
 from tests.streamlab import lab as lab  # a fixture
 
 pytestmark = [pytest.mark.interop, pytest.mark.timeout(300)]
@@ -80,8 +80,7 @@ def test_ext4_capture_reads_used_blocks_only_and_deploys_fsck_clean(lab, tmp_pat
     vol = next((tmp_path / "images").glob("image-used*")).read_bytes()
     assert vol[:512] == source[:512]  # the partition table travelled
     assert vol != source  # the free blocks' garbage did not
-    shown = d.cli_json("image", "show", "used")
-    assert shown["sha256"] == hashlib.sha256(vol).hexdigest()
+    assert image_sha256(d, "used") == hashlib.sha256(vol).hexdigest()
 
     # the image, deployed onto a blank disk, is a clean file system with the same files
     a.blank_disk(DISK)

@@ -126,6 +126,9 @@ def test_sanboot_appliance_life_cycle(san_lab, tmp_path):
         holder.wait(10)
     assert "chap_secret" not in d.cli_json("appliance", "show", "web1")["params"]
     assert secret not in d.log.read_text()
+    # the database holds the secret sealed only (provisiond.chapsecret): no byte of it in clear
+    db_files = list((tmp_path / "state").glob("*.db*"))
+    assert db_files and not any(secret.encode() in f.read_bytes() for f in db_files)
 
     assert "Lun:1" in iscsi_ls(client, portal, initiator, user, secret).replace(" ", "")
     assert iqn in iscsi_ls(client, portal, initiator, user, secret)
@@ -143,6 +146,12 @@ def test_sanboot_appliance_life_cycle(san_lab, tmp_path):
     exporter.export(ExportSpec(stale, str(master), initiator, "stale", "StaleSecret12345"))
     d.start()
     assert [e.target_iqn for e in exporter.list_exports()] == [iqn]
+    # restarted with the export gone: reconcile restores it with the sealed secret, opened
+    d.stop(signal.SIGKILL)
+    exporter.unexport(iqn)
+    d.start()
+    assert [e.target_iqn for e in exporter.list_exports()] == [iqn]
+    assert iqn in iscsi_ls(client, portal, initiator, user, secret)
 
     # stop: unexported, resource releasing until the agent registers again
     job_id = int(re.search(r"job (\d+)", d.cli("appliance", "stop", "web1").stdout).group(1))

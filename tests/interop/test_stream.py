@@ -21,7 +21,7 @@ import pytest
 from tests.daemonlab import LabDaemon
 from tests.hostagent import HostAgent
 from tests.netlab import Lab, sh
-from tests.streamlab import MAC, MiB, job_of
+from tests.streamlab import MAC, MiB, image_sha256, job_of
 from tests.streamlab import lab as lab  # a fixture
 
 pytestmark = [pytest.mark.interop, pytest.mark.timeout(240)]
@@ -308,8 +308,7 @@ def test_capture_then_release_with_erase(lab, tmp_path, transport):
     content = make_image(tmp_path / "disk-content.raw", 64 * MiB)
     a.disk.write_bytes(content)
     d.cli("image", "capture", MAC, "--disk", "/dev/vda", "--name", "cap", "--transport", transport)
-    shown = d.cli_json("image", "show", "cap")
-    assert shown["sha256"] == hashlib.sha256(content).hexdigest()
+    assert image_sha256(d, "cap") == hashlib.sha256(content).hexdigest()
     vol = next((tmp_path / "images").glob("image-cap*"))
     assert vol.read_bytes() == content
     assert os.stat(vol).st_blocks * 512 < 32 * MiB  # zero chunks were not sent: sparse

@@ -504,7 +504,10 @@ def appliance_export(tb: Testbed, name: str) -> ExportSpec:
     with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as con:
         (params,) = con.execute("SELECT params FROM appliance WHERE name = ?", (name,)).fetchone()
     p = json.loads(params)
-    return ExportSpec(p["target_iqn"], "", p["initiator_iqn"], p["chap_user"], p["chap_secret"],
+    from provisiond import chapsecret  # the secret is sealed with the daemon's server key
+
+    secret = chapsecret.secret_of(tb.workdir / "state", p)
+    return ExportSpec(p["target_iqn"], "", p["initiator_iqn"], p["chap_user"], secret,
                       int(p["lun"]))  # fmt: skip
 
 

@@ -1,78 +1,17 @@
-"""provisiond.capturerx: whole-image sha256 from out-of-order lanes, wire header checks."""
+"""provisiond.capturerx: wire header checks; a manifest only when every lane has ended."""
 
 from __future__ import annotations
 
 import hashlib
 import os
-import random
-import threading
+import socket
 
 import pytest
 
 from provisiond import capturerx
-from provisiond.capturerx import FrameError, OrderedHasher
+from provisiond.capturerx import FrameError
 
 CS = 4096
-
-
-def _image(n_chunks: int, tail: int, data_every: int, seed: int) -> tuple[bytes, list[int]]:
-    rnd = random.Random(seed)
-    size = n_chunks * CS - (CS - tail if tail else 0)
-    img = bytearray(size)
-    used = []
-    for i in range(0, n_chunks, data_every):
-        end = min(size, (i + 1) * CS)
-        img[i * CS : end] = rnd.randbytes(end - i * CS)
-        used.append(i)
-    return bytes(img), used
-
-
-@pytest.mark.parametrize(
-    "n_chunks,tail,every,lanes,limit",
-    [
-        (1, 0, 1, 1, 10 * CS),  # one chunk, one lane
-        (10, 0, 3, 2, 10 * CS),  # zero runs between data chunks
-        (17, 100, 1, 3, 2 * CS),  # short tail, every chunk data, tight buffer
-        (40, 0, 7, 5, CS),  # more lanes than helpful; buffer of one chunk
-        (9, 512, 4, 4, 3 * CS),  # the tail chunk is a zero chunk
-        (30, 0, 100, 3, 10 * CS),  # only chunk 0 holds data: lanes 1, 2 send nothing
-    ],
-)
-def test_threads_on_lanes_give_the_whole_image_sha256(n_chunks, tail, every, lanes, limit):
-    img, used = _image(n_chunks, tail, every, seed=n_chunks)
-    h = OrderedHasher(len(img), CS, lanes, limit=limit)
-
-    def lane(w: int) -> None:
-        for i in used[w::lanes]:
-            h.add(w, i, img[i * CS : (i + 1) * CS], timeout=10)
-        h.lane_done(w)
-
-    threads = [threading.Thread(target=lane, args=(w,)) for w in reversed(range(lanes))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(20)
-    assert h.hexdigest() == hashlib.sha256(img).hexdigest()
-
-
-def test_unfinished_lane_gives_no_digest_and_a_resend_is_ignored():
-    img, _ = _image(4, 0, 1, seed=1)
-    h = OrderedHasher(len(img), CS, 2)
-    h.add(0, 0, img[:CS])
-    h.add(0, 0, img[:CS])  # a retried lane sends chunk 0 again
-    h.lane_done(0)
-    assert h.hexdigest() is None  # lane 1 has not ended
-    h.add(1, 1, img[CS : 2 * CS])
-    h.add(1, 3, img[3 * CS :])
-    h.lane_done(1)
-    assert h.hexdigest() == hashlib.sha256(img[: 2 * CS] + bytes(CS) + img[3 * CS :]).hexdigest()
-
-
-def test_a_lane_that_waits_too_long_times_out():
-    h = OrderedHasher(8 * CS, CS, 2, limit=CS)
-    h.add(0, 5, os.urandom(CS))  # held: lane 1 has not started
-    with pytest.raises(TimeoutError):
-        h.add(0, 6, os.urandom(CS), timeout=0.2)
 
 
 SHA = "ab" * 32
@@ -129,3 +68,58 @@ def test_hello(line, ok):
     else:
         with pytest.raises(FrameError):
             capturerx.parse_hello(line)
+
+
+def _lane(port: int, lane: int, lanes: int, frames: list[tuple[int, bytes, str]]) -> str:
+    """Send one lane over a real connection; the server's answer line."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as c:
+        c.sendall(f"P tok {lane} {lanes}\n".encode())
+        for index, body, digest in frames:
+            c.sendall(f"C {index} r {len(body)} {digest}\n".encode() + body)
+        c.sendall(f"E {len(frames)}\n".encode())
+        c.shutdown(socket.SHUT_WR)
+        return c.makefile("rb").readline().decode().strip()
+
+
+@pytest.mark.parametrize(
+    "tamper,answers,complete",
+    [
+        (None, ["OK 2", "OK 1"], True),
+        ("chunk", ["ERR chunk 2: length or sha256 does not match", "OK 1"], False),
+    ],
+)
+def test_receiver_lists_verified_chunks_once_every_lane_ended(tmp_path, tamper, answers, complete):
+    size = 4 * CS + 100
+    img = bytearray(size)
+    for i in (0, 2, 4):  # chunks 1 and 3 are zero: not sent
+        img[i * CS : (i + 1) * CS] = os.urandom(min(CS, size - i * CS))
+    vol = tmp_path / "vol"
+    vol.write_bytes(bytes(size))
+    rx = capturerx.Receiver("127.0.0.1", str(vol), size, "127.0.0.1", lambda t: t == "tok",
+                            chunk_size=CS).start()  # fmt: skip
+    try:
+
+        def frame(i: int) -> tuple[int, bytes, str]:
+            body = bytes(img[i * CS : (i + 1) * CS])
+            digest = hashlib.sha256(body).hexdigest()
+            if tamper == "chunk" and i == 2:
+                body = b"\x01" + body[1:]  # the bytes changed after the agent hashed them
+            return i, body, digest
+
+        assert _lane(rx.port, 0, 2, [frame(0), frame(2)]) == answers[0]
+        with pytest.raises(FrameError):  # lane 1 has not ended: no manifest yet
+            rx.manifest()
+        assert _lane(rx.port, 1, 2, [frame(4)]) == answers[1]
+        if not complete:
+            with pytest.raises(FrameError):
+                rx.manifest()
+            return
+        rx.finish()
+        m = rx.manifest()
+        assert [(c.index, c.sha256) for c in m.chunks] == [
+            (i, hashlib.sha256(img[i * CS : (i + 1) * CS]).hexdigest()) for i in (0, 2, 4)
+        ]
+        assert m.sha256 == ""  # the whole sha256 comes later (provisiond.imagedigest)
+        assert vol.read_bytes() == bytes(img)
+    finally:
+        rx.stop()

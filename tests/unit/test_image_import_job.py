@@ -35,6 +35,7 @@ def world(tmp_path):
     path.write_text(
         path.read_text()
         + f'[images]\nimport_dirs = ["{tmp_path / "imports"}"]\n'
+        + 'allow_networks = ["127.0.0.0/8"]\n'
         + f'[[storage]]\nname = "local"\nbackend = "file"\npath = "{tmp_path / "volumes"}"\n'
     )
     cfg = configmod.load(path)
@@ -127,3 +128,84 @@ def test_a_cancelled_import_is_never_run(world):
     job = _job(ctx, job_id)
     assert job.state == "cancelled" and job.bytes_done == 0
     assert _images(ctx) == []
+
+
+# --- a URL's password is kept in memory only while its job is queued or running --------
+
+PASSWORD = "hunter2-sekrit"
+
+
+@pytest.fixture
+def basic_auth_server():
+    """A real HTTP server on loopback that serves one disk only with user:PASSWORD."""
+    import base64
+    import http.server
+    import threading
+
+    data = os.urandom(32 * 1024)
+    want = "Basic " + base64.b64encode(f"user:{PASSWORD}".encode()).decode()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            if self.headers.get("Authorization") != want:
+                self.send_response(401)
+                self.end_headers()
+                return
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *a):
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    yield f"http://user:{PASSWORD}@127.0.0.1:{srv.server_address[1]}/disk.raw", data
+    srv.shutdown()
+    srv.server_close()
+
+
+def _closed_port_url() -> str:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://user:{PASSWORD}@127.0.0.1:{port}/disk.raw"
+
+
+@pytest.mark.parametrize("end", ["succeeded", "failed", "cancelled"])
+def test_an_import_password_is_forgotten_when_its_job_ends(world, basic_auth_server, end):
+    ctx, api, runner, _ = world
+    url, data = basic_auth_server
+    source = _closed_port_url() if end == "failed" else url
+    r = api("POST", "/images", json={"name": f"pw-{end}", "source": source})
+    assert r.status_code == 202, r.get_json()
+    job_id = r.get_json()["id"]
+    assert PASSWORD not in str(r.get_json())
+    assert images.SOURCES.held() == [job_id]  # queued: the runner will need it
+    if end == "cancelled":
+        assert api("POST", f"/jobs/{job_id}/cancel").status_code == 200
+    runner.start()
+    job = _wait(ctx, job_id) if end != "cancelled" else _job(ctx, job_id)
+    assert job.state == end, job.outcome
+    assert job_id not in images.SOURCES.held()
+    if end == "succeeded":
+        assert hashlib.sha256(data).hexdigest() in job.outcome
+    with ctx.db.reader() as s:
+        row = s.get(Job, job_id)
+        assert PASSWORD not in f"{row.params} {row.outcome} {row.log}"
+
+
+def test_a_source_of_a_job_ended_by_another_instance_is_pruned(world):
+    ctx, api, _runner, _ = world
+    r = api("POST", "/images", json={"name": "elsewhere", "source": _closed_port_url()})
+    job_id = r.get_json()["id"]
+    with ctx.db.transaction() as s:  # another instance cancels it: no hook runs here
+        s.get(Job, job_id).state = "cancelled"
+    with ctx.db.reader() as s:
+        images.SOURCES.prune(s)  # too fresh: may be another request's uncommitted job
+        assert job_id in images.SOURCES.held()
+        images.SOURCES.prune(s, settle=0)
+    assert job_id not in images.SOURCES.held()
