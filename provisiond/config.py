@@ -59,6 +59,10 @@ class StorageConfig:
     host_key: str = ""  # "ssh-ed25519 AAAA…"; empty = pin on first use (storage-hostkeys.json)
     devices: tuple[str, ...] = ()  # block devices the VG is created on when missing (lvm)
     thin_pool_size: int = 0  # bytes; the thin pool is created with this size when missing
+    # liveness of a storage host's SSH connection (storage.ssh): probed every alive_interval
+    # seconds, down when a probe is not answered within alive_timeout seconds
+    alive_interval: int = 5
+    alive_timeout: int = 10
 
 
 @dataclass(frozen=True)
@@ -95,6 +99,10 @@ class AgentConfig:
     # "boot": the first registration of a boot pins that boot's host key (the initrd
     # makes a new key every boot); "resource": one key for the machine's life
     hostkey_pinning: str = "boot"
+    # seconds a queued agent command may wait for its agent before it and its job fail
+    # (provisiond/pickup.py): the agent was alive when it was queued / it must boot first
+    pickup_timeout: int = 300
+    pickup_boot_timeout: int = 900
 
 
 @dataclass(frozen=True)
@@ -507,7 +515,7 @@ def _agent(raw: dict[str, Any]) -> AgentConfig:
         raw,
         "agent",
         {"heartbeat_interval", "heartbeat_timeout", "kernel_cmdline", "boot_window",
-         "hostkey_pinning"},
+         "hostkey_pinning", "pickup_timeout", "pickup_boot_timeout"},
     )  # fmt: skip
     interval = t.int("heartbeat_interval", 10, 1, 3600)
     timeout = t.int("heartbeat_timeout", 60, 2, 86400)
@@ -527,6 +535,8 @@ def _agent(raw: dict[str, Any]) -> AgentConfig:
         cmdline,
         boot_window=t.int("boot_window", 300, 10, 86400),
         hostkey_pinning=t.choice("hostkey_pinning", "boot", ("boot", "resource")),
+        pickup_timeout=t.int("pickup_timeout", 300, 5, 86400),
+        pickup_boot_timeout=t.int("pickup_boot_timeout", 900, 5, 86400),
     )
 
 
@@ -650,7 +660,8 @@ def _subnet(raw: dict[str, Any], prefix: str) -> SubnetConfig:
 
 def _storage(raw: dict[str, Any], prefix: str) -> StorageConfig:
     t = _Table(raw, prefix, {"name", "backend", "path", "exporter", "thin_pool", "host", "user",
-                             "port", "key", "host_key", "devices", "thin_pool_size"})  # fmt: skip
+                             "port", "key", "host_key", "devices", "thin_pool_size",
+                             "alive_interval", "alive_timeout"})  # fmt: skip
     name = t.str("name", "")
     if not name or not name.replace("-", "").replace("_", "").isalnum():
         raise ConfigError(t.key("name"), name, "must be a non-empty name of letters, digits, - _")
@@ -691,6 +702,8 @@ def _storage_host(t: _Table) -> dict[str, Any]:
         "host_key": host_key,
         "devices": tuple(devices),
         "thin_pool_size": t.int("thin_pool_size", 0, 0, 1 << 50),
+        "alive_interval": t.int("alive_interval", 5, 1, 300),
+        "alive_timeout": t.int("alive_timeout", 10, 1, 300),
     }
 
 

@@ -24,6 +24,7 @@ create, change or remove (edit ``[[storage]]`` and restart instead).
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,6 +67,9 @@ class StorageManager:
         self._by_name = {s.name: s for s in config.storages}
         self._ssh: dict[str, SshRunner] = {}
         self._lock = threading.Lock()
+        #: called with (storage name, reason) when a storage host's kept SSH connection stops
+        #: answering (storage.ssh liveness); the StorageService marks it down and polls it
+        self.on_host_down: Callable[[str, str], None] | None = None
 
     def settings(self, name: str | None) -> StorageConfig:
         if not self._by_name:
@@ -103,9 +107,21 @@ class StorageManager:
                 self._ssh[st.name] = SshRunner(
                     SshTarget(host=st.host, port=st.port, user=st.user, key_path=key,
                               host_key=st.host_key,
-                              pins_path=self.config.state_dir / "storage-hostkeys.json")
+                              pins_path=self.config.state_dir / "storage-hostkeys.json",
+                              alive_interval=st.alive_interval, alive_timeout=st.alive_timeout),
+                    on_down=lambda reason, name=st.name: self._host_down(name, reason),
                 )  # fmt: skip
             return self._ssh[st.name]
+
+    def _host_down(self, name: str, reason: str) -> None:
+        if self.on_host_down is not None:
+            self.on_host_down(name, reason)
+
+    def revive(self, name: str) -> None:
+        """Connect to ``name``'s storage host now, past its fail-fast interval (HostDown if not)."""
+        runner = self.runner_for(name)
+        if isinstance(runner, SshRunner):
+            runner.revive()
 
     def close(self) -> None:
         """Close the SSH connections to storage hosts."""
@@ -199,6 +215,7 @@ class StorageService:
         self.poll_interval = 5.0  # seconds between connection attempts to a down host
         self._stop = threading.Event()
         self._pollers: dict[str, threading.Thread] = {}
+        manager.on_host_down = self._host_down
 
     def revive(self) -> None:
         """This machine's exporter stopped answering: start (our) tgtd again and check it."""
@@ -234,6 +251,7 @@ class StorageService:
         """Connect, check and reconcile one storage host; mark it up or down. True = up."""
         st = self.manager.settings(name)
         try:
+            self.manager.revive(name)  # a host that was down: try now, not fail fast
             backend = self.manager.backend(name)
             if isinstance(backend, LvmBackend) and (st.devices or st.thin_pool_size):
                 for line in backend.ensure_vg(st.devices, st.thin_pool_size):
@@ -292,6 +310,13 @@ class StorageService:
             self.host_exporters.pop(name, None)
             self._mark(name, "down", str(exc))
             self._poll(name)
+
+    def _host_down(self, name: str, reason: str) -> None:
+        """``name``'s host stopped answering on its kept connection: down, then poll it."""
+        host = self.manager.settings(name).host
+        down = HostDown(f"storage host {host} is down: {reason}")
+        for other in sorted(self.same_host(name)):  # one host, one connection's fate
+            self.host_failed(other, down)
 
     def _mark(self, name: str, state: str, reason: str | None) -> None:
         with self.db.transaction() as s:

@@ -14,7 +14,20 @@ must present the same key. A different key is refused with
 authenticates with its own key (``ssh_key`` in the state directory).
 
 A host that cannot be reached raises :class:`HostDown` (the message says
-which host and why); the next call reconnects.
+which host and why). Liveness is bounded apart from command timeouts (a
+command may rightly run for minutes): while a connection is kept, a probe
+(one SSH channel open, a round trip to the server) runs every
+``alive_interval`` seconds, also during a long command; one not answered
+within ``alive_timeout`` seconds means the host is down — a host that
+vanished with the connection open (powered off, unplugged, hung) is noticed
+within about ``alive_interval + alive_timeout`` seconds, not after each
+command's own timeout. The connection is also kept busy with SSH keepalives
+and its socket gets ``TCP_USER_TIMEOUT``, so the kernel gives up on it in
+the same bound. Then the command in flight fails, ``on_down(reason)`` is
+called (the storage service marks the host down and polls it), and later
+commands fail at once with "storage host X is down: …"; at most one
+connection attempt per ``alive_interval`` is made until :meth:`SshRunner.revive`
+(or such an attempt) connects again.
 """
 
 from __future__ import annotations
@@ -61,6 +74,8 @@ class SshTarget:
     host_key: str = ""  # "type base64 [comment]"; empty = pin on first use in pins_path
     pins_path: Path | None = None  # storage-hostkeys.json
     connect_timeout: float = 10.0
+    alive_interval: float = 5.0  # seconds between liveness probes of a kept connection
+    alive_timeout: float = 10.0  # a probe unanswered this long: the host is down
 
     @property
     def label(self) -> str:
@@ -145,15 +160,28 @@ def verify_host_key(target: SshTarget, presented: paramiko.PKey) -> str:
 
 
 class SshRunner(Runner):
-    """Runs commands on ``target`` over one kept SSH connection (reconnects when lost)."""
+    """Runs commands on ``target`` over one kept SSH connection (reconnects when lost).
+
+    ``on_down(reason)`` is called (from the liveness thread or a command's
+    thread) when a kept connection stops answering; see the module docstring.
+    """
 
     remote = True
 
-    def __init__(self, target: SshTarget, connect: Connect | None = None) -> None:
+    def __init__(
+        self,
+        target: SshTarget,
+        connect: Connect | None = None,
+        on_down: Callable[[str], None] | None = None,
+    ) -> None:
         self.target = target
+        self.on_down = on_down
         self._connect_sock = connect or socket.create_connection
         self._transport: paramiko.Transport | None = None
         self._lock = threading.Lock()
+        self._down: str | None = None  # why the host is down: commands fail fast
+        self._down_tried = 0.0  # monotonic time of the last connection attempt while down
+        self._monitor: threading.Event | None = None  # set = that liveness thread stops
 
     # -- connection -------------------------------------------------------
     def _connect(self) -> paramiko.Transport:
@@ -162,6 +190,7 @@ class SshRunner(Runner):
             sock = self._connect_sock((t.host, t.port), t.connect_timeout)
         except OSError as exc:
             raise HostDown(f"storage host {t.label}: cannot connect ({exc})")
+        _bound_unacked(sock, t.alive_interval + t.alive_timeout)
         transport = paramiko.Transport(sock)
         try:
             if t.host_key:  # negotiate the configured key's type
@@ -176,20 +205,105 @@ class SshRunner(Runner):
         except (paramiko.SSHException, OSError, EOFError) as exc:
             transport.close()
             raise HostDown(f"storage host {t.label}: SSH failed ({exc})")
-        transport.set_keepalive(15)
+        transport.set_keepalive(max(1, int(t.alive_interval)))
         return transport
 
+    @property
+    def down_reason(self) -> str | None:
+        """Why the host is down (None: not known to be down)."""
+        return self._down
+
+    def _fail_fast(self) -> None:
+        if (
+            self._down is not None
+            and time.monotonic() - self._down_tried < self.target.alive_interval
+        ):
+            raise HostDown(f"storage host {self.target.label} is down: {self._down}")
+
     def transport(self) -> paramiko.Transport:
+        self._fail_fast()  # outside the lock: never wait behind another thread's attempt
         with self._lock:
             if self._transport is None or not self._transport.is_active():
-                self._transport = self._connect()
+                self._fail_fast()
+                if self._down is not None:
+                    self._down_tried = time.monotonic()
+                try:
+                    self._transport = self._connect()
+                except HostDown as exc:
+                    self._down, self._down_tried = self._reason(exc), time.monotonic()
+                    raise
+                if self._down is not None:
+                    log.info("storage host %s answers again", self.target.label)
+                    self._down = None
+                if self._monitor is None:
+                    self._monitor = threading.Event()
+                    threading.Thread(target=self._watch, args=(self._monitor,), daemon=True,
+                                     name=f"ssh-alive-{self.target.host}").start()  # fmt: skip
             return self._transport
 
+    def revive(self) -> None:
+        """Try to connect now, even within the fail-fast interval; HostDown if it cannot."""
+        self._down_tried = 0.0
+        self.transport()
+
+    def _reason(self, exc: BaseException) -> str:
+        text = str(exc)
+        prefix = f"storage host {self.target.label}: "
+        return text[len(prefix) :] if text.startswith(prefix) else text
+
+    def _drop(self) -> None:
+        """Forget the connection (the liveness thread stays; the next command reconnects)."""
+        t, self._transport = self._transport, None
+        if t is not None:
+            t.close()
+
+    def _went_down(self, reason: str) -> None:
+        """The kept connection stopped answering: drop it, fail fast from now on, tell on_down."""
+        first = self._down is None
+        self._down, self._down_tried = reason, time.monotonic()
+        self._drop()
+        if first:
+            log.warning("storage host %s is down: %s", self.target.label, reason)
+            if self.on_down is not None:
+                try:
+                    self.on_down(reason)
+                except Exception:  # the watcher must not die with its listener
+                    log.exception("storage host %s: on_down failed", self.target.label)
+
+    def probe(self) -> None:
+        """One bounded round trip on the kept connection; HostDown unless answered in time."""
+        t = self._transport
+        if t is None or not t.is_active():
+            t = self.transport()  # lost on its own (EOF, TCP timeout): can we reconnect?
+        try:
+            chan = t.open_session(timeout=self.target.alive_timeout)
+        except paramiko.ChannelException:
+            return  # the server answered (refused a channel: MaxSessions): it is alive
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise HostDown(
+                f"storage host {self.target.label}: no answer within "
+                f"{self.target.alive_timeout:g} s ({exc or type(exc).__name__})"
+            )
+        chan.close()
+
+    def _watch(self, stop: threading.Event) -> None:
+        while not stop.wait(self.target.alive_interval):
+            if self._transport is None or self._down is not None:
+                continue  # nothing kept (dropped or down): the storage service polls
+            try:
+                self.probe()
+            except HostDown as exc:
+                self._went_down(self._reason(exc))
+            except Exception:  # never let the watcher die
+                log.exception("storage host %s: liveness probe failed", self.target.label)
+
     def close(self) -> None:
+        """Close the connection and stop its liveness thread (a later command reconnects)."""
         with self._lock:
-            if self._transport is not None:
-                self._transport.close()
-                self._transport = None
+            if self._monitor is not None:
+                self._monitor.set()
+                self._monitor = None
+            self._drop()
 
     def ping(self) -> None:
         """Raise :class:`HostDown` unless the host answers a trivial command."""
@@ -224,7 +338,7 @@ class SshRunner(Runner):
         try:
             chan = self.transport().open_session(timeout=self.target.connect_timeout)
         except (paramiko.SSHException, OSError, EOFError) as exc:
-            self.close()
+            self._drop()
             raise HostDown(f"storage host {self.target.label}: SSH channel failed ({exc})")
         deadline = time.monotonic() + timeout
         try:
@@ -247,12 +361,19 @@ class SshRunner(Runner):
                     break
                 if time.monotonic() > deadline:
                     raise CommandFailed(argv or [command], -1, f"timed out after {timeout} s")
+                if self._down is not None:
+                    raise HostDown(f"storage host {self.target.label} is down: {self._down}")
                 if not self._transport or not self._transport.is_active():
                     raise HostDown(f"storage host {self.target.label}: connection lost")
                 chan.status_event.wait(0.05)
             rc = chan.recv_exit_status()
+            if rc == -1:  # closed without an exit status: the connection went away
+                if self._down is not None:
+                    raise HostDown(f"storage host {self.target.label} is down: {self._down}")
+                if not self._transport or not self._transport.is_active():
+                    raise HostDown(f"storage host {self.target.label}: connection lost")
         except (OSError, EOFError, paramiko.SSHException) as exc:
-            self.close()
+            self._drop()
             raise HostDown(f"storage host {self.target.label}: connection lost ({exc})")
         finally:
             chan.close()
@@ -264,7 +385,7 @@ class SshRunner(Runner):
             chan = self.transport().open_session(timeout=self.target.connect_timeout)
             chan.exec_command(command)
         except (paramiko.SSHException, OSError, EOFError) as exc:
-            self.close()
+            self._drop()
             raise HostDown(f"storage host {self.target.label}: SSH channel failed ({exc})")
         return chan
 
@@ -273,3 +394,12 @@ class SshRunner(Runner):
             f"storage host {self.target.host}: long-lived daemons are started on the host "
             "itself (its init system), not by provisiond"
         )
+
+
+def _bound_unacked(sock: socket.socket, seconds: float) -> None:
+    """Let the kernel drop the connection when sent data stays unacknowledged ``seconds``."""
+    if sock.family in (socket.AF_INET, socket.AF_INET6) and hasattr(socket, "TCP_USER_TIMEOUT"):
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(seconds * 1000))
+        except OSError:
+            pass  # not TCP after all (a test's socket pair): the probes still bound it

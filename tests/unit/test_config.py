@@ -151,6 +151,11 @@ BAD = [
         "storage.name",
         "unique",
     ),
+    (
+        '[[storage]]\nname = "a"\npath = "vg"\nbackend = "lvm"\nhost = "h"\nalive_timeout = 0',
+        "storage[0].alive_timeout",
+        "integer from 1 to 300",
+    ),
     ("subnet = 3", "subnet", "[[subnet]] tables"),
     ('instance = "rack 1"', "instance", "letters, digits"),
     ('instance = "-r1"', "instance", "letters, digits"),
