@@ -17,6 +17,8 @@ APT_PACKAGES += debian-installer-12-netboot-amd64
 APT_PACKAGES += qemu-block-extra ntfs-3g
 # issue 15: fan-out deploys over multicast (udp-sender in the daemon, udp-receiver in the initrd)
 APT_PACKAGES += udpcast
+# issue 16: open-iscsi's iscsistart, the SAN-booted guest's own initiator (bench/clone/bench_first_write.py)
+APT_PACKAGES += open-iscsi
 PYTEST_ARGS ?=
 
 .PHONY: test demo deps apt venv vendor lint unit initrd clean

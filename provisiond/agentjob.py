@@ -16,9 +16,10 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from provisiond import jobs, logs
+from provisiond import jobs, logs, pickup
 from provisiond.context import Context
 from provisiond.db import Database
 from provisiond.errors import Invalid, NotFound
@@ -99,6 +100,7 @@ def wait_command(ctx: Context, job_id: int, cmd_id: int, timeout: float) -> str:
     """Wait for the agent's result: its output's last line, or JobFailed with it."""
     deadline = time.monotonic() + timeout
     silent_limit = ctx.config.agent.heartbeat_timeout
+    next_pickup_check = 0.0
     while time.monotonic() < deadline:
         with ctx.db.reader() as s:
             cmd, parent = s.get(Job, cmd_id), s.get(Job, job_id)
@@ -106,11 +108,12 @@ def wait_command(ctx: Context, job_id: int, cmd_id: int, timeout: float) -> str:
             parent_state = parent.state if parent else JS.FAILED
             res = s.get(Resource, cmd.resource_id) if cmd.resource_id else None
             beat = res.last_heartbeat if res else None
+            machine = res.display_name if res else "the machine"
         last = next((ln for ln in reversed(out.splitlines()) if ln.strip()), "")
         silent = (utcnow() - beat).total_seconds() if beat else 0.0
         if state == JS.RUNNING and silent > silent_limit:
             raise JobFailed(
-                f"the agent went silent for {silent:.0f} s during command {cmd_id} "
+                f"the agent of {machine} went silent for {silent:.0f} s during command {cmd_id} "
                 "(machine down, rebooted or off the network?)"
             )
         if state == JS.SUCCEEDED:
@@ -119,11 +122,52 @@ def wait_command(ctx: Context, job_id: int, cmd_id: int, timeout: float) -> str:
             raise JobFailed(last or f"agent command {cmd_id} {state}")
         if parent_state != JS.RUNNING:
             raise JobFailed(f"job {job_id} is {parent_state}")
+        if state == JS.QUEUED and time.monotonic() >= next_pickup_check:
+            next_pickup_check = time.monotonic() + PICKUP_CHECK
+            reason = fail_if_not_picked_up(ctx, cmd_id)
+            if reason:
+                raise JobFailed(reason)
         time.sleep(0.3)
     raise JobFailed(
         f"the agent did not finish command {cmd_id} within {timeout:.0f} s "
         "(is it running? `provisiond resource show`)"
     )
+
+
+PICKUP_CHECK = 2.0  # s between looks at a queued command's pickup deadline
+
+
+def fail_if_not_picked_up(ctx: Context, cmd_id: int) -> str | None:
+    """Fail a queued command its agent has not picked up in time (:mod:`provisiond.pickup`).
+
+    Returns the reason when it failed it; None while it may still be picked up
+    (or already was: the check and the failing are one transaction).
+    """
+    with ctx.db.transaction() as s:
+        cmd = s.get(Job, cmd_id)
+        if cmd is None or cmd.state != JS.QUEUED:
+            return None
+        res = s.get(Resource, cmd.resource_id) if cmd.resource_id else None
+        others = list(s.scalars(
+            select(Job).where(Job.resource_id == cmd.resource_id, Job.id != cmd.id,
+                              Job.kind.like("agent.%"),
+                              Job.state.in_((JS.RUNNING, JS.SUCCEEDED, JS.FAILED,
+                                             JS.CANCELLED)))
+            .order_by(Job.id.desc()).limit(20)
+        ))  # fmt: skip
+        busy = any(j.state == JS.RUNNING for j in others)
+        ended = [j.finished_at for j in others if j.finished_at is not None]
+        waiting = pickup.Waiting(
+            machine=res.display_name if res else f"resource {cmd.resource_id}",
+            command_id=cmd.id, kind=cmd.kind.removeprefix("agent."),
+            queued_at=cmd.created_at, heard_at=res.last_heartbeat if res else None,
+            busy=busy, free_since=max(ended) if ended else None,
+        )  # fmt: skip
+        reason = pickup.overdue(waiting, utcnow(), pickup.Bounds.of(ctx.config.agent))
+        if reason:
+            jobs.append_log(cmd, reason)
+            jobs.transition(cmd, JS.FAILED, reason)
+    return reason
 
 
 def cancel_command(db: Database, job_id: int, reason: str) -> None:

@@ -9,11 +9,15 @@ already has an appliance) does not undo the others; the result lists every
 resource with what happened to it. Power actions run ``[power] concurrency`` at
 a time. Assigning one image to two or more machines in ``local`` mode marks
 their start jobs as one fan-out group: they receive the image together over
-multicast (:mod:`provisiond.fanout`).
+multicast (:mod:`provisiond.fanout`). The action's fan-out settings
+(:class:`FanoutSettings`: transport ``auto``/``mcast``/``unicast``, the
+sender's max wait for late machines, its rate) are checked here and travel in
+the group's mark to the fan-out session.
 """
 
 from __future__ import annotations
 
+import re
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -28,6 +32,76 @@ from provisiond.power import PowerError
 
 ACTIONS = ("on", "off", "cycle", "release", "assign")
 MAX = 1000
+TRANSPORTS = ("auto", "mcast", "unicast")
+MAX_WAIT = (1, 3600)  # s the sender waits for machines that have not joined
+RATE = re.compile(r"([0-9]{1,6})([kmg]?)")  # bits/s, udp-sender's --max-bitrate (+ g)
+RATE_BOUNDS = (1_000_000, 100_000_000_000)  # 1 Mbit/s .. 100 Gbit/s
+
+
+@dataclass(frozen=True)
+class FanoutSettings:
+    """How "assign one image to many" sends the image (local mode, two or more machines).
+
+    ``auto``: one multicast group (unicast when there is one machine or another mode);
+    ``mcast``: the same, but refused unless it applies; ``unicast``: every machine its
+    own HTTP streams. ``max_wait``/``rate``: ``fanout_max_wait``/``fanout_bitrate`` of
+    :mod:`provisiond.fanout` for this group (None/"": the appliance's or the default).
+    """
+
+    transport: str = "auto"
+    max_wait: int | None = None
+    rate: str = ""  # udp-sender --max-bitrate: "100m", "500k"
+
+    @classmethod
+    def parse(cls, raw: dict | None) -> FanoutSettings:
+        """From the API's ``fanout`` object or the form's fields; Invalid naming the field."""
+        if raw is None:
+            return cls()
+        if not isinstance(raw, dict):
+            raise Invalid("fanout: give an object {transport, max_wait, rate}", field="fanout")
+        unknown = sorted(set(raw) - {"transport", "max_wait", "rate"})
+        if unknown:
+            raise Invalid(f"fanout: unknown settings {', '.join(unknown)} "
+                          "(known: transport, max_wait, rate)", field="fanout")  # fmt: skip
+        transport = raw.get("transport") or "auto"
+        if transport not in TRANSPORTS:
+            raise Invalid(f"fanout transport {transport!r}: use one of {', '.join(TRANSPORTS)}",
+                          field="fanout.transport")  # fmt: skip
+        return cls(transport, _max_wait(raw.get("max_wait")), _rate(raw.get("rate")))
+
+    def mark(self, group: str, size: int) -> dict:
+        """The ``fanout`` job parameter of the group's start jobs."""
+        out: dict = {"group": group, "size": size}
+        if self.max_wait is not None:
+            out["max_wait"] = self.max_wait
+        if self.rate:
+            out["rate"] = self.rate
+        return out
+
+
+def _max_wait(value) -> int | None:
+    if value is None or value == "":
+        return None
+    lo, hi = MAX_WAIT
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value.strip())
+    if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+        raise Invalid(f"fanout max_wait {value!r}: whole seconds from {lo} to {hi}",
+                      field="fanout.max_wait")  # fmt: skip
+    return value
+
+
+def _rate(value) -> str:
+    if value is None or value == "":
+        return ""
+    m = RATE.fullmatch(str(value).strip().lower()) if isinstance(value, str) else None
+    bits = int(m.group(1)) * {"": 1, "k": 10**3, "m": 10**6, "g": 10**9}[m.group(2)] if m else 0
+    lo, hi = RATE_BOUNDS
+    if not lo <= bits <= hi:
+        raise Invalid(f"fanout rate {value!r}: bits per second with k, m or g, from 1m to 100g "
+                      "(e.g. 100m, 1g)", field="fanout.rate")  # fmt: skip
+    # udp-sender knows k and m only
+    return f"{bits // 10**6}m" if bits % 10**6 == 0 else f"{bits // 10**3}k"
 
 
 @dataclass(frozen=True)
@@ -64,25 +138,34 @@ def resolve(db: Database, refs: list[str]) -> list[tuple[int, str]]:
 
 def run(config: Config, db: Database, refs: list[str], action: str, *, erase: str | None = None,
         mode: str | None = None, image: str | None = None, kernel: str | None = None,
-        actor: str = "cli") -> list[Item]:  # fmt: skip
+        actor: str = "cli", fanout: dict | None = None) -> list[Item]:  # fmt: skip
     if action not in ACTIONS:
         raise Invalid(f"action {action!r}: use one of {', '.join(ACTIONS)}", field="action")
+    fan = FanoutSettings.parse(fanout)
+    if fanout and action != "assign":
+        raise Invalid("fanout: settings for action assign only", field="fanout")
     if action == "assign" and not mode:
         raise Invalid("assign needs a mode (sanboot, local or template)", field="mode")
     if erase not in (None, "", "quick", "full"):
         raise Invalid("erase: quick or full", field="erase")
     targets = resolve(db, refs)
+    groupable = action == "assign" and mode == "local" and bool(image) and len(targets) >= 2
+    if fan.transport == "mcast" and not groupable:
+        raise Invalid(
+            "fanout transport mcast: needs action assign, mode local, an image and at least "
+            "two resources; nothing was changed", field="fanout.transport",
+        )  # fmt: skip
     if action in ("on", "off", "cycle"):
         workers = max(1, min(config.power.concurrency, len(targets)))
         with ThreadPoolExecutor(workers, thread_name_prefix="bulk") as pool:
             return list(pool.map(lambda t: _power(config, db, t, action, actor), targets))
     one = _release if action == "release" else _assign
     # one image to several local-mode machines: their deploys share one multicast (fanout.py)
-    fanout = None
-    if action == "assign" and mode == "local" and image and len(targets) >= 2:
-        fanout = {"group": f"bulk-{uuid.uuid4().hex[:10]}", "size": len(targets)}
+    mark = None
+    if groupable and fan.transport != "unicast":
+        mark = fan.mark(f"bulk-{uuid.uuid4().hex[:10]}", len(targets))
     return [one(db, t, actor, erase=erase or None, mode=mode, image=image, kernel=kernel,
-                fanout=fanout) for t in targets]  # fmt: skip
+                fanout=mark) for t in targets]  # fmt: skip
 
 
 def _power(config, db, target, action, actor) -> Item:

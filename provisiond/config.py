@@ -99,6 +99,10 @@ class AgentConfig:
     # "boot": the first registration of a boot pins that boot's host key (the initrd
     # makes a new key every boot); "resource": one key for the machine's life
     hostkey_pinning: str = "boot"
+    # seconds a queued agent command may wait for its agent before it and its job fail
+    # (provisiond/pickup.py): the agent was alive when it was queued / it must boot first
+    pickup_timeout: int = 300
+    pickup_boot_timeout: int = 900
 
 
 @dataclass(frozen=True)
@@ -511,7 +515,7 @@ def _agent(raw: dict[str, Any]) -> AgentConfig:
         raw,
         "agent",
         {"heartbeat_interval", "heartbeat_timeout", "kernel_cmdline", "boot_window",
-         "hostkey_pinning"},
+         "hostkey_pinning", "pickup_timeout", "pickup_boot_timeout"},
     )  # fmt: skip
     interval = t.int("heartbeat_interval", 10, 1, 3600)
     timeout = t.int("heartbeat_timeout", 60, 2, 86400)
@@ -531,6 +535,8 @@ def _agent(raw: dict[str, Any]) -> AgentConfig:
         cmdline,
         boot_window=t.int("boot_window", 300, 10, 86400),
         hostkey_pinning=t.choice("hostkey_pinning", "boot", ("boot", "resource")),
+        pickup_timeout=t.int("pickup_timeout", 300, 5, 86400),
+        pickup_boot_timeout=t.int("pickup_boot_timeout", 900, 5, 86400),
     )
 
 

@@ -42,10 +42,17 @@ bytes are visible to every host on the provisioning segment while they
 travel (as over TFTP/HTTP without TLS); the traffic stays there: the
 interface is named, TTL 1, administratively scoped groups (239.255/16).
 
+Settings: the bulk action's ``fanout`` settings (max_wait, rate;
+:class:`provisiond.bulk.FanoutSettings`) travel in the group's mark and win
+over the first member appliance's ``fanout_*`` parameters.
+
 Bounds: a machine that never joins is left behind ``fanout_max_wait`` s
 (default 20) after the first joined; one that stops answering is dropped
 after ``fanout_retries`` unanswered acknowledgement requests (default 30);
 both then fetch what they lack over HTTP, the others do not wait for them.
+One that never picks up its command at all fails alone after ``[agent]
+pickup_timeout`` (:mod:`provisiond.pickup`): its job and machine go
+``failed``, the session logs it dropped, the others go on.
 """
 
 from __future__ import annotations
@@ -88,6 +95,17 @@ class Session:
     members: dict[int, Member] = field(default_factory=dict)  # by job id
     finished: threading.Event = field(default_factory=threading.Event)
     note: str = ""
+    dropped: set[int] = field(default_factory=set)  # job ids whose command was never picked up
+
+
+def settings(fan: dict, params: dict) -> dict:
+    """The session's knobs: the bulk action's (its ``fanout`` mark) over the appliance's."""
+    out = dict(params)
+    if fan.get("max_wait") is not None:
+        out["fanout_max_wait"] = fan["max_wait"]
+    if fan.get("rate"):
+        out["fanout_bitrate"] = fan["rate"]
+    return out
 
 
 class FanoutHub:
@@ -109,7 +127,8 @@ class FanoutHub:
             sess = self._sessions.get(group)
             if sess is None:
                 sess = self._sessions[group] = Session(group, size, image_id)
-                threading.Thread(target=self._run, args=(sess, manifest, params, default_disk),
+                threading.Thread(target=self._run,
+                                 args=(sess, manifest, settings(fan, params), default_disk),
                                  name=f"fanout-{group}", daemon=True).start()  # fmt: skip
         window = float(params.get("fanout_window", WINDOW))
         if not sess.ready.wait(window + 60):
@@ -262,14 +281,20 @@ class FanoutHub:
 
     def _progress(self, sess: Session, m: chunks.Manifest) -> None:
         """One log line with every receiver's progress (its agent reports bytes written)."""
-        parts = []
+        parts, gone = [], []
         with self.ctx.db.reader() as s:
             for mem in sess.members.values():
                 cmd = s.get(Job, mem.cmd_id) if mem.cmd_id else None
+                if cmd and cmd.state == JS.FAILED and cmd.started_at is None \
+                        and mem.job_id not in sess.dropped:  # fmt: skip
+                    sess.dropped.add(mem.job_id)  # its pickup deadline passed (pickup.py)
+                    gone.append(f"fan-out: dropped {mem.name}: {cmd.outcome}; the others go on")
                 done = cmd.bytes_done if cmd else 0
                 pct = 100 * done / m.data_bytes if m.data_bytes else 100
                 parts.append(f"{mem.name} {pct:.0f}%" + (f" ({cmd.state})" if cmd
                              and cmd.state != JS.RUNNING else ""))  # fmt: skip
+        for line in gone:
+            self._log_all(sess, line)
         self._log_all(sess, "fan-out progress: " + ", ".join(parts))
 
 

@@ -63,6 +63,7 @@ from provisiond.power import (
     settings_of,
 )
 from pxe.service import LoopThread
+from storage.fetch import redact_url
 
 log = logs.get("ha")
 POWER_WORKERS = 8
@@ -120,7 +121,7 @@ class Notifier:
                 with urllib.request.urlopen(req, timeout=self.timeout) as resp:
                     resp.read(1024)
             except OSError as exc:
-                log.warning("ha notify_url %s failed: %s", self.url, exc)
+                log.warning("ha notify_url %s failed: %s", redact_url(self.url), exc)
 
 
 @dataclass(frozen=True)

@@ -130,6 +130,9 @@ def protect_params(params: Mapping[str, str], state_dir) -> dict[str, str]:
     return out
 
 
+SEALED_SHOWN = "***"  # what a preview shows for a sealed parameter
+
+
 def open_params(params: Mapping[str, str], state_dir) -> dict[str, str]:
     """Sealed parameters opened for rendering (only ever into a file for the machine)."""
     out = dict(params)
@@ -198,8 +201,14 @@ def variables(
     token: str = PREVIEW_TOKEN,
     rootfs: RootfsRef | None = None,
     answer: str = "",
+    open_sealed: bool = True,
 ) -> dict[str, Any]:
-    params = open_params(merged_params(res, app, overrides or {}), config.state_dir)
+    """``open_sealed=False`` (a preview for an operator): sealed values render as ``***``."""
+    merged = merged_params(res, app, overrides or {})
+    if open_sealed:
+        params = open_params(merged, config.state_dir)
+    else:
+        params = {k: SEALED_SHOWN if is_sealed(v) else v for k, v in merged.items()}
     base = config.http_base.rstrip("/")
     name = app.name if app else res.display_name
     extra_keys = [k.strip() for k in params["ssh_keys"].splitlines() if k.strip()]
@@ -247,7 +256,9 @@ def preview(
     tset: TemplateSet = renderer.get(template)
     res = resources.find(session, resource_ref)
     app = _appliance_of(session, res)
-    vars_ = variables(config, res, app, tset.name, overrides, rootfs=rootfs, answer=tset.answer)
+    # a stored secret (sealed: a Windows administrator password) is for the machine only
+    vars_ = variables(config, res, app, tset.name, overrides, rootfs=rootfs, answer=tset.answer,
+                      open_sealed=False)  # fmt: skip
     files = renderer.render(template, vars_)
     return {
         "template": template,

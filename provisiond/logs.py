@@ -2,7 +2,7 @@
 
 Loggers are named ``provisiond.<subsystem>`` (dhcp, tftp, dns, http, agent,
 jobs, storage...). :class:`RedactSecrets` scrubs anything that looks like a
-token, password or CHAP secret from every record before it is written, so a
+token, password, CHAP secret or URL password from every record before it is written, so a
 careless ``log.info("%s", url)`` cannot leak ``provisiond.token=...``.
 """
 
@@ -18,7 +18,12 @@ _SECRET = re.compile(
 )
 
 
+# a URL's password: scheme://user:PASSWORD@host (an import source, a notify URL, a DSN)
+_URL_PASSWORD = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^/\s:@]*):[^@\s/]+@")
+
+
 def redact(text: str) -> str:
+    text = _URL_PASSWORD.sub(r"\1:***@", text)
     return _SECRET.sub(lambda m: f"{m.group(1)}{m.group(2)}{m.group(3) or ''}***", text)
 
 

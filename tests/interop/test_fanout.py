@@ -35,6 +35,10 @@ pytestmark = [pytest.mark.interop, pytest.mark.timeout(600)]
 MiB = 2**20
 MACS = ("52:54:00:5f:00:01", "52:54:00:5f:00:02", "52:54:00:5f:00:03")
 DISK = 128 * MiB
+PICKUP = 45  # s: [agent] pickup_timeout of the lab (the default is 300)
+# s: the agent's long poll (LONG_POLL_WAIT, 25 s) and a margin. A machine that dies while its
+# poll is open gets its command handed to that dead poll: it fails by heartbeat silence instead
+LONG_POLL = 28
 
 MANGLE = """table inet fanouttest {
   chain pre { type filter hook prerouting priority -300;
@@ -59,6 +63,8 @@ def lab3(tmp_path):
         extra = f'[[storage]]\nname = "local"\nbackend = "file"\npath = "{tmp_path / "images"}"\n'
         extra += f'[images]\nimport_dirs = ["{tmp_path}"]\n'
         extra += "[local]\nconfirm_boot = false\n"  # host agents boot no OS
+        # a machine that never picks up its command fails after this (provisiond/pickup.py)
+        extra += f"[agent]\npickup_timeout = {PICKUP}\npickup_boot_timeout = {PICKUP}\n"
         d = LabDaemon(lab, tmp_path, lab_config(lab, tmp_path / "state", extra))
         d.cli("init")
         d.add_fake_kernel()
@@ -176,6 +182,7 @@ def test_fanout_leaves_a_machine_that_never_joins_behind(lab3, tmp_path):
     image = make_image(tmp_path / "master.raw")
     d.cli("image", "import", str(tmp_path / "master.raw"), "--name", "img")
     c.stop()
+    time.sleep(LONG_POLL)  # its last long poll has ended: nothing can take c's command
     t0 = time.monotonic()
     jobs = _bulk(d, tmp_path, "img")
     ja = d.wait_job(jobs[0], timeout=120)
@@ -188,4 +195,44 @@ def test_fanout_leaves_a_machine_that_never_joins_behind(lab3, tmp_path):
     assert "fan-out: transfer started to 2 receivers; not joined: r-5254005f0003" in ja["log"]
     assert took < 90, f"a and b took {took:.0f} s"
     assert "over multicast, 0 repaired over HTTP)" in _agent_output(d, jobs[0])
-    assert d.cli_json("job", "show", str(jobs[2]))["state"] == "running"  # c's agent may come back
+    # c never picks up its command: PICKUP s after it was queued, its job and machine fail
+    jc = d.wait_job(jobs[2], timeout=PICKUP + 30)
+    why = "r-5254005f0003 did not pick up its deploy command "
+    assert jc["state"] == "failed" and why in jc["outcome"], jc
+    assert f"within {PICKUP} s" in jc["outcome"], jc["outcome"]
+    res = d.cli_json("resource", "show", MACS[2])
+    assert res["state"] == "failed", res
+    assert d.cli_json("job", "show", str(jobs[0]))["state"] == "succeeded"
+
+
+def test_a_unicast_deploy_whose_machine_never_picks_up_fails(lab3, tmp_path):
+    """One machine, no fan-out: its agent is gone; the job fails after the pickup bound."""
+    _lab, d, (a, _b, _c) = lab3
+    make_image(tmp_path / "master.raw", 8 * MiB)
+    d.cli("image", "import", str(tmp_path / "master.raw"), "--name", "img")
+    a.stop()
+    time.sleep(LONG_POLL)  # its last long poll has ended: nothing can take its command
+    t0 = time.monotonic()
+    d.cli(
+        "appliance",
+        "create",
+        "--name",
+        "solo",
+        "--resource",
+        MACS[0],
+        "--mode",
+        "local",
+        "--image",
+        "img",
+    )
+    d.cli("appliance", "start", "solo")
+    job_id = next(j["id"] for j in d.cli_json("job", "list") if j["kind"] == "appliance.start")
+    job = d.wait_job(job_id, timeout=PICKUP + 60)
+    took = time.monotonic() - t0
+    assert job["state"] == "failed", job
+    assert "r-5254005f0001 did not pick up its deploy command" in job["outcome"], job
+    assert PICKUP - 5 < took < PICKUP + 45, took
+    app = d.cli_json("appliance", "show", "solo")
+    assert app["state"] == "failed" and "did not pick up" in app["state_reason"], app
+    res = d.cli_json("resource", "show", MACS[0])
+    assert res["state"] == "failed", res

@@ -48,7 +48,9 @@ def san_lab(tmp_path):
         images = tmp_path / "images"
         extra = f'[[storage]]\nname = "local"\nbackend = "file"\npath = "{images}"\n'
         extra += f'[images]\nimport_dirs = ["{tmp_path}"]\n'
-        d = LabDaemon(lab, tmp_path, lab_config(lab, tmp_path / "state", extra, CONTROL_PORT))
+        # active 3 s after the login with no new script fetch (the default 20 s only slows the test)
+        config = lab_config(lab, tmp_path / "state", extra, CONTROL_PORT, iscsi="boot_settle = 3\n")
+        d = LabDaemon(lab, tmp_path, config)
         d.cli("init")
         d.add_fake_kernel()
         d.start()

@@ -16,6 +16,12 @@ CASES = [
     ("set password Ab12Cd34Ef56Gh78", "password ***", "Ab12Cd34Ef56Gh78"),
     ("chap_secret=Zz9Yy8Xx7Ww6", "chap_secret=***", "Zz9Yy8Xx7Ww6"),
     ("postgresql://u:pw@db/x?password=topsecret", "password=***", "topsecret"),
+    (
+        "import of https://bob:Hun7er2x@img.example/d.raw failed",
+        "https://bob:***@img.example",
+        "Hun7er2x",
+    ),
+    ("ha notify_url http://hook:W3bh00kPw@10.0.0.9/x failed", "hook:***@", "W3bh00kPw"),
 ]
 
 

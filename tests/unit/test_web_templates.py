@@ -86,3 +86,27 @@ def test_cli_template_list_show_render(cli, db):
     assert bad.exit_code == 1 and "template name" in bad.output
     missing = cli("template", "render", "debian-preseed", "--resource", "web2", ok=False)
     assert "variable 'mirror_host' is undefined" in missing.output
+
+
+def test_a_preview_never_opens_a_stored_secret(api, ctx, machine):
+    """The machine's rendered answer file carries its sealed password; an operator's preview
+    shows ``***`` (the API answer is no way around the sealing)."""
+    from provisiond import appliances, installs
+
+    with ctx.db.transaction() as s:
+        res = resources.find(s, "web1")
+        app = appliances.create(s, name="win1", resource=res, mode="template")
+        app.params = installs.protect_params(
+            {"template": "windows-unattend", "windows_admin_password": "Adm1n-Secret",
+             "windows_share": "\\\\10.0.0.1\\win"}, ctx.config.state_dir)  # fmt: skip
+    out = api("POST", "/templates/windows-unattend/render", "operator",
+              json={"resource": "web1"})  # fmt: skip
+    assert out.status_code == 200, out.get_json()
+    text = json.dumps(out.get_json())
+    assert "Adm1n-Secret" not in text and "sealed:v1:" not in text
+    assert "<Value>***</Value>" in text
+    with ctx.db.reader() as s:  # what the machine gets: opened
+        res = resources.find(s, "web1")
+        app = s.get(type(app), app.id)
+        v = installs.variables(ctx.config, res, app, "windows-unattend")
+    assert v["params"]["windows_admin_password"] == "Adm1n-Secret"

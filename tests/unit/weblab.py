@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import re
+import sqlite3
+from contextlib import closing
+from pathlib import Path
 
 import pytest
 
@@ -17,14 +20,42 @@ PASSWORD = "correct horse battery"
 ROLES = ("viewer", "operator", "admin")
 
 
+_seeded: dict[Path, Path] = {}  # the session's base temp dir -> its seeded database
+
+
+def seeded_db(tmp_path_factory) -> Path:
+    """A database migrated to head with one user per role, made once per session.
+
+    Every ``app`` starts from a copy: the migrations and the three password hashes
+    (deliberately slow) cost about half a second per web test otherwise.
+    """
+    key = tmp_path_factory.getbasetemp()
+    if key not in _seeded:
+        tmp = tmp_path_factory.mktemp("seeded-db")
+        ctx = build_context(configmod.load(write_config(tmp)))
+        try:
+            ctx.db.migrate()
+            with ctx.db.transaction() as s:
+                for role in ROLES:
+                    users.create(s, role, PASSWORD, role, "test")
+        finally:
+            ctx.db.dispose()
+        _seeded[key] = tmp / "state" / "provisiond.db"
+    return _seeded[key]
+
+
+def copy_db(src: Path, dst: Path) -> None:
+    """A consistent copy of a SQLite database (its WAL included), by SQLite's backup API."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    with closing(sqlite3.connect(src)) as a, closing(sqlite3.connect(dst)) as b:
+        a.backup(b)
+
+
 @pytest.fixture
-def app(tmp_path):
+def app(tmp_path, tmp_path_factory):
     cfg = configmod.load(write_config(tmp_path))
+    copy_db(seeded_db(tmp_path_factory), Path(cfg.database_url[len("sqlite:///") :]))
     ctx = build_context(cfg)
-    ctx.db.migrate()
-    with ctx.db.transaction() as s:
-        for role in ROLES:
-            users.create(s, role, PASSWORD, role, "test")
     flask_app = create_app(ctx)
     flask_app.testing = True
     yield flask_app

@@ -155,7 +155,9 @@ SCHEMAS.update({
     "Bulk": _obj(["resources", "action"], resources={"type": "array", "items": _S},
                  action={"enum": ["on", "off", "cycle", "release", "assign"]},
                  erase={"enum": [m.value for m in EraseMode]},
-                 mode={"enum": [m.value for m in ApplianceMode]}, image=_S, kernel=_S),
+                 mode={"enum": [m.value for m in ApplianceMode]}, image=_S, kernel=_S,
+                 fanout=_obj([], transport={"enum": ["auto", "mcast", "unicast"]},
+                             max_wait=_I, rate=_S)),
 })  # fmt: skip
 
 

@@ -78,7 +78,7 @@ def resource_power_act(ref: str):
 @bp.post("/resources/bulk")
 def resource_bulk():
     """One action on many resources; 200 with one result per resource (``ok`` each)."""
-    data = body({"resources", "action", "erase", "mode", "image", "kernel"}, {"action"})
+    data = body({"resources", "action", "erase", "mode", "image", "kernel", "fanout"}, {"action"})
     if "resources" not in data:
         raise Invalid("resources: give a non-empty list of resource names", field="resources")
     items = bulk.run(
@@ -91,6 +91,7 @@ def resource_bulk():
         image=typed(data, "image", str),
         kernel=typed(data, "kernel", str),
         actor=actor(),
+        fanout=typed(data, "fanout", dict),  # {transport, max_wait, rate}: bulk.FanoutSettings
     )
     ctx().inventory.refresh()
     ctx().ring()

@@ -94,9 +94,11 @@ def resource_bulk():
     f = request.form
     back = "/resources"
     try:
+        fan = {k: f.get(f"fanout_{k}", "").strip() for k in ("transport", "max_wait", "rate")}
         items = bulk.run(ctx().config, ctx().db, f.getlist("resource"), f.get("action", ""),
                          erase=f.get("erase") or None, mode=f.get("mode") or None,
-                         image=f.get("image") or None, actor=actor())  # fmt: skip
+                         image=f.get("image") or None, actor=actor(),
+                         fanout={k: v for k, v in fan.items() if v} or None)  # fmt: skip
     except (ProvisiondError, IllegalTransition) as exc:
         flash(getattr(exc, "message", str(exc)), "error")
         return redirect(back)
