@@ -7,10 +7,10 @@
 #   1. GET .../stream/ID/manifest (the authenticated HTTP channel);
 #   2. zeros=write: the parts the image leaves empty read as zeros;
 #   3. udp-receiver on the interface that routes to the server, its stdout
-#      cut into chunks by the manifest: every chunk's sha256 is checked, the
-#      chunk written at its offset and read back and checked again (WORKERS
-#      chunks at once, while the next is read); a chunk that fails is only
-#      noted (mc.bad), the stream goes on;
+#      cut into chunks by the manifest: every chunk is written at its offset,
+#      read back and its sha256 checked against the manifest (WORKERS chunks
+#      at once, while the next is read); a chunk that fails is only noted
+#      (mc.bad), the stream goes on;
 #   4. every chunk not verified (bad, lost, or never sent because this
 #      machine was dropped or the sender died) is fetched over HTTP with the
 #      unicast stream worker (repair_plan: single chunks, and one stream for
@@ -38,14 +38,18 @@ repair_plan() {
 		}'
 }
 
-# mcast_chunk SLOT POS INDEX SHA -> check, write, read back, check the chunk in
-# mc.in.SLOT (in the background: MCAST_WORKERS chunks at once, as unicast's
-# workers); POS goes to mc.ok or mc.bad, done.mcSLOT sums the slot's bytes.
+# mcast_chunk SLOT POS INDEX SHA -> write the chunk in mc.in.SLOT, read it back
+# from the disk and check it against the manifest (in the background: WORKERS
+# chunks at once, as unicast's workers); POS goes to mc.ok or mc.bad,
+# done.mcSLOT sums the slot's bytes. One sha256 per chunk, of what the disk
+# holds (O_DIRECT read-back where supported): it proves both that the bytes
+# that came were the manifest's and that they were written; a chunk that came
+# corrupt is on the disk until its repair over HTTP overwrites it (a deploy
+# whose repair fails fails).
 mcast_chunk() {
 	_c_f=$STREAM_TMP/mc.in.$1
 	# shellcheck disable=SC2086
-	if [ "$(sha_file "$_c_f")" = "$4" ] &&
-		dd if="$_c_f" of="$DISK" bs="$CHUNK" seek="$3" count=1 $OFLAG 2>/dev/null &&
+	if dd if="$_c_f" of="$DISK" bs="$CHUNK" seek="$3" count=1 $OFLAG 2>/dev/null &&
 		verify_chunk "$3" "$4"; then
 		echo "$2" >>"$STREAM_TMP/mc.ok"
 		echo $(($(cat "$STREAM_TMP/done.mc$1" 2>/dev/null || echo 0) + $(file_size "$_c_f"))) \
