@@ -456,7 +456,9 @@ TOKEN = r"(GUEST-WROTE [0-9a-f-]{36})"
 
 
 def read_probe(ssh: SshRunner, *names: str) -> dict[str, str]:
-    read = f"dd if=/dev/{VG}/{{}} bs=1 skip={PROBE} count=49 status=none"
+    # LIO writes below the host's page cache: drop the LV's cached pages before reading
+    read = (f"blockdev --flushbufs /dev/{VG}/{{0}} && "
+            f"dd if=/dev/{VG}/{{0}} bs=1 skip={PROBE} count=49 status=none")  # fmt: skip
     return {n: ssh.run(["sh", "-c", read.format(n)]).stdout for n in names}
 
 
