@@ -133,9 +133,9 @@ class Backfill:
         self._lock = threading.Lock()
 
     def submit(self, image_id: int) -> None:
-        self._q.put(image_id)
-        with self._lock:
-            if self._thread is None or not self._thread.is_alive():
+        with self._lock:  # the thread ends only under this lock, with the queue empty
+            self._q.put(image_id)
+            if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="image-sha", daemon=True)
                 self._thread.start()
 
@@ -152,7 +152,11 @@ class Backfill:
             try:
                 image_id = self._q.get(timeout=5)
             except queue.Empty:
-                return
+                with self._lock:
+                    if self._q.empty():
+                        self._thread = None
+                        return
+                continue
             try:
                 ensure(self.db, image_id, self.hasher_for(image_id))
             except Exception as exc:  # the thread goes on with the next image

@@ -131,8 +131,9 @@ class StorageWatch:
         try:
             have = {e.target_iqn: e for e in exporter.list_exports()}
         except (StorageError, CommandFailed) as exc:
-            if remote:
-                return  # the storage host's own watch (host_failed / poll) owns this
+            if remote:  # a host that stopped answering: down with the reason, polled back
+                self.storage.host_failed(storage, exc)
+                return
             have = self._revive(exc)
             exporter = self.storage.exporter
         for row in rows:

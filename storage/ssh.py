@@ -181,6 +181,7 @@ class SshRunner(Runner):
         self._lock = threading.Lock()
         self._down: str | None = None  # why the host is down: commands fail fast
         self._down_tried = 0.0  # monotonic time of the last connection attempt while down
+        self._reported = False  # on_down was told of the current loss
         self._monitor: threading.Event | None = None  # set = that liveness thread stops
 
     # -- connection -------------------------------------------------------
@@ -235,6 +236,7 @@ class SshRunner(Runner):
                 if self._down is not None:
                     log.info("storage host %s answers again", self.target.label)
                     self._down = None
+                self._reported = False
                 if self._monitor is None:
                     self._monitor = threading.Event()
                     threading.Thread(target=self._watch, args=(self._monitor,), daemon=True,
@@ -259,7 +261,7 @@ class SshRunner(Runner):
 
     def _went_down(self, reason: str) -> None:
         """The kept connection stopped answering: drop it, fail fast from now on, tell on_down."""
-        first = self._down is None
+        first, self._reported = not self._reported, True  # once per loss of a kept connection
         self._down, self._down_tried = reason, time.monotonic()
         self._drop()
         if first:
@@ -288,11 +290,14 @@ class SshRunner(Runner):
 
     def _watch(self, stop: threading.Event) -> None:
         while not stop.wait(self.target.alive_interval):
-            if self._transport is None or self._down is not None:
+            kept = self._transport
+            if kept is None or self._down is not None:
                 continue  # nothing kept (dropped or down): the storage service polls
             try:
                 self.probe()
             except HostDown as exc:
+                if stop.is_set() or self._transport not in (kept, None):
+                    continue  # closed on purpose, or replaced meanwhile: not a verdict
                 self._went_down(self._reason(exc))
             except Exception:  # never let the watcher die
                 log.exception("storage host %s: liveness probe failed", self.target.label)

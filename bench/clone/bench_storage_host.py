@@ -12,7 +12,8 @@ a VG with a thin pool, and for 1 GiB and 64 GiB masters times, inside the VM
   64 GiB extrapolated linearly and printed as such),
 - first-write penalty: a sequential 256 MiB ``dd oflag=direct`` into a
   classic and into a thin clone, against the same write into the master
-  (written on the storage VM itself, not through iSCSI).
+  (written on the storage VM itself, not through iSCSI; bench_first_write.py
+  times it inside a SAN-booted guest over its own initiator).
 
 Runs of the kinds are interleaved; median and range of ``--runs`` are
 printed, and the ratio full copy / snapshot. Bounded (about 5 min on a

@@ -24,6 +24,7 @@ Parsing is pure (:func:`parse_proc_locks`, :func:`parse_portals`,
 from __future__ import annotations
 
 import os
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -196,17 +197,33 @@ def verify_tgt(
     return ident
 
 
-def lio_portals(configfs: str, target_iqn: str) -> tuple[str, ...]:
-    """The portals of every TPG of ``target_iqn`` in configfs (``.../np/<ip>:<port>``)."""
+def lio_portals(configfs: str, target_iqn: str, runner: Runner | None = None) -> tuple[str, ...]:
+    """The portals of every TPG of ``target_iqn`` in configfs (``.../np/<ip>:<port>``).
+
+    With ``runner`` (a storage host's SSH runner), the host's configfs is read.
+    """
     base = Path(configfs) / "iscsi" / target_iqn
-    return tuple(sorted(np.name for np in base.glob("tpgt_*/np/*")))
+    if runner is None:
+        return tuple(sorted(np.name for np in base.glob("tpgt_*/np/*")))
+    script = (
+        f'for p in {shlex.quote(str(base))}/tpgt_*/np/*; do [ -e "$p" ] && echo "${{p##*/}}"; done'
+    )
+    return tuple(sorted(runner.run(["sh", "-c", f"{script}; true"]).stdout.split()))
 
 
-def check_lio_portal(configfs: str, target_iqn: str, want_portal: str) -> None:
-    """A target of ours in configfs serves ``want_portal`` (no such target: nothing to check)."""
-    if not (Path(configfs) / "iscsi" / target_iqn).is_dir():
+def check_lio_portal(
+    configfs: str, target_iqn: str, want_portal: str, runner: Runner | None = None
+) -> None:
+    """A target of ours in configfs serves ``want_portal`` (no such target: nothing to check).
+
+    With ``runner``, the configfs checked is the storage host's.
+    """
+    target = Path(configfs) / "iscsi" / target_iqn
+    if runner is None and not target.is_dir():
         return
-    found = lio_portals(configfs, target_iqn)
+    if runner is not None and runner.run(["test", "-d", str(target)], check=False).rc != 0:
+        return
+    found = lio_portals(configfs, target_iqn, runner)
     if serves(found, want_portal):
         return
     raise ExporterIdentityError(

@@ -4,7 +4,7 @@ Exporter identity: a stale tgtd on our control port, in another network
 namespace and on another address, makes ``provisiond serve`` fail fast with a
 message naming the control port, both portals and the fix; the exporter never
 exports onto it; a tgtd of ours left by an earlier run is adopted. LIO's
-configfs check runs where the kernel has LIO (skips with the reason here).
+configfs portal check runs on the storage VM's kernel (tests/testbed/test_storage_host_vm.py).
 
 Boot chain: one daemon (module fixture) with a short settle time, fetch limit
 and reconcile interval; each test is a machine in its own client namespace
@@ -32,15 +32,13 @@ import pytest
 from provisiond.bootchain import FAULT_FILE_ENV
 from storage.backends import FileBackend
 from storage.exporters import (
-    CONFIGFS,
     ExporterIdentityError,
     ExportSpec,
-    LioExporter,
     TgtDaemon,
     TgtExporter,
     new_chap_secret,
 )
-from storage.exporters.identity import check_lio_portal, netns_named, owner_pid
+from storage.exporters.identity import netns_named, owner_pid
 from storage.runner import Runner
 from tests.daemonlab import LabDaemon, free_control_port, lab_config
 from tests.netlab import Lab
@@ -169,21 +167,6 @@ def test_serve_starts_its_own_tgtd_and_says_so_only_once_it_owns_the_port(tmp_pa
         finally:
             d.stop()
             TgtDaemon(lab.server_ip, control_port=port).stop()
-
-
-def test_lio_target_portal_is_checked_in_configfs(tmp_path):
-    if not os.path.isdir(CONFIGFS):
-        pytest.skip(reason=f"{CONFIGFS} missing: this kernel has no LIO (configfs target_core_mod)")
-    ex = LioExporter("127.0.0.1", 3260)
-    ex.check()
-    vol = FileBackend(tmp_path).create("bc01", 8 * MiB)
-    ex.export(ExportSpec(TARGET, vol.path, INITIATOR, "bc01", new_chap_secret()))
-    try:
-        check_lio_portal(CONFIGFS, TARGET, "127.0.0.1:3260")
-        with pytest.raises(ExporterIdentityError, match=r"not 127\.0\.0\.2:3260"):
-            check_lio_portal(CONFIGFS, TARGET, "127.0.0.2:3260")
-    finally:
-        ex.unexport(TARGET)
 
 
 # -- the boot chain -------------------------------------------------------------

@@ -44,12 +44,15 @@ class HaBed:
         return self.images / f"app-{app}.img"
 
 
-def start(tb: Testbed, boot_assets, timeout: int = 10, hold_down: int = 600) -> HaBed:
-    """provisiond with a reflink storage and ``[ha]``; the agent kernel and the marker image."""
+def start(
+    tb: Testbed, boot_assets, timeout: int = 10, hold_down: int = 600, iscsi: str = ""
+) -> HaBed:
+    """provisiond with a reflink storage and ``[ha]``; the agent kernel and the marker image.
+    ``iscsi``: more ``[iscsi]`` lines, e.g. ``"boot_settle = 5\n"``."""
     images = btrfs_storage(tb.workdir)
     port = 300 + os.getpid() % 300
     config = tb.provisiond_config(heartbeat_interval=2) + (
-        f"\n[iscsi]\ntgt_control_port = {port}\nboot_timeout = 240\n"
+        f"\n[iscsi]\ntgt_control_port = {port}\nboot_timeout = 240\n{iscsi}"
         f'\n[[storage]]\nname = "fast"\nbackend = "reflink"\npath = "{images}"\n'
         f'\n[images]\nimport_dirs = ["{tb.workdir}"]\n'
         f"\n[ha]\ninterval = 1\ntimeout = {timeout}\nhold_down = {hold_down}\n"
@@ -74,6 +77,17 @@ def boot_machine(bed: HaBed, name: str, mac: str) -> Vm:
     if bed.tb.resource_state(mac) == "key-changed":  # the same MAC booted a new agent
         cli(bed.tb, "resource", "accept-key", mac)
     return vm
+
+
+def boot_machines(bed: HaBed, machines: list[tuple[str, str]]) -> list[Vm]:
+    """:func:`boot_machine` for several ``(name, mac)`` at once: all boot side by side."""
+    vms = [bed.tb.boot_vm(name, mac, reboot=True, qmp=True) for name, mac in machines]
+    for _name, mac in machines:
+        wait_until(lambda m=mac: bed.tb.resource_state(m) in ("idle", "key-changed"), 240,
+                   interval=0.5)  # fmt: skip
+        if bed.tb.resource_state(mac) == "key-changed":
+            cli(bed.tb, "resource", "accept-key", mac)
+    return vms
 
 
 def set_power_qemu(bed: HaBed, mac: str, vm: Vm) -> None:

@@ -36,10 +36,10 @@ def iscsi_targets(tb, initiator: str) -> str:
 
 def test_killed_appliance_fails_over_to_the_spare(testbed, boot_assets):
     tb = testbed
-    bed = ha_flow.start(tb, boot_assets, timeout=10)
+    # boot_settle 5 (not 20): active 5 s after the iSCSI login, on A and then on the spare
+    bed = ha_flow.start(tb, boot_assets, timeout=10, iscsi="boot_settle = 5\n")
     try:
-        vm_a = ha_flow.boot_machine(bed, "ha-a", MAC_A)
-        vm_b = ha_flow.boot_machine(bed, "ha-b", MAC_B)
+        vm_a, vm_b = ha_flow.boot_machines(bed, [("ha-a", MAC_A), ("ha-b", MAC_B)])
         ha_flow.set_power_qemu(bed, MAC_A, vm_a)
         ha_flow.set_power_qemu(bed, MAC_B, vm_b)
         out = ha_flow.cli(tb, "ha", "spare", MAC_B, "--pool", ha_flow.POOL)

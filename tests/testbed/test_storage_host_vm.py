@@ -16,6 +16,13 @@ socket, on no command line): a machine SAN-boots from it with iPXE while the
 next tests run. Removing exports and snapshots; a host going down and coming
 back (StorageService marks it down with the reason, polls, marks it up).
 
+Before any thin pool exists, the unit tests' LVM fixtures' recipe
+(tests/testbed/lvmrecord.py) runs on a scratch VG on a second disk: every
+committed fixture must be what this lvm2 prints (PROVISIOND_RECORD_LVM=1
+rewrites them). LvmBackend's create/clone/delete, a file-backed LIO export
+and the configfs portal check (read through the SSH runner) also run here:
+this machine's kernel has neither device-mapper nor LIO.
+
 Last, provisiond itself against the same VM: import, ``appliance start`` of
 a classic and a thin clone that two machines SAN-boot through its DHCP and
 iPXE; each booted guest writes a token into its own disk (the LUN
@@ -23,7 +30,11 @@ hot-plugged as a virtio disk through QEMU's iSCSI initiator, same IQN and
 CHAP; the marker guest has no initiator of its own), found on its clone and
 on neither the master nor the other clone; kill -9 and restart (reconcile: a
 lost export comes back, a stale target and an orphaned clone go), stop and
-rm. One storage VM, one daemon, three client machines in the module.
+rm. Between import and appliance start, a third machine's real agent
+captures its small disk of random bytes through the daemon onto a thin LV
+of the storage host: the LV holds it byte for byte and the image's manifest
+matches, re-hashed on the host. One storage VM, one daemon, four client
+machines in the module.
 """
 
 from __future__ import annotations
@@ -46,11 +57,21 @@ sys.path.insert(0, str(REPO))
 
 import storagevm  # noqa: E402
 
+from provisiond import chunks  # noqa: E402
+from provisiond.chunks import Manifest  # noqa: E402
 from storage.backends import LvmBackend  # noqa: E402
-from storage.exporters import ExportSpec, TgtExporter  # noqa: E402
+from storage.exporters import (  # noqa: E402
+    CONFIGFS,
+    ExporterIdentityError,
+    ExportSpec,
+    TgtExporter,
+    new_chap_secret,
+)
+from storage.exporters.identity import check_lio_portal, lio_portals  # noqa: E402
 from storage.exporters.lio_remote import RemoteLioExporter  # noqa: E402
 from storage.images import import_image  # noqa: E402
 from storage.ssh import HostKeyMismatch, SshRunner, SshTarget  # noqa: E402
+from tests.testbed import lvmrecord  # noqa: E402
 from tests.testbed.conftest import unique_ns  # noqa: E402
 from tests.testbed.diskimage import build_boot_disk  # noqa: E402
 from tests.testbed.vmlab import cli  # noqa: E402
@@ -102,8 +123,9 @@ def storage_host(testbed_ready, tmp_path_factory):
     work = tmp_path_factory.mktemp("storagehost")
     hostkey, client = keypair(work / "hostkey"), keypair(work / "client")
     with Testbed(work / "tb", ns_name=unique_ns(), subnet=SUBNET) as tb:
+        # /dev/vdb: the scenario's VG; /dev/vdc: the LVM fixtures' scratch VG (lvmrecord.py)
         vm = storagevm.boot(tb, files, "storage", "52:54:00:78:00:50", f"{HOST}/24", hostkey,
-                            Path(f"{client}.pub"))  # fmt: skip
+                            Path(f"{client}.pub"), data_disks=("4G", "1G"))  # fmt: skip
         t0 = time.monotonic()
         m = vm.wait_for(storagevm.READY, timeout=300)
         assert m.group(1) == "ready", vm.tail()
@@ -144,7 +166,29 @@ def test_ssh_host_key_is_pinned(storage_host, ssh, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def volumes(storage_host, ssh, tmp_path_factory):
+def lvm_fixtures(ssh):
+    """The unit tests' LVM fixtures' recipe, run on this VM before any thin pool exists.
+
+    PROVISIOND_RECORD_LVM=1 rewrites tests/unit/fixtures/storage/lvm-vm/ from it.
+    """
+    record = bool(os.environ.get("PROVISIOND_RECORD_LVM"))
+    return lvmrecord.run_recipe(ssh, "/dev/vdc", record=record)
+
+
+def test_lvm_fixtures_are_what_lvm2_on_the_storage_vm_says(lvm_fixtures):
+    """Every committed LVM fixture is, byte for byte, what this VM's lvm2 prints for it."""
+    if os.environ.get("PROVISIOND_RECORD_LVM"):
+        pytest.skip(reason="PROVISIOND_RECORD_LVM set: fixtures were just (re)written")
+    assert len(lvm_fixtures) == 8
+    for name, live, committed in lvm_fixtures:
+        assert live == committed, (
+            f"{name} differs from lvm2 on the storage VM; re-record with "
+            f"PROVISIOND_RECORD_LVM=1 pytest {__file__} -k fixtures\nlive:\n{live}"
+        )
+
+
+@pytest.fixture(scope="module")
+def volumes(storage_host, ssh, tmp_path_factory, lvm_fixtures):
     """VG + thin pool on /dev/vdb, the boot disk imported as classic and thin masters."""
     classic = LvmBackend(VG, runner=ssh)
     thin = LvmBackend(VG, thin_pool=POOL, runner=ssh)
@@ -223,6 +267,56 @@ def test_lio_exports_with_acl_and_chap(storage_host, exports, ssh):
     assert bad_secret.returncode != 0
     other_initiator = inq(tb, specs[1].initiator_iqn, s.chap_user, s.chap_secret, s.target_iqn)
     assert other_initiator.returncode != 0
+
+
+def test_lio_target_portal_is_checked_in_configfs(exports, ssh):
+    """check_lio_portal reads the storage VM's configfs through the SSH runner (was an
+    interop test that skipped here: this machine's kernel has no LIO)."""
+    _, specs = exports
+    iqn = specs[1].target_iqn
+    assert lio_portals(CONFIGFS, iqn, ssh) == (f"{HOST}:3260",)
+    check_lio_portal(CONFIGFS, iqn, f"{HOST}:3260", runner=ssh)
+    with pytest.raises(
+        ExporterIdentityError, match=rf"listens on {HOST}:3260, not {SUBNET}\.2:3260"
+    ):
+        check_lio_portal(CONFIGFS, iqn, f"{SUBNET}.2:3260", runner=ssh)
+    check_lio_portal(CONFIGFS, f"{PREFIX}:absent", f"{SUBNET}.2:3260", runner=ssh)  # none: ok
+
+
+def test_lio_export_roundtrip_of_a_file(ssh):
+    """A file-backed (fileio) LIO export on the VM's kernel: export, listed, unexport, gone."""
+    lio = RemoteLioExporter(ssh, HOST, host="storage VM")
+    img = "/var/tmp/lio-roundtrip.img"
+    ssh.run(["truncate", "-s", "1M", img])
+    iqn = f"{PREFIX}:lio-roundtrip"
+    s = ExportSpec(iqn, img, f"{PREFIX}:init-roundtrip", "u", new_chap_secret())
+    try:
+        lio.export(s)
+        assert [x.key() for x in lio.list_exports() if x.target_iqn == iqn] == [s.with_lun(0).key()]
+        udev = ssh.run(["sh", "-c", f"cat {CONFIGFS}/core/fileio_*/*/udev_path"]).stdout
+        assert img in udev.split()
+    finally:
+        lio.unexport(iqn)
+    gone = (
+        f"test ! -e {CONFIGFS}/iscsi/{iqn} && ! grep -qs {img} {CONFIGFS}/core/fileio_*/*/udev_path"
+    )
+    assert ssh.run(["sh", "-c", gone], check=False).rc == 0  # target and backstore
+
+
+def test_lvm_create_clone_delete(ssh, volumes):
+    """Create, classic clone and delete through LvmBackend on the VM's real LVM."""
+    lvm = LvmBackend(VG, runner=ssh)
+    golden = lvm.create("pvtest-golden", 64 << 20)
+    try:
+        clone = lvm.clone("pvtest-golden", "pvtest-clone")
+        assert clone.origin == "pvtest-golden"
+        assert ssh.run(["test", "-b", clone.path], check=False).rc == 0
+        assert {"pvtest-golden", "pvtest-clone"} <= {v.name for v in lvm.list()}
+        assert lv_rows(ssh)["pvtest-clone"]["lv_attr"][0] == "s"
+    finally:
+        lvm.delete("pvtest-clone")
+        lvm.delete(golden.name)
+    assert lvm.get("pvtest-clone") is None and lvm.get("pvtest-golden") is None
 
 
 def test_write_through_one_export_changes_neither_master_nor_other(storage_host, exports, ssh,
@@ -511,6 +605,50 @@ def appliance_export(tb: Testbed, name: str) -> ExportSpec:
                       int(p["lun"]))  # fmt: skip
 
 
+CAP_MAC = "52:54:00:78:00:73"
+CAP_MIB = 12  # the captured disk: random bytes, so every chunk travels
+
+
+def image_manifest(tb: Testbed, name: str) -> Manifest:
+    """The chunk manifest provisiond recorded for image ``name`` (from its database)."""
+    import sqlite3
+
+    db = tb.workdir / "state" / "provisiond.db"
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as con:
+        (text,) = con.execute("SELECT manifest FROM image WHERE name = ?", (name,)).fetchone()
+    return Manifest.from_json(json.loads(text))
+
+
+def check_capture_onto_storage_host(tb: Testbed, ssh: SshRunner, source: Path) -> None:
+    """The real agent on machine CAP_MAC sends its disk through the daemon (tcp transport)
+    onto a thin LV of the storage VM: the LV holds the disk byte for byte and the image's
+    manifest is the source's, chunk for chunk, also re-hashed on the host."""
+    t0 = time.monotonic()
+    out = cli(tb, "image", "capture", CAP_MAC, "--disk", "/dev/vda", "--name", "cap",
+              "--storage", "sant", "--workers", "2")  # fmt: skip
+    print(f"capture of {CAP_MIB} MiB onto the storage VM: {time.monotonic() - t0:.1f} s",
+          flush=True)  # fmt: skip
+    want = hashlib.sha256(source.read_bytes()).hexdigest()
+
+    def shown_sha() -> str | None:  # filled in after the ready image (provisiond/imagedigest)
+        return json.loads(cli(tb, "image", "show", "cap", "--json"))["sha256"]
+
+    wait_until(shown_sha, 120, interval=0.5)
+    assert shown_sha() == want, out
+    lv = f"/dev/{VG}/image-cap"
+    assert lv_rows(ssh)["image-cap"]["pool_lv"] == POOL
+    assert ssh.run(["sh", "-c", f"head -c {CAP_MIB << 20} {lv} | sha256sum"]).stdout[:64] == want
+    m = image_manifest(tb, "cap")
+    with open(source, "rb") as fh:
+        scanned = chunks.scan(fh, source.stat().st_size)
+    assert (m.size, m.chunk_size, m.chunks) == (scanned.size, scanned.chunk_size, scanned.chunks)
+    assert len(m.chunks) == m.count == -(-(CAP_MIB << 20) // m.chunk_size)
+    script = "; ".join(f"dd if={lv} bs={m.chunk_size} skip={c.index} count=1 status=none "
+                       "| sha256sum" for c in m.chunks)  # fmt: skip
+    on_host = [line[:64] for line in ssh.run(["sh", "-c", script]).stdout.splitlines()]
+    assert on_host == [c.sha256 for c in m.chunks]
+
+
 def lv_rows(ssh: SshRunner) -> dict[str, dict]:
     return {r["lv_name"]: r for r in json.loads(ssh.run(LVS).stdout)["report"][0]["lv"]}
 
@@ -523,8 +661,11 @@ def test_daemon_sanboots_a_classic_and_a_thin_clone_from_the_storage_host(
     appliance stop + rm (export and snapshot removed)."""
     h = storage_host
     tb = h.tb
+    # alive_timeout: the TCG storage VM's sshd can take over 10 s to open a channel on a
+    # machine loaded 15 (2 cores); a host that really vanishes is tests/interop's business
     host = (f'backend = "lvm"\npath = "{VG}"\nhost = "{HOST}"\nkey = "{h.client}"\n'
-            f'host_key = "{h.host_key_line}"\ndevices = ["/dev/vdb"]\n')  # fmt: skip
+            f'host_key = "{h.host_key_line}"\ndevices = ["/dev/vdb"]\n'
+            "alive_timeout = 60\n")  # fmt: skip
     config = tb.provisiond_config(heartbeat_interval=2) + (
         "\n[iscsi]\nboot_timeout = 240\n"
         f'\n[[storage]]\nname = "sanc"\n{host}'
@@ -554,14 +695,28 @@ def test_daemon_sanboots_a_classic_and_a_thin_clone_from_the_storage_host(
     settle(lambda: exported() == [], "no start-up reconcile")
     cli(tb, "kernel", "add", "agent", "--kernel", str(boot_assets.kernel),
         "--initrd", str(boot_assets.initrd), "--default")  # fmt: skip
-    # the machines PXE-boot into the agent while the images are imported
+    # the machines PXE-boot into the agent while the images are imported; a third one, with
+    # a small local disk of random bytes, is captured onto the storage host (real agent only)
     vms = [tb.boot_vm(f"app{i}", mac, reboot=True, qmp=True) for i, mac in enumerate(MACS)]
+    cap_disk = tmp_path / "capture-source.raw"
+    cap_disk.write_bytes(os.urandom(CAP_MIB << 20))
+    cap_vm = None
+    if boot_assets.real_agent:
+        cap_vm = tb.boot_vm("cap", CAP_MAC, reboot=True,
+                            extra=("-drive", f"file={cap_disk},format=raw,if=virtio"))  # fmt: skip
+    else:
+        print("capture onto the storage host not run: initrd/build.sh failed (the throwaway "
+              "initrd has no capture command)", flush=True)  # fmt: skip
     for storage in ("sanc", "sant"):
         out = cli(tb, "image", "import", str(disk), "--name", f"img-{storage}",
                   "--storage", storage)  # fmt: skip
         assert hashlib.sha256(disk.read_bytes()).hexdigest() in out
-    for mac in MACS:
+    for mac in (*MACS, *((CAP_MAC,) if cap_vm else ())):
         wait_until(lambda m=mac: tb.resource_state(m) == "idle", 180, interval=0.5)
+    if cap_vm is not None:
+        check_capture_onto_storage_host(tb, ssh, cap_disk)
+        cap_vm.kill()
+        tb.vms.remove(cap_vm)
     for i, (mac, storage) in enumerate(zip(MACS, ("sanc", "sant"), strict=True)):
         cli(tb, "appliance", "create", "--resource", mac, "--image", f"img-{storage}",
             "--mode", "sanboot", "--name", f"san{i}")  # fmt: skip

@@ -51,6 +51,7 @@ def test_new_user_turns_an_idle_machine_into_an_appliance(testbed, boot_assets):
     tb = testbed
     config = tb.provisiond_config(heartbeat_interval=2) + (
         f"\n[iscsi]\ntgt_control_port = {CONTROL_PORT}\nboot_timeout = 240\n"
+        "boot_settle = 5\n"  # active 5 s after the iSCSI login (the default 20 s only waits)
         f'\n[[storage]]\nname = "local"\nbackend = "file"\npath = "{tb.workdir / "images"}"\n'
         f'\n[images]\nimport_dirs = ["{tb.workdir}"]\n'
     )

@@ -116,16 +116,22 @@ def test_exporter_refuses_foreign_tgtd_before_export():
     assert not any("new" in c for c in r.calls)  # nothing changed on the stranger
 
 
-def test_lio_portal_check(tmp_path):
+@pytest.mark.parametrize("through", [None, "runner"])
+def test_lio_portal_check(tmp_path, through):
+    """Read directly, or through a Runner (a storage host's configfs: here a local sh)."""
+    from storage.runner import Runner
+
+    runner = Runner() if through else None
     iqn = "iqn.2025-01.test.pxe:a"
     (tmp_path / "iscsi" / iqn / "tpgt_1" / "np" / "10.0.0.1:3260").mkdir(parents=True)
-    assert lio_portals(str(tmp_path), iqn) == ("10.0.0.1:3260",)
-    check_lio_portal(str(tmp_path), iqn, "10.0.0.1:3260")
-    check_lio_portal(str(tmp_path), "iqn.2025-01.test.pxe:absent", "10.9.9.9:3260")
+    (tmp_path / "iscsi" / iqn / "tpgt_2" / "np" / "10.0.0.2:3260").mkdir(parents=True)
+    assert lio_portals(str(tmp_path), iqn, runner) == ("10.0.0.1:3260", "10.0.0.2:3260")
+    check_lio_portal(str(tmp_path), iqn, "10.0.0.1:3260", runner)
+    check_lio_portal(str(tmp_path), "iqn.2025-01.test.pxe:absent", "10.9.9.9:3260", runner)
     (tmp_path / "iscsi" / "iqn.2025-01.test.pxe:b" / "tpgt_1" / "np").mkdir(parents=True)
     with pytest.raises(ExporterIdentityError, match="listens on no portal"):
-        check_lio_portal(str(tmp_path), "iqn.2025-01.test.pxe:b", "10.0.0.1:3260")
+        check_lio_portal(str(tmp_path), "iqn.2025-01.test.pxe:b", "10.0.0.1:3260", runner)
     with pytest.raises(
-        ExporterIdentityError, match=re.escape("listens on 10.0.0.1:3260, not 10.9.9.9")
+        ExporterIdentityError, match=re.escape("listens on 10.0.0.1:3260, 10.0.0.2:3260, not 10.9")
     ):
-        check_lio_portal(str(tmp_path), iqn, "10.9.9.9:3260")
+        check_lio_portal(str(tmp_path), iqn, "10.9.9.9:3260", runner)

@@ -197,3 +197,30 @@ def test_a_remote_hasher_is_used_for_a_volume_elsewhere(world, tmp_path):
 
     assert imagedigest.ensure(ctx.db, image_id, hasher) == "ef" * 32
     assert seen == [(str(tmp_path / "image-far"), SIZE)]
+
+
+@pytest.mark.parametrize("tampered", [False, True])
+def test_nc_deploy_of_a_fresh_capture_computes_the_sha256_on_the_spot(world, tmp_path, tampered):
+    from provisiond import localdeploy
+    from provisiond.jobrunner import JobFailed
+
+    ctx, manager = world
+    img = _image()
+    image_id = _captured(ctx, manager, tmp_path, "fresh", img)
+    if tampered:
+        (tmp_path / "image-fresh").write_bytes(_flip(img, 6 * CS + 1))
+    with ctx.db.transaction() as s:
+        job = Job(kind="appliance.start", state="running", params={})
+        s.add(job)
+        s.flush()
+        job_id = job.id
+    m = replace(_manifest(img), sha256="")
+    if tampered:
+        with pytest.raises(JobFailed, match="cannot be verified: chunk 6"):
+            localdeploy._with_whole_sha256(ctx.db, image_id, job_id, m)
+        return
+    got = localdeploy._with_whole_sha256(ctx.db, image_id, job_id, m)
+    assert got.sha256 == hashlib.sha256(img).hexdigest()
+    assert got.chunks == m.chunks
+    with ctx.db.reader() as s:
+        assert "computing it now" in (s.get(Job, job_id).log or "")

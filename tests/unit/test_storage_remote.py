@@ -22,6 +22,7 @@ from storage.exporters import ExporterUnavailable, ExportSpec, lio_helper
 from storage.exporters.lio_remote import RemoteLioExporter, payload
 from storage.runner import FakeRunner, Result, Runner
 from storage.ssh import HostKeyMismatch, HostKeyPins, SshTarget, key_line, verify_host_key
+from tests.unit.lvmfixtures import load as load_fixture
 
 FIX = Path(__file__).parent / "fixtures" / "storage"
 
@@ -169,7 +170,7 @@ def test_remote_lvm_check_runs_on_the_host(out, problem):
 
 
 def test_ensure_vg_creates_vg_and_pool_once():
-    lvs = (FIX / "lvs-empty.json").read_text()
+    lvs = load_fixture("lvs-empty.json").output
     r = RemoteFake().on(["vgs"], '{"report": [{"vg": []}]}').on(["lvs"], lvs)
     done = LvmBackend("pv", thin_pool="pool0", runner=r).ensure_vg(("/dev/vdb",), 1 << 30)
     assert ["vgcreate", "-y", "pv", "/dev/vdb"] in r.calls
@@ -226,7 +227,7 @@ def down_host(tmp_path):
 
 def test_service_marks_a_host_down_with_the_reason_then_up(tmp_path):
     _c, _db, host, service = down_host(tmp_path)
-    host.on(["lvs"], (FIX / "lvs-empty.json").read_text())
+    host.on(["lvs"], load_fixture("lvs-empty.json").output)
     host.on(["python3"], '{"ok": true, "added": [], "removed": []}\n')
     assert "cannot connect (timed out)" in service.host_down_reason("san")
     assert service.exporter_for("san") is None
@@ -310,7 +311,7 @@ def test_capture_onto_a_storage_host_needs_the_tcp_transport(tmp_path):
 
     c, db = san_db(tmp_path)
     manager = StorageManager(c)
-    manager._ssh["san"] = RemoteFake().on(["lvs"], (FIX / "lvs-empty.json").read_text())
+    manager._ssh["san"] = RemoteFake().on(["lvs"], load_fixture("lvs-empty.json").output)
     with db.transaction() as s:
         res = Resource(mac="52:54:00:00:00:02", state="idle",
                        inventory={"disks": [{"name": "sda", "size_bytes": 8 << 20}]})  # fmt: skip

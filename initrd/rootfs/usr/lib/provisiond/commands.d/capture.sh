@@ -159,7 +159,7 @@ capture_worker() {
 # socat with 256 KiB buffers where the initrd has it: busybox nc moves a pipe in
 # small reads and costs ~5x the CPU per byte (bench/capture), the agent's
 # largest cost. -t: after stdin ends, wait for the answer (the server may
-# still be hashing a long zero tail).
+# still be checking and writing the last chunks).
 capture_send() {
 	if command -v socat >/dev/null 2>&1; then
 		socat -b 262144 -t 600 - "TCP:$1:$2"
