@@ -89,6 +89,7 @@ def bed(testbed_ready, boot_assets, tmp_path_factory):
         images = btrfs_storage(tb.workdir)
         config = tb.provisiond_config(heartbeat_interval=2, mode="proxy") + (
             f"\n[iscsi]\ntgt_control_port = {CONTROL_PORT}\nboot_timeout = 240\n"
+            "boot_settle = 5\n"  # active 5 s after the iSCSI login (default 20 s: waiting)
             f'\n[[storage]]\nname = "fast"\nbackend = "reflink"\npath = "{images}"\n'
             f'\n[images]\nimport_dirs = ["{tb.workdir}"]\n'
         )
