@@ -62,7 +62,7 @@ class StorageConfig:
     # liveness of a storage host's SSH connection (storage.ssh): probed every alive_interval
     # seconds, down when a probe is not answered within alive_timeout seconds
     alive_interval: int = 5
-    alive_timeout: int = 10
+    alive_timeout: int = 30  # a busy real host (or a TCG VM) can take >10 s to open a channel
 
 
 @dataclass(frozen=True)
@@ -703,7 +703,7 @@ def _storage_host(t: _Table) -> dict[str, Any]:
         "devices": tuple(devices),
         "thin_pool_size": t.int("thin_pool_size", 0, 0, 1 << 50),
         "alive_interval": t.int("alive_interval", 5, 1, 300),
-        "alive_timeout": t.int("alive_timeout", 10, 1, 300),
+        "alive_timeout": t.int("alive_timeout", 30, 1, 300),
     }
 
 
