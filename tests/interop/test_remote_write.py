@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import shutil
 import socket
 import subprocess
 import time
@@ -29,6 +28,7 @@ from storage import remotewrite
 from storage.backends.base import StorageError
 from storage.runner import CommandFailed, Secret
 from storage.ssh import SshRunner, SshTarget
+from tests.sshlab import host_keys, need_tools
 
 pytestmark = pytest.mark.interop
 CS = 1 << 20  # chunk size for these tests
@@ -42,23 +42,10 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def host(tmp_path_factory):
-    for tool in ("dropbear", "dropbearkey", "ssh-keygen", "unshare"):
-        if not shutil.which(tool):
-            pytest.skip(reason=f"needs {tool} (apt-get install dropbear-bin openssh-client)")
+    need_tools()
     work = tmp_path_factory.mktemp("sshhost")
-    home = work / "home"
-    (home / ".ssh").mkdir(parents=True, mode=0o700)
-    home.chmod(0o700)
-    client = work / "client"
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(client)], check=True)
-    shutil.copy(f"{client}.pub", home / ".ssh" / "authorized_keys")
-    (home / ".ssh" / "authorized_keys").chmod(0o600)
-    hostkey = work / "hostkey"
-    subprocess.run(["dropbearkey", "-t", "ed25519", "-f", str(hostkey)], check=True,
-                   capture_output=True)  # fmt: skip
-    shown = subprocess.run(["dropbearkey", "-y", "-f", str(hostkey)], check=True,
-                           capture_output=True, text=True).stdout  # fmt: skip
-    host_key = next(line for line in shown.splitlines() if line.startswith("ssh-ed25519 "))
+    keys = host_keys(work)
+    home, client, hostkey, host_key = keys.home, keys.client, keys.hostkey, keys.host_key
     port = free_port()
     with open(work / "dropbear.log", "wb") as errlog:
         proc = subprocess.Popen(

@@ -22,7 +22,6 @@ X is down: …"; and once the host is back, the runner connects again.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -36,6 +35,7 @@ from provisiond.db import Database
 from provisiond.storages import StorageManager, StorageService
 from storage.ssh import HostDown
 from tests.netlab import Lab
+from tests.sshlab import host_keys, need_tools
 from tests.testbed.netns_thread import in_netns
 
 pytestmark = pytest.mark.interop
@@ -57,22 +57,9 @@ def ns_connect(ns: str):
 
 @pytest.fixture
 def storage_host(tmp_path):
-    for tool in ("dropbear", "dropbearkey", "ssh-keygen", "unshare", "nsenter"):
-        if not shutil.which(tool):
-            pytest.skip(reason=f"needs {tool} (apt-get install dropbear-bin openssh-client)")
-    home = tmp_path / "home"
-    (home / ".ssh").mkdir(parents=True, mode=0o700)
-    home.chmod(0o700)
-    client = tmp_path / "client"
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(client)], check=True)
-    shutil.copy(f"{client}.pub", home / ".ssh" / "authorized_keys")
-    (home / ".ssh" / "authorized_keys").chmod(0o600)
-    hostkey = tmp_path / "hostkey"
-    subprocess.run(["dropbearkey", "-t", "ed25519", "-f", str(hostkey)], check=True,
-                   capture_output=True)  # fmt: skip
-    shown = subprocess.run(["dropbearkey", "-y", "-f", str(hostkey)], check=True,
-                           capture_output=True, text=True).stdout  # fmt: skip
-    host_key = next(line for line in shown.splitlines() if line.startswith("ssh-ed25519 "))
+    need_tools("nsenter")
+    keys = host_keys(tmp_path)
+    home, client, hostkey, host_key = keys.home, keys.client, keys.hostkey, keys.host_key
     with Lab("alive") as lab:
         address = f"{lab.net}.50"
         host = lab.add_client(address=address)
