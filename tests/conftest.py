@@ -35,6 +35,21 @@ def write_config(tmp: Path, **overrides) -> Path:
     return path
 
 
+def file_storage_world(tmp: Path):
+    """A migrated context with one file storage ``local`` and its manager (a fixture's body)."""
+    from provisiond import config as configmod
+    from provisiond.app import build_context
+    from provisiond.storages import StorageManager
+
+    path = write_config(tmp)
+    with path.open("a") as fh:
+        fh.write(f'[[storage]]\nname = "local"\nbackend = "file"\npath = "{tmp / "v"}"\n')
+    ctx = build_context(configmod.load(path))
+    ctx.db.migrate()
+    yield ctx, StorageManager(ctx.config)
+    ctx.db.dispose()
+
+
 @pytest.fixture
 def config_file(tmp_path: Path) -> Path:
     return write_config(tmp_path)

@@ -5,24 +5,15 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import select
 
-from provisiond import config as configmod
 from provisiond import images
-from provisiond.app import build_context
 from provisiond.errors import Conflict, Invalid
 from provisiond.model import Event, Image, Job, Volume
-from provisiond.storages import StorageManager
-from tests.conftest import write_config
+from tests.conftest import file_storage_world
 
 
 @pytest.fixture
 def world(tmp_path):
-    path = write_config(tmp_path)
-    with path.open("a") as fh:
-        fh.write(f'[[storage]]\nname = "local"\nbackend = "file"\npath = "{tmp_path / "v"}"\n')
-    ctx = build_context(configmod.load(path))
-    ctx.db.migrate()
-    yield ctx, StorageManager(ctx.config)
-    ctx.db.dispose()
+    yield from file_storage_world(tmp_path)
 
 
 def _job(ctx, kind: str) -> int:

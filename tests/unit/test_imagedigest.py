@@ -17,12 +17,9 @@ import pytest
 from sqlalchemy import select
 
 from provisiond import chunks, imagedigest, images
-from provisiond import config as configmod
-from provisiond.app import build_context
 from provisiond.imagedigest import VerifyError
 from provisiond.model import Event, Image, Job
-from provisiond.storages import StorageManager
-from tests.conftest import write_config
+from tests.conftest import file_storage_world
 
 CS = 4096
 SIZE = 6 * CS + 700  # 7 chunk slots, a short tail
@@ -116,13 +113,7 @@ def test_verify_of_a_sparse_file_reads_holes_as_zero(tmp_path):
 
 @pytest.fixture
 def world(tmp_path):
-    path = write_config(tmp_path)
-    with path.open("a") as fh:
-        fh.write(f'[[storage]]\nname = "local"\nbackend = "file"\npath = "{tmp_path / "v"}"\n')
-    ctx = build_context(configmod.load(path))
-    ctx.db.migrate()
-    yield ctx, StorageManager(ctx.config)
-    ctx.db.dispose()
+    yield from file_storage_world(tmp_path)
 
 
 def _captured(ctx, manager, tmp_path, name: str, img: bytes) -> int:
