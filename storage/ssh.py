@@ -50,6 +50,7 @@ from storage.backends.base import StorageError
 from storage.runner import Arg, CommandFailed, Result, Runner, show
 
 log = logging.getLogger("provisiond.storage.ssh")  # under the daemon's handler and redaction
+EOF_GRACE = 2.0  # s a command's output may trail its exit status (a daemon it started keeps stdout)
 
 
 #: how the TCP connection is made: ``socket.create_connection``, or e.g. one made
@@ -353,6 +354,7 @@ class SshRunner(Runner):
                 chan.sendall(input.encode() if isinstance(input, str) else input)
             chan.shutdown_write()
             out, err = bytearray(), bytearray()
+            exited = 0.0  # when the exit status came: output may still follow it (OpenSSH)
             while True:
                 if chan.recv_ready():
                     out += chan.recv(65536)
@@ -360,10 +362,16 @@ class SshRunner(Runner):
                 if chan.recv_stderr_ready():
                     err += chan.recv_stderr(65536)
                     continue
-                if chan.exit_status_ready() and not chan.recv_ready():
-                    while chan.recv_stderr_ready():
-                        err += chan.recv_stderr(65536)
-                    break
+                if chan.exit_status_ready():
+                    # sshd may send exit-status before the rest of the output: the output ends at
+                    # EOF (or close); a background child holding stdout open gets EOF_GRACE
+                    if chan.eof_received or chan.closed:
+                        break
+                    exited = exited or time.monotonic()
+                    if time.monotonic() - exited > EOF_GRACE:
+                        break
+                    time.sleep(0.005)
+                    continue
                 if time.monotonic() > deadline:
                     raise CommandFailed(argv or [command], -1, f"timed out after {timeout} s")
                 if self._down is not None:
