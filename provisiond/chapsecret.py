@@ -16,6 +16,7 @@ plain secrets older versions stored.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -40,4 +41,11 @@ def secret_of(state_dir: Path, params: Mapping[str, Any]) -> str | None:
     if not value:
         return None
     value = str(value)
-    return cached(state_dir).open(value) if is_sealed(value) else value
+    return _open(Path(state_dir), value) if is_sealed(value) else value
+
+
+@lru_cache(maxsize=4096)
+def _open(state_dir: Path, sealed: str) -> str:
+    """Opened once per sealed value: the boot policy asks on every DHCP packet of a SAN
+    appliance (a fresh start seals a fresh value, so a stale entry is never asked for)."""
+    return cached(state_dir).open(sealed)
