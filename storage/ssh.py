@@ -23,8 +23,8 @@ vanished with the connection open (powered off, unplugged, hung) is noticed
 within about ``alive_interval + alive_timeout`` seconds, not after each
 command's own timeout. The connection is also kept busy with SSH keepalives
 and its socket gets ``TCP_USER_TIMEOUT``, so the kernel gives up on it in
-the same bound. Then the command in flight fails, ``on_down(reason)`` is
-called (the storage service marks the host down and polls it), and later
+the same bound. Then ``on_down(reason)`` is called (the storage service
+marks the host down and polls it), the command in flight fails, and later
 commands fail at once with "storage host X is down: …"; at most one
 connection attempt per ``alive_interval`` is made until :meth:`SshRunner.revive`
 (or such an attempt) connects again.
@@ -263,15 +263,15 @@ class SshRunner(Runner):
     def _went_down(self, reason: str) -> None:
         """The kept connection stopped answering: drop it, fail fast from now on, tell on_down."""
         first, self._reported = not self._reported, True  # once per loss of a kept connection
-        self._down, self._down_tried = reason, time.monotonic()
-        self._drop()
-        if first:
+        if first:  # told before the commands in flight fail: whoever sees them fail sees it down
             log.warning("storage host %s is down: %s", self.target.label, reason)
             if self.on_down is not None:
                 try:
                     self.on_down(reason)
                 except Exception:  # the watcher must not die with its listener
                     log.exception("storage host %s: on_down failed", self.target.label)
+        self._down, self._down_tried = reason, time.monotonic()
+        self._drop()
 
     def probe(self) -> None:
         """One bounded round trip on the kept connection; HostDown unless answered in time."""
