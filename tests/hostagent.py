@@ -48,7 +48,7 @@ class HostAgent:
     """The agent for ``mac`` in ``client``'s namespace; its disk is ``self.disk``."""
 
     def __init__(self, d: LabDaemon, client, work: Path, mac: str, disk_size: int,
-                 ip: str | None = None) -> None:  # fmt: skip
+                 ip: str | None = None, long_poll: int | None = None) -> None:  # fmt: skip
         self.dir, self.disk = work / "agent", work / "devroot" / "dev" / "vda"
         (self.dir / "run").mkdir(parents=True, exist_ok=True)
         (self.dir / "run" / "net.env").write_text(f"NET_IP={ip or d.lab.net + '.50'}\n")
@@ -70,6 +70,8 @@ class HostAgent:
             "DEVROOT": str(work / "devroot"),
             "AGENT_HOSTKEY": str(self.dir / "hostkey"), "AGENT_AUTH_KEYS": str(self.dir / "keys"),
         }  # fmt: skip
+        if long_poll is not None:  # s of the agent's command poll (its default is 25)
+            env["AGENT_LONG_POLL"] = str(long_poll)
         self.proc = client.popen([BUSYBOX, "sh", str(AGENT_LIB / "agent")], env=env,
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                  start_new_session=True)  # fmt: skip

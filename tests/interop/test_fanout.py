@@ -35,10 +35,12 @@ pytestmark = [pytest.mark.interop, pytest.mark.timeout(600)]
 MiB = 2**20
 MACS = ("52:54:00:5f:00:01", "52:54:00:5f:00:02", "52:54:00:5f:00:03")
 DISK = 128 * MiB
-PICKUP = 45  # s: [agent] pickup_timeout of the lab (the default is 300)
-# s: the agent's long poll (LONG_POLL_WAIT, 25 s) and a margin. A machine that dies while its
-# poll is open gets its command handed to that dead poll: it fails by heartbeat silence instead
-LONG_POLL = 28
+PICKUP = 20  # s: [agent] pickup_timeout of the lab (the default is 300)
+# s: the lab agents' long poll (AGENT_LONG_POLL; 25 s in the initrd) and a margin to wait out. A
+# machine that dies while its poll is open gets its command handed to that dead poll: it fails
+# by heartbeat silence instead
+AGENT_POLL = 5
+LONG_POLL = AGENT_POLL + 3
 
 MANGLE = """table inet fanouttest {
   chain pre { type filter hook prerouting priority -300;
@@ -74,7 +76,8 @@ def lab3(tmp_path):
             for i, mac in enumerate(MACS):
                 ip = f"{lab.net}.{51 + i}"
                 cl = lab.add_client(mac=mac, address=ip)
-                agents.append(HostAgent(d, cl, tmp_path / f"m{i}", mac, DISK, ip=ip))
+                agents.append(HostAgent(d, cl, tmp_path / f"m{i}", mac, DISK, ip=ip,
+                                     long_poll=AGENT_POLL))  # fmt: skip
             deadline = time.monotonic() + 60
             for mac, a in zip(MACS, agents, strict=True):
                 while d.cli_json("resource", "show", mac)["state"] != "idle":
