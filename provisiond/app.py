@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import signal
 import threading
+import time
 from collections.abc import Iterator
 
 from provisiond import assets, images, instance, logs, priority, pxesettings, recovery, sdnotify
@@ -213,10 +214,12 @@ class Daemon:
     def stop(self) -> None:
         while self._started:
             svc = self._started.pop()
+            t0 = time.monotonic()
             try:
                 svc.stop()
             except Exception:
                 log.exception("%s did not stop cleanly", svc.name)
+            log.debug("stopped %s in %.2f s", svc.name, time.monotonic() - t0)
         self.ctx.db.dispose()
         self._unlock()
 

@@ -209,11 +209,11 @@ class LeaseKeeper:
     def __init__(self, config: Config, db: Database, lock: InstanceLock) -> None:
         self.config, self.db, self.lock = config, db, lock
         self._loop = LoopThread("lease", self._step, log)
-        self._tick = 0.5  # short waits keep stop() prompt
+        self._tick = 0.5  # s between looks at the clock (stop() ends the wait at once)
         self._next = 0.0
 
     def _step(self) -> None:
-        time.sleep(self._tick)
+        self._loop.sleep(self._tick)
         if self._loop.stopping or time.monotonic() < self._next:
             return
         self._next = time.monotonic() + self.config.lease.heartbeat_interval

@@ -241,5 +241,4 @@ class InventoryRefresher:
         self._loop.start()
 
     def stop(self) -> None:
-        self._loop.stop()
-        self._inv.wake.set()
+        self._loop.stop(wake=self._inv.wake.set)  # a step waits on wake for up to the interval

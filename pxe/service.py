@@ -58,8 +58,11 @@ class LoopThread:
             except Exception:
                 self._log.exception("%s: unexpected error in serve loop (continuing)", self.name)
 
-    def stop(self, timeout: float = 3.0) -> None:
+    def stop(self, timeout: float = 3.0, wake: Callable[[], None] | None = None) -> None:
+        """Stop and join; ``wake`` ends a ``step`` that waits on something else than a socket."""
         self._stop.set()
+        if wake is not None:
+            wake()
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
             self._thread.join(timeout)
 
