@@ -216,7 +216,7 @@ def summary(results: list[dict]) -> tuple[str, bool]:
 
 
 def profile(args: argparse.Namespace, pid: int, n: int) -> subprocess.Popen:
-    """py-spy on the daemon for the first ``--py-spy-s`` seconds of steady state."""
+    """py-spy on the daemon for ``--py-spy-s`` seconds of steady state (or of the storm)."""
     args.py_spy.mkdir(parents=True, exist_ok=True)
     out = args.py_spy / f"{args.label or 'run'}-{n}-{time.strftime('%H%M%S')}.txt"
     exe = Path(sys.executable).parent / "py-spy"
@@ -267,13 +267,15 @@ def one_run(args: argparse.Namespace, n: int, work: Path, db_url: str) -> dict:
                    "--out", str(out), "--nice", str(args.load_nice)]  # fmt: skip
             sampler = load_sampler = spy = pg_cpu0 = None
             load = client.popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            if args.py_spy and args.py_spy_storm:
+                spy = profile(args, d.proc.pid, n)
             deadline = time.monotonic() + args.duration + args.storm_limit + 120
             while load.poll() is None and time.monotonic() < deadline:
                 if sampler is None and (work / "ready").exists():
                     sampler = Sampler(d.proc.pid).start()
                     load_sampler = Sampler(load.pid).start()
                     pg_cpu0 = postgres_cpu(db_url)
-                    if args.py_spy:
+                    if args.py_spy and spy is None:
                         spy = profile(args, d.proc.pid, n)
                 time.sleep(0.5)
             if load.poll() is None:
@@ -325,6 +327,7 @@ def main() -> int:
     ap.add_argument("--py-spy", type=Path, default=None, help="profile the daemon into this dir")
     ap.add_argument("--py-spy-s", type=float, default=60, help="seconds of profile")
     ap.add_argument("--py-spy-gil", action="store_true", help="sample only the GIL's holder")
+    ap.add_argument("--py-spy-storm", action="store_true", help="profile from the boot storm on")
     ap.add_argument("--results", type=Path, default=REPO / "bench/agents/results.jsonl")
     args = ap.parse_args()
     if os.geteuid() != 0:
