@@ -2,7 +2,8 @@
 
 Owns :class:`Context`: configuration, database, in-memory inventory, boot
 policy, iPXE renderer, the boots the DHCP service saw (who may receive a
-per-boot secret), agent liveness (:mod:`provisiond.liveness`) and the
+per-boot secret), agent liveness (:mod:`provisiond.liveness`), the per-boot
+token mints (:mod:`provisiond.mints`) and the
 command bell: :meth:`Context.ring` tells every registered waker (the agent
 channel registers one) that an agent command may have been queued or
 finished in this process. ``web`` receives a Context and never builds any
@@ -21,6 +22,7 @@ from provisiond.config import Config
 from provisiond.db import Database
 from provisiond.inventory import Inventory
 from provisiond.liveness import Liveness
+from provisiond.mints import Minter
 from provisiond.tokencache import TokenCache
 from pxe.boot import BootPolicy
 from pxe.http.ipxe import IpxeRenderer
@@ -39,8 +41,12 @@ class Context:
     san_fetches: SanFetches = field(default_factory=SanFetches)  # SAN scripts served per machine
     local_fetches: SanFetches = field(default_factory=SanFetches)  # local-boot scripts, the same
     os_dhcp: OsDhcp = field(default_factory=OsDhcp)  # booted OSes' DHCP (local deploys watch)
+    mints: Minter = field(init=False)  # per-boot agent tokens, group-committed
     _wakers: list[Callable[[], None]] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        self.mints = Minter(self.db)
 
     def on_ring(self, waker: Callable[[], None]) -> Callable[[], None]:
         """Call ``waker()`` (thread-safe, non-blocking) on every ring; returns an undo."""

@@ -99,10 +99,8 @@ def _discover(ctx: Context, mac: str) -> None:
 
 def _mint(ctx: Context, mac: str) -> str:
     """This boot's agent token (the resource is created on first sight)."""
-    token = new_token()
-    with ctx.db.transaction() as s:
-        res = resources.ensure(s, mac)
-        resources.new_boot(s, res, hash_token(token), ctx.config.agent.hostkey_pinning)
+    token = new_token()  # group-committed with the other boots of a storm
+    ctx.mints.mint(mac, hash_token(token), ctx.config.agent.hostkey_pinning)
     ctx.inventory.request_refresh()
     return (
         f"provisiond.url={ctx.config.http_base} provisiond.agent={ctx.config.agent_base} "
