@@ -26,11 +26,12 @@ be 0 in every run); the exit code is 0 only if every goal passed. The
 load generator runs at nice -10 (``--load-nice``): it is the measuring
 instrument, and its own CPU, RSS and event-loop lateness are reported so a
 starved instrument is visible. ``--py-spy DIR`` profiles the daemon during
-the steady state. ``--code DIR`` runs the daemon from another source tree
-(``git archive main`` unpacked), for before/after comparisons with the same
-load. ``--agents 5000`` needs 11,000 open files (checked before the run);
-the relayed /18 holds 16,000 addresses. Bounded: each
-run stops by itself (load.py's --duration; the harness kills it after
+the steady state, or from the boot storm on with ``--py-spy-storm`` (py-spy is
+not a dependency: ``.venv/bin/pip install py-spy`` first). ``--code DIR``
+runs the daemon from another source tree (``git archive main`` unpacked),
+for before/after comparisons with the same load. ``--agents 5000`` needs
+11,000 open files (checked before the run); the relayed /18 holds 16,000
+addresses. Bounded: each run stops by itself (load.py's --duration; the harness kills it after
 duration + storm limit + 120 s).
 """
 
@@ -220,6 +221,8 @@ def profile(args: argparse.Namespace, pid: int, n: int) -> subprocess.Popen:
     args.py_spy.mkdir(parents=True, exist_ok=True)
     out = args.py_spy / f"{args.label or 'run'}-{n}-{time.strftime('%H%M%S')}.txt"
     exe = Path(sys.executable).parent / "py-spy"
+    if not exe.exists():
+        raise SystemExit(f"--py-spy needs {exe}: .venv/bin/pip install py-spy")
     return subprocess.Popen(
         [str(exe), "record", "-p", str(pid), "-r", "100", "-f", "raw", "--threads",
          "--nonblocking", "-d", str(int(args.py_spy_s)), "-o", str(out),
