@@ -60,6 +60,7 @@ import storagevm  # noqa: E402
 from provisiond import chunks  # noqa: E402
 from provisiond.chunks import Manifest  # noqa: E402
 from storage.backends import LvmBackend  # noqa: E402
+from storage.backends.base import StorageError  # noqa: E402
 from storage.exporters import (  # noqa: E402
     CONFIGFS,
     ExporterIdentityError,
@@ -687,8 +688,14 @@ def test_daemon_sanboots_a_classic_and_a_thin_clone_from_the_storage_host(
         return (tb.workdir / "provisiond.log").read_text(errors="replace")[-3000:]
 
     def settle(predicate, what) -> None:
+        def now():  # a target the daemon removes while this lists configfs: look again
+            try:
+                return predicate()
+            except StorageError:
+                return False
+
         try:
-            wait_until(predicate, SETTLE_S, interval=1)
+            wait_until(now, SETTLE_S, interval=1)
         except TimeoutError:
             what = what() if callable(what) else what
             pytest.fail(f"not within {SETTLE_S} s: {what}\ndaemon log:\n{daemon_log()}")
